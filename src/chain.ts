@@ -1,0 +1,143 @@
+import { performance } from 'node:perf_hooks';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { RequestContext } from './context';
+import { GatewayError, sendProblem } from './errors';
+import type { ClientIpResolver } from './net/client-ip';
+import type { RouteMetrics } from './observability/metrics';
+import { relay } from './proxy/relay';
+import type { CompiledRoute } from './routes';
+import { normalizePath } from './routing/normalize';
+import { hostName, type Router } from './routing/router';
+
+/** A step answers `true` to let the request go on, or `false` once it has answered the client itself. */
+export type StepResult = boolean | Promise<boolean>;
+
+/** One stage of the request chain that a route opts into (auth, rate limit and cache, ...). */
+export interface Step {
+  readonly name: string;
+  run(ctx: RequestContext): StepResult;
+}
+
+export interface ChainDeps {
+  router: Router<CompiledRoute>;
+  clientIp: ClientIpResolver;
+  /** Metrics of requests that matched no route. */
+  unrouted: RouteMetrics;
+  accessLog: boolean;
+  isDraining(): boolean;
+}
+
+/** Status logged for a client that went away before it got an answer (nginx's convention). */
+const CLIENT_CLOSED = 499;
+
+/**
+ * The request chain, in order, in one place:
+ *
+ *   1. request id      (Fastify genReqId, see app.ts: kept when sane, generated otherwise)
+ *   2. normalise path  → 400 when it cannot be made safe
+ *   3. route           → 404 / 405 with Allow
+ *   4. client IP       (trusted proxies honoured)
+ *   5. route steps     (auth, then rate limit + cache lookup: see CompiledRoute.steps)
+ *   6. relay           (undici, streaming both ways; cache fill observes the response)
+ *   7. metrics + access log, when the response closes
+ */
+export class RequestChain {
+  constructor(private readonly deps: ChainDeps) {}
+
+  readonly handle = (request: FastifyRequest, reply: FastifyReply): void => {
+    reply.hijack();
+    const req = request.raw;
+    const res = reply.raw;
+    const ctx = new RequestContext(req, res, request.id, request.log, performance.now());
+    if (this.deps.isDraining()) res.shouldKeepAlive = false;
+    res.once('close', () => this.complete(ctx));
+
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const rawPath = q < 0 ? url : url.slice(0, q);
+    const path = normalizePath(rawPath);
+    if (path === null) return this.reject(ctx, new GatewayError('BAD_PATH'));
+    ctx.path = path;
+    ctx.query = q < 0 ? '' : url.slice(q);
+
+    const m = this.deps.router.match(path, hostName(req.headers.host), req.method ?? 'GET');
+    if (m.kind === 'not-found') return this.reject(ctx, new GatewayError('ROUTE_NOT_FOUND'));
+    if (m.kind === 'method-not-allowed') {
+      return this.reject(ctx, new GatewayError('METHOD_NOT_ALLOWED', { headers: { allow: m.allow } }));
+    }
+    ctx.route = m.route;
+
+    const { clientIp } = this.deps;
+    ctx.peerTrusted = clientIp.isTrusted(req.socket.remoteAddress);
+    ctx.clientIp = ctx.peerTrusted
+      ? clientIp.resolve(req.socket.remoteAddress, req.headers['x-forwarded-for'])
+      : req.socket.remoteAddress ?? '';
+
+    this.runSteps(ctx, 0);
+  };
+
+  private runSteps(ctx: RequestContext, from: number): void {
+    const steps = ctx.route.steps;
+    for (let i = from; i < steps.length; i++) {
+      let result: StepResult;
+      try {
+        result = steps[i].run(ctx);
+      } catch (err) {
+        return this.reject(ctx, err);
+      }
+      if (result === true) continue;
+      if (result === false) return;
+      const next = i + 1;
+      result.then(
+        (go) => {
+          if (go) this.runSteps(ctx, next);
+        },
+        (err: unknown) => this.reject(ctx, err),
+      );
+      return;
+    }
+    if (ctx.res.destroyed) return;
+    relay(ctx);
+  }
+
+  private reject(ctx: RequestContext, err: unknown): void {
+    if (err instanceof GatewayError) {
+      ctx.errorCode = err.code;
+      sendProblem(ctx.res, ctx.id, err.code, { detail: err.message, headers: err.headers });
+      return;
+    }
+    ctx.errorCode = 'INTERNAL';
+    ctx.log.error({ err }, 'request chain failed');
+    sendProblem(ctx.res, ctx.id, 'INTERNAL');
+  }
+
+  private complete(ctx: RequestContext): void {
+    const totalMs = performance.now() - ctx.startedAt;
+    const res = ctx.res;
+    const status = res.headersSent ? res.statusCode : CLIENT_CLOSED;
+    if (ctx.cancel !== null && !res.writableFinished) ctx.cancel();
+    const routeName = ctx.route?.name;
+    (ctx.route ? ctx.route.metrics : this.deps.unrouted).record(
+      ctx.req.method ?? 'GET',
+      status,
+      totalMs,
+      ctx.upstreamMs,
+    );
+    if (this.deps.accessLog) {
+      ctx.log.info(
+        {
+          route: routeName,
+          method: ctx.req.method,
+          path: ctx.path,
+          status,
+          ms: Math.round(totalMs * 100) / 100,
+          upstreamMs: ctx.upstreamMs < 0 ? undefined : Math.round(ctx.upstreamMs * 100) / 100,
+          client: ctx.clientIp || undefined,
+          error: ctx.errorCode ?? undefined,
+          truncated: res.headersSent && !res.writableFinished ? true : undefined,
+        },
+        'request completed',
+      );
+    }
+  }
+}

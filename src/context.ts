@@ -1,0 +1,62 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { FastifyBaseLogger } from 'fastify';
+import type { CompiledRoute } from './routes';
+import type { Target } from './proxy/upstreams';
+import type { ResponseObserver } from './proxy/relay';
+
+/** The verified caller, set by the auth step. */
+export interface Identity {
+  consumerId: string;
+  roles: readonly string[];
+  scopes: readonly string[];
+  /** How the caller proved who it is. */
+  method: 'jwt' | 'apiKey';
+  /** Extra upstream headers derived from the credential (JWT claim mappings). */
+  headers?: readonly [string, string][];
+}
+
+/**
+ * Everything one request carries through the chain. A class (not an object literal) so that
+ * every request has the same hidden class and the hot path stays monomorphic.
+ */
+export class RequestContext {
+  route!: CompiledRoute;
+  /** Normalised path, without the query. */
+  path = '';
+  /** Raw query string including its leading '?', or ''. */
+  query = '';
+  clientIp = '';
+  /** The socket peer is a trusted proxy, so its X-Forwarded-* headers are believed. */
+  peerTrusted = false;
+  identity: Identity | null = null;
+  target: Target | null = null;
+  upstreamStartedAt = 0;
+  /** Upstream time in ms, or -1 when the upstream was not called. */
+  upstreamMs = -1;
+  /** Code of the gateway error that answered this request, for the access log. */
+  errorCode: string | null = null;
+  /** Stops the upstream exchange when the client goes away; set by the relay. */
+  cancel: (() => void) | null = null;
+  /** Sees the upstream response as it streams (the cache fill). */
+  observer: ResponseObserver | null = null;
+  /** Extra headers for the upstream request, as name/value pairs, added by chain steps. */
+  upstreamHeaders: string[] | null = null;
+  /** Extra headers for the client response, as name/value pairs, added by chain steps. */
+  responseHeaders: string[] | null = null;
+
+  constructor(
+    readonly req: IncomingMessage,
+    readonly res: ServerResponse,
+    readonly id: string,
+    readonly log: FastifyBaseLogger,
+    readonly startedAt: number,
+  ) {}
+
+  addResponseHeader(name: string, value: string): void {
+    (this.responseHeaders ??= []).push(name, value);
+  }
+
+  addUpstreamHeader(name: string, value: string): void {
+    (this.upstreamHeaders ??= []).push(name, value);
+  }
+}

@@ -1,0 +1,94 @@
+import type { ServerResponse } from 'node:http';
+
+/**
+ * Every error the gateway itself answers with, in one registry. The code is stable (clients and
+ * dashboards key on it); the title is the human summary. Bodies follow RFC 9457 problem+json.
+ */
+export const ERRORS = {
+  BAD_REQUEST: { status: 400, title: 'Bad request' },
+  BAD_PATH: { status: 400, title: 'The request path is not valid' },
+  UNAUTHENTICATED: { status: 401, title: 'Authentication required' },
+  FORBIDDEN: { status: 403, title: 'Forbidden' },
+  ROUTE_NOT_FOUND: { status: 404, title: 'No route matches the request' },
+  METHOD_NOT_ALLOWED: { status: 405, title: 'Method not allowed on this route' },
+  PAYLOAD_TOO_LARGE: { status: 413, title: 'Request body too large' },
+  HEADERS_TOO_LARGE: { status: 431, title: 'Request header fields too large' },
+  RATE_LIMITED: { status: 429, title: 'Too many requests' },
+  UPSTREAM_CONNECT_FAILED: { status: 502, title: 'The upstream refused or dropped the connection' },
+  UPSTREAM_RESET: { status: 502, title: 'The upstream closed the connection before answering' },
+  UPSTREAM_BAD_RESPONSE: { status: 502, title: 'The upstream sent an invalid response' },
+  UPSTREAM_UNAVAILABLE: { status: 503, title: 'No healthy upstream target is available' },
+  UPSTREAM_QUEUE_FULL: { status: 503, title: 'The upstream is saturated' },
+  STORE_UNAVAILABLE: { status: 503, title: 'A backing store the route depends on is unavailable' },
+  AUTH_UNAVAILABLE: { status: 503, title: 'The authentication key source is unavailable' },
+  SHUTTING_DOWN: { status: 503, title: 'The gateway is shutting down' },
+  UPSTREAM_TIMEOUT: { status: 504, title: 'The upstream did not answer in time' },
+  UPSTREAM_CONNECT_TIMEOUT: { status: 504, title: 'Connecting to the upstream timed out' },
+  INTERNAL: { status: 500, title: 'Internal gateway error' },
+} as const satisfies Record<string, { status: number; title: string }>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export interface ProblemOptions {
+  detail?: string;
+  /** Extra response headers, such as Allow, Retry-After or WWW-Authenticate. */
+  headers?: Record<string, string | number>;
+  cause?: unknown;
+}
+
+/** A failure the gateway turns into a problem+json answer with a stable code. */
+export class GatewayError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly headers?: Record<string, string | number>;
+
+  constructor(code: ErrorCode, opts: ProblemOptions = {}) {
+    super(opts.detail ?? ERRORS[code].title, { cause: opts.cause });
+    this.name = 'GatewayError';
+    this.code = code;
+    this.status = ERRORS[code].status;
+    this.headers = opts.headers;
+  }
+}
+
+export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
+
+export function problemBody(code: ErrorCode, requestId: string, detail?: string): string {
+  const def = ERRORS[code];
+  return JSON.stringify({
+    type: `urn:gateway:error:${code.toLowerCase()}`,
+    title: def.title,
+    status: def.status,
+    code,
+    detail: detail ?? def.title,
+    requestId,
+  });
+}
+
+/**
+ * Writes a problem answer straight to the socket-level response (the relay hijacks Fastify's reply).
+ * When headers already went out the only honest thing left is to cut the connection so the client
+ * cannot mistake a partial body for a complete one.
+ */
+export function sendProblem(
+  res: ServerResponse,
+  requestId: string,
+  code: ErrorCode,
+  opts: ProblemOptions = {},
+): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  if (res.destroyed) return;
+  const body = problemBody(code, requestId, opts.detail);
+  const headers: Record<string, string | number> = {
+    'content-type': PROBLEM_CONTENT_TYPE,
+    'content-length': Buffer.byteLength(body),
+    'x-request-id': requestId,
+    'cache-control': 'no-store',
+    ...opts.headers,
+  };
+  res.writeHead(ERRORS[code].status, headers);
+  res.end(body);
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env node
+import { Gateway } from './app';
+import { ConfigError, formatProblem, loadConfigFile } from './config/load';
+import { handleSignals } from './lifecycle/signals';
+
+const USAGE = `usage:
+  gateway --config <file>      start the gateway
+  gateway validate <file>      check a configuration file; exit 0 when valid, 1 otherwise`;
+
+function fail(message: string): never {
+  process.stderr.write(message.endsWith('\n') ? message : `${message}\n`);
+  process.exit(1);
+}
+
+function printProblems(err: unknown): never {
+  if (err instanceof ConfigError) {
+    fail(`configuration is invalid:\n${err.problems.map((p) => `  ${formatProblem(p)}`).join('\n')}`);
+  }
+  throw err;
+}
+
+async function start(file: string): Promise<void> {
+  let config;
+  try {
+    config = loadConfigFile(file);
+  } catch (err) {
+    printProblems(err);
+  }
+  const gateway = new Gateway(config);
+  handleSignals(gateway);
+  const { port, adminPort } = await gateway.listen();
+  gateway.log.info({ port, adminPort, routes: config.routes.length }, 'gateway listening');
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [cmd, ...rest] = argv;
+  if (cmd === 'validate') {
+    if (rest.length !== 1) fail(USAGE);
+    try {
+      const cfg = loadConfigFile(rest[0]);
+      process.stdout.write(`${rest[0]}: valid (${cfg.routes.length} routes, ${Object.keys(cfg.upstreams).length} upstreams)\n`);
+    } catch (err) {
+      printProblems(err);
+    }
+    return;
+  }
+  if (cmd === '--config' || cmd === '-c') {
+    if (rest.length !== 1) fail(USAGE);
+    return start(rest[0]);
+  }
+  if (cmd === '--help' || cmd === '-h') {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
+  fail(USAGE);
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  process.stderr.write(`gateway failed to start: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

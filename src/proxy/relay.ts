@@ -1,0 +1,179 @@
+import { performance } from 'node:perf_hooks';
+import type { Dispatcher } from 'undici';
+import type { RequestContext } from '../context';
+import { sendProblem } from '../errors';
+import { copyRequestHeaders, copyResponseHeaders, type ClientHeaderFacts } from './headers';
+import { RequestTimeoutError, upstreamErrorCode } from './upstream-errors';
+
+/**
+ * Watches a relayed response as it streams, for steps that need the bytes (the cache fill).
+ * Called only for final (non-1xx) responses.
+ */
+export interface ResponseObserver {
+  onHeaders(status: number, headers: readonly string[]): void;
+  onData(chunk: Buffer): void;
+  onComplete(): void;
+  onError(): void;
+}
+
+/**
+ * The hot path: a minimal undici dispatch handler (legacy callback form, which undici calls without
+ * wrapping) that streams the upstream response straight into the hijacked Node response.
+ */
+class RelayHandler implements Dispatcher.DispatchHandler {
+  private abortUpstream: ((err?: Error) => void) | null = null;
+  private resumeUpstream: (() => void) | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private done = false;
+  /** Set when the request must stop before undici handed us its abort function. */
+  private pendingAbort: Error | null = null;
+
+  constructor(private readonly ctx: RequestContext) {}
+
+  start(timeoutMs: number): void {
+    const remaining = timeoutMs - (performance.now() - this.ctx.startedAt);
+    this.timer = setTimeout(() => this.onTimeout(timeoutMs), Math.max(1, remaining));
+    this.ctx.cancel = () => this.onClientClose();
+  }
+
+  private onTimeout(timeoutMs: number): void {
+    this.timer = null;
+    this.cancel(new RequestTimeoutError(timeoutMs));
+  }
+
+  private onClientClose(): void {
+    if (this.done) return;
+    this.finish();
+    this.ctx.observer?.onError();
+    const err = new Error('client closed the connection');
+    if (this.abortUpstream) this.abortUpstream(err);
+    else this.pendingAbort = err;
+  }
+
+  private cancel(err: Error): void {
+    if (this.done) return;
+    if (this.abortUpstream) {
+      this.abortUpstream(err);
+    } else {
+      // Still queued for a connection: answer now; onConnect aborts the dispatch when it comes.
+      this.pendingAbort = err;
+      this.fail(err);
+    }
+  }
+
+  onConnect(abort: (err?: Error) => void): void {
+    if (this.pendingAbort) {
+      abort(this.pendingAbort);
+      return;
+    }
+    this.abortUpstream = abort;
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    if (statusCode < 200) return true;
+    const { ctx } = this;
+    const res = ctx.res;
+    this.resumeUpstream = resume;
+    const headers: string[] = [];
+    const hasDate = copyResponseHeaders(rawHeaders, headers);
+    headers.push('x-request-id', ctx.id);
+    if (ctx.responseHeaders !== null) for (const h of ctx.responseHeaders) headers.push(h);
+    res.sendDate = !hasDate;
+    try {
+      res.writeHead(statusCode, headers);
+    } catch {
+      // Node refused what the upstream sent (invalid status or header bytes): not relayable.
+      this.abortUpstream?.(Object.assign(new Error('unrelayable upstream response'), { code: 'UND_ERR_INFO' }));
+      return false;
+    }
+    this.ctx.observer?.onHeaders(statusCode, headers);
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    this.ctx.observer?.onData(chunk);
+    if (this.ctx.res.write(chunk)) return true;
+    this.ctx.res.once('drain', this.resumeUpstream!);
+    return false;
+  }
+
+  onComplete(): void {
+    if (this.done) return;
+    this.finish();
+    this.ctx.observer?.onComplete();
+    this.ctx.res.end();
+  }
+
+  onError(err: Error): void {
+    if (this.done) return;
+    this.fail(err);
+  }
+
+  private fail(err: Error): void {
+    this.finish();
+    this.ctx.observer?.onError();
+    const { ctx } = this;
+    const code = upstreamErrorCode(err);
+    ctx.errorCode = code;
+    if (!ctx.res.headersSent) ctx.log.warn({ err: { message: err.message, code: (err as { code?: string }).code }, target: ctx.target?.origin }, 'upstream request failed');
+    // sendProblem cuts the connection when the response already started: a truncated body must
+    // never look complete.
+    sendProblem(ctx.res, ctx.id, code);
+  }
+
+  private finish(): void {
+    this.done = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.ctx.upstreamMs = performance.now() - this.ctx.upstreamStartedAt;
+  }
+}
+
+/** Forwards the request of `ctx` to the next target of its route's upstream. */
+export function relay(ctx: RequestContext): void {
+  const route = ctx.route;
+  const target = route.upstream.next();
+  ctx.target = target;
+  const req = ctx.req;
+
+  const facts: ClientHeaderFacts = {
+    host: undefined,
+    xForwardedFor: undefined,
+    xForwardedProto: undefined,
+    xForwardedHost: undefined,
+    forwarded: undefined,
+    hasBody: false,
+  };
+  const headers: string[] = [];
+  copyRequestHeaders(req.rawHeaders, route.dropRequestHeaders, headers, facts);
+
+  const peer = req.socket.remoteAddress ?? '';
+  const trusted = ctx.peerTrusted;
+  const proto = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
+  headers.push(
+    'host',
+    route.config.preserveHost && facts.host ? facts.host : target.host,
+    'x-forwarded-for',
+    trusted && facts.xForwardedFor ? `${facts.xForwardedFor}, ${peer}` : peer,
+    'x-forwarded-proto',
+    (trusted && facts.xForwardedProto) || proto,
+    'x-forwarded-host',
+    (trusted && facts.xForwardedHost) || facts.host || '',
+    'x-request-id',
+    ctx.id,
+  );
+  if (trusted && facts.forwarded) headers.push('forwarded', facts.forwarded);
+  if (ctx.upstreamHeaders !== null) for (const h of ctx.upstreamHeaders) headers.push(h);
+
+  const handler = new RelayHandler(ctx);
+  handler.start(route.requestTimeoutMs);
+  ctx.upstreamStartedAt = performance.now();
+  target.pool.dispatch(
+    {
+      path: target.basePath + route.rewrite(ctx.path) + ctx.query,
+      method: req.method as Dispatcher.HttpMethod,
+      headers,
+      body: facts.hasBody ? req : null,
+    },
+    handler,
+  );
+}

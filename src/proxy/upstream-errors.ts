@@ -1,0 +1,44 @@
+import type { ErrorCode } from '../errors';
+
+/**
+ * Maps an undici or socket error to the gateway's answer. Upstream trouble is never a 500:
+ * refused, reset and malformed answers are 502, anything that ran out of time is 504.
+ */
+export function upstreamErrorCode(err: unknown): ErrorCode {
+  const e = err as { code?: string; name?: string } | null;
+  switch (e?.code) {
+    case 'UND_ERR_CONNECT_TIMEOUT':
+      return 'UPSTREAM_CONNECT_TIMEOUT';
+    case 'UND_ERR_HEADERS_TIMEOUT':
+    case 'UND_ERR_BODY_TIMEOUT':
+    case 'GW_REQUEST_TIMEOUT':
+    case 'ETIMEDOUT':
+      return 'UPSTREAM_TIMEOUT';
+    case 'ECONNREFUSED':
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'EADDRNOTAVAIL':
+      return 'UPSTREAM_CONNECT_FAILED';
+    case 'ECONNRESET':
+    case 'EPIPE':
+    case 'UND_ERR_SOCKET':
+    case 'UND_ERR_CLOSED':
+      return 'UPSTREAM_RESET';
+    case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
+    case 'UND_ERR_RES_EXCEEDED_MAX_SIZE':
+    case 'UND_ERR_INFO':
+      return 'UPSTREAM_BAD_RESPONSE';
+  }
+  // Parser errors (HPE_*), TLS verification failures and anything unforeseen: the upstream's answer was unusable.
+  return 'UPSTREAM_BAD_RESPONSE';
+}
+
+/** The error the relay raises when a request outlives its route's overall deadline. */
+export class RequestTimeoutError extends Error {
+  readonly code = 'GW_REQUEST_TIMEOUT';
+  constructor(ms: number) {
+    super(`request exceeded its ${ms} ms deadline`);
+  }
+}

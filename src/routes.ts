@@ -1,0 +1,48 @@
+import type { RouteConfig } from './config/schema';
+import type { Upstream } from './proxy/upstreams';
+import { REQUEST_DROP } from './proxy/headers';
+import type { Step } from './chain';
+import type { RouteMetrics } from './observability/metrics';
+
+/** Builds the function that turns a matched, normalised path into the path sent upstream. */
+function compileRewrite(cfg: RouteConfig): (path: string) => string {
+  const prefix = cfg.match.prefix;
+  const cut = prefix === '/' ? 0 : prefix.length;
+  if (cfg.rewrite.stripPrefix) {
+    return (path) => (path.length === cut ? '/' : path.slice(cut));
+  }
+  const replacement = cfg.rewrite.replacePrefix;
+  if (replacement !== undefined) {
+    const base = replacement === '/' ? '' : replacement.replace(/\/$/, '');
+    return (path) => {
+      const rest = path.slice(cut);
+      if (rest === '') return base || '/';
+      return base + (rest.charCodeAt(0) === 47 ? rest : '/' + rest);
+    };
+  }
+  return (path) => path;
+}
+
+/** A route prepared at start-up: everything the hot path needs is computed once here. */
+export class CompiledRoute {
+  readonly name: string;
+  readonly config: RouteConfig;
+  readonly upstream: Upstream;
+  readonly rewrite: (path: string) => string;
+  readonly requestTimeoutMs: number;
+  /** Client headers never forwarded on this route. */
+  readonly dropRequestHeaders: Set<string>;
+  readonly metrics: RouteMetrics;
+  /** The chain steps this route runs between routing and the relay, in order. */
+  steps: Step[] = [];
+
+  constructor(config: RouteConfig, upstream: Upstream, metrics: RouteMetrics) {
+    this.metrics = metrics;
+    this.name = config.name;
+    this.config = config;
+    this.upstream = upstream;
+    this.rewrite = compileRewrite(config);
+    this.requestTimeoutMs = upstream.config.timeouts.requestMs;
+    this.dropRequestHeaders = new Set(REQUEST_DROP);
+  }
+}
