@@ -8,6 +8,7 @@ import { GatewayError, sendProblem, type ErrorCode } from './errors';
 import { ClientIpResolver } from './net/client-ip';
 import { GatewayMetrics } from './observability/metrics';
 import { UpstreamRegistry } from './proxy/upstreams';
+import { createPlugins, type PluginContext, type Resource } from './plugins';
 import { CompiledRoute } from './routes';
 import { Router } from './routing/router';
 
@@ -49,6 +50,7 @@ export class Gateway {
   readonly upstreams: UpstreamRegistry;
   readonly log: FastifyBaseLogger;
   private readonly readiness: ReadinessCheck[] = [];
+  private readonly resources: Resource[] = [];
   private draining = false;
   private closed: Promise<void> | null = null;
 
@@ -64,6 +66,11 @@ export class Gateway {
         return typeof incoming === 'string' && SANE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
       },
       exposeHeadRoutes: false,
+      // Malformed URLs are rejected by Fastify's router before the chain runs: answer them in our shape.
+      frameworkErrors: (error, request, reply) => {
+        const code: ErrorCode = error.code === 'FST_ERR_BAD_URL' ? 'BAD_PATH' : 'BAD_REQUEST';
+        this.answerFastify(request, reply, new GatewayError(code));
+      },
       return503OnClosing: true,
       routerOptions: { maxParamLength: 8192 },
     });
@@ -71,9 +78,22 @@ export class Gateway {
     this.metrics = new GatewayMetrics({ processMetrics: opts.processMetrics ?? true });
     this.upstreams = new UpstreamRegistry(config.upstreams);
 
-    const routes = config.routes.map(
-      (r) => new CompiledRoute(r, this.upstreams.get(r.upstream), this.metrics.forRoute(r.name)),
-    );
+    const pluginContext: PluginContext = {
+      config,
+      metrics: this.metrics,
+      log: this.log,
+      addResource: (r) => this.resources.push(r),
+      addReadinessCheck: (c) => this.readiness.push(c),
+    };
+    const plugins = createPlugins(pluginContext);
+    const routes = config.routes.map((r) => {
+      const route = new CompiledRoute(r, this.upstreams.get(r.upstream), this.metrics.forRoute(r.name));
+      for (const p of plugins) {
+        const step = p.stepFor(route);
+        if (step) route.steps.push(step);
+      }
+      return route;
+    });
     const chain = new RequestChain({
       router: new Router(routes),
       clientIp: new ClientIpResolver(config.trustedProxies),
@@ -120,6 +140,7 @@ export class Gateway {
 
   /** Starts both listeners; resolves with the ports actually bound (useful with port 0). */
   async listen(): Promise<{ port: number; adminPort: number | null }> {
+    for (const r of this.resources) await r.init?.();
     await this.server.listen({ host: this.config.listen.host, port: this.config.listen.port });
     let adminPort: number | null = null;
     if (this.admin) {
@@ -147,7 +168,7 @@ export class Gateway {
     this.draining = true;
     this.closed ??= (async () => {
       await this.server.close();
-      await Promise.all([this.upstreams.close(), this.admin?.close()]);
+      await Promise.all([this.upstreams.close(), this.admin?.close(), ...this.resources.map((r) => r.close())]);
     })();
     return this.closed;
   }

@@ -200,10 +200,20 @@ export function parseConfig(input: unknown, opts: { env?: NodeJS.ProcessEnv; sou
   if (!data || typeof data !== 'object' || Array.isArray(data)) {
     throw new ConfigError(opts.source ?? '', [{ path: '', message: 'the configuration must be a YAML mapping' }]);
   }
-  if (!validateSchema(data)) {
-    throw new ConfigError(opts.source ?? '', ajvProblems(validateSchema.errors ?? []));
-  }
   const cfg = data as GatewayConfig;
+  if (!validateSchema(data)) {
+    const all = ajvProblems(validateSchema.errors ?? []);
+    // Report cross-field problems too, so one run lists everything; on a malformed shape the
+    // cross-checks may trip over missing parts, and then the schema errors alone are reported.
+    try {
+      const extra: ConfigProblem[] = [];
+      crossCheck(cfg, extra);
+      for (const p of extra) if (!all.some((a) => a.path === p.path)) all.push(p);
+    } catch {
+      // The schema errors already describe the malformed shape.
+    }
+    throw new ConfigError(opts.source ?? '', all);
+  }
   if (env.PORT !== undefined && env.PORT !== '') {
     const port = Number(env.PORT);
     if (!Number.isInteger(port) || port < 0 || port > 65535) {

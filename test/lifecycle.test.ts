@@ -1,0 +1,134 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import t from 'tap';
+import { startGateway } from './helpers/gateway';
+import { call } from './helpers/http';
+import { freePort } from './helpers/redis';
+import { startUpstream } from './helpers/upstream';
+
+t.test('admin listener: liveness, readiness, metrics by route name', async (t) => {
+  const up = await startUpstream();
+  const gw = await startGateway({ upstreams: { up: { targets: [up.url] } }, routes: [{ name: 'users', match: { prefix: '/api/users' }, upstream: 'up' }] });
+  t.teardown(async () => {
+    await gw.close();
+    await up.close();
+  });
+  t.equal((await call(gw.adminUrl, '/healthz')).status, 200);
+  const ready = await call(gw.adminUrl, '/readyz');
+  t.equal(ready.status, 200);
+  t.same(ready.json().checks, { draining: false, config: true });
+  await call(gw.url, '/api/users/1');
+  await call(gw.url, '/api/users/2');
+  await call(gw.url, '/nope/123');
+  const metrics = (await call(gw.adminUrl, '/metrics')).body;
+  t.match(metrics, /gateway_requests_total\{route="users",method="GET",status_class="2xx"\} 2/);
+  t.match(metrics, /gateway_request_duration_seconds_count\{route="users"\} 2/);
+  t.match(metrics, /gateway_upstream_duration_seconds_count\{route="users"\} 2/);
+  t.match(metrics, /gateway_added_duration_seconds_count\{route="users"\} 2/);
+  t.match(metrics, /route="_unrouted",method="GET",status_class="4xx"\} 1/);
+  t.notMatch(metrics, /\/api\/users\/1|\/nope/, 'raw paths never become labels');
+  t.equal((await call(gw.url, '/healthz')).status, 404, 'probes live on the admin listener only');
+});
+
+t.test('access log can be turned off', async (t) => {
+  const up = await startUpstream();
+  const gw = await startGateway({ log: { access: false }, upstreams: { up: { targets: [up.url] } }, routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up' }] });
+  t.teardown(async () => {
+    await gw.close();
+    await up.close();
+  });
+  await call(gw.url, '/x');
+  t.notOk(gw.logs.some((l) => l.msg === 'request completed'));
+});
+
+t.test('drain: readiness fails at once, listener serves through the delay, in-flight finishes', async (t) => {
+  const up = await startUpstream(async (_req, res) => {
+    await sleep(600);
+    res.end('finished');
+  });
+  const gw = await startGateway({
+    shutdown: { drainDelayMs: 300 },
+    upstreams: { up: { targets: [up.url] } },
+    routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up' }],
+  });
+  t.teardown(() => up.close());
+  const inflight = call(gw.url, '/slow');
+  await sleep(50);
+  const shutdown = gw.gateway.shutdown();
+  t.equal((await call(gw.adminUrl, '/readyz')).status, 503, 'not ready while draining');
+  const during = call(gw.url, '/during-delay');
+  const res = await inflight;
+  t.equal(res.status, 200);
+  t.equal(res.body, 'finished');
+  const d = await during;
+  t.equal(d.status, 200, 'new requests during the drain delay are still served');
+  t.equal(d.headers.connection, 'close', 'and told to reconnect elsewhere');
+  await shutdown;
+  await t.rejects(call(gw.url, '/after'), /ECONNREFUSED/);
+});
+
+t.test('the CLI exits 0 after SIGTERM once the in-flight request completed', async (t) => {
+  const up = await startUpstream(async (_req, res) => {
+    await sleep(500);
+    res.end('done');
+  });
+  t.teardown(() => up.close());
+  const [port, adminPort] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'gw-cli-'));
+  const file = join(dir, 'gw.yaml');
+  writeFileSync(
+    file,
+    `listen: { host: 127.0.0.1, port: ${port} }\nadmin: { port: ${adminPort} }\nshutdown: { drainDelayMs: 200 }\n` +
+      `upstreams: { up: { targets: ["${up.url}"] } }\nroutes: [ { name: r, match: { prefix: / }, upstream: up } ]\n`,
+  );
+  const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'src', 'main.ts'), '--config', file], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, PORT: '' },
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  for (let i = 0; i < 200 && !out.includes('gateway listening'); i++) await sleep(50);
+  t.match(out, /gateway listening/);
+  const inflight = call(`http://127.0.0.1:${port}`, '/work');
+  await sleep(100);
+  child.kill('SIGTERM');
+  const res = await inflight;
+  t.equal(res.status, 200);
+  t.equal(res.body, 'done');
+  const code = await new Promise<number | null>((r) => child.once('exit', r));
+  t.equal(code, 0, out);
+  t.match(out, /shutdown complete/);
+});
+
+t.test('past shutdown.timeoutMs the process exits anyway and says so', async (t) => {
+  const up = await startUpstream(() => undefined);
+  t.teardown(() => up.close());
+  const [port, adminPort] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'gw-cli-'));
+  const file = join(dir, 'gw.yaml');
+  writeFileSync(
+    file,
+    `listen: { host: 127.0.0.1, port: ${port} }\nadmin: { port: ${adminPort} }\nshutdown: { drainDelayMs: 0, timeoutMs: 300 }\n` +
+      `upstreams: { up: { targets: ["${up.url}"] } }\nroutes: [ { name: r, match: { prefix: / }, upstream: up } ]\n`,
+  );
+  const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'src', 'main.ts'), '--config', file], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, PORT: '' },
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  for (let i = 0; i < 200 && !out.includes('gateway listening'); i++) await sleep(50);
+  const hanging = call(`http://127.0.0.1:${port}`, '/hang').catch(() => undefined);
+  await sleep(100);
+  const started = Date.now();
+  child.kill('SIGTERM');
+  const code = await new Promise<number | null>((r) => child.once('exit', r));
+  t.equal(code, 1);
+  t.ok(Date.now() - started < 2000);
+  t.match(out, /shutdown timed out/);
+  await hanging;
+});
