@@ -1,4 +1,5 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
+import { ConsumerSchema } from '../plugins/auth/consumers-schema';
 
 /**
  * The configuration schema is the single source of validation, TypeScript types and the
@@ -219,7 +220,7 @@ export const ConfigSchema = Obj(
     routes: Type.Array(RouteSchema, { description: 'Routes; the longest matching prefix wins.', default: [] }),
     store: Type.Optional(Reserved('Shared state backend for rate limits and cache')),
     auth: Type.Optional(Reserved('Authentication providers')),
-    consumers: Type.Optional(Type.Array(Type.Unknown(), { description: 'API consumers (reserved)' })),
+    consumers: Type.Array(ConsumerSchema, { description: 'API consumers known to the gateway.', default: [] }),
   },
   { description: 'Gateway configuration.' },
 );
