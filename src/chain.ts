@@ -3,6 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RequestContext } from './context';
 import { GatewayError, sendProblem } from './errors';
 import type { ClientIpResolver } from './net/client-ip';
+import type { AccessLog } from './observability/access-log';
 import type { RouteMetrics } from './observability/metrics';
 import { relay } from './proxy/relay';
 import type { CompiledRoute } from './routes';
@@ -23,7 +24,7 @@ export interface ChainDeps {
   clientIp: ClientIpResolver;
   /** Metrics of requests that matched no route. */
   unrouted: RouteMetrics;
-  accessLog: boolean;
+  accessLog: AccessLog | null;
   isDraining(): boolean;
 }
 
@@ -116,28 +117,19 @@ export class RequestChain {
     const res = ctx.res;
     const status = res.headersSent ? res.statusCode : CLIENT_CLOSED;
     if (ctx.cancel !== null && !res.writableFinished) ctx.cancel();
-    const routeName = ctx.route?.name;
-    (ctx.route ? ctx.route.metrics : this.deps.unrouted).record(
-      ctx.req.method ?? 'GET',
+    const method = ctx.req.method ?? 'GET';
+    (ctx.route ? ctx.route.metrics : this.deps.unrouted).record(method, status, totalMs, ctx.upstreamMs);
+    this.deps.accessLog?.write({
+      reqId: ctx.id,
+      route: ctx.route?.name,
+      method,
+      path: ctx.path,
       status,
-      totalMs,
-      ctx.upstreamMs,
-    );
-    if (this.deps.accessLog) {
-      ctx.log.info(
-        {
-          route: routeName,
-          method: ctx.req.method,
-          path: ctx.path,
-          status,
-          ms: Math.round(totalMs * 100) / 100,
-          upstreamMs: ctx.upstreamMs < 0 ? undefined : Math.round(ctx.upstreamMs * 100) / 100,
-          client: ctx.clientIp || undefined,
-          error: ctx.errorCode ?? undefined,
-          truncated: res.headersSent && !res.writableFinished ? true : undefined,
-        },
-        'request completed',
-      );
-    }
+      ms: totalMs,
+      upstreamMs: ctx.upstreamMs,
+      client: ctx.clientIp,
+      error: ctx.errorCode,
+      truncated: res.headersSent && !res.writableFinished,
+    });
   }
 }
