@@ -2,13 +2,12 @@ import { performance } from 'node:perf_hooks';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RequestContext } from './context';
 import { GatewayError, sendProblem } from './errors';
-import type { ClientIpResolver } from './net/client-ip';
 import type { AccessLog } from './observability/access-log';
 import type { RouteMetrics } from './observability/metrics';
 import { relay } from './proxy/relay';
-import type { CompiledRoute } from './routes';
 import { normalizePath } from './routing/normalize';
-import { hostName, type Router } from './routing/router';
+import { hostName } from './routing/router';
+import type { Runtime } from './runtime';
 
 /** A step answers `true` to let the request go on, or `false` once it has answered the client itself. */
 export type StepResult = boolean | Promise<boolean>;
@@ -20,8 +19,8 @@ export interface Step {
 }
 
 export interface ChainDeps {
-  router: Router<CompiledRoute>;
-  clientIp: ClientIpResolver;
+  /** The configuration version new requests use; a request keeps the one it started with. */
+  runtime(): Runtime;
   /** Metrics of requests that matched no route. */
   unrouted: RouteMetrics;
   accessLog: AccessLog | null;
@@ -61,14 +60,15 @@ export class RequestChain {
     ctx.path = path;
     ctx.query = q < 0 ? '' : url.slice(q);
 
-    const m = this.deps.router.match(path, hostName(req.headers.host), req.method ?? 'GET');
+    const runtime = this.deps.runtime();
+    const m = runtime.router.match(path, hostName(req.headers.host), req.method ?? 'GET');
     if (m.kind === 'not-found') return this.reject(ctx, new GatewayError('ROUTE_NOT_FOUND'));
     if (m.kind === 'method-not-allowed') {
       return this.reject(ctx, new GatewayError('METHOD_NOT_ALLOWED', { headers: { allow: m.allow } }));
     }
     ctx.route = m.route;
 
-    const { clientIp } = this.deps;
+    const { clientIp } = runtime;
     ctx.peerTrusted = clientIp.isTrusted(req.socket.remoteAddress);
     ctx.clientIp = ctx.peerTrusted
       ? clientIp.resolve(req.socket.remoteAddress, req.headers['x-forwarded-for'])
