@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RequestContext } from './context';
@@ -7,7 +8,7 @@ import type { RouteMetrics } from './observability/metrics';
 import { relay } from './proxy/relay';
 import type { CompiledRoute } from './routes';
 import { normalizePath } from './routing/normalize';
-import { hostName, type Router } from './routing/router';
+import { hostName, type RouteMatch, type Router } from './routing/router';
 
 /** A step answers `true` to let the request go on, or `false` once it has answered the client itself. */
 export type StepResult = boolean | Promise<boolean>;
@@ -37,7 +38,8 @@ const CLIENT_CLOSED = 499;
  *   2. normalise path  → 400 when it cannot be made safe
  *   3. route           → 404 / 405 with Allow
  *   4. client IP       (trusted proxies honoured)
- *   5. route steps     (auth, then rate limit + cache lookup: see CompiledRoute.steps)
+ *   5. route steps     (IP rules, CORS, auth, rate limit + cache lookup, header rules, body limit:
+ *                       see createPlugins)
  *   6. relay           (undici, streaming both ways; cache fill observes the response)
  *   7. metrics + access log, when the response closes
  */
@@ -60,7 +62,10 @@ export class RequestChain {
     ctx.path = path;
     ctx.query = q < 0 ? '' : url.slice(q);
 
-    const m = this.deps.router.match(path, hostName(req.headers.host), req.method ?? 'GET');
+    const host = hostName(req.headers.host);
+    const method = req.method ?? 'GET';
+    let m = this.deps.router.match(path, host, method);
+    if (m.kind === 'method-not-allowed' && method === 'OPTIONS') m = this.matchPreflight(req, path, host) ?? m;
     if (m.kind === 'not-found') return this.reject(ctx, new GatewayError('ROUTE_NOT_FOUND'));
     if (m.kind === 'method-not-allowed') {
       return this.reject(ctx, new GatewayError('METHOD_NOT_ALLOWED', { headers: { allow: m.allow } }));
@@ -75,6 +80,17 @@ export class RequestChain {
 
     this.runSteps(ctx, 0);
   };
+
+  /**
+   * A CORS preflight asks about another method (Access-Control-Request-Method): a route that takes
+   * that method and answers preflights gets it, even when OPTIONS is not among its methods.
+   */
+  private matchPreflight(req: IncomingMessage, path: string, host: string): RouteMatch<CompiledRoute> | null {
+    const asked = req.headers['access-control-request-method'];
+    if (asked === undefined || req.headers.origin === undefined) return null;
+    const m = this.deps.router.match(path, host, asked);
+    return m.kind === 'route' && m.route.answersPreflight ? m : null;
+  }
 
   private runSteps(ctx: RequestContext, from: number): void {
     const steps = ctx.route.steps;
@@ -103,7 +119,7 @@ export class RequestChain {
   private reject(ctx: RequestContext, err: unknown): void {
     if (err instanceof GatewayError) {
       ctx.errorCode = err.code;
-      sendProblem(ctx.res, ctx.id, err.code, { detail: err.message, headers: err.headers });
+      sendProblem(ctx.res, ctx.id, err.code, { detail: err.message, headers: err.headers, extra: ctx.responseHeaders });
       return;
     }
     ctx.errorCode = 'INTERNAL';
