@@ -131,7 +131,9 @@ export class RequestChain {
     const totalMs = performance.now() - ctx.startedAt;
     const res = ctx.res;
     const status = res.headersSent ? res.statusCode : CLIENT_CLOSED;
-    if (ctx.cancel !== null && !res.writableFinished) ctx.cancel();
+    // An answer cut short, or given before the request body fully arrived (a 408 from the listener):
+    // either way the upstream exchange cannot finish properly.
+    if (ctx.cancel !== null && (!res.writableFinished || !ctx.req.complete)) ctx.cancel();
     const routeName = ctx.route?.name;
     (ctx.route ? ctx.route.metrics : this.deps.unrouted).record(
       ctx.req.method ?? 'GET',
