@@ -1,11 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
+import pino from 'pino';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { buildAdminServer, type ReadinessCheck } from './admin/server';
 import { RequestChain } from './chain';
 import type { GatewayConfig } from './config/schema';
 import { GatewayError, sendProblem, type ErrorCode } from './errors';
 import { ClientIpResolver } from './net/client-ip';
+import { AccessLog } from './observability/access-log';
 import { GatewayMetrics } from './observability/metrics';
 import { UpstreamRegistry } from './proxy/upstreams';
 import { createPlugins, type PluginContext, type Resource } from './plugins';
@@ -54,6 +56,7 @@ export class Gateway {
   readonly metrics: GatewayMetrics;
   readonly upstreams: UpstreamRegistry;
   readonly log: FastifyBaseLogger;
+  private readonly accessLog: AccessLog | null;
   private readonly readiness: ReadinessCheck[] = [];
   private readonly resources: Resource[] = [];
   private draining = false;
@@ -98,11 +101,12 @@ export class Gateway {
       }
       return route;
     });
+    this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log) : null;
     const chain = new RequestChain({
       router: new Router(routes),
       clientIp: new ClientIpResolver(config.trustedProxies),
       unrouted: this.metrics.forRoute('_unrouted'),
-      accessLog: config.log.access,
+      accessLog: this.accessLog,
       isDraining: () => this.draining,
     });
 
@@ -136,6 +140,11 @@ export class Gateway {
   private answerFastify(request: FastifyRequest, reply: FastifyReply, err: GatewayError): void {
     reply.hijack();
     sendProblem(reply.raw, request.id, err.code, { detail: err.message, headers: err.headers });
+  }
+
+  /** Writes out buffered access lines now (they are otherwise batched for up to 200 ms). */
+  flushLogs(): void {
+    this.accessLog?.flush();
   }
 
   get isDraining(): boolean {
@@ -173,6 +182,7 @@ export class Gateway {
     this.closed ??= (async () => {
       await this.server.close();
       await Promise.all([this.upstreams.close(), this.admin?.close(), ...this.resources.map((r) => r.close())]);
+      this.accessLog?.close();
     })();
     return this.closed;
   }

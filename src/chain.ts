@@ -4,6 +4,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RequestContext } from './context';
 import { GatewayError, sendProblem } from './errors';
 import type { ClientIpResolver } from './net/client-ip';
+import type { AccessLog } from './observability/access-log';
 import type { RouteMetrics } from './observability/metrics';
 import { relay } from './proxy/relay';
 import type { CompiledRoute } from './routes';
@@ -24,7 +25,7 @@ export interface ChainDeps {
   clientIp: ClientIpResolver;
   /** Metrics of requests that matched no route. */
   unrouted: RouteMetrics;
-  accessLog: boolean;
+  accessLog: AccessLog | null;
   isDraining(): boolean;
 }
 
@@ -134,28 +135,19 @@ export class RequestChain {
     // An answer cut short, or given before the request body fully arrived (a 408 from the listener):
     // either way the upstream exchange cannot finish properly.
     if (ctx.cancel !== null && (!res.writableFinished || !ctx.req.complete)) ctx.cancel();
-    const routeName = ctx.route?.name;
-    (ctx.route ? ctx.route.metrics : this.deps.unrouted).record(
-      ctx.req.method ?? 'GET',
+    const method = ctx.req.method ?? 'GET';
+    (ctx.route ? ctx.route.metrics : this.deps.unrouted).record(method, status, totalMs, ctx.upstreamMs);
+    this.deps.accessLog?.write({
+      reqId: ctx.id,
+      route: ctx.route?.name,
+      method,
+      path: ctx.path,
       status,
-      totalMs,
-      ctx.upstreamMs,
-    );
-    if (this.deps.accessLog) {
-      ctx.log.info(
-        {
-          route: routeName,
-          method: ctx.req.method,
-          path: ctx.path,
-          status,
-          ms: Math.round(totalMs * 100) / 100,
-          upstreamMs: ctx.upstreamMs < 0 ? undefined : Math.round(ctx.upstreamMs * 100) / 100,
-          client: ctx.clientIp || undefined,
-          error: ctx.errorCode ?? undefined,
-          truncated: res.headersSent && !res.writableFinished ? true : undefined,
-        },
-        'request completed',
-      );
-    }
+      ms: totalMs,
+      upstreamMs: ctx.upstreamMs,
+      client: ctx.clientIp,
+      error: ctx.errorCode,
+      truncated: res.headersSent && !res.writableFinished,
+    });
   }
 }

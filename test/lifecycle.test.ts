@@ -41,6 +41,7 @@ t.test('access log can be turned off', async (t) => {
     await up.close();
   });
   await call(gw.url, '/x');
+  gw.gateway.flushLogs();
   t.notOk(gw.logs.some((l) => l.msg === 'request completed'));
 });
 

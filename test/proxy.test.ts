@@ -114,6 +114,7 @@ t.test('request ids: sane ones kept, others replaced; sent upstream, returned, l
     t.match(res.headers['x-request-id'], /^[0-9a-f-]{36}$/);
     t.equal(up.seen.at(-1)!.headers['x-request-id'], res.headers['x-request-id']);
   }
+  gw.gateway.flushLogs();
   const access = gw.logs.filter((l) => l.msg === 'request completed');
   t.ok(access.some((l) => l.reqId === 'abc-123_X.y' && l.route === 'r' && l.status === 200 && typeof l.ms === 'number' && typeof l.upstreamMs === 'number'));
   const notFound = await startGateway({ routes: [] });
