@@ -12,8 +12,8 @@ const Obj = <T extends TProperties>(props: T, description: string, def?: object)
 const Names = (description: string) =>
   Type.Array(Type.String({ description: 'A header name.' }), { description, default: [] });
 
-const NameValues = (description: string) =>
-  Type.Record(Type.String(), Type.String(), { description, default: {} });
+const NameValues = (description: string, value: string) =>
+  Type.Record(Type.String(), Type.String({ description: value }), { description, default: {} });
 
 const TEMPLATE_NOTE =
   'Values may use {requestId}, {consumerId}, {clientIp} and {route}; a header whose template refers to an empty value (no consumer on an anonymous request) is left out.';
@@ -21,9 +21,9 @@ const TEMPLATE_NOTE =
 export const HeaderRulesSchema = Obj(
   {
     remove: Names('Headers removed.'),
-    rename: NameValues('Headers renamed, old name → new name; every value is kept.'),
-    set: NameValues(`Headers set, replacing any value already there. ${TEMPLATE_NOTE}`),
-    add: NameValues(`Headers added next to any value already there. ${TEMPLATE_NOTE}`),
+    rename: NameValues('Headers renamed, old name → new name; every value is kept.', 'The new name of the header.'),
+    set: NameValues(`Headers set, replacing any value already there. ${TEMPLATE_NOTE}`, 'The value (a template).'),
+    add: NameValues(`Headers added next to any value already there. ${TEMPLATE_NOTE}`, 'The value (a template).'),
   },
   'Header rules for one direction, applied in the order remove, rename, set, add. A header name may appear in one rule only.',
   {},
