@@ -3,13 +3,13 @@ import { performance } from 'node:perf_hooks';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RequestContext } from './context';
 import { GatewayError, sendProblem } from './errors';
-import type { ClientIpResolver } from './net/client-ip';
 import type { AccessLog } from './observability/access-log';
 import type { RouteMetrics } from './observability/metrics';
 import { relay } from './proxy/relay';
 import type { CompiledRoute } from './routes';
 import { normalizePath } from './routing/normalize';
 import { hostName, type RouteMatch, type Router } from './routing/router';
+import type { Runtime } from './runtime';
 
 /** A step answers `true` to let the request go on, or `false` once it has answered the client itself. */
 export type StepResult = boolean | Promise<boolean>;
@@ -21,12 +21,23 @@ export interface Step {
 }
 
 export interface ChainDeps {
-  router: Router<CompiledRoute>;
-  clientIp: ClientIpResolver;
+  /** The configuration version new requests use; a request keeps the one it started with. */
+  runtime(): Runtime;
   /** Metrics of requests that matched no route. */
   unrouted: RouteMetrics;
   accessLog: AccessLog | null;
   isDraining(): boolean;
+}
+
+/**
+ * A CORS preflight asks about another method (Access-Control-Request-Method): a route that takes
+ * that method and answers preflights gets it, even when OPTIONS is not among its methods.
+ */
+function matchPreflight(router: Router<CompiledRoute>, req: IncomingMessage, path: string, host: string): RouteMatch<CompiledRoute> | null {
+  const asked = req.headers['access-control-request-method'];
+  if (asked === undefined || req.headers.origin === undefined) return null;
+  const m = router.match(path, host, asked);
+  return m.kind === 'route' && m.route.answersPreflight ? m : null;
 }
 
 /** Status logged for a client that went away before it got an answer (nginx's convention). */
@@ -63,17 +74,18 @@ export class RequestChain {
     ctx.path = path;
     ctx.query = q < 0 ? '' : url.slice(q);
 
+    const runtime = this.deps.runtime();
     const host = hostName(req.headers.host);
     const method = req.method ?? 'GET';
-    let m = this.deps.router.match(path, host, method);
-    if (m.kind === 'method-not-allowed' && method === 'OPTIONS') m = this.matchPreflight(req, path, host) ?? m;
+    let m = runtime.router.match(path, host, method);
+    if (m.kind === 'method-not-allowed' && method === 'OPTIONS') m = matchPreflight(runtime.router, req, path, host) ?? m;
     if (m.kind === 'not-found') return this.reject(ctx, new GatewayError('ROUTE_NOT_FOUND'));
     if (m.kind === 'method-not-allowed') {
       return this.reject(ctx, new GatewayError('METHOD_NOT_ALLOWED', { headers: { allow: m.allow } }));
     }
     ctx.route = m.route;
 
-    const { clientIp } = this.deps;
+    const { clientIp } = runtime;
     ctx.peerTrusted = clientIp.isTrusted(req.socket.remoteAddress);
     ctx.clientIp = ctx.peerTrusted
       ? clientIp.resolve(req.socket.remoteAddress, req.headers['x-forwarded-for'])
@@ -81,17 +93,6 @@ export class RequestChain {
 
     this.runSteps(ctx, 0);
   };
-
-  /**
-   * A CORS preflight asks about another method (Access-Control-Request-Method): a route that takes
-   * that method and answers preflights gets it, even when OPTIONS is not among its methods.
-   */
-  private matchPreflight(req: IncomingMessage, path: string, host: string): RouteMatch<CompiledRoute> | null {
-    const asked = req.headers['access-control-request-method'];
-    if (asked === undefined || req.headers.origin === undefined) return null;
-    const m = this.deps.router.match(path, host, asked);
-    return m.kind === 'route' && m.route.answersPreflight ? m : null;
-  }
 
   private runSteps(ctx: RequestContext, from: number): void {
     const steps = ctx.route.steps;

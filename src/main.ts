@@ -33,7 +33,7 @@ async function start(file: string): Promise<void> {
   const destination = pino.destination({ dest: 1, sync: false, minLength: 4096 });
   setInterval(() => destination.flush(), 200).unref();
   const logger = pino({ level: config.log.level }, destination);
-  const gateway = new Gateway(config, { logger });
+  const gateway = new Gateway(config, { logger, configFile: file });
   handleSignals(gateway, (code) => {
     destination.flushSync();
     process.exit(code);

@@ -1,6 +1,7 @@
 import { connect } from 'node:net';
 import t from 'tap';
-import { startGateway } from './helpers/gateway';
+import { parseConfig } from '../src/config/load';
+import { startGateway, withTestDefaults, type TestConfig } from './helpers/gateway';
 import { call } from './helpers/http';
 import { startUpstream } from './helpers/upstream';
 
@@ -42,6 +43,7 @@ t.test('IP rules on the socket peer: allow, deny, global and per-route override'
     ['/open/x', '/loopback/x'],
     'refused requests never reached the upstream',
   );
+  gw.gateway.flushLogs();
   const access = gw.logs.filter((l) => l.msg === 'request completed' && l.route === 'global');
   t.equal(access[0]?.error, 'FORBIDDEN', 'logged with its code');
 });
@@ -104,4 +106,25 @@ t.test('IPv6 deny rule on a listener bound to ::1', async (t) => {
   t.match(await rawGet(gw.port, '::1', '/allow6/x'), /^HTTP\/1\.1 200 /, 'IPv6 peer allowed');
   t.match(await rawGet(gw.port, '::1', '/only4/x'), /^HTTP\/1\.1 403 /, 'an IPv4-only allow list refuses IPv6 peers');
   t.same(up.seen.map((s) => s.url), ['/allow6/x']);
+});
+
+t.test('policies follow a hot reload; listener limits are reported as needing a restart', async (t) => {
+  const up = await startUpstream();
+  const base: TestConfig = { upstreams: { up: { targets: [up.url] } }, routes: [{ name: 'r', match: { prefix: '/r' }, upstream: 'up' }] };
+  const gw = await startGateway(base);
+  t.teardown(async () => {
+    await gw.close();
+    await up.close();
+  });
+  t.equal((await call(gw.url, '/r/x')).status, 200);
+  const reload = (policies: Record<string, unknown>) =>
+    gw.gateway.reload(parseConfig(withTestDefaults({ ...base, policies }), { env: {} }), 'test');
+
+  const bodyOnly = await reload({ limits: { maxBodyBytes: 10 } });
+  t.same(bodyOnly.restartRequired, [], 'the body limit reloads without a restart');
+  t.equal((await call(gw.url, '/r/x', { method: 'POST', body: 'x'.repeat(11) })).status, 413, 'and applies at once');
+
+  const denied = await reload({ ipRules: { deny: ['127.0.0.0/8'] }, limits: { maxBodyBytes: 10, headersTimeoutMs: 1000 } });
+  t.equal((await call(gw.url, '/r/x')).status, 403, 'the new IP rules apply to the next request');
+  t.same(denied.restartRequired, ['policies.limits'], 'the head timeout is a listener option');
 });

@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage } from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
-import { startGateway } from './helpers/gateway';
+import { startGateway, type TestGateway } from './helpers/gateway';
 import { call } from './helpers/http';
 import { startUpstream } from './helpers/upstream';
 
@@ -66,6 +66,16 @@ async function until(cond: () => boolean, what: string, ms = 5000): Promise<void
   }
 }
 
+/** The access line of `path`, once the response has closed and the batched log is flushed. */
+async function accessLine(gw: TestGateway, path: string): Promise<Record<string, unknown> | undefined> {
+  const find = () => gw.logs.find((l) => l.msg === 'request completed' && l.path === path);
+  for (let i = 0; i < 100 && !find(); i++) {
+    gw.gateway.flushLogs();
+    await sleep(10);
+  }
+  return find();
+}
+
 function problemOf(raw: string): Record<string, unknown> {
   return JSON.parse(raw.slice(raw.indexOf('\r\n\r\n') + 4)) as Record<string, unknown>;
 }
@@ -118,7 +128,7 @@ t.test('request body limit: declared lengths refused up front, chunked bodies cu
   const smallRaw = await small.closed;
   t.match(smallRaw, /^HTTP\/1\.1 200 /, 'a chunked body within the limit passes');
   t.match(smallRaw, /got 5$/);
-  const log = gw.logs.find((l) => l.msg === 'request completed' && l.path === '/limited/chunked');
+  const log = await accessLine(gw, '/limited/chunked');
   t.equal(log?.status, 413, 'access log has the 413');
   t.equal(log?.error, 'PAYLOAD_TOO_LARGE');
 });
@@ -195,7 +205,7 @@ t.test('client timeouts: slowloris and slow bodies are cut, slow upstreams are n
   t.ok(seen, 'the request was on its way upstream when the client stalled');
   await until(() => seen!.aborted || seen!.ended, 'the upstream to hear of it');
   t.notOk(seen!.ended, 'the upstream saw an aborted body, not a complete one');
-  const log = gw.logs.find((l) => l.msg === 'request completed' && l.path === '/body');
+  const log = await accessLine(gw, '/body');
   t.equal(log?.status, 408, 'the timed-out request is logged with its 408');
 
   // A request received in time waits for a slow upstream as long as the upstream timeouts allow.
