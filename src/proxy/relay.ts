@@ -7,7 +7,8 @@ import { RequestTimeoutError, upstreamErrorCode } from './upstream-errors';
 
 /**
  * Watches a relayed response as it streams, for steps that need the bytes (the cache fill).
- * Called only for final (non-1xx) responses.
+ * Called only for final (non-1xx) responses. It sees what the client gets: headers and body after
+ * the route's response transform (header rules, envelope).
  */
 export interface ResponseObserver {
   onHeaders(status: number, headers: readonly string[]): void;
