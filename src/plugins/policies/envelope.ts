@@ -15,12 +15,29 @@ function isEnvelopedType(contentType: string): boolean {
   return type.endsWith('+json') && type.startsWith('application/') && type !== 'application/problem+json';
 }
 
+/** ISO 8601 timestamps with the formatting of the current second done once (toISOString per response is costly). */
+class IsoClock {
+  private second = -1;
+  private prefix = '';
+
+  now(): string {
+    const ms = Date.now();
+    const second = Math.floor(ms / 1000);
+    if (second !== this.second) {
+      this.second = second;
+      this.prefix = new Date(second * 1000).toISOString().slice(0, 20);
+    }
+    const frac = ms - second * 1000;
+    return `${this.prefix}${frac < 10 ? '00' : frac < 100 ? '0' : ''}${frac}Z`;
+  }
+}
+
 /**
  * Wraps a JSON body as {"requestId", "timestamp", "data": <body>} while it streams: the head goes
  * out with the headers and the tail after the last upstream byte, so nothing is buffered. Bodies
  * that are not plain JSON (other types, compressed, partial, bodiless) pass untouched.
  */
-function envelope(ctx: RequestContext, status: number, headers: string[]): BodyWrap | null {
+function envelope(clock: IsoClock, ctx: RequestContext, status: number, headers: string[]): BodyWrap | null {
   if (status < 200 || status === 204 || status === 206 || status === 304 || ctx.req.method === 'HEAD') return null;
   let json = false;
   let lengthAt = -1;
@@ -38,7 +55,8 @@ function envelope(ctx: RequestContext, status: number, headers: string[]): BodyW
     }
   }
   if (!json) return null;
-  const head = Buffer.from(`{"requestId":${JSON.stringify(ctx.id)},"timestamp":"${new Date().toISOString()}","data":`);
+  // Request ids are tokens of [A-Za-z0-9._-] (or UUIDs) by construction: nothing to escape.
+  const head = Buffer.from(`{"requestId":"${ctx.id}","timestamp":"${clock.now()}","data":`, 'latin1');
   if (lengthAt >= 0) {
     const length = Number(headers[lengthAt]);
     headers[lengthAt] = String(head.length + (length === 0 ? NULL.length : length) + TAIL.length);
@@ -60,12 +78,14 @@ function envelope(ctx: RequestContext, status: number, headers: string[]): BodyW
  * (Accept-Encoding and Range are not forwarded), since a compressed or partial body cannot be wrapped.
  */
 export function envelopePlugin(): Plugin {
+  const clock = new IsoClock();
+  const transform = (ctx: RequestContext, status: number, headers: string[]) => envelope(clock, ctx, status, headers);
   return {
     name: 'envelope',
     stepFor(route: CompiledRoute): Step | null {
       if (!route.config.policies.envelope) return null;
       for (const h of ['accept-encoding', 'range', 'if-range']) route.dropRequestHeaders.add(h);
-      route.addResponseTransform(envelope);
+      route.addResponseTransform(transform);
       return null;
     },
   };

@@ -1,15 +1,15 @@
-import { BlockList, isIP } from 'node:net';
+import { isIP } from 'node:net';
 import type { Step } from '../../chain';
 import type { RequestContext } from '../../context';
 import { GatewayError } from '../../errors';
 import type { CompiledRoute } from '../../routes';
 import type { Plugin, PluginContext } from '..';
+import { CidrSet } from './cidr';
 import type { IpRulesConfig } from './schema';
 
 export interface Cidr {
   address: string;
   prefix: number;
-  family: 'ipv4' | 'ipv6';
 }
 
 /** Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address; null when it is neither. */
@@ -21,31 +21,30 @@ export function parseCidr(entry: string): Cidr | null {
   const max = version === 4 ? 32 : 128;
   const bits = slash < 0 ? String(max) : entry.slice(slash + 1);
   if (!/^\d{1,3}$/.test(bits) || Number(bits) > max) return null;
-  return { address, prefix: Number(bits), family: version === 4 ? 'ipv4' : 'ipv6' };
+  return { address, prefix: Number(bits) };
 }
 
-function blockList(entries: readonly string[]): BlockList | null {
+function cidrSet(entries: readonly string[]): CidrSet | null {
   if (entries.length === 0) return null;
-  const list = new BlockList();
+  const set = new CidrSet();
   for (const e of entries) {
     const c = parseCidr(e)!;
-    list.addSubnet(c.address, c.prefix, c.family);
+    set.add(c.address, c.prefix);
   }
-  return list;
+  return set;
 }
 
 /**
- * Deny wins over allow; a non-empty allow list admits nobody else. BlockList matches an
- * IPv4-mapped IPv6 peer (::ffff:10.1.2.3) against IPv4 ranges, so dual-stack listeners need no
- * special case.
+ * Deny wins over allow; a non-empty allow list admits nobody else. An IPv4-mapped IPv6 peer
+ * (::ffff:10.1.2.3) matches IPv4 ranges, so dual-stack listeners need no special case.
  */
 export class IpRules {
-  private readonly allow: BlockList | null;
-  private readonly deny: BlockList | null;
+  private readonly allow: CidrSet | null;
+  private readonly deny: CidrSet | null;
 
   constructor(cfg: IpRulesConfig) {
-    this.allow = blockList(cfg.allow);
-    this.deny = blockList(cfg.deny);
+    this.allow = cidrSet(cfg.allow);
+    this.deny = cidrSet(cfg.deny);
   }
 
   get empty(): boolean {
@@ -53,10 +52,8 @@ export class IpRules {
   }
 
   permits(ip: string): boolean {
-    if (ip === '') return this.allow === null;
-    const family = ip.includes(':') ? 'ipv6' : 'ipv4';
-    if (this.deny !== null && this.deny.check(ip, family)) return false;
-    return this.allow === null || this.allow.check(ip, family);
+    if (this.deny !== null && this.deny.has(ip)) return false;
+    return this.allow === null || this.allow.has(ip);
   }
 }
 
