@@ -35,7 +35,21 @@ function gatewayConfig(env: BenchEnv, port: number, adminPort: number): Record<s
     listen: { host: '127.0.0.1', port },
     admin: { host: '127.0.0.1', port: adminPort },
     upstreams: { users: { targets: [env.upstreamUrl] } },
-    routes: [{ name: 'users', match: { prefix: '/api/users' }, upstream: 'users' }],
+    routes: [
+      { name: 'users', match: { prefix: '/api/users' }, upstream: 'users' },
+      {
+        name: 'policies',
+        match: { prefix: '/api/policies' },
+        upstream: 'users',
+        policies: {
+          ipRules: { deny: ['192.0.2.0/24', '2001:db8::/32'] },
+          cors: { origins: ['https://app.example.com', 'https://*.example.org'] },
+          headers: { request: { set: { 'x-trace': 'gw-{requestId}' } }, response: { remove: ['cache-control'], set: { 'x-route': '{route}' } } },
+          envelope: true,
+          deprecation: { date: '2025-01-01T00:00:00Z', sunset: '2027-01-01T00:00:00Z' },
+        },
+      },
+    ],
   };
 }
 
@@ -83,5 +97,12 @@ export const SCENARIOS: Scenario[] = [
   { name: 'direct', description: 'autocannon straight to the upstream (ceiling)', server: 'upstream', path: '/api/users/123' },
   { name: 'http-proxy', description: '@fastify/http-proxy alone, same undici pool settings (reference)', server: 'http-proxy', path: '/api/users/123' },
   { name: 'gateway', description: 'the gateway, one bare route (metrics on, access log at its default)', server: 'gateway', path: '/api/users/123' },
+  {
+    name: 'gateway-policies',
+    description: 'a route with IP rules, CORS, request and response header rules, the JSON envelope and deprecation headers',
+    server: 'gateway',
+    path: '/api/policies/123',
+    headers: { origin: 'https://app.example.com' },
+  },
   { name: 'gateway-no-access-log', description: 'the same route with the access log off (its per-request cost)', server: 'gateway-quiet', path: '/api/users/123' },
 ];

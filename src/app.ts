@@ -12,6 +12,7 @@ import { AccessLog } from './observability/access-log';
 import { GatewayMetrics } from './observability/metrics';
 import { UpstreamRegistry } from './proxy/upstreams';
 import type { PluginContext, Resource } from './plugins';
+import { serverLimitOptions } from './plugins/policies/server-limits';
 import { Runtime } from './runtime';
 import { diffRoutes, restartOnlyChanges, type ReloadResult } from './lifecycle/reload';
 
@@ -25,6 +26,10 @@ export interface GatewayOptions {
 }
 
 const SANE_REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
+
+function requestIdFor(incoming: string | string[] | undefined): string {
+  return typeof incoming === 'string' && SANE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
+}
 
 /** Every method Node's parser accepts is proxied; Fastify only needs to be told about the unusual ones. */
 const PROXIED_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS', 'TRACE', 'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'SEARCH', 'REPORT', 'PURGE'];
@@ -73,10 +78,9 @@ export class Gateway {
       // The chain writes its own access line (hijacked replies skip Fastify's).
       logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'reqId' }),
       requestIdHeader: false,
-      genReqId: (req) => {
-        const incoming = req.headers['x-request-id'];
-        return typeof incoming === 'string' && SANE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
-      },
+      genReqId: (req) => requestIdFor(req.headers['x-request-id']),
+      // Header size and client timeouts, and problem+json for what Node answers on the socket.
+      ...serverLimitOptions(config.policies.limits, () => this.log, requestIdFor),
       exposeHeadRoutes: false,
       // Malformed URLs are rejected by Fastify's router before the chain runs: answer them in our shape.
       frameworkErrors: (error, request, reply) => {

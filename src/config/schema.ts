@@ -1,5 +1,6 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 import { ConsumerSchema } from '../plugins/auth/consumers-schema';
+import { PoliciesSchema, RoutePoliciesSchema } from '../plugins/policies/schema';
 
 /**
  * The configuration schema is the single source of validation, TypeScript types and the
@@ -209,6 +210,7 @@ export const RouteSchema = Obj(
     rateLimit: Type.Optional(Reserved('Rate limits of this route')),
     cache: Type.Optional(Reserved('Response cache of this route')),
     auth: Type.Optional(Reserved('Authentication required by this route')),
+    policies: RoutePoliciesSchema,
   },
   { description: 'A route: which requests go to which upstream, and how.' },
 );
@@ -245,6 +247,7 @@ export const ConfigSchema = Obj(
       { description: 'Hot reload. SIGHUP and POST /admin/reload always reload; watching the file is optional.', default: {} },
     ),
     consumers: Type.Array(ConsumerSchema, { description: 'API consumers known to the gateway.', default: [] }),
+    policies: PoliciesSchema,
   },
   { description: 'Gateway configuration.' },
 );

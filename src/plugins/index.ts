@@ -4,6 +4,7 @@ import type { Step } from '../chain';
 import type { GatewayConfig } from '../config/schema';
 import type { GatewayMetrics } from '../observability/metrics';
 import type { CompiledRoute } from '../routes';
+import { bodyLimitPlugin, corsPlugin, deprecationPlugin, envelopePlugin, headerRulesPlugin, ipRulesPlugin } from './policies';
 
 /** Something a plugin opens at start-up and must close with the gateway (Redis clients, timers). */
 export interface Resource {
@@ -39,8 +40,19 @@ export interface Plugin {
 
 /**
  * The plugins in chain order. A route runs only the steps of the plugins it configures, so a bare
- * route runs no step at all.
+ * route runs no step at all. Some plugins only shape the route at start-up (drop lists, response
+ * transforms) and run no step.
  */
-export function createPlugins(_ctx: PluginContext): Plugin[] {
-  return [];
+export function createPlugins(ctx: PluginContext): Plugin[] {
+  return [
+    // Before authentication: a refused address costs nothing more, and preflights need no credentials.
+    ipRulesPlugin(ctx),
+    corsPlugin(ctx),
+    // Authentication, then rate limits and the cache, go here.
+    // Just before the relay, once the consumer is known.
+    headerRulesPlugin(),
+    envelopePlugin(),
+    deprecationPlugin(),
+    bodyLimitPlugin(ctx),
+  ];
 }
