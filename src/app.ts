@@ -78,12 +78,14 @@ export class Gateway {
     this.metrics = new GatewayMetrics({ processMetrics: opts.processMetrics ?? true });
     this.upstreams = new UpstreamRegistry(config.upstreams);
 
+    const adminRoutes: ((admin: FastifyInstance) => void)[] = [];
     const pluginContext: PluginContext = {
       config,
       metrics: this.metrics,
       log: this.log,
       addResource: (r) => this.resources.push(r),
       addReadinessCheck: (c) => this.readiness.push(c),
+      addAdminRoutes: (register) => adminRoutes.push(register),
     };
     const plugins = createPlugins(pluginContext);
     const routes = config.routes.map((r) => {
@@ -127,6 +129,7 @@ export class Gateway {
           isDraining: () => this.draining,
         })
       : null;
+    if (this.admin) for (const register of adminRoutes) register(this.admin);
   }
 
   private answerFastify(request: FastifyRequest, reply: FastifyReply, err: GatewayError): void {

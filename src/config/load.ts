@@ -3,6 +3,7 @@ import { BlockList, isIP } from 'node:net';
 import Ajv, { type ErrorObject } from 'ajv';
 import YAML from 'yaml';
 import { ConfigSchema, type GatewayConfig } from './schema';
+import { checkAuthConfig } from '../plugins/auth/check';
 
 /** One problem in a configuration, with the path of the offending field. */
 export interface ConfigProblem {
@@ -181,6 +182,7 @@ function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[]): void {
       }
     }
   });
+  checkAuthConfig(cfg, problems);
 }
 
 function deepFreeze<T>(value: T): T {

@@ -1,5 +1,6 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 import { ConsumerSchema } from '../plugins/auth/consumers-schema';
+import { AuthSchema, RouteAuthSchema } from '../plugins/auth/schema';
 
 /**
  * The configuration schema is the single source of validation, TypeScript types and the
@@ -194,7 +195,7 @@ export const RouteSchema = Obj(
     }),
     rateLimit: Type.Optional(Reserved('Rate limits of this route')),
     cache: Type.Optional(Reserved('Response cache of this route')),
-    auth: Type.Optional(Reserved('Authentication required by this route')),
+    auth: Type.Optional(RouteAuthSchema),
   },
   { description: 'A route: which requests go to which upstream, and how.' },
 );
@@ -219,7 +220,7 @@ export const ConfigSchema = Obj(
     }),
     routes: Type.Array(RouteSchema, { description: 'Routes; the longest matching prefix wins.', default: [] }),
     store: Type.Optional(Reserved('Shared state backend for rate limits and cache')),
-    auth: Type.Optional(Reserved('Authentication providers')),
+    auth: AuthSchema,
     consumers: Type.Array(ConsumerSchema, { description: 'API consumers known to the gateway.', default: [] }),
   },
   { description: 'Gateway configuration.' },

@@ -1,9 +1,10 @@
-import type { FastifyBaseLogger } from 'fastify';
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import type { ReadinessCheck } from '../admin/server';
 import type { Step } from '../chain';
 import type { GatewayConfig } from '../config/schema';
 import type { GatewayMetrics } from '../observability/metrics';
 import type { CompiledRoute } from '../routes';
+import { createAuthPlugin } from './auth';
 
 /** Something a plugin opens at start-up and must close with the gateway (Redis clients, timers). */
 export interface Resource {
@@ -20,6 +21,8 @@ export interface PluginContext {
   readonly log: FastifyBaseLogger;
   addResource(resource: Resource): void;
   addReadinessCheck(check: ReadinessCheck): void;
+  /** Adds routes to the admin listener (when it is enabled); runs once it exists. */
+  addAdminRoutes(register: (admin: FastifyInstance) => void): void;
 }
 
 /** A chain capability (auth, rate limit + cache, ...): built once per gateway, asked once per route. */
@@ -33,6 +36,6 @@ export interface Plugin {
  * The plugins in chain order. A route runs only the steps of the plugins it configures, so a bare
  * route runs no step at all.
  */
-export function createPlugins(_ctx: PluginContext): Plugin[] {
-  return [];
+export function createPlugins(ctx: PluginContext): Plugin[] {
+  return [createAuthPlugin(ctx)];
 }
