@@ -1,6 +1,6 @@
 /** Reading credentials from a request, and taking them out of what is forwarded upstream. */
 
-const BEARER = /^bearer +/i;
+const BEARER = /^bearer(?: +|$)/i;
 
 /**
  * The token of an `Authorization: Bearer <token>` header; undefined when the header is absent or
