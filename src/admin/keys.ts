@@ -27,6 +27,16 @@ export function registerKeyRoutes(admin: FastifyInstance, deps: KeyRouteDeps): v
   if (token === undefined) return;
   void admin.register(async (scope) => {
     scope.addHook('onRequest', adminTokenGuard(token));
+    // `curl -X POST -H 'content-type: application/json'` with no body is a normal way to ask for
+    // a key without options: an empty body is no body, not an error.
+    scope.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+      if (body === '') return done(null, undefined);
+      try {
+        done(null, JSON.parse(body as string));
+      } catch {
+        done(Object.assign(new Error('the body is not valid JSON'), { statusCode: 400 }));
+      }
+    });
     scope.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
       if (err instanceof ReadOnlyStoreError) return adminProblem(request, reply, 'KEY_STORE_READ_ONLY', err.message);
       if (err.statusCode !== undefined && err.statusCode < 500) return adminProblem(request, reply, 'BAD_REQUEST', err.message);

@@ -34,7 +34,7 @@ export class RedisKeyStore implements KeyStore, Resource {
 
   constructor(
     private readonly cfg: ApiKeysConfig,
-    private readonly log: FastifyBaseLogger,
+    private readonly log: Pick<FastifyBaseLogger, 'warn'>,
   ) {
     this.p = cfg.redis.keyPrefix;
     this.channel = `${this.p}invalidate`;
