@@ -289,7 +289,7 @@ t.test('redis store down or hung: 503 AUTH_UNAVAILABLE, never 500; recovers when
   const gw = await startGateway({
     admin: { token: ADMIN_TOKEN },
     upstreams: { up: { targets: [up.url] } },
-    auth: { apiKeys: { store: 'redis', cacheMs: 100, redis: { url: redis.url, commandTimeoutMs: 200, connectTimeoutMs: 200 } } },
+    auth: { apiKeys: { store: 'redis', cacheMs: 100, redis: { url: redis.url, commandTimeoutMs: 500, connectTimeoutMs: 500 } } },
     consumers: [{ id: 'alice' }],
     routes: [{ name: 'keys', match: { prefix: '/keys' }, upstream: 'up', auth: { methods: ['apiKey'] } }],
   });

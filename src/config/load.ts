@@ -96,7 +96,8 @@ function ajvProblems(errors: ErrorObject[]): ConfigProblem[] {
       path = joinPath(path, String(e.params.missingProperty));
       message = 'is required';
     } else if (e.keyword === 'anyOf') {
-      const options = (e.schema as { const?: unknown }[]).map((s) => s.const).filter((c) => c !== undefined);
+      // ajv reports each literal of a union as a sibling `const` error (e.schema needs verbose mode).
+      const options = errors.filter((o) => o.keyword === 'const' && o.instancePath === e.instancePath).map((o) => o.params.allowedValue as unknown);
       message = options.length ? `must be one of ${options.map((o) => JSON.stringify(o)).join(', ')}` : message;
     }
     const key = `${path}\u0000${message}`;

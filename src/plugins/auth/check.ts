@@ -42,8 +42,14 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
     }
     if (jwt.publicKey !== undefined || jwt.publicKeyFile !== undefined) {
       const path = jwt.publicKey !== undefined ? 'auth.jwt.publicKey' : 'auth.jwt.publicKeyFile';
+      let pem: string | null = null;
       try {
-        loadPublicKey(readPublicKeyPem(jwt), jwt.algorithms);
+        pem = readPublicKeyPem(jwt);
+      } catch (err) {
+        problems.push({ path, message: `cannot read: ${(err as Error).message}` });
+      }
+      try {
+        if (pem !== null) loadPublicKey(pem, jwt.algorithms);
       } catch (err) {
         problems.push({ path, message: (err as Error).message });
       }
