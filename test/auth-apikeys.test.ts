@@ -8,7 +8,7 @@ import Redis from 'ioredis';
 import t from 'tap';
 import YAML from 'yaml';
 import { bytes, headerValues, mint, now } from './helpers/auth';
-import { startGateway, type TestGateway } from './helpers/gateway';
+import { startGateway, type TestConfig, type TestGateway } from './helpers/gateway';
 import { call } from './helpers/http';
 import { startRedis } from './helpers/redis';
 import { startUpstream } from './helpers/upstream';
@@ -180,7 +180,7 @@ t.test('memory store CLI: create, list and revoke edit the configuration file', 
 t.test('redis store: admin lifecycle, shared by replicas, revocation seen everywhere within a second', async (t) => {
   const redis = await startRedis();
   const up = await startUpstream();
-  const config = (extra: Record<string, unknown> = {}) => ({
+  const config = (extra: Record<string, unknown> = {}): TestConfig => ({
     admin: { token: ADMIN_TOKEN },
     upstreams: { up: { targets: [up.url] } },
     auth: { apiKeys: { store: 'redis', redis: { url: redis.url, keyPrefix: 'test:auth:', commandTimeoutMs: 1000 }, ...extra } },

@@ -2,7 +2,7 @@ import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { bytes, mint, now } from './helpers/auth';
-import { startGateway } from './helpers/gateway';
+import { startGateway, type TestConfig } from './helpers/gateway';
 import { call } from './helpers/http';
 import { freePort } from './helpers/redis';
 import { startUpstream, type TestUpstream } from './helpers/upstream';
@@ -46,10 +46,10 @@ const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 const signed = (s: Signer, header: Record<string, unknown> = {}, key: KeyObject = s.privateKey) =>
   mint(claims(), key, { alg: 'RS256', kid: s.kid, ...header });
 
-function gatewayConfig(upUrl: string, jwksUrl: string) {
+function gatewayConfig(upUrl: string, jwksUrl: string, cooldownMs = COOLDOWN): TestConfig {
   return {
     upstreams: { up: { targets: [upUrl] } },
-    auth: { jwt: { algorithms: ['RS256'], jwks: { url: jwksUrl, cooldownMs: COOLDOWN, timeoutMs: 1000 } } },
+    auth: { jwt: { algorithms: ['RS256'], jwks: { url: jwksUrl, cooldownMs, timeoutMs: 1000 } } },
     routes: [{ name: 'api', match: { prefix: '/api' }, upstream: 'up', auth: { methods: ['jwt'] } }],
   };
 }
@@ -66,9 +66,7 @@ t.test('keys are cached; an unknown kid refetches at most once per cooldown', as
   const up = await startUpstream();
   const jwks = await jwksServer();
   jwks.keys.push(k1.jwk, { kty: 'oct', kid: 'sym', k: Buffer.from('a-shared-secret-anyone-can-download').toString('base64url') });
-  const cfg = gatewayConfig(up.url, jwks.server.url);
-  cfg.auth.jwt.jwks.cooldownMs = cooldown;
-  const gw = await startGateway(cfg);
+  const gw = await startGateway(gatewayConfig(up.url, jwks.server.url, cooldown));
   t.teardown(async () => {
     await gw.close();
     await up.close();

@@ -2,6 +2,7 @@ import { generateKeyPairSync } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UnsecuredJWT } from 'jose';
 import t, { type Test } from 'tap';
+import type { JwtAlgorithm } from '../src/plugins/auth/schema';
 import { b64url, bytes, headerValues, mint, now, rawExchange } from './helpers/auth';
 import { startGateway, type TestGateway } from './helpers/gateway';
 import { call, type Answer } from './helpers/http';
@@ -295,7 +296,7 @@ t.test('public keys: RS, PS, ES and EdDSA tokens; HMAC tokens signed with the pu
   const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const ed = generateKeyPairSync('ed25519');
   const pem = rsa.publicKey.export({ type: 'spki', format: 'pem' }) as string;
-  const start = (algorithms: string[], publicKey: string) =>
+  const start = (algorithms: JwtAlgorithm[], publicKey: string) =>
     startGateway({
       upstreams: { up: { targets: [up.url] } },
       auth: { jwt: { algorithms, publicKey } },

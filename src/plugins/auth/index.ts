@@ -1,9 +1,6 @@
 import { createPublicKey } from 'node:crypto';
-import type { FastifyBaseLogger } from 'fastify';
-import { Counter } from 'prom-client';
 import type { Plugin, PluginContext } from '..';
-import { registerKeyRoutes } from '../../admin/keys';
-import type { GatewayConfig } from '../../config/schema';
+import type { CounterFamily } from '../../observability/fast-metrics';
 import type { CompiledRoute } from '../../routes';
 import { ApiKeyAuthenticator, MemoryKeyStore, type KeyStore } from './api-keys';
 import { readPublicKeyPem } from './check';
@@ -15,27 +12,43 @@ import { RedisKeyStore } from './redis-keys';
 import type { JwtConfig } from './schema';
 import { AuthStep, type CredentialSources } from './step';
 
-export function createKeyStore(cfg: Readonly<GatewayConfig>, log: FastifyBaseLogger): KeyStore & { init?(): Promise<void>; close?(): Promise<void> } {
-  return cfg.auth.apiKeys.store === 'redis' ? new RedisKeyStore(cfg.auth.apiKeys, log) : new MemoryKeyStore(cfg.consumers);
+/** Auth metrics live as long as the gateway: plugins are rebuilt on reload, metric families are not. */
+function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetches: CounterFamily } {
+  return ctx.shared('auth:metrics', () => ({
+    decisions: ctx.metrics.counter(
+      'gateway_auth_requests_total',
+      'Authentication decisions, by route and result (ok, anonymous, unauthenticated, forbidden, unavailable).',
+      ['route', 'result'],
+    ),
+    jwksFetches: ctx.metrics.counter('gateway_auth_jwks_fetches_total', 'Fetches of the JWKS key set, by result (ok, error).', ['result']),
+  }));
+}
+
+/**
+ * The key store of the configuration in `ctx`. A Redis store (its connections and cache) outlives
+ * reloads and is shared with the admin API; the memory store is the configuration itself.
+ */
+export function keyStoreFor(ctx: PluginContext): KeyStore {
+  const k = ctx.config.auth.apiKeys;
+  if (k.store === 'memory') return new MemoryKeyStore(ctx.config.consumers);
+  return ctx.shared(`auth:key-store:${JSON.stringify([k.redis, k.cacheMs, k.cacheMaxEntries])}`, () => {
+    const store = new RedisKeyStore(k, ctx.log);
+    ctx.addResource(store);
+    return store;
+  });
 }
 
 function jwtKeySource(jwt: JwtConfig, ctx: PluginContext): KeySource {
   const rules = claimRules(jwt);
   if (jwt.secret !== undefined) return { kind: 'static', verify: keyVerifier(jwt.secret, jwt.algorithms, rules) };
-  if (jwt.jwks) {
-    const jwks = new JwksKeySource({
-      ...jwt.jwks,
-      algorithms: jwt.algorithms,
-      rules,
-      log: ctx.log,
-      fetches: new Counter({
-        name: 'gateway_auth_jwks_fetches_total',
-        help: 'Fetches of the JWKS key set, by result (ok, error).',
-        labelNames: ['result'],
-        registers: [ctx.metrics.registry],
-      }),
+  const jwksConfig = jwt.jwks;
+  if (jwksConfig) {
+    // The fetched keys survive reloads that keep the same key set and claim rules.
+    const jwks = ctx.shared(`auth:jwks:${JSON.stringify([jwksConfig, jwt.algorithms, rules])}`, () => {
+      const source = new JwksKeySource({ ...jwksConfig, algorithms: jwt.algorithms, rules, log: ctx.log, fetches: authMetrics(ctx).jwksFetches });
+      ctx.addResource(source);
+      return source;
     });
-    ctx.addResource(jwks);
     return { kind: 'jwks', jwks };
   }
   const pem = loadPublicKey(readPublicKeyPem(jwt), jwt.algorithms);
@@ -54,13 +67,11 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
   const auth = cfg.auth;
   const names: IdentityHeaderNames = { ...auth.identityHeaders };
   const consumers = new ConsumerDirectory(cfg.consumers, names);
-  const store = createKeyStore(cfg, ctx.log);
-  if (store instanceof RedisKeyStore) ctx.addResource(store);
   const jwt = auth.jwt ? new JwtAuthenticator(auth.jwt, jwtKeySource(auth.jwt, ctx), consumers, names) : null;
 
   const sources: CredentialSources = {
     jwt,
-    apiKeys: new ApiKeyAuthenticator(store, consumers),
+    apiKeys: new ApiKeyAuthenticator(keyStoreFor(ctx), consumers),
     apiKeyHeader: auth.apiKeys.header.toLowerCase(),
     apiKeyHeaderName: auth.apiKeys.header,
     jwtCookie: auth.jwt?.cookie,
@@ -68,17 +79,10 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
     apiKeyQuery: auth.apiKeys.query,
     realm: auth.realm,
   };
-  const counter = new Counter({
-    name: 'gateway_auth_requests_total',
-    help: 'Authentication decisions, by route and result (ok, anonymous, unauthenticated, forbidden, unavailable).',
-    labelNames: ['route', 'result'],
-    registers: [ctx.metrics.registry],
-  });
+  const { decisions } = authMetrics(ctx);
 
   const identityDrops = [names.consumerId, names.userId, names.roles, ...Object.keys(auth.jwt?.claimHeaders ?? {})].flatMap(headerVariants);
   const credentialDrops = ['authorization', ...headerVariants(auth.apiKeys.header)];
-
-  ctx.addAdminRoutes((admin) => registerKeyRoutes(admin, { store, consumers, token: cfg.admin.token }));
 
   return {
     name: 'auth',
@@ -91,7 +95,7 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
         // The step forwards the other cookies itself.
         if (sources.jwtCookie !== undefined) route.dropRequestHeaders.add('cookie');
       }
-      return new AuthStep(route.name, routeAuth, sources, counter, ctx.log);
+      return new AuthStep(route.name, routeAuth, sources, decisions, ctx.log);
     },
   };
 }

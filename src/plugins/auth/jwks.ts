@@ -1,9 +1,9 @@
 import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { FastifyBaseLogger } from 'fastify';
-import type { Counter } from 'prom-client';
 import { Agent } from 'undici';
 import type { Resource } from '..';
+import type { CounterFamily } from '../../observability/fast-metrics';
 import { AuthFailure } from './failure';
 import { algorithmsForKey, keyVerifier, type ClaimRules, type KeyVerifier } from './jwt';
 import type { JwtAlgorithm } from './schema';
@@ -17,7 +17,7 @@ export interface JwksOptions {
   algorithms: readonly JwtAlgorithm[];
   rules: ClaimRules;
   log: FastifyBaseLogger;
-  fetches: Counter<'result'>;
+  fetches: CounterFamily;
 }
 
 /** Keys of one JWKS: a verifier per `kid` ('' for a key without one). */
@@ -113,11 +113,11 @@ export class JwksKeySource implements Resource {
       if (keys.size === 0) throw new Error('the key set holds no key usable with the configured algorithms');
       this.keys = keys;
       this.lastFetchOk = true;
-      this.opts.fetches.labels('ok').inc();
+      this.opts.fetches.child('ok').inc();
       return true;
     } catch (err) {
       this.lastFetchOk = false;
-      this.opts.fetches.labels('error').inc();
+      this.opts.fetches.child('error').inc();
       this.opts.log.warn({ err: { message: (err as Error).message }, url: this.opts.url, cachedKeys: this.keys.size }, 'JWKS fetch failed; keeping cached keys');
       return false;
     }

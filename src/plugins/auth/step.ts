@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify';
-import type { Counter } from 'prom-client';
 import type { Step, StepResult } from '../../chain';
 import type { RequestContext } from '../../context';
+import type { CounterCell, CounterFamily } from '../../observability/fast-metrics';
 import { GatewayError } from '../../errors';
 import type { ApiKeyAuthenticator } from './api-keys';
 import type { Verified } from './consumers';
@@ -42,13 +42,13 @@ export class AuthStep implements Step {
   private readonly missing: Record<string, string>;
   private readonly badToken: Record<string, string>;
   private readonly badKey: Record<string, string>;
-  private readonly counts: Record<Result, Counter.Internal>;
+  private readonly counts: Record<Result, CounterCell>;
 
   constructor(
     private readonly routeName: string,
     auth: RouteAuthConfig,
     private readonly src: CredentialSources,
-    counter: Counter<'route' | 'result'>,
+    counter: CounterFamily,
     private readonly log: FastifyBaseLogger,
   ) {
     this.useJwt = auth.methods.includes('jwt') && src.jwt !== null;
@@ -72,11 +72,11 @@ export class AuthStep implements Step {
     this.badToken = { 'www-authenticate': challenges(', error="invalid_token"', '') };
     this.badKey = { 'www-authenticate': challenges('', ', error="invalid_key"') };
     this.counts = {
-      ok: counter.labels(routeName, 'ok'),
-      anonymous: counter.labels(routeName, 'anonymous'),
-      unauthenticated: counter.labels(routeName, 'unauthenticated'),
-      forbidden: counter.labels(routeName, 'forbidden'),
-      unavailable: counter.labels(routeName, 'unavailable'),
+      ok: counter.child(routeName, 'ok'),
+      anonymous: counter.child(routeName, 'anonymous'),
+      unauthenticated: counter.child(routeName, 'unauthenticated'),
+      forbidden: counter.child(routeName, 'forbidden'),
+      unavailable: counter.child(routeName, 'unavailable'),
     };
   }
 
