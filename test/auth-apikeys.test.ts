@@ -136,12 +136,24 @@ t.test('admin API: the admin token is required and compared exactly', async (t) 
   t.equal((await call(gw.adminUrl, '/healthz')).status, 200, 'probes need no token');
 });
 
-t.test('memory store CLI: create, list and revoke edit the configuration file', async (t) => {
+t.test('memory store CLI: create, list and revoke edit the configuration file; a reload applies them', async (t) => {
+  const up = await startUpstream();
   const dir = mkdtempSync(join(tmpdir(), 'gw-keys-'));
   const file = join(dir, 'gateway.yaml');
   writeFileSync(
     file,
-    ['# keys live here', 'upstreams:', '  up: { targets: [http://127.0.0.1:1] }', 'routes:', '  - { name: r, match: { prefix: /r }, upstream: up, auth: { methods: [apiKey] } }', 'consumers:', '  - id: alice # the first consumer', '    roles: [reader]', ''].join('\n'),
+    [
+      '# keys live here',
+      `admin: { token: ${ADMIN_TOKEN} }`,
+      'upstreams:',
+      `  up: { targets: [${up.url}] }`,
+      'routes:',
+      '  - { name: r, match: { prefix: /r }, upstream: up, auth: { methods: [apiKey] } }',
+      'consumers:',
+      '  - id: alice # the first consumer',
+      '    roles: [reader]',
+      '',
+    ].join('\n'),
   );
   const created = spawnCli('create', 'alice', '--expires', '30d', '--config', file);
   t.equal(created.status, 0, created.stderr);
@@ -153,14 +165,14 @@ t.test('memory store CLI: create, list and revoke edit the configuration file', 
   t.ok(text.includes(createHash('sha256').update(key).digest('hex')), 'its SHA-256 is');
   t.match(text, /# the first consumer/, 'comments survive');
 
-  const up = await startUpstream();
-  const cfg = YAML.parse(readFileSync(file, 'utf8').replace('http://127.0.0.1:1', up.url)) as Record<string, unknown>;
-  const gw = await startGateway(cfg);
+  const gw = await startGateway(YAML.parse(text) as TestConfig, {}, { configFile: file });
   t.teardown(async () => {
     await gw.close();
     await up.close();
   });
-  t.equal((await call(gw.url, '/r/x', { headers: { 'x-api-key': key } })).status, 200, 'the created key works');
+  const use = (k: string) => call(gw.url, '/r/x', { headers: { 'x-api-key': k } }).then((r) => r.status);
+  const reload = () => call(gw.adminUrl, '/admin/reload', { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } }).then((r) => r.status);
+  t.equal(await use(key), 200, 'the created key works');
 
   const list = await cli('list', 'alice', '--config', file);
   t.equal(list.status, 0, list.stderr);
@@ -168,9 +180,19 @@ t.test('memory store CLI: create, list and revoke edit the configuration file', 
   t.equal((await cli('list', 'nobody', '--config', file)).status, 1);
   t.equal((await cli('create', 'alice', '--expires', '2001-01-01', '--config', file)).status, 1, 'expiry in the past');
 
+  const second = await cli('create', 'alice', '--config', file);
+  const key2 = /key: +(gk_\S+)/.exec(second.stdout)?.[1] ?? '';
+  t.equal(await use(key2), 401, 'a new key needs a reload');
+  t.equal(await reload(), 200);
+  t.equal(await use(key2), 200, 'the new key works after the reload');
+  t.equal(await use(key), 200, 'and the first one still does (rotation)');
+
   const revoked = await cli('revoke', prefix, '--config', file);
   t.equal(revoked.status, 0, revoked.stderr);
   t.notOk(readFileSync(file, 'utf8').includes(prefix), 'the key is gone from the file');
+  t.equal(await reload(), 200);
+  t.equal(await use(key), 401, 'the revoked key is refused after the reload');
+  t.equal(await use(key2), 200);
   const again = await cli('revoke', prefix, '--config', file);
   t.equal(again.status, 1);
   t.match(again.stderr, /no key with prefix/);

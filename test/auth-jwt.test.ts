@@ -4,7 +4,8 @@ import { UnsecuredJWT } from 'jose';
 import t, { type Test } from 'tap';
 import type { JwtAlgorithm } from '../src/plugins/auth/schema';
 import { b64url, bytes, headerValues, mint, now, rawExchange } from './helpers/auth';
-import { startGateway, type TestGateway } from './helpers/gateway';
+import { parseConfig } from '../src/config/load';
+import { startGateway, withTestDefaults, type TestConfig, type TestGateway } from './helpers/gateway';
 import { call, type Answer } from './helpers/http';
 import { startUpstream, type TestUpstream } from './helpers/upstream';
 
@@ -171,6 +172,21 @@ t.test('a cached verification never outlives the token', async (t) => {
   const late = await call(g.url, '/api/x', { headers: bearer(token) });
   t.equal(late.status, 401, 'refused once exp has passed, although it was cached');
   t.equal(late.json().detail, 'the token has expired');
+});
+
+t.test('a reload with a new secret drops cached verifications', async (t) => {
+  const base = {
+    upstreams: { up: { targets: [up.url] } },
+    routes: [{ name: 'api', match: { prefix: '/api' }, upstream: 'up', auth: { methods: ['jwt'] } }],
+  };
+  const g = await startGateway({ ...base, auth: { jwt: { algorithms: ['HS256'], secret: SECRET } } } as TestConfig);
+  t.teardown(() => g.close());
+  const token = await mint({ sub: 'rotating', exp: now() + 600 }, bytes(SECRET));
+  t.equal((await call(g.url, '/api/x', { headers: bearer(token) })).status, 200);
+  const rotated = 'the-next-secret-after-rotation-0123456789';
+  await g.gateway.reload(parseConfig(withTestDefaults({ ...base, auth: { jwt: { algorithms: ['HS256'], secret: rotated } } } as TestConfig), { env: {} }));
+  t.equal((await call(g.url, '/api/x', { headers: bearer(token) })).status, 401, 'the old secret no longer verifies, cache or not');
+  t.equal((await call(g.url, '/api/x', { headers: bearer(await mint({ sub: 'r', exp: now() + 60 }, bytes(rotated))) })).status, 200);
 });
 
 t.test('spoofed identity headers never reach the upstream, in any spelling', async (t) => {

@@ -63,7 +63,7 @@ export interface KeyStore {
 /** The memory store's keys come from the configuration file, so they cannot change at run time. */
 export class ReadOnlyStoreError extends Error {
   constructor() {
-    super('the memory key store is the configuration file: change keys with `gateway keys create|revoke` and restart, or use store: redis');
+    super('the memory key store is the configuration file: change keys with `gateway keys create|revoke` and reload, or use store: redis');
     this.name = 'ReadOnlyStoreError';
   }
 }

@@ -90,14 +90,14 @@ async function memoryStore(args: Args, cfg: GatewayConfig, out: (s: string) => v
       if (YAML.isSeq(seq)) seq.add(doc.createNode(entry));
       else doc.setIn(path, doc.createNode([entry]));
     });
-    out(createdMessage(k.key, { consumer: args.subject, prefix: k.prefix, created: now, expires }, `in ${args.config}; restart the gateway to use it`));
+    out(createdMessage(k.key, { consumer: args.subject, prefix: k.prefix, created: now, expires }, `in ${args.config}; reload the gateways (SIGHUP or POST /admin/reload) to use it`));
     return;
   }
   for (const [i, c] of cfg.consumers.entries()) {
     const j = c.apiKeys.findIndex((k) => k.prefix === args.subject);
     if (j < 0) continue;
     editConfig(args.config, (doc) => doc.deleteIn(['consumers', i, 'apiKeys', j]));
-    out(`revoked ${args.subject} (consumer ${c.id}) in ${args.config}; restart the gateway to apply\n`);
+    out(`revoked ${args.subject} (consumer ${c.id}) in ${args.config}; reload the gateways (SIGHUP or POST /admin/reload) to apply\n`);
     return;
   }
   throw new KeysCommandError(`no key with prefix ${args.subject}`);

@@ -109,7 +109,7 @@ export const ApiKeysSchema = Obj(
     ),
     store: Type.Union([Type.Literal('memory'), Type.Literal('redis')], {
       description:
-        'Where hashed keys live: memory (consumers[].apiKeys in this file; changed with `gateway keys` and a restart) or redis (shared by every replica, managed live through the admin API).',
+        'Where hashed keys live: memory (consumers[].apiKeys in this file; changed with `gateway keys` and a reload) or redis (shared by every replica, managed live through the admin API).',
       default: 'memory',
     }),
     redis: KeyRedisSchema,
