@@ -16,6 +16,10 @@ export function readPublicKeyPem(jwt: { publicKey?: string; publicKeyFile?: stri
 /** Auth rules that span fields, added to the config loader's cross-checks. */
 export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): void {
   const jwt = cfg.auth.jwt;
+  const idHeaders = identityHeaderNames(cfg);
+  if (new Set(idHeaders).size !== idHeaders.length) {
+    problems.push({ path: 'auth.identityHeaders', message: 'the identity header names must differ from each other' });
+  }
   if (jwt) {
     const sources = (['secret', 'publicKey', 'publicKeyFile', 'jwks'] as const).filter((k) => jwt[k] !== undefined);
     if (sources.length !== 1) {
@@ -65,18 +69,12 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
         problems.push({ path: 'auth.jwt.jwks.url', message: `protocol must be https: or http:, got ${url.protocol}` });
       }
     }
-    const idHeaders = identityHeaderNames(cfg);
     for (const name of Object.keys(jwt.claimHeaders)) {
       const lower = name.toLowerCase();
       if (idHeaders.includes(lower) || lower === 'authorization' || lower === cfg.auth.apiKeys.header.toLowerCase()) {
         problems.push({ path: `auth.jwt.claimHeaders[${JSON.stringify(name)}]`, message: 'collides with an identity or credential header' });
       }
     }
-  }
-
-  const idHeaders = identityHeaderNames(cfg);
-  if (new Set(idHeaders).size !== idHeaders.length) {
-    problems.push({ path: 'auth.identityHeaders', message: 'the identity header names must differ from each other' });
   }
 
   const consumerIds = new Map<string, number>();

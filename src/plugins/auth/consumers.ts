@@ -41,8 +41,4 @@ export class ConsumerDirectory {
   get(id: string): KnownConsumer | undefined {
     return this.byId.get(id);
   }
-
-  has(id: string): boolean {
-    return this.byId.has(id);
-  }
 }
