@@ -1,15 +1,17 @@
 /** Reading credentials from a request, and taking them out of what is forwarded upstream. */
 
-const BEARER = /^bearer(?: +|$)/i;
+const BEARER = /^bearer(?: |$)/i;
 
 /**
  * The token of an `Authorization: Bearer <token>` header; undefined when the header is absent or
- * uses another scheme, '' when the scheme is Bearer but the token is missing.
+ * uses another scheme, '' when the scheme is Bearer but the token is missing. (Node has already
+ * trimmed the value.)
  */
 export function bearerToken(header: string | undefined): string | undefined {
-  if (header === undefined) return undefined;
-  const m = BEARER.exec(header);
-  return m === null ? undefined : header.slice(m[0].length).trim();
+  if (header === undefined || !BEARER.test(header)) return undefined;
+  let i = 6;
+  while (header.charCodeAt(i) === 32) i++;
+  return header.slice(i).trim();
 }
 
 /** The value of cookie `name` in a Cookie header, or undefined. */
