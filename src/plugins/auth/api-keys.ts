@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { hash, randomBytes } from 'node:crypto';
 import type { ConsumerDirectory, Verified } from './consumers';
 import type { ConsumerConfig } from './consumers-schema';
 import { AuthFailure } from './failure';
@@ -13,8 +13,9 @@ export const PREFIX_PATTERN = /^gk_[a-z2-7]{8}$/;
 
 const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567';
 
+/** One-shot hashing (Node ≥ 20.12): no Hash object per request for the GC to finalise. */
 export function hashKey(key: string): string {
-  return createHash('sha256').update(key).digest('hex');
+  return hash('sha256', key, 'hex');
 }
 
 export interface NewKey {
