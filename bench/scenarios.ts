@@ -1,6 +1,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { BENCH_API_KEY, BENCH_CONSUMER, BENCH_JWT_SECRET, benchJwt } from './auth';
 import { DIST, freePort, httpReady, startProcess, type Proc } from './harness';
 
 /** What every server of a bench run can rely on. */
@@ -35,6 +36,8 @@ function gatewayConfig(env: BenchEnv, port: number, adminPort: number): Record<s
     listen: { host: '127.0.0.1', port },
     admin: { host: '127.0.0.1', port: adminPort },
     upstreams: { users: { targets: [env.upstreamUrl] } },
+    auth: { jwt: { algorithms: ['HS256'], secret: BENCH_JWT_SECRET } },
+    consumers: [BENCH_CONSUMER],
     routes: [
       { name: 'users', match: { prefix: '/api/users' }, upstream: 'users' },
       {
@@ -49,6 +52,8 @@ function gatewayConfig(env: BenchEnv, port: number, adminPort: number): Record<s
           deprecation: { date: '2025-01-01T00:00:00Z', sunset: '2027-01-01T00:00:00Z' },
         },
       },
+      { name: 'users-jwt', match: { prefix: '/api/jwt' }, upstream: 'users', auth: { methods: ['jwt'] } },
+      { name: 'users-key', match: { prefix: '/api/key' }, upstream: 'users', auth: { methods: ['apiKey'] } },
     ],
   };
 }
@@ -87,6 +92,14 @@ export const SERVERS: ServerSpec[] = [
     start: (env) =>
       startGatewayProcess('gateway-quiet', (port, adminPort) => ({ ...gatewayConfig(env, port, adminPort), log: { access: false } })),
   },
+  {
+    name: 'gateway-jwt-nocache',
+    start: (env) =>
+      startGatewayProcess('gateway-jwt-nocache', (port, adminPort) => ({
+        ...gatewayConfig(env, port, adminPort),
+        auth: { jwt: { algorithms: ['HS256'], secret: BENCH_JWT_SECRET, cache: { maxEntries: 0 } } },
+      })),
+  },
 ];
 
 /** The reference every ratio is taken against, and the bare gateway route later scenarios compare with. */
@@ -105,4 +118,7 @@ export const SCENARIOS: Scenario[] = [
     headers: { origin: 'https://app.example.com' },
   },
   { name: 'gateway-no-access-log', description: 'the same route with the access log off (its per-request cost)', server: 'gateway-quiet', path: '/api/users/123' },
+  { name: 'gateway-jwt', description: 'a route requiring a JWT (HS256; one token, so verification is cached)', server: 'gateway', path: '/api/jwt/123', headers: { authorization: `Bearer ${benchJwt()}` } },
+  { name: 'gateway-jwt-nocache', description: 'the JWT route with the verification cache off (an HMAC check per request)', server: 'gateway-jwt-nocache', path: '/api/jwt/123', headers: { authorization: `Bearer ${benchJwt()}` } },
+  { name: 'gateway-api-key', description: 'a route requiring an API key (memory store: SHA-256 and a map lookup)', server: 'gateway', path: '/api/key/123', headers: { 'x-api-key': BENCH_API_KEY } },
 ];

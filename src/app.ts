@@ -3,6 +3,7 @@ import { unwatchFile, watchFile } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import pino from 'pino';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { registerKeyRoutes } from './admin/keys';
 import { buildAdminServer, type ReadinessCheck } from './admin/server';
 import { RequestChain } from './chain';
 import { ConfigError, formatProblem, loadConfigFile } from './config/load';
@@ -13,6 +14,7 @@ import { GatewayMetrics } from './observability/metrics';
 import { UpstreamRegistry } from './proxy/upstreams';
 import type { PluginContext, Resource } from './plugins';
 import { serverLimitOptions } from './plugins/policies/server-limits';
+import { keyStoreFor } from './plugins/auth';
 import { Runtime } from './runtime';
 import { diffRoutes, restartOnlyChanges, type ReloadResult } from './lifecycle/reload';
 
@@ -129,6 +131,7 @@ export class Gateway {
           reload: (actor) => this.reloadFromSource(actor),
         })
       : null;
+    if (this.admin) registerKeyRoutes(this.admin, { config: () => this.config, store: () => keyStoreFor(this.pluginContext(this.config)) });
   }
 
   private pluginContext(config: Readonly<GatewayConfig>): PluginContext {

@@ -12,6 +12,8 @@ export const ERRORS = {
   ROUTE_NOT_FOUND: { status: 404, title: 'No route matches the request' },
   METHOD_NOT_ALLOWED: { status: 405, title: 'Method not allowed on this route' },
   REQUEST_TIMEOUT: { status: 408, title: 'The request was not received in time' },
+  ADMIN_NOT_FOUND: { status: 404, title: 'No such resource' },
+  KEY_STORE_READ_ONLY: { status: 409, title: 'The key store cannot be changed through the admin API' },
   PAYLOAD_TOO_LARGE: { status: 413, title: 'Request body too large' },
   HEADERS_TOO_LARGE: { status: 431, title: 'Request header fields too large' },
   RATE_LIMITED: { status: 429, title: 'Too many requests' },

@@ -1,6 +1,7 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 import { ConsumerSchema } from '../plugins/auth/consumers-schema';
 import { PoliciesSchema, RoutePoliciesSchema } from '../plugins/policies/schema';
+import { AuthSchema, RouteAuthSchema } from '../plugins/auth/schema';
 
 /**
  * The configuration schema is the single source of validation, TypeScript types and the
@@ -209,7 +210,7 @@ export const RouteSchema = Obj(
     }),
     rateLimit: Type.Optional(Reserved('Rate limits of this route')),
     cache: Type.Optional(Reserved('Response cache of this route')),
-    auth: Type.Optional(Reserved('Authentication required by this route')),
+    auth: Type.Optional(RouteAuthSchema),
     policies: RoutePoliciesSchema,
   },
   { description: 'A route: which requests go to which upstream, and how.' },
@@ -235,7 +236,7 @@ export const ConfigSchema = Obj(
     }),
     routes: Type.Array(RouteSchema, { description: 'Routes; the longest matching prefix wins.', default: [] }),
     store: Type.Optional(Reserved('Shared state backend for rate limits and cache')),
-    auth: Type.Optional(Reserved('Authentication providers')),
+    auth: AuthSchema,
     reload: Obj(
       {
         watch: Type.Boolean({

@@ -5,6 +5,7 @@ import type { GatewayConfig } from '../config/schema';
 import type { GatewayMetrics } from '../observability/metrics';
 import type { CompiledRoute } from '../routes';
 import { bodyLimitPlugin, corsPlugin, deprecationPlugin, envelopePlugin, headerRulesPlugin, ipRulesPlugin } from './policies';
+import { createAuthPlugin } from './auth';
 
 /** Something a plugin opens at start-up and must close with the gateway (Redis clients, timers). */
 export interface Resource {
@@ -48,7 +49,8 @@ export function createPlugins(ctx: PluginContext): Plugin[] {
     // Before authentication: a refused address costs nothing more, and preflights need no credentials.
     ipRulesPlugin(ctx),
     corsPlugin(ctx),
-    // Authentication, then rate limits and the cache, go here.
+    createAuthPlugin(ctx),
+    // Rate limits and the cache go here.
     // Just before the relay, once the consumer is known.
     headerRulesPlugin(),
     envelopePlugin(),
