@@ -8,7 +8,7 @@ import { GatewayError, sendProblem, type ErrorCode } from './errors';
 import { ClientIpResolver } from './net/client-ip';
 import { GatewayMetrics } from './observability/metrics';
 import { UpstreamRegistry } from './proxy/upstreams';
-import { createPlugins, type PluginContext, type Resource } from './plugins';
+import { createPlugins, type Plugin, type PluginContext, type Resource } from './plugins';
 import { CompiledRoute } from './routes';
 import { Router } from './routing/router';
 
@@ -17,6 +17,8 @@ export interface GatewayOptions {
   logger?: FastifyBaseLogger;
   /** Register Node process metrics (event loop, heap, GC). Default true. */
   processMetrics?: boolean;
+  /** Extra plugins that run before the configured ones (embedding, and tests that need an identity). */
+  plugins?: (ctx: PluginContext) => Plugin[];
 }
 
 const SANE_REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
@@ -85,7 +87,7 @@ export class Gateway {
       addResource: (r) => this.resources.push(r),
       addReadinessCheck: (c) => this.readiness.push(c),
     };
-    const plugins = createPlugins(pluginContext);
+    const plugins = [...(opts.plugins?.(pluginContext) ?? []), ...createPlugins(pluginContext)];
     const routes = config.routes.map((r) => {
       const route = new CompiledRoute(r, this.upstreams.get(r.upstream), this.metrics.forRoute(r.name));
       for (const p of plugins) {

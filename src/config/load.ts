@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { BlockList, isIP } from 'node:net';
 import Ajv, { type ErrorObject } from 'ajv';
 import YAML from 'yaml';
+import { checkRateLimitConfig } from '../plugins/rate-limit/check';
 import { ConfigSchema, type GatewayConfig } from './schema';
 
 /** One problem in a configuration, with the path of the offending field. */
@@ -181,6 +182,7 @@ function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[]): void {
       }
     }
   });
+  checkRateLimitConfig(cfg, problems);
 }
 
 function deepFreeze<T>(value: T): T {

@@ -1,5 +1,7 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 import { ConsumerSchema } from '../plugins/auth/consumers-schema';
+import { RouteRateLimitSchema } from '../plugins/rate-limit/schema';
+import { StoreSchema } from '../store/schema';
 
 /**
  * The configuration schema is the single source of validation, TypeScript types and the
@@ -192,7 +194,7 @@ export const RouteSchema = Obj(
       description: "Forward the client's Host header instead of the target's.",
       default: false,
     }),
-    rateLimit: Type.Optional(Reserved('Rate limits of this route')),
+    rateLimit: Type.Optional(RouteRateLimitSchema),
     cache: Type.Optional(Reserved('Response cache of this route')),
     auth: Type.Optional(Reserved('Authentication required by this route')),
   },
@@ -218,7 +220,7 @@ export const ConfigSchema = Obj(
       default: {},
     }),
     routes: Type.Array(RouteSchema, { description: 'Routes; the longest matching prefix wins.', default: [] }),
-    store: Type.Optional(Reserved('Shared state backend for rate limits and cache')),
+    store: StoreSchema,
     auth: Type.Optional(Reserved('Authentication providers')),
     consumers: Type.Array(ConsumerSchema, { description: 'API consumers known to the gateway.', default: [] }),
   },

@@ -4,6 +4,8 @@ import type { Step } from '../chain';
 import type { GatewayConfig } from '../config/schema';
 import type { GatewayMetrics } from '../observability/metrics';
 import type { CompiledRoute } from '../routes';
+import { createStore } from '../store';
+import { RateLimitPlugin } from './rate-limit/plugin';
 
 /** Something a plugin opens at start-up and must close with the gateway (Redis clients, timers). */
 export interface Resource {
@@ -33,6 +35,9 @@ export interface Plugin {
  * The plugins in chain order. A route runs only the steps of the plugins it configures, so a bare
  * route runs no step at all.
  */
-export function createPlugins(_ctx: PluginContext): Plugin[] {
-  return [];
+export function createPlugins(ctx: PluginContext): Plugin[] {
+  const plugins: Plugin[] = [];
+  const store = ctx.config.routes.some((r) => r.rateLimit !== undefined) ? createStore(ctx) : null;
+  if (store !== null) plugins.push(new RateLimitPlugin(ctx, store));
+  return plugins;
 }

@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream';
 import pino from 'pino';
-import { Gateway } from '../../src/app';
+import { Gateway, type GatewayOptions } from '../../src/app';
 import { parseConfig } from '../../src/config/load';
 import type { GatewayConfig } from '../../src/config/schema';
 
@@ -20,7 +20,11 @@ type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]>
  * Starts a real gateway on 127.0.0.1:0 (admin too) from a config object. The config goes through
  * the same validation as a file. Logs are captured instead of printed.
  */
-export async function startGateway(config: DeepPartial<GatewayConfig> & Record<string, unknown>, env: NodeJS.ProcessEnv = {}): Promise<TestGateway> {
+export async function startGateway(
+  config: DeepPartial<GatewayConfig> & Record<string, unknown>,
+  env: NodeJS.ProcessEnv = {},
+  opts: Pick<GatewayOptions, 'plugins'> = {},
+): Promise<TestGateway> {
   const cfg = parseConfig(
     {
       ...config,
@@ -38,7 +42,7 @@ export async function startGateway(config: DeepPartial<GatewayConfig> & Record<s
     },
   });
   const logger = pino({ level: cfg.log.level }, sink);
-  const gateway = new Gateway(cfg, { logger, processMetrics: false });
+  const gateway = new Gateway(cfg, { logger, processMetrics: false, ...opts });
   const { port, adminPort } = await gateway.listen();
   return {
     gateway,

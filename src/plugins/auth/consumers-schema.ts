@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { LimitSchema } from '../rate-limit/schema';
+import { ConsumerLimitSchema } from '../rate-limit/schema';
 
 export const ConsumerSchema = Type.Object(
   {
@@ -11,7 +11,7 @@ export const ConsumerSchema = Type.Object(
         description: 'Routes this consumer may use. All routes when omitted.',
       }),
     ),
-    rateLimits: Type.Array(LimitSchema, {
+    rateLimits: Type.Array(ConsumerLimitSchema, {
       description: "The consumer's own limits, applied on every route that rate-limits (keys default to the consumer).",
       default: [],
     }),
