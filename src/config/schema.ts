@@ -178,7 +178,7 @@ export const RewriteSchema = Obj(
 
 /** Sections that later capabilities fill in; present now so configs can already carry them. */
 const Reserved = (description: string) =>
-  Type.Record(Type.String(), Type.Unknown(), { description: `${description} (reserved)` });
+  Type.Record(Type.String(), Type.Unknown({ description: 'Reserved for a later capability.' }), { description: `${description} (reserved)` });
 
 export const RouteSchema = Obj(
   {

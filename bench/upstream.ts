@@ -1,0 +1,19 @@
+import { createServer } from 'node:http';
+
+/** The benchmark's backend: as cheap as Node can answer, so the bench measures the proxies. */
+const port = Number(process.argv[2] ?? 0);
+const body = JSON.stringify({ id: 123, name: 'bench user', roles: ['reader'], active: true });
+const server = createServer((req, res) => {
+  req.resume();
+  res.writeHead(200, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'public, max-age=60',
+  });
+  res.end(body);
+});
+server.keepAliveTimeout = 65000;
+server.listen(port, '127.0.0.1', () => {
+  process.stdout.write(`listening ${(server.address() as { port: number }).port}\n`);
+});
+process.on('SIGTERM', () => server.close(() => process.exit(0)));
