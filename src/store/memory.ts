@@ -17,22 +17,29 @@ export function bucketFields(out: number[], at: number, d: number, intervalUs: n
 }
 
 /**
- * The in-process twin of lua/gate.lua: the same GCRA buckets in a Map used as an LRU (insertion
- * order = recency), bounded by maxKeys. A dropped bucket restarts full, which only ever errs on
- * the side of admitting; a flood of distinct keys cannot grow memory past the bound.
+ * The in-process twin of lua/gate.lua: the same GCRA buckets, bounded by maxKeys. Recency is kept
+ * in two generations of maxKeys/2 (a bucket used in the young one survives, the old one is dropped
+ * whole when the young one fills): O(1) per access, where evicting from one big Map one key at a
+ * time degrades under churn. A dropped bucket restarts full, which only ever errs on the side of
+ * admitting; a flood of distinct keys cannot grow memory past the bound.
  */
 export class MemoryStore implements SyncGateStore {
   readonly kind = 'memory';
-  /** Key → time (µs, monotonic) at which the bucket is full again. */
-  private readonly tats = new Map<string, number>();
+  /** Key → time (µs, monotonic) at which the bucket is full again, young and old generation. */
+  private young = new Map<string, number>();
+  private old = new Map<string, number>();
+  private readonly generation: number;
 
   constructor(
-    private readonly maxKeys: number,
+    maxKeys: number,
     private readonly now: () => number = monotonicUs,
-  ) {}
+  ) {
+    this.generation = Math.max(1, Math.floor(maxKeys / 2));
+  }
 
+  /** Entries held (a bucket may be counted in both generations): never more than maxKeys. */
   get size(): number {
-    return this.tats.size;
+    return this.young.size + this.old.size;
   }
 
   gate(req: GateRequest): GateResult {
@@ -43,7 +50,7 @@ export class MemoryStore implements SyncGateStore {
     let admitted = true;
     // First pass: every bucket's debt, kept in the reset slot until the verdict is known.
     for (let i = 0; i < n; i++) {
-      const tat = this.tats.get(keys[i]);
+      const tat = this.young.get(keys[i]) ?? this.old.get(keys[i]);
       const d = tat === undefined || tat <= now ? 0 : tat - now;
       out[i * BUCKET_FIELDS + F_RESET_MS] = d;
       if (d + specs[i].intervalUs > specs[i].burst * specs[i].intervalUs) admitted = false;
@@ -57,8 +64,10 @@ export class MemoryStore implements SyncGateStore {
       if (admitted) {
         d += intervalUs;
         this.touch(keys[i], now + d);
-      } else if (d + intervalUs > capUs) {
-        retry = d + intervalUs - capUs;
+      } else {
+        // A bucket hammered while empty is in use: keep it young, or evicting it would refill it.
+        if (d > 0) this.touch(keys[i], now + d);
+        if (d + intervalUs > capUs) retry = d + intervalUs - capUs;
       }
       bucketFields(out, at, d, intervalUs, capUs, retry);
     }
@@ -66,10 +75,11 @@ export class MemoryStore implements SyncGateStore {
   }
 
   private touch(key: string, tat: number): void {
-    const tats = this.tats;
-    // Delete then set moves the key to the young end of the Map's order.
-    tats.delete(key);
-    tats.set(key, tat);
-    if (tats.size > this.maxKeys) tats.delete(tats.keys().next().value as string);
+    const young = this.young;
+    young.set(key, tat);
+    if (young.size >= this.generation) {
+      this.old = young;
+      this.young = new Map();
+    }
   }
 }
