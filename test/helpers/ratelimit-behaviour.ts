@@ -24,6 +24,7 @@ export function rateLimitBehaviour(t: Test, up: () => TestUpstream, store: () =>
     const shots = await fire([gw.url], 1000, '/exact/x');
     t.same(countBy(shots, (s) => s.status), { 200: 100, 429: 900 });
     const m = (await call(gw.adminUrl, '/metrics')).body;
+    t.equal(metric(m, 'gateway_ratelimit_decisions_total', { route: 'exact', result: 'failed_open' }), 0, 'every request was decided');
     t.equal(metric(m, 'gateway_ratelimit_decisions_total', { route: 'exact', result: 'allowed' }), 100);
     t.equal(metric(m, 'gateway_ratelimit_decisions_total', { route: 'exact', result: 'limited' }), 900);
     t.equal(up().seen.filter((s) => s.url.startsWith('/exact')).length, 100, 'only admitted requests reach the upstream');
