@@ -2,6 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DIST, freePort, httpReady, startProcess, type Proc } from './harness';
+import { startRedisServer } from './redis';
 
 /** What every server of a bench run can rely on. */
 export interface BenchEnv {
@@ -49,7 +50,33 @@ async function startGatewayProcess(name: string, config: (port: number, adminPor
   return { baseUrl: `http://127.0.0.1:${port}`, procs: [proc] };
 }
 
+/**
+ * The bench route with a rate limit that never rejects (every request pays for a full decision and
+ * its five headers), with the memory store or a private redis-server. Redis CPU counts in the
+ * scenario's CPU per request.
+ */
+function rateLimitedServer(name: string, store: 'memory' | 'redis', autoPipelining = false): ServerSpec {
+  return {
+    name,
+    start: async (env) => {
+      const redis = store === 'redis' ? await startRedisServer(`${name}-redis`) : null;
+      const running = await startGatewayProcess(name, (port, adminPort) => {
+        const cfg = gatewayConfig(env, port, adminPort) as { routes: Record<string, unknown>[] };
+        return {
+          ...cfg,
+          store: redis ? { type: 'redis', redis: { url: redis.url, autoPipelining } } : { type: 'memory' },
+          routes: cfg.routes.map((r) => ({ ...r, rateLimit: { limits: [{ rate: 1000000000, per: '1h' }] } })),
+        };
+      });
+      return { baseUrl: running.baseUrl, procs: redis ? [redis.proc, ...running.procs] : running.procs };
+    },
+  };
+}
+
 export const SERVERS: ServerSpec[] = [
+  rateLimitedServer('gateway-rl-memory', 'memory'),
+  rateLimitedServer('gateway-rl-redis', 'redis'),
+  rateLimitedServer('gateway-rl-redis-autopipe', 'redis', true),
   {
     name: 'upstream',
     start: async (env) => ({ baseUrl: env.upstreamUrl, procs: [] }),
@@ -84,4 +111,12 @@ export const SCENARIOS: Scenario[] = [
   { name: 'http-proxy', description: '@fastify/http-proxy alone, same undici pool settings (reference)', server: 'http-proxy', path: '/api/users/123' },
   { name: 'gateway', description: 'the gateway, one bare route (metrics on, access log at its default)', server: 'gateway', path: '/api/users/123' },
   { name: 'gateway-no-access-log', description: 'the same route with the access log off (its per-request cost)', server: 'gateway-quiet', path: '/api/users/123' },
+  { name: 'ratelimit-memory', description: 'the bare route plus a rate limit, memory store', server: 'gateway-rl-memory', path: '/api/users/123' },
+  { name: 'ratelimit-redis', description: 'the bare route plus a rate limit, Redis store (one EVALSHA per request), auto-pipelining off', server: 'gateway-rl-redis', path: '/api/users/123' },
+  {
+    name: 'ratelimit-redis-autopipe',
+    description: 'the same with ioredis auto-pipelining on',
+    server: 'gateway-rl-redis-autopipe',
+    path: '/api/users/123',
+  },
 ];

@@ -238,14 +238,16 @@ export class RedisStore implements AsyncGateStore, Resource {
     return new Promise<GateResult | null>((resolvePromise) => new GateCall(this, args, n, resolvePromise).start());
   }
 
-  /** @internal GateCall's access to the client and accounting. */
+  /** @internal Sends one script call; GateCall calls settled() when it answers. */
   send(command: 'evalsha' | 'eval', args: (string | number)[]): Promise<unknown> {
     this.pending++;
-    const started = performance.now();
-    return (this.client.call(command, args) as Promise<unknown>).finally(() => {
-      this.pending--;
-      this.latency.observe((performance.now() - started) / 1000);
-    });
+    return this.client.call(command, args) as Promise<unknown>;
+  }
+
+  /** @internal */
+  settled(startedAt: number): void {
+    this.pending--;
+    this.latency.observe((performance.now() - startedAt) / 1000);
   }
 
   /** @internal */
@@ -284,6 +286,7 @@ export class RedisStore implements AsyncGateStore, Resource {
 class GateCall {
   private done = false;
   private timer: NodeJS.Timeout | null = null;
+  private startedAt = 0;
 
   constructor(
     private readonly store: RedisStore,
@@ -294,6 +297,7 @@ class GateCall {
 
   start(): void {
     this.timer = setTimeout(this.onTimeout, this.store.budgetMs);
+    this.startedAt = performance.now();
     this.store.send('evalsha', this.args).then(this.onReply, this.onError);
   }
 
@@ -305,6 +309,7 @@ class GateCall {
   };
 
   private readonly onReply = (reply: unknown): void => {
+    this.store.settled(this.startedAt);
     if (this.done) return;
     this.done = true;
     if (this.timer !== null) clearTimeout(this.timer);
@@ -317,18 +322,25 @@ class GateCall {
   };
 
   private readonly onError = (err: unknown): void => {
+    this.store.settled(this.startedAt);
     if (this.done) return;
     if ((err as Error).message?.startsWith('NOSCRIPT')) {
+      this.startedAt = performance.now();
       this.store.onNoScript(this.args).then(this.onReply, this.onFinalError);
       return;
     }
-    this.onFinalError(err);
+    this.fail(err);
   };
 
   private readonly onFinalError = (err: unknown): void => {
+    this.store.settled(this.startedAt);
+    this.fail(err);
+  };
+
+  private fail(err: unknown): void {
     if (this.done) return;
     this.done = true;
     if (this.timer !== null) clearTimeout(this.timer);
     this.resolve(this.store.onFailure(null, err));
-  };
+  }
 }
