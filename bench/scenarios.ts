@@ -12,6 +12,8 @@ export interface BenchEnv {
 export interface RunningServer {
   baseUrl: string;
   procs: Proc[];
+  /** Processes the server needs (a redis-server): stopped with it, not counted in its CPU per request. */
+  helpers?: Proc[];
 }
 
 /** A process (or group) that serves one or more scenarios. Started once per run, only if needed. */
@@ -52,8 +54,8 @@ async function startGatewayProcess(name: string, config: (port: number, adminPor
 
 /**
  * The bench route with a rate limit that never rejects (every request pays for a full decision and
- * its five headers), with the memory store or a private redis-server. Redis CPU counts in the
- * scenario's CPU per request.
+ * its five headers), with the memory store or a private redis-server. The CPU per request is the
+ * gateway's alone (Redis, like the upstream, is not counted).
  */
 function rateLimitedServer(name: string, store: 'memory' | 'redis', autoPipelining = false): ServerSpec {
   return {
@@ -68,7 +70,7 @@ function rateLimitedServer(name: string, store: 'memory' | 'redis', autoPipelini
           routes: cfg.routes.map((r) => ({ ...r, rateLimit: { limits: [{ rate: 1000000000, per: '1h' }] } })),
         };
       });
-      return { baseUrl: running.baseUrl, procs: redis ? [redis.proc, ...running.procs] : running.procs };
+      return { baseUrl: running.baseUrl, procs: running.procs, helpers: redis ? [redis.proc] : [] };
     },
   };
 }
