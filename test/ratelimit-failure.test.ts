@@ -1,5 +1,5 @@
 import Redis from 'ioredis';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { Pool } from 'undici';
 import { startGateway, type TestGateway } from './helpers/gateway';
 import { call } from './helpers/http';
@@ -59,7 +59,7 @@ function traffic(base: string, paths: string[], workers = 8): { stop(): Promise<
   };
 }
 
-async function gatewayOn(t: Parameters<Parameters<typeof tap.test>[1]>[0], redis: TestRedis, extra: Record<string, unknown> = {}): Promise<TestGateway> {
+async function gatewayOn(t: Test, redis: TestRedis, extra: Record<string, unknown> = {}): Promise<TestGateway> {
   const gw = await startGateway({
     store: { type: 'redis', redis: { url: redis.url, timeoutMs: BUDGET_MS, reconnectMaxDelayMs: 100, ...extra } },
     upstreams: { up: { targets: [up.url] } },
@@ -73,7 +73,6 @@ async function gatewayOn(t: Parameters<Parameters<typeof tap.test>[1]>[0], redis
   t.teardown(() => gw.close());
   return gw;
 }
-const tap = t;
 
 async function waitReady(gw: TestGateway): Promise<boolean> {
   for (let i = 0; i < 100; i++) {
@@ -83,12 +82,12 @@ async function waitReady(gw: TestGateway): Promise<boolean> {
   return false;
 }
 
-async function expectDecided(t: Parameters<Parameters<typeof tap.test>[1]>[0], gw: TestGateway, what: string): Promise<void> {
+async function expectDecided(t: Test, gw: TestGateway, what: string): Promise<void> {
   const after = [await call(gw.url, '/open/z'), await call(gw.url, '/closed/z')];
   t.ok(after.every((a) => a.status === 200 && 'ratelimit' in a.headers), what);
 }
 
-function checkAnswers(t: Parameters<Parameters<typeof tap.test>[1]>[0], answers: Answer[]): void {
+function checkAnswers(t: Test, answers: Answer[]): void {
   const open = answers.filter((a) => a.route.startsWith('/open'));
   const closed = answers.filter((a) => a.route.startsWith('/closed'));
   const bare = Math.max(...answers.filter((a) => a.route.startsWith('/bare')).map((a) => a.ms));

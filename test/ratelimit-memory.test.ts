@@ -4,6 +4,9 @@ import t from 'tap';
 import { parseConfig, ConfigError } from '../src/config/load';
 import { MemoryStore } from '../src/store/memory';
 import { BUCKET_FIELDS, F_REMAINING, type BucketSpec } from '../src/store/types';
+import { startGateway, withTestDefaults } from './helpers/gateway';
+import { call } from './helpers/http';
+import { metric } from './helpers/ratelimit';
 import { rateLimitBehaviour } from './helpers/ratelimit-behaviour';
 import { startUpstream, type TestUpstream } from './helpers/upstream';
 
@@ -123,4 +126,23 @@ t.test('config: limits and store are validated with precise paths', async (t) =>
     'store.redis.url: is required when store.type is redis in standalone mode',
   ].sort());
   t.same(problems({ ...base, store: { type: 'redis', redis: { mode: 'cluster' } } }), ['store.redis.nodes: list at least one node in cluster mode']);
+});
+
+t.test('a reload keeps the buckets of unchanged limits; a changed limit starts fresh', async (t) => {
+  const config = (rate: number, extra: Record<string, unknown>[] = []) => ({
+    upstreams: { up: { targets: [up.url] } },
+    routes: [{ name: 'rl', match: { prefix: '/rl' }, upstream: 'up', rateLimit: { limits: [{ rate, per: '1h' }] } }, ...extra],
+  });
+  const gw = await startGateway(config(2));
+  t.teardown(() => gw.close());
+  t.same([(await call(gw.url, '/rl')).status, (await call(gw.url, '/rl')).status, (await call(gw.url, '/rl')).status], [200, 200, 429]);
+  await gw.gateway.reload(parseConfig(withTestDefaults(config(2, [{ name: 'other', match: { prefix: '/other' }, upstream: 'up' }])), { env: {} }));
+  t.equal((await call(gw.url, '/other')).status, 200, 'the reload took effect');
+  t.equal((await call(gw.url, '/rl')).status, 429, 'the bucket survived the reload');
+  await gw.gateway.reload(parseConfig(withTestDefaults(config(3)), { env: {} }));
+  const r = await call(gw.url, '/rl');
+  t.equal(r.status, 200, 'a changed limit has a new bucket');
+  t.equal(r.headers['x-ratelimit-remaining'], '2');
+  const m = (await call(gw.adminUrl, '/metrics')).body;
+  t.equal(metric(m, 'gateway_ratelimit_decisions_total', { route: 'rl', result: 'limited' }), 2, 'one counter across reloads');
 });

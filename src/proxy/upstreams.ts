@@ -60,11 +60,45 @@ export class Upstream {
   }
 }
 
+/** JSON with object keys sorted, so two equal configs compare equal whatever their key order. */
+function canonical(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
+  if (value && typeof value === 'object') {
+    const entries = Object.entries(value).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonical(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+export interface UpstreamChanges {
+  kept: string[];
+  created: string[];
+  /** Upstreams of the previous registry that the new one no longer uses; close them once requests drain. */
+  retired: Upstream[];
+}
+
 export class UpstreamRegistry {
   private readonly byName = new Map<string, Upstream>();
+  private readonly fingerprints = new Map<string, string>();
+  readonly changes: UpstreamChanges = { kept: [], created: [], retired: [] };
 
-  constructor(upstreams: Readonly<Record<string, UpstreamConfig>>) {
-    for (const [name, cfg] of Object.entries(upstreams)) this.byName.set(name, new Upstream(name, cfg));
+  /** Builds the registry for `upstreams`, reusing the pools of `previous` whose config did not change. */
+  constructor(upstreams: Readonly<Record<string, UpstreamConfig>>, previous?: UpstreamRegistry) {
+    for (const [name, cfg] of Object.entries(upstreams)) {
+      const fingerprint = canonical(cfg);
+      const old = previous?.byName.get(name);
+      if (old && previous!.fingerprints.get(name) === fingerprint) {
+        this.byName.set(name, old);
+        this.changes.kept.push(name);
+      } else {
+        this.byName.set(name, new Upstream(name, cfg));
+        this.changes.created.push(name);
+      }
+      this.fingerprints.set(name, fingerprint);
+    }
+    if (previous) {
+      for (const [name, up] of previous.byName) if (this.byName.get(name) !== up) this.changes.retired.push(up);
+    }
   }
 
   get(name: string): Upstream {

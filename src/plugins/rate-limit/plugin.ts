@@ -172,7 +172,7 @@ function serviceLimits(b: readonly number[], limits: readonly CompiledLimit[]): 
   return out;
 }
 
-/** Builds a rate-limit step for every route with a `rateLimit` section. */
+/** Builds a rate-limit step for every route with a `rateLimit` section (once per runtime, so per reload). */
 export class RateLimitPlugin implements Plugin {
   readonly name = 'rate-limit';
   private readonly decisions: Counter;
@@ -183,12 +183,16 @@ export class RateLimitPlugin implements Plugin {
     ctx: PluginContext,
     private readonly store: GateStore,
   ) {
-    this.decisions = new Counter({
-      name: 'gateway_ratelimit_decisions_total',
-      help: 'Rate-limit decisions by route and result: allowed, limited (429), failed_open (store down, admitted), failed_closed (store down, 503).',
-      labelNames: ['route', 'result'],
-      registers: [ctx.metrics.registry],
-    });
+    this.decisions = ctx.shared(
+      'ratelimit.decisions',
+      () =>
+        new Counter({
+          name: 'gateway_ratelimit_decisions_total',
+          help: 'Rate-limit decisions by route and result: allowed, limited (429), failed_open (store down, admitted), failed_closed (store down, 503).',
+          labelNames: ['route', 'result'],
+          registers: [ctx.metrics.registry],
+        }),
+    );
     this.consumerLimits = new Map(ctx.config.consumers.filter((c) => c.rateLimits.length > 0).map((c) => [c.id, c.rateLimits]));
     this.keyPrefix = ctx.config.store.redis.keyPrefix;
   }
