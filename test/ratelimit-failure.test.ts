@@ -30,7 +30,7 @@ interface Answer {
 }
 
 /** Keeps `workers` keep-alive clients busy on the given paths until stop() resolves. */
-function traffic(base: string, paths: string[], workers = 8): { stop(): Promise<Answer[]> } {
+function traffic(base: string, paths: string[], workers = 8): { answers: Answer[]; stop(): Promise<Answer[]> } {
   const pool = new Pool(base, { connections: workers });
   const answers: Answer[] = [];
   let running = true;
@@ -50,6 +50,7 @@ function traffic(base: string, paths: string[], workers = 8): { stop(): Promise<
     }
   });
   return {
+    answers,
     stop: async () => {
       running = false;
       await Promise.all(loops);
@@ -72,6 +73,11 @@ async function gatewayOn(t: Test, redis: TestRedis, extra: Record<string, unknow
   } as never);
   t.teardown(() => gw.close());
   return gw;
+}
+
+/** Waits (bounded) until the traffic has seen `count` answers matching `pred`: phases must not depend on machine speed. */
+async function seen(load: { answers: Answer[] }, pred: (a: Answer) => boolean, count = 3): Promise<void> {
+  for (let i = 0; i < 200 && load.answers.filter(pred).length < count; i++) await sleep(25);
 }
 
 async function waitReady(gw: TestGateway): Promise<boolean> {
@@ -109,9 +115,12 @@ t.test('Redis killed under traffic: both fail modes answer within the budget, li
   t.teardown(() => redis.close());
   const gw = await gatewayOn(t, redis);
   const load = traffic(gw.url, ['/open/a', '/closed/a', '/bare/a']);
-  await sleep(400);
+  await seen(load, (a) => a.route.startsWith('/closed') && a.status === 200);
   await redis.kill();
-  await sleep(800);
+  const killed = load.answers.length;
+  await sleep(500);
+  await seen({ answers: load.answers.slice(killed) }, (a) => a.status === 503);
+  await seen({ answers: load.answers.slice(killed) }, (a) => a.route.startsWith('/open'));
   await redis.restart();
   t.ok(await waitReady(gw), 'ready again after the restart');
   await sleep(300);
@@ -133,9 +142,10 @@ t.test('Redis hung (SIGSTOP): calls give up at the budget and do not pile up; it
   t.teardown(() => redis.close());
   const gw = await gatewayOn(t, redis, { maxPending: 4 });
   const load = traffic(gw.url, ['/open/a', '/closed/a', '/bare/a']);
-  await sleep(300);
+  await seen(load, (a) => a.route.startsWith('/closed') && a.status === 200);
   redis.pause();
   await sleep(800);
+  await seen(load, (a) => a.status === 503);
   redis.resume();
   await sleep(500);
   const answers = await load.stop();
