@@ -1,7 +1,7 @@
 import Redis from 'ioredis';
 import pino from 'pino';
-import { Registry } from 'prom-client';
 import t from 'tap';
+import { GatewayMetrics } from '../src/observability/metrics';
 import { RedisStore } from '../src/store/redis';
 import { RedisStoreSchema } from '../src/store/schema';
 import { Value } from '@sinclair/typebox/value';
@@ -94,7 +94,7 @@ const quietLog = () => pino({ level: 'silent' });
 const redisConfig = (over: Record<string, unknown>) => Value.Default(RedisStoreSchema, { ...over }) as never;
 
 t.test('a script Redis refuses stops start-up with a clear error', async (t) => {
-  const store = new RedisStore({ config: redisConfig({ url: redis.url }), log: quietLog(), registry: new Registry(), script: 'return {1, ' });
+  const store = new RedisStore({ config: redisConfig({ url: redis.url }), log: quietLog(), metrics: new GatewayMetrics({ processMetrics: false }), script: 'return {1, ' });
   t.teardown(() => store.close());
   await t.rejects(store.init(), /lua\/gate\.lua was refused by Redis: ERR .*compil/i);
 });

@@ -11,7 +11,7 @@ import type { GateStore } from './types';
 export function createStore(ctx: PluginContext): GateStore {
   const cfg = ctx.config.store;
   if (cfg.type === 'memory') return new MemoryStore(cfg.memory.maxKeys);
-  const store = new RedisStore({ config: cfg.redis, log: ctx.log, registry: ctx.metrics.registry });
+  const store = new RedisStore({ config: cfg.redis, log: ctx.log, metrics: ctx.metrics });
   ctx.addResource(store);
   ctx.addReadinessCheck(store.readiness);
   return store;

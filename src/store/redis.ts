@@ -4,8 +4,9 @@ import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { FastifyBaseLogger } from 'fastify';
 import Redis, { Cluster, type ClusterOptions, type RedisOptions } from 'ioredis';
-import { Counter, Histogram, type Registry } from 'prom-client';
 import type { ReadinessCheck } from '../admin/server';
+import type { CounterCell, HistogramCell } from '../observability/fast-metrics';
+import type { GatewayMetrics } from '../observability/metrics';
 import type { Resource } from '../plugins';
 import type { RedisStoreConfig } from './schema';
 import { BUCKET_FIELDS, type AsyncGateStore, type GateRequest, type GateResult } from './types';
@@ -41,7 +42,7 @@ const RESOLVED_NULL: Promise<null> = Promise.resolve(null);
 export interface RedisStoreOptions {
   config: RedisStoreConfig;
   log: FastifyBaseLogger;
-  registry: Registry;
+  metrics: GatewayMetrics;
   /** Script source; lua/gate.lua unless given (a test loads a broken one). */
   script?: string;
 }
@@ -71,8 +72,8 @@ export class RedisStore implements AsyncGateStore, Resource {
   private readonly maxPending: number;
   private readonly connectTimeoutMs: number;
   private readonly log: FastifyBaseLogger;
-  private readonly errors: Record<ErrorKind, Counter.Internal>;
-  private readonly latency: Histogram;
+  private readonly errors: Record<ErrorKind, CounterCell>;
+  private readonly latency: HistogramCell;
   private pending = 0;
   private loading: Promise<void> | null = null;
   /** For logging state changes once instead of once per failed request. */
@@ -88,20 +89,20 @@ export class RedisStore implements AsyncGateStore, Resource {
     this.maxPending = cfg.maxPending;
     this.connectTimeoutMs = cfg.connectTimeoutMs;
 
-    const registers = [opts.registry];
-    const errors = new Counter({
-      name: 'gateway_redis_errors_total',
-      help: 'Redis store failures by kind: timeout (past the budget), connection (down or reconnecting), overload (too many calls waiting), noscript (script reloaded), cluster, reply, other.',
-      labelNames: ['kind'],
-      registers,
-    });
-    this.errors = Object.fromEntries(ERROR_KINDS.map((k) => [k, errors.labels(k)])) as Record<ErrorKind, Counter.Internal>;
-    this.latency = new Histogram({
-      name: 'gateway_redis_script_duration_seconds',
-      help: 'Latency of gate script calls (EVALSHA sent to reply received), including replies that came after the budget.',
-      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
-      registers,
-    });
+    const errors = opts.metrics.counter(
+      'gateway_redis_errors_total',
+      'Redis store failures by kind: timeout (past the budget), connection (down or reconnecting), overload (too many calls waiting), noscript (script reloaded), cluster, reply, other.',
+      ['kind'],
+    );
+    this.errors = Object.fromEntries(ERROR_KINDS.map((k) => [k, errors.child(k)])) as Record<ErrorKind, CounterCell>;
+    this.latency = opts.metrics
+      .histogram(
+        'gateway_redis_script_duration_seconds',
+        'Latency of gate script calls (EVALSHA sent to reply received), including replies that came after the budget.',
+        [],
+        [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      )
+      .child();
 
     const base: RedisOptions = {
       lazyConnect: true,

@@ -1,7 +1,7 @@
-import { Counter } from 'prom-client';
 import type { Step } from '../../chain';
 import type { RequestContext } from '../../context';
 import { sendProblem } from '../../errors';
+import type { CounterCell, CounterFamily } from '../../observability/fast-metrics';
 import type { CompiledRoute } from '../../routes';
 import { BUCKET_FIELDS, F_NEXT_MS, F_REMAINING, F_RESET_MS, F_RETRY_MS, type GateResult, type GateStore } from '../../store/types';
 import type { Plugin, PluginContext } from '..';
@@ -44,7 +44,7 @@ export class RateLimitStep implements Step {
   private readonly perCaller: boolean;
   private readonly failClosed: boolean;
   private readonly headers: boolean;
-  private readonly decisions: Record<Decision, Counter.Internal>;
+  private readonly decisions: Record<Decision, CounterCell>;
 
   constructor(
     route: CompiledRoute,
@@ -52,7 +52,7 @@ export class RateLimitStep implements Step {
     consumerLimits: ReadonlyMap<string, readonly LimitConfig[]>,
     private readonly store: GateStore,
     keyPrefix: string,
-    decisions: Counter,
+    decisions: CounterFamily,
   ) {
     const applied = cfg.consumerLimits ? consumerLimits : new Map<string, readonly LimitConfig[]>();
     const bys = new Set<string>(cfg.limits.map((l) => l.by));
@@ -76,7 +76,7 @@ export class RateLimitStep implements Step {
     this.failClosed = cfg.failMode === 'closed';
     this.headers = cfg.headers;
     const results: Decision[] = ['allowed', 'limited', 'failed_open', 'failed_closed'];
-    this.decisions = Object.fromEntries(results.map((r) => [r, decisions.labels(route.name, r)])) as Record<Decision, Counter.Internal>;
+    this.decisions = Object.fromEntries(results.map((r) => [r, decisions.child(route.name, r)])) as Record<Decision, CounterCell>;
   }
 
   run(ctx: RequestContext): boolean | Promise<boolean> {
@@ -175,7 +175,7 @@ function serviceLimits(b: readonly number[], limits: readonly CompiledLimit[]): 
 /** Builds a rate-limit step for every route with a `rateLimit` section (once per runtime, so per reload). */
 export class RateLimitPlugin implements Plugin {
   readonly name = 'rate-limit';
-  private readonly decisions: Counter;
+  private readonly decisions: CounterFamily;
   private readonly consumerLimits: Map<string, readonly LimitConfig[]>;
   private readonly keyPrefix: string;
 
@@ -183,15 +183,12 @@ export class RateLimitPlugin implements Plugin {
     ctx: PluginContext,
     private readonly store: GateStore,
   ) {
-    this.decisions = ctx.shared(
-      'ratelimit.decisions',
-      () =>
-        new Counter({
-          name: 'gateway_ratelimit_decisions_total',
-          help: 'Rate-limit decisions by route and result: allowed, limited (429), failed_open (store down, admitted), failed_closed (store down, 503).',
-          labelNames: ['route', 'result'],
-          registers: [ctx.metrics.registry],
-        }),
+    this.decisions = ctx.shared('ratelimit.decisions', () =>
+      ctx.metrics.counter(
+        'gateway_ratelimit_decisions_total',
+        'Rate-limit decisions by route and result: allowed, limited (429), failed_open (store down, admitted), failed_closed (store down, 503).',
+        ['route', 'result'],
+      ),
     );
     this.consumerLimits = new Map(ctx.config.consumers.filter((c) => c.rateLimits.length > 0).map((c) => [c.id, c.rateLimits]));
     this.keyPrefix = ctx.config.store.redis.keyPrefix;
