@@ -69,8 +69,9 @@ export const RedisStoreSchema = Type.Object(
       minimum: 1,
     }),
     autoPipelining: Type.Boolean({
-      description: "ioredis auto-pipelining (commands of one event-loop tick sent in one write). Off measured faster here; see the bench.",
-      default: false,
+      description:
+        'ioredis auto-pipelining: gate calls issued in one event-loop turn go out in one write. On measured cheaper for the gateway and for Redis here (npm run bench: ratelimit-redis vs ratelimit-redis-no-autopipe).',
+      default: true,
     }),
   },
   { additionalProperties: false, description: 'Redis connection of the shared store.', default: {} },
