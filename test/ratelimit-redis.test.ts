@@ -138,3 +138,40 @@ async function startRedisOn(port: number): Promise<{ close(): Promise<void> }> {
     },
   };
 }
+
+t.test('Sentinel mode: the primary is found through a Sentinel', async (t) => {
+  const { spawn } = await import('node:child_process');
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'sentinel-'));
+  const conf = join(dir, 'sentinel.conf');
+  writeFileSync(conf, `port ${port}\nbind 127.0.0.1\ndir ${dir}\nsentinel monitor gwprimary 127.0.0.1 ${redis.port} 1\n`);
+  const sentinel = spawn('redis-server', [conf, '--sentinel'], { stdio: 'ignore' });
+  t.teardown(async () => {
+    const exited = new Promise((r) => sentinel.once('exit', r));
+    sentinel.kill('SIGKILL');
+    await exited;
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const probe = new Redis({ port, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => 50 });
+  t.teardown(() => probe.disconnect());
+  let master: unknown = null;
+  for (let i = 0; i < 100 && !Array.isArray(master); i++) {
+    master = await probe.call('SENTINEL', 'get-master-addr-by-name', 'gwprimary').catch(() => null);
+    if (!Array.isArray(master)) await new Promise((r) => setTimeout(r, 50));
+  }
+  t.same(master, ['127.0.0.1', String(redis.port)], 'the Sentinel knows the primary');
+
+  const gw = await startGateway({
+    store: { type: 'redis', redis: { mode: 'sentinel', sentinels: [`127.0.0.1:${port}`], masterName: 'gwprimary', keyPrefix: 'sn:', timeoutMs: 1000 } },
+    upstreams: { up: { targets: [up.url] } },
+    routes: [{ name: 'sn', match: { prefix: '/sn' }, upstream: 'up', rateLimit: { limits: [{ rate: 2, per: '1h' }] } }],
+  } as never);
+  t.teardown(() => gw.close());
+  const statuses = [];
+  for (let i = 0; i < 3; i++) statuses.push((await call(gw.url, '/sn')).status);
+  t.same(statuses, [200, 200, 429]);
+  t.equal((await admin.keys('sn:*')).length, 1, 'the bucket lives on the primary');
+});
