@@ -8,7 +8,7 @@ const monotonicUs = (): number => Math.floor(performance.now() * 1000);
  * Fills the result fields of one bucket from its debt `d` (microseconds until the bucket is full).
  * lua/gate.lua does the same arithmetic; keep the two in step.
  */
-export function bucketFields(out: number[], at: number, d: number, intervalUs: number, capUs: number, retryUs: number): void {
+function bucketFields(out: number[], at: number, d: number, intervalUs: number, capUs: number, retryUs: number): void {
   out[at + F_REMAINING] = Math.floor((capUs - d) / intervalUs);
   out[at + F_RETRY_MS] = Math.ceil(retryUs / 1000);
   const part = d % intervalUs;

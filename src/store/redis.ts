@@ -78,6 +78,8 @@ export class RedisStore implements AsyncGateStore, Resource {
   private loading: Promise<void> | null = null;
   /** For logging state changes once instead of once per failed request. */
   private failing = false;
+  /** init() has run: later (re)connections load the script themselves. */
+  private started = false;
   private closed = false;
 
   constructor(opts: RedisStoreOptions) {
@@ -159,7 +161,7 @@ export class RedisStore implements AsyncGateStore, Resource {
         this.failing = false;
         this.log.info('redis connection ready');
       }
-      this.reload();
+      if (this.started) this.reload();
     });
   }
 
@@ -168,6 +170,14 @@ export class RedisStore implements AsyncGateStore, Resource {
    * readiness reports it); a script Redis refuses is.
    */
   async init(): Promise<void> {
+    try {
+      await this.connectAndLoad();
+    } finally {
+      this.started = true;
+    }
+  }
+
+  private async connectAndLoad(): Promise<void> {
     const connected = await Promise.race([
       this.client.connect().then(
         () => true,
