@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BENCH_API_KEY, BENCH_CONSUMER, BENCH_JWT_SECRET, benchJwt } from './auth';
 import { DIST, freePort, httpReady, startProcess, type Proc } from './harness';
+import { startRedisServer } from './redis';
 
 /** What every server of a bench run can rely on. */
 export interface BenchEnv {
@@ -12,6 +13,8 @@ export interface BenchEnv {
 export interface RunningServer {
   baseUrl: string;
   procs: Proc[];
+  /** Processes the server needs (a redis-server): stopped with it, not counted in its CPU per request. */
+  helpers?: Proc[];
 }
 
 /** A process (or group) that serves one or more scenarios. Started once per run, only if needed. */
@@ -68,7 +71,33 @@ async function startGatewayProcess(name: string, config: (port: number, adminPor
   return { baseUrl: `http://127.0.0.1:${port}`, procs: [proc] };
 }
 
+/**
+ * The bench route with a rate limit that never rejects (every request pays for a full decision and
+ * its five headers), with the memory store or a private redis-server. The CPU per request is the
+ * gateway's alone (Redis, like the upstream, is not counted).
+ */
+function rateLimitedServer(name: string, store: 'memory' | 'redis', autoPipelining = true): ServerSpec {
+  return {
+    name,
+    start: async (env) => {
+      const redis = store === 'redis' ? await startRedisServer(`${name}-redis`) : null;
+      const running = await startGatewayProcess(name, (port, adminPort) => {
+        const cfg = gatewayConfig(env, port, adminPort) as { routes: Record<string, unknown>[] };
+        return {
+          ...cfg,
+          store: redis ? { type: 'redis', redis: { url: redis.url, autoPipelining } } : { type: 'memory' },
+          routes: cfg.routes.map((r) => ({ ...r, rateLimit: { limits: [{ rate: 1000000000, per: '1h' }] } })),
+        };
+      });
+      return { baseUrl: running.baseUrl, procs: running.procs, helpers: redis ? [redis.proc] : [] };
+    },
+  };
+}
+
 export const SERVERS: ServerSpec[] = [
+  rateLimitedServer('gateway-rl-memory', 'memory'),
+  rateLimitedServer('gateway-rl-redis', 'redis'),
+  rateLimitedServer('gateway-rl-redis-no-autopipe', 'redis', false),
   {
     name: 'upstream',
     start: async (env) => ({ baseUrl: env.upstreamUrl, procs: [] }),
@@ -121,4 +150,12 @@ export const SCENARIOS: Scenario[] = [
   { name: 'gateway-jwt', description: 'a route requiring a JWT (HS256; one token, so verification is cached)', server: 'gateway', path: '/api/jwt/123', headers: { authorization: `Bearer ${benchJwt()}` } },
   { name: 'gateway-jwt-nocache', description: 'the JWT route with the verification cache off (an HMAC check per request)', server: 'gateway-jwt-nocache', path: '/api/jwt/123', headers: { authorization: `Bearer ${benchJwt()}` } },
   { name: 'gateway-api-key', description: 'a route requiring an API key (memory store: SHA-256 and a map lookup)', server: 'gateway', path: '/api/key/123', headers: { 'x-api-key': BENCH_API_KEY } },
+  { name: 'ratelimit-memory', description: 'the bare route plus a rate limit, memory store', server: 'gateway-rl-memory', path: '/api/users/123' },
+  { name: 'ratelimit-redis', description: 'the bare route plus a rate limit, Redis store (one EVALSHA per request, auto-pipelining on: the default)', server: 'gateway-rl-redis', path: '/api/users/123' },
+  {
+    name: 'ratelimit-redis-no-autopipe',
+    description: 'the same with ioredis auto-pipelining off',
+    server: 'gateway-rl-redis-no-autopipe',
+    path: '/api/users/123',
+  },
 ];

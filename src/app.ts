@@ -12,7 +12,7 @@ import { GatewayError, sendProblem, type ErrorCode } from './errors';
 import { AccessLog } from './observability/access-log';
 import { GatewayMetrics } from './observability/metrics';
 import { UpstreamRegistry } from './proxy/upstreams';
-import type { PluginContext, Resource } from './plugins';
+import type { Plugin, PluginContext, Resource } from './plugins';
 import { serverLimitOptions } from './plugins/policies/server-limits';
 import { keyStoreFor } from './plugins/auth';
 import { Runtime } from './runtime';
@@ -25,6 +25,8 @@ export interface GatewayOptions {
   processMetrics?: boolean;
   /** The configuration file reloads read from (SIGHUP, POST /admin/reload, reload.watch). */
   configFile?: string;
+  /** Extra plugins that run before the configured ones (embedding, and tests that need an identity). */
+  plugins?: (ctx: PluginContext) => Plugin[];
 }
 
 const SANE_REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
@@ -68,6 +70,7 @@ export class Gateway {
   private pendingInit: Resource[] = [];
   private readonly shared = new Map<string, unknown>();
   private readonly configFile: string | null;
+  private readonly extraPlugins: ((ctx: PluginContext) => Plugin[]) | undefined;
   private watching = false;
   private reloading: Promise<unknown> = Promise.resolve();
   private draining = false;
@@ -75,6 +78,7 @@ export class Gateway {
 
   constructor(config: Readonly<GatewayConfig>, opts: GatewayOptions = {}) {
     this.configFile = opts.configFile ?? null;
+    this.extraPlugins = opts.plugins;
     this.server = Fastify({
       ...(opts.logger ? { loggerInstance: opts.logger } : { logger: { level: config.log.level } }),
       // The chain writes its own access line (hijacked replies skip Fastify's).
@@ -95,7 +99,7 @@ export class Gateway {
     this.log = this.server.log;
     this.metrics = new GatewayMetrics({ processMetrics: opts.processMetrics ?? true });
     this.upstreams = new UpstreamRegistry(config.upstreams);
-    this.runtime = new Runtime(config, this.upstreams, this.metrics, this.pluginContext(config));
+    this.runtime = new Runtime(config, this.upstreams, this.metrics, this.pluginContext(config), this.extraPlugins);
     this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log) : null;
     const chain = new RequestChain({
       runtime: () => this.runtime,
@@ -202,7 +206,7 @@ export class Gateway {
     const upstreams = new UpstreamRegistry(next.upstreams, this.upstreams);
     let runtime: Runtime;
     try {
-      runtime = new Runtime(next, upstreams, this.metrics, this.pluginContext(next));
+      runtime = new Runtime(next, upstreams, this.metrics, this.pluginContext(next), this.extraPlugins);
       await this.initPending();
     } catch (err) {
       await Promise.all(upstreams.changes.created.map((name) => upstreams.get(name).close()));

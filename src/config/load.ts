@@ -3,6 +3,7 @@ import { BlockList, isIP } from 'node:net';
 import Ajv, { type ErrorObject } from 'ajv';
 import YAML from 'yaml';
 import { checkPolicies } from '../plugins/policies/check';
+import { checkRateLimitConfig } from '../plugins/rate-limit/check';
 import { ConfigSchema, type GatewayConfig } from './schema';
 import { checkAuthConfig } from '../plugins/auth/check';
 
@@ -25,7 +26,7 @@ export function formatProblem(p: ConfigProblem): string {
   return p.path ? `${p.path}: ${p.message}` : p.message;
 }
 
-const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, coerceTypes: false });
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, coerceTypes: false, verbose: true });
 const validateSchema = ajv.compile<GatewayConfig>(ConfigSchema);
 
 const ENV_REF = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
@@ -186,6 +187,7 @@ function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[]): void {
   });
   checkPolicies(cfg, problems);
   checkAuthConfig(cfg, problems);
+  checkRateLimitConfig(cfg, problems);
 }
 
 function deepFreeze<T>(value: T): T {

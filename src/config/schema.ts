@@ -2,6 +2,8 @@ import { Type, type Static, type TProperties, type ObjectOptions } from '@sincla
 import { ConsumerSchema } from '../plugins/auth/consumers-schema';
 import { PoliciesSchema, RoutePoliciesSchema } from '../plugins/policies/schema';
 import { AuthSchema, RouteAuthSchema } from '../plugins/auth/schema';
+import { RouteRateLimitSchema } from '../plugins/rate-limit/schema';
+import { StoreSchema } from '../store/schema';
 
 /**
  * The configuration schema is the single source of validation, TypeScript types and the
@@ -208,7 +210,7 @@ export const RouteSchema = Obj(
       description: "Forward the client's Host header instead of the target's.",
       default: false,
     }),
-    rateLimit: Type.Optional(Reserved('Rate limits of this route')),
+    rateLimit: Type.Optional(RouteRateLimitSchema),
     cache: Type.Optional(Reserved('Response cache of this route')),
     auth: Type.Optional(RouteAuthSchema),
     policies: RoutePoliciesSchema,
@@ -235,7 +237,7 @@ export const ConfigSchema = Obj(
       default: {},
     }),
     routes: Type.Array(RouteSchema, { description: 'Routes; the longest matching prefix wins.', default: [] }),
-    store: Type.Optional(Reserved('Shared state backend for rate limits and cache')),
+    store: StoreSchema,
     auth: AuthSchema,
     reload: Obj(
       {

@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { LimitSchema } from '../rate-limit/schema';
+import { ConsumerLimitSchema } from '../rate-limit/schema';
 
 export const StoredKeySchema = Type.Object(
   {
@@ -25,7 +25,7 @@ export const ConsumerSchema = Type.Object(
       description: 'API keys of this consumer for the memory key store (several at once allow rotation with overlap).',
       default: [],
     }),
-    rateLimits: Type.Array(LimitSchema, {
+    rateLimits: Type.Array(ConsumerLimitSchema, {
       description: "The consumer's own limits, applied on every route that rate-limits (keys default to the consumer).",
       default: [],
     }),
