@@ -2,11 +2,14 @@ import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { buildAdminServer, type ReadinessCheck } from './admin/server';
+import { registerUpstreamStatus } from './admin/upstreams';
 import { RequestChain } from './chain';
 import type { GatewayConfig } from './config/schema';
 import { GatewayError, sendProblem, type ErrorCode } from './errors';
 import { ClientIpResolver } from './net/client-ip';
 import { GatewayMetrics } from './observability/metrics';
+import { UpstreamMetrics } from './observability/upstream-metrics';
+import { HealthChecker } from './proxy/health';
 import { UpstreamRegistry } from './proxy/upstreams';
 import { createPlugins, type PluginContext, type Resource } from './plugins';
 import { CompiledRoute } from './routes';
@@ -76,7 +79,9 @@ export class Gateway {
     });
     this.log = this.server.log;
     this.metrics = new GatewayMetrics({ processMetrics: opts.processMetrics ?? true });
-    this.upstreams = new UpstreamRegistry(config.upstreams);
+    const upstreamEvents = new UpstreamMetrics(this.metrics.registry, this.log, () => this.upstreams.all());
+    this.upstreams = new UpstreamRegistry(config.upstreams, upstreamEvents);
+    this.resources.push(new HealthChecker(this.upstreams, upstreamEvents, this.log));
 
     const pluginContext: PluginContext = {
       config,
@@ -127,6 +132,7 @@ export class Gateway {
           isDraining: () => this.draining,
         })
       : null;
+    if (this.admin) registerUpstreamStatus(this.admin, this.upstreams, config.admin.token);
   }
 
   private answerFastify(request: FastifyRequest, reply: FastifyReply, err: GatewayError): void {
