@@ -115,7 +115,7 @@ t.test('an upstream closing idle keep-alive sockets (keepAliveTimeout = 1000): z
         const method = ['GET', 'HEAD', 'DELETE', 'POST'][i % 4];
         const res = await call(gw.url, `/${n}/${i}`, { method });
         statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
-        await sleep(1940 + Math.random() * 120);
+        await sleep(1900 + Math.random() * 200);
       }
     }),
   );

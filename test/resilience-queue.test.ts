@@ -47,7 +47,7 @@ t.test('a saturated pool answers 503 within queueTimeoutMs, without reaching the
   const elapsed = performance.now() - started;
   t.equal(res.status, 503);
   t.equal(res.json().code, 'UPSTREAM_QUEUE_FULL');
-  t.ok(elapsed >= 280 && elapsed < 1500, `waited queueTimeoutMs, then gave up (${elapsed.toFixed(0)} ms)`);
+  t.ok(elapsed >= 280 && elapsed < 2400, `waited queueTimeoutMs, then gave up, well before the deadline (${elapsed.toFixed(0)} ms)`);
   t.equal(up.hits, 2, 'the queued request never reached the upstream');
   t.same(
     (await Promise.all(busy)).map((r) => r.status),
