@@ -1,10 +1,10 @@
-import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
+import { startCli } from './helpers/cli';
 import { startGateway, withTestDefaults, type TestConfig } from './helpers/gateway';
 import { call } from './helpers/http';
 import { freePort } from './helpers/redis';
@@ -178,15 +178,13 @@ t.test('SIGHUP reloads the CLI gateway', async (t) => {
   const write = (prefix: string) =>
     writeFileSync(file, JSON.stringify({ listen: { host: '127.0.0.1', port }, admin: { port: adminPort }, shutdown: { drainDelayMs: 0 }, upstreams: { up: { targets: [up.url] } }, routes: [{ name: 'r', match: { prefix }, upstream: 'up' }] }));
   write('/before');
-  const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, '..', 'src', 'main.ts'), '--config', file], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PORT: '' } });
-  t.teardown(() => child.kill('SIGKILL'));
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  for (let i = 0; i < 200 && !out.includes('gateway listening'); i++) await sleep(50);
+  const cli = startCli(file);
+  t.teardown(() => cli.child.kill('SIGKILL'));
+  t.ok(await cli.waitFor('gateway listening'), cli.output());
   write('/after');
-  child.kill('SIGHUP');
-  for (let i = 0; i < 100 && !out.includes('configuration reloaded'); i++) await sleep(50);
+  cli.child.kill('SIGHUP');
+  t.ok(await cli.waitFor('configuration reloaded', 10000), cli.output());
   t.equal((await call(`http://127.0.0.1:${port}`, '/after/x')).status, 200);
   t.equal((await call(`http://127.0.0.1:${port}`, '/before/x')).status, 404);
-  t.match(out, /"actor":"SIGHUP"/);
+  t.match(cli.output(), /"actor":"SIGHUP"/);
 });

@@ -11,7 +11,7 @@ import { call } from './helpers/http';
 import { startUpstream } from './helpers/upstream';
 
 t.test('header hygiene in both directions, forwarded headers and Host', async (t) => {
-  const up = await startUpstream((req, res) => {
+  const up = await startUpstream((_req, res) => {
     res.writeHead(200, [
       'content-type', 'text/plain',
       'connection', 'X-Secret-Hop, keep-alive',
@@ -215,7 +215,7 @@ t.test('a body cut short by the upstream is never passed off as complete', async
 
 t.test('bodies stream both ways without buffering', async (t) => {
   const size = 8 * 1024 * 1024;
-  const up = await startUpstream((req, res, body) => {
+  const up = await startUpstream((_req, res, body) => {
     res.writeHead(200, { 'content-type': 'application/octet-stream' });
     res.end(Buffer.alloc(size, body.length % 251));
   });
