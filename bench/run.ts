@@ -148,7 +148,8 @@ async function main(): Promise<void> {
       return { ...r, cpuUsPerReq: before !== null && after !== null && r.requests > 0 ? (after - before) / r.requests : null };
     };
 
-    const slow = opts.slowGatewayUs === null ? '' : `, gateways slowed by ${opts.slowGatewayUs} µs per request`;
+    const slowUs = process.env.BENCH_SLOW_GATEWAY_US;
+    const slow = slowUs ? `, gateways slowed by ${slowUs} µs per request` : '';
     process.stdout.write(`bench: ${scenarios.length} scenarios, ${opts.rounds} interleaved rounds of ${opts.durationS}s at ${opts.connections} connections${slow}\n`);
     for (const s of scenarios) await load(s, opts.warmupS);
 
