@@ -151,7 +151,7 @@ async function main(): Promise<void> {
     const slowUs = process.env.BENCH_SLOW_GATEWAY_US;
     const slow = slowUs ? `, gateways slowed by ${slowUs} µs per request` : '';
     process.stdout.write(`bench: ${scenarios.length} scenarios, ${opts.rounds} interleaved rounds of ${opts.durationS}s at ${opts.connections} connections${slow}\n`);
-    for (const s of scenarios) await load(s, opts.warmupS);
+    if (opts.warmupS > 0) for (const s of scenarios) await load(s, opts.warmupS);
 
     const results = new Map<string, Measured[]>(scenarios.map((s) => [s.name, []]));
     let roundNo = 0;

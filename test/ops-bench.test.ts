@@ -1,5 +1,5 @@
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { checkFloors, readFloors, type RatioSummary } from '../bench/guard';
@@ -85,20 +85,45 @@ t.test('the HTML chart is self-contained, escapes names and marks floors', async
   t.match(html, /gateway vsReference 0\.80 &#60; floor 0\.90/);
 });
 
+/** Newest modification time of the .ts files under these folders. */
+function newestSource(dirs: string[]): number {
+  let newest = 0;
+  for (const d of dirs) {
+    for (const f of readdirSync(join(ROOT, d), { recursive: true }) as string[]) {
+      if (f.endsWith('.ts')) newest = Math.max(newest, statSync(join(ROOT, d, f)).mtimeMs);
+    }
+  }
+  return newest;
+}
+
 t.test('bench:ci fails when the gateway is slowed on purpose', async (t) => {
+  // bench:ci is `npm run build && <run>`: CI builds before the tests, so the test runs <run> itself
+  // and compiles only when dist/ is missing or older than the sources (a local run).
+  const script = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).scripts['bench:ci'] as string;
+  const [build, run] = script.split(' && ');
+  t.equal(build, 'npm run build', 'bench:ci builds first');
+  t.match(run, /^node dist\/bench\/run\.js .*--floors=bench\/floors\.json/);
+  const built = join(ROOT, 'dist', 'bench', 'run.js');
+  if (!existsSync(built) || statSync(built).mtimeMs < newestSource(['src', 'bench'])) {
+    const tsc = spawnSync(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', 'tsconfig.json'], { cwd: ROOT, encoding: 'utf8', timeout: 110000 });
+    t.equal(tsc.status, 0, `build: ${tsc.stdout}${tsc.stderr}`);
+  }
+
   const dir = mkdtempSync(join(ROOT, '.tmp-ops-bench-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const out = join(dir, 'ci.json');
   const html = join(dir, 'ci.html');
-  // Short: one 1 s round of the bare route and its reference, each gateway request burning 50 ms of
-  // event-loop time (at most 20 req/s; the reference, cold after a 1 s warm-up on the loaded shared
-  // machine, still measured 60 req/s and more).
-  const args = ['run', 'bench:ci', '--', '--duration=1', '--rounds=1', '--warmup=1', '--retries=0', '--only=gateway', '--slow-gateway-us=50000', `--out=${out}`, `--html=${html}`];
-  const child = spawn('npm', args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Short: one cold 1 s round of the bare route and its reference, each gateway request burning 50 ms
+  // of event-loop time (at most 20 req/s; at a load average of 15 the cold reference measured 188 req/s
+  // against the slowed gateway's 13, a ratio of 0.07). Later options override bench:ci's own.
+  const [node, ...ciArgs] = run.split(' ');
+  t.equal(node, 'node');
+  const args = [...ciArgs, '--duration=1', '--rounds=1', '--warmup=0', '--retries=0', '--only=gateway', '--slow-gateway-us=50000', `--out=${out}`, `--html=${html}`];
+  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout.on('data', (d: Buffer) => (output += d.toString()));
   child.stderr.on('data', (d: Buffer) => (output += d.toString()));
-  const killer = setTimeout(() => child.kill('SIGKILL'), 100000);
+  const killer = setTimeout(() => child.kill('SIGKILL'), 90000);
   const code = await new Promise<number | null>((r) => child.once('exit', r));
   clearTimeout(killer);
 
