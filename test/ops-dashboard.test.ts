@@ -40,10 +40,6 @@ const exprs = dashboard.panels.flatMap((p) => (p.targets ?? []).map((x) => ({ pa
  * driver below makes the series exist and the entry is removed.
  */
 const PENDING: Record<string, string> = {
-  gateway_ratelimit_decisions_total: 'rate limiting, branch ratelimit (src/plugins/rate-limit/plugin.ts)',
-  gateway_redis_script_duration_seconds_bucket: 'Redis store, branch ratelimit (src/store/redis.ts)',
-  gateway_redis_errors_total: 'Redis store, branch ratelimit (src/store/redis.ts)',
-  gateway_auth_requests_total: 'authentication, branch auth (src/plugins/auth/index.ts)',
   gateway_upstream_breaker_state: 'resilience, branch resilience (src/observability/upstream-metrics.ts)',
   gateway_upstream_target_healthy: 'resilience, branch resilience (src/observability/upstream-metrics.ts)',
   gateway_upstream_connections: 'resilience, branch resilience (src/observability/upstream-metrics.ts)',
