@@ -27,6 +27,7 @@ t.test('checkFloors: ratios against floors, errors, unknown and skipped scenario
   t.same(failedOf([summary('a', 1.5, 1, 3), summary('b', 0.9, 0.9, 0, 1), summary('c', 1, 1, 0, 5)]), ['a errors', 'b non2xx'], 'fast failures never pass');
   t.same(failedOf([summary('a', null, 1), summary('b', 1, 1), summary('c', 1, 1)]), ['a vsReference'], 'an unmeasured ratio fails');
   t.same(failedOf([summary('a', 1.5, 1)], ['a']), [], 'scenarios left out with --only are skipped');
+  t.same(failedOf([summary('a', 1.5, 1), summary('d', 0.1, 0.1, 2, 7)], ['a', 'd']), ['d errors', 'd non2xx'], 'a scenario without floors must still answer 2xx without errors');
   t.same(
     checkFloors({ note: '', floors: { gone: { vsBare: 1 } } }, [], known, []).map((v) => [v.ok, v.metric]),
     [[false, 'missing']],
