@@ -3,6 +3,7 @@ import { unwatchFile, watchFile } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import pino from 'pino';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { registerKeyRoutes } from './admin/keys';
 import { buildAdminServer, type ReadinessCheck } from './admin/server';
 import { RequestChain } from './chain';
 import { ConfigError, formatProblem, loadConfigFile } from './config/load';
@@ -12,6 +13,8 @@ import { AccessLog } from './observability/access-log';
 import { GatewayMetrics } from './observability/metrics';
 import { UpstreamRegistry } from './proxy/upstreams';
 import type { Plugin, PluginContext, Resource } from './plugins';
+import { serverLimitOptions } from './plugins/policies/server-limits';
+import { keyStoreFor } from './plugins/auth';
 import { Runtime } from './runtime';
 import { diffRoutes, restartOnlyChanges, type ReloadResult } from './lifecycle/reload';
 
@@ -27,6 +30,10 @@ export interface GatewayOptions {
 }
 
 const SANE_REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
+
+function requestIdFor(incoming: string | string[] | undefined): string {
+  return typeof incoming === 'string' && SANE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
+}
 
 /** Every method Node's parser accepts is proxied; Fastify only needs to be told about the unusual ones. */
 const PROXIED_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS', 'TRACE', 'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'SEARCH', 'REPORT', 'PURGE'];
@@ -77,10 +84,9 @@ export class Gateway {
       // The chain writes its own access line (hijacked replies skip Fastify's).
       logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'reqId' }),
       requestIdHeader: false,
-      genReqId: (req) => {
-        const incoming = req.headers['x-request-id'];
-        return typeof incoming === 'string' && SANE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
-      },
+      genReqId: (req) => requestIdFor(req.headers['x-request-id']),
+      // Header size and client timeouts, and problem+json for what Node answers on the socket.
+      ...serverLimitOptions(config.policies.limits, () => this.log, requestIdFor),
       exposeHeadRoutes: false,
       // Malformed URLs are rejected by Fastify's router before the chain runs: answer them in our shape.
       frameworkErrors: (error, request, reply) => {
@@ -129,6 +135,7 @@ export class Gateway {
           reload: (actor) => this.reloadFromSource(actor),
         })
       : null;
+    if (this.admin) registerKeyRoutes(this.admin, { config: () => this.config, store: () => keyStoreFor(this.pluginContext(this.config)) });
   }
 
   private pluginContext(config: Readonly<GatewayConfig>): PluginContext {

@@ -1,5 +1,7 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 import { ConsumerSchema } from '../plugins/auth/consumers-schema';
+import { PoliciesSchema, RoutePoliciesSchema } from '../plugins/policies/schema';
+import { AuthSchema, RouteAuthSchema } from '../plugins/auth/schema';
 import { RouteRateLimitSchema } from '../plugins/rate-limit/schema';
 import { StoreSchema } from '../store/schema';
 
@@ -210,7 +212,8 @@ export const RouteSchema = Obj(
     }),
     rateLimit: Type.Optional(RouteRateLimitSchema),
     cache: Type.Optional(Reserved('Response cache of this route')),
-    auth: Type.Optional(Reserved('Authentication required by this route')),
+    auth: Type.Optional(RouteAuthSchema),
+    policies: RoutePoliciesSchema,
   },
   { description: 'A route: which requests go to which upstream, and how.' },
 );
@@ -235,7 +238,7 @@ export const ConfigSchema = Obj(
     }),
     routes: Type.Array(RouteSchema, { description: 'Routes; the longest matching prefix wins.', default: [] }),
     store: StoreSchema,
-    auth: Type.Optional(Reserved('Authentication providers')),
+    auth: AuthSchema,
     reload: Obj(
       {
         watch: Type.Boolean({
@@ -247,6 +250,7 @@ export const ConfigSchema = Obj(
       { description: 'Hot reload. SIGHUP and POST /admin/reload always reload; watching the file is optional.', default: {} },
     ),
     consumers: Type.Array(ConsumerSchema, { description: 'API consumers known to the gateway.', default: [] }),
+    policies: PoliciesSchema,
   },
   { description: 'Gateway configuration.' },
 );

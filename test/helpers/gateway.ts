@@ -14,7 +14,8 @@ export interface TestGateway {
   close(): Promise<void>;
 }
 
-type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> | T[K] : T[K] };
+/** Optional sections (auth.jwt, route auth, ...) are partial too: the loader fills their defaults. */
+type DeepPartial<T> = { [K in keyof T]?: NonNullable<T[K]> extends object ? DeepPartial<NonNullable<T[K]>> : T[K] };
 
 /**
  * Starts a real gateway on 127.0.0.1:0 (admin too) from a config object. The config goes through
