@@ -55,7 +55,7 @@ function barChart(title: string, bars: Bar[], unit: string): string {
     const parts = [
       `<text x="${LABEL_W - 8}" y="${y + 15}" text-anchor="end">${esc(b.label)}</text>`,
       `<rect x="${LABEL_W}" y="${y + 3}" width="${Math.max(1, x(b.value) - LABEL_W).toFixed(1)}" height="${ROW_H - 8}" fill="${b.colour}"><title>${esc(`${b.label}: ${b.text}`)}</title></rect>`,
-      `<text x="${(Math.max(x(b.value), b.range ? x(b.range[1]) : 0) + 6).toFixed(1)}" y="${y + 15}">${esc(b.text)}</text>`,
+      `<text x="${(Math.max(x(b.value), b.range ? x(b.range[1]) : 0, b.floor !== undefined ? x(b.floor) : 0) + 6).toFixed(1)}" y="${y + 15}">${esc(b.text)}</text>`,
     ];
     if (b.range) {
       const [lo, hi] = b.range.map(x);
