@@ -5,12 +5,15 @@ import pino from 'pino';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { registerKeyRoutes } from './admin/keys';
 import { buildAdminServer, type ReadinessCheck } from './admin/server';
+import { upstreamStatus } from './admin/upstreams';
 import { RequestChain } from './chain';
 import { ConfigError, formatProblem, loadConfigFile } from './config/load';
 import type { GatewayConfig } from './config/schema';
 import { GatewayError, sendProblem, type ErrorCode } from './errors';
 import { AccessLog } from './observability/access-log';
 import { GatewayMetrics } from './observability/metrics';
+import { UpstreamMetrics } from './observability/upstream-metrics';
+import { HealthChecker } from './proxy/health';
 import { UpstreamRegistry } from './proxy/upstreams';
 import type { Plugin, PluginContext, Resource } from './plugins';
 import { serverLimitOptions } from './plugins/policies/server-limits';
@@ -63,6 +66,8 @@ export class Gateway {
   readonly log: FastifyBaseLogger;
   private runtime: Runtime;
   private upstreams: UpstreamRegistry;
+  private readonly upstreamEvents: UpstreamMetrics;
+  private readonly healthChecks: HealthChecker;
   private readonly accessLog: AccessLog | null;
   private readonly readiness: ReadinessCheck[] = [];
   private readonly resources: Resource[] = [];
@@ -98,7 +103,11 @@ export class Gateway {
     });
     this.log = this.server.log;
     this.metrics = new GatewayMetrics({ processMetrics: opts.processMetrics ?? true });
-    this.upstreams = new UpstreamRegistry(config.upstreams);
+    this.upstreamEvents = new UpstreamMetrics(this.metrics.registry, this.log, () => this.upstreams.all());
+    this.upstreams = new UpstreamRegistry(config.upstreams, this.upstreamEvents);
+    this.healthChecks = new HealthChecker(this.upstreams, this.upstreamEvents, this.log);
+    this.resources.push(this.healthChecks);
+    this.pendingInit.push(this.healthChecks);
     this.runtime = new Runtime(config, this.upstreams, this.metrics, this.pluginContext(config), this.extraPlugins);
     this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log) : null;
     const chain = new RequestChain({
@@ -132,6 +141,7 @@ export class Gateway {
           checks: () => this.readiness,
           isDraining: () => this.draining,
           config: () => this.config,
+          upstreams: () => upstreamStatus(this.upstreams),
           reload: (actor) => this.reloadFromSource(actor),
         })
       : null;
@@ -203,7 +213,7 @@ export class Gateway {
   private async applyReload(next: Readonly<GatewayConfig>, actor: string): Promise<ReloadResult> {
     if (this.closed) throw new Error('the gateway is shutting down');
     const previous = this.runtime;
-    const upstreams = new UpstreamRegistry(next.upstreams, this.upstreams);
+    const upstreams = new UpstreamRegistry(next.upstreams, this.upstreamEvents, this.upstreams);
     let runtime: Runtime;
     try {
       runtime = new Runtime(next, upstreams, this.metrics, this.pluginContext(next), this.extraPlugins);
@@ -215,6 +225,7 @@ export class Gateway {
     }
     this.runtime = runtime;
     this.upstreams = upstreams;
+    await this.healthChecks.sync(upstreams);
     for (const up of upstreams.changes.retired) {
       up.close().catch((err: unknown) => this.log.warn({ err, upstream: up.name }, 'closing a retired upstream failed'));
     }

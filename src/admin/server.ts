@@ -20,6 +20,8 @@ export interface AdminDeps {
   checks: () => readonly ReadinessCheck[];
   isDraining(): boolean;
   config(): Readonly<GatewayConfig>;
+  /** Upstreams with the live state of every target (health, breaker, in-flight, queued, pool). */
+  upstreams(): unknown;
   reload(actor: string): Promise<ReloadResult>;
 }
 
@@ -95,9 +97,10 @@ export function buildAdminServer(deps: AdminDeps): FastifyInstance {
     deps.config().routes.map((r) => ({ name: r.name, match: r.match, upstream: r.upstream, rewrite: r.rewrite, preserveHost: r.preserveHost })),
   );
 
-  admin.get('/admin/upstreams', async () =>
-    Object.entries(deps.config().upstreams).map(([name, u]) => ({ name, targets: u.targets })),
-  );
+  admin.get('/admin/upstreams', async (_req, reply) => {
+    reply.header('cache-control', 'no-store');
+    return deps.upstreams();
+  });
 
   admin.get('/admin/consumers', async () =>
     deps.config().consumers.map((c) => ({ id: c.id, roles: c.roles, scopes: c.scopes, routes: c.routes ?? null })),

@@ -123,6 +123,9 @@ function checkCidr(entry: string, path: string, problems: ConfigProblem[], list:
   list.addSubnet(addr, prefix, family === 4 ? 'ipv4' : 'ipv6');
 }
 
+/** Methods whose requests may have effects that a replay would repeat. */
+const NEVER_RETRIED: ReadonlySet<string> = new Set(['POST', 'PATCH', 'CONNECT']);
+
 /** Rules that span fields, which JSON Schema cannot express. */
 function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[]): void {
   const list = new BlockList();
@@ -144,6 +147,13 @@ function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[]): void {
       if (url.search || url.hash) problems.push({ path, message: 'a target may not carry a query or fragment' });
       if (url.username || url.password) problems.push({ path, message: 'credentials do not belong in a target URL' });
     });
+    const at = joinPath('upstreams', name);
+    up.retries.methods.forEach((m, i) => {
+      if (NEVER_RETRIED.has(m)) problems.push({ path: `${at}.retries.methods[${i}]`, message: `${m} is not idempotent and is never retried` });
+    });
+    if (up.breaker.maxOpenMs < up.breaker.openMs) {
+      problems.push({ path: `${at}.breaker.maxOpenMs`, message: `must be at least breaker.openMs (${up.breaker.openMs})` });
+    }
     if (up.tls.caFile) {
       try {
         readFileSync(up.tls.caFile);

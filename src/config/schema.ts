@@ -137,6 +137,135 @@ export const TlsSchema = Obj(
   { description: 'TLS settings for https:// targets.', default: {} },
 );
 
+/** What can count as an upstream failure, for the circuit breaker and for retries. */
+export const FAILURE_KINDS = ['connect', 'timeout', 'reset', 'bad-response', 'gateway-error', '5xx'] as const;
+
+const FailureKinds = (description: string, def: readonly (typeof FAILURE_KINDS)[number][]) =>
+  Type.Array(Type.Union(FAILURE_KINDS.map((k) => Type.Literal(k))), {
+    description:
+      `${description} connect: refused or timed-out connection; timeout: no headers or body in time, or the request deadline passed; ` +
+      'reset: connection closed before the response ended; bad-response: unparsable answer; gateway-error: a 502, 503 or 504 answer; 5xx: any 5xx answer.',
+    default: [...def],
+    uniqueItems: true,
+  });
+
+export const BreakerSchema = Obj(
+  {
+    enabled: Type.Boolean({ description: 'Run a circuit breaker for each target of the upstream.', default: true }),
+    consecutiveFailures: Type.Integer({
+      description: 'Open after this many failures in a row. 0 turns this trigger off.',
+      default: 5,
+      minimum: 0,
+    }),
+    failureRatio: Type.Number({
+      description: 'Open when failures reach this share of the requests in the rolling window. 0 turns this trigger off.',
+      default: 0.5,
+      minimum: 0,
+      maximum: 1,
+    }),
+    minRequests: Type.Integer({
+      description: 'Requests the rolling window must hold before failureRatio is judged.',
+      default: 20,
+      minimum: 1,
+    }),
+    windowMs: Ms('Length of the rolling window for failureRatio', 10000, 100),
+    failureOn: FailureKinds('What counts as a failure.', ['connect', 'timeout', 'reset', 'bad-response', 'gateway-error']),
+    openMs: Ms('How long a tripped breaker rejects requests before it lets probes through', 5000, 1),
+    backoffMultiplier: Type.Number({
+      description: 'openMs is multiplied by this for every trip that follows the previous one within maxOpenMs of recovering.',
+      default: 2,
+      minimum: 1,
+    }),
+    maxOpenMs: Ms('Cap on the open time as it grows with repeated trips', 60000, 1),
+    halfOpenProbes: Type.Integer({
+      description:
+        'Requests let through at once when the open time is over; the breaker closes when that many succeed and opens again when one fails.',
+      default: 1,
+      minimum: 1,
+    }),
+  },
+  {
+    description:
+      'Circuit breaker per target (passive health): while it is open the target leaves the rotation; when every target is out the gateway answers 503 with Retry-After without calling the upstream.',
+    default: {},
+  },
+);
+
+const StatusPattern = Type.Union(
+  [
+    Type.Integer({ description: 'A status code.', minimum: 100, maximum: 599 }),
+    Type.String({ description: 'A status class such as 2xx.', pattern: '^[1-5]xx$' }),
+  ],
+  { description: 'A status code or class.' },
+);
+
+export const HealthCheckSchema = Obj(
+  {
+    enabled: Type.Boolean({ description: 'Probe every target actively.', default: false }),
+    path: Type.String({ description: "Path probed with GET on each target (after the target's base path).", default: '/health', pattern: '^/' }),
+    intervalMs: Ms('Time between the end of one probe and the start of the next', 5000, 50),
+    timeoutMs: Ms('Time a probe may take, headers and body, before it counts as failed', 2000, 1),
+    healthyThreshold: Type.Integer({ description: 'Passing probes in a row that bring an unhealthy target back.', default: 2, minimum: 1 }),
+    unhealthyThreshold: Type.Integer({ description: 'Failing probes in a row that take a target out of the rotation.', default: 3, minimum: 1 }),
+    expectedStatuses: Type.Array(StatusPattern, {
+      description: 'Statuses that count as passing.',
+      default: ['2xx'],
+      minItems: 1,
+    }),
+  },
+  {
+    description:
+      'Active health checks. An unhealthy target leaves the rotation and comes back once enough probes pass; probes never stop while the gateway runs.',
+    default: {},
+  },
+);
+
+export const RetriesSchema = Obj(
+  {
+    maxRetries: Type.Integer({ description: 'Retries per request after the first attempt. 0 turns retries off.', default: 1, minimum: 0, maximum: 10 }),
+    methods: Type.Array(Type.String({ pattern: '^[A-Z]+$', description: 'An idempotent HTTP method in upper case.' }), {
+      description: 'Methods that may be retried. Only idempotent ones: POST and PATCH are refused. Requests with a body are never retried.',
+      default: ['GET', 'HEAD', 'OPTIONS'],
+      uniqueItems: true,
+    }),
+    on: FailureKinds('Failures that are retried, on another target when there is one.', ['connect', 'reset', 'gateway-error']),
+    budgetRatio: Type.Number({
+      description: 'Retry budget: retries stay at or below this share of the requests in the budget window.',
+      default: 0.2,
+      minimum: 0,
+      maximum: 1,
+    }),
+    budgetMinRetries: Type.Integer({
+      description: 'Retries allowed in each budget window whatever the ratio, so a quiet upstream can still retry.',
+      default: 3,
+      minimum: 0,
+    }),
+    budgetWindowMs: Ms('Sliding window of the retry budget', 10000, 100),
+    staleConnection: Type.Boolean({
+      description:
+        'Retry once, whatever the method, a request without a body that failed on a reused keep-alive connection the upstream had closed before any response byte came back (the idle-socket race). It does not count against the budget.',
+      default: true,
+    }),
+  },
+  {
+    description:
+      'Safe retries: only before anything was sent to the client, within the request deadline (timeouts.requestMs) and the retry budget.',
+    default: {},
+  },
+);
+
+export const QueueSchema = Obj(
+  {
+    timeoutMs: Ms('Longest wait for a connection when every connection of the target is busy; then 503', 5000, 1),
+    maxQueued: Type.Integer({
+      description: 'Requests that may wait for a busy target at once; beyond it the answer is 503 straight away, which keeps memory bounded.',
+      default: 1024,
+      minimum: 0,
+    }),
+  },
+  { description: 'Bounded waiting when a target is saturated (pool.connections × pool.pipelining requests in flight).', default: {} },
+);
+
 export const UpstreamSchema = Obj(
   {
     targets: Type.Array(
@@ -146,6 +275,10 @@ export const UpstreamSchema = Obj(
     pool: PoolSchema,
     timeouts: TimeoutsSchema,
     tls: TlsSchema,
+    breaker: BreakerSchema,
+    healthCheck: HealthCheckSchema,
+    retries: RetriesSchema,
+    queue: QueueSchema,
   },
   { description: 'A backend service reached through one or more targets.' },
 );
@@ -258,3 +391,4 @@ export const ConfigSchema = Obj(
 export type GatewayConfig = Static<typeof ConfigSchema>;
 export type RouteConfig = Static<typeof RouteSchema>;
 export type UpstreamConfig = Static<typeof UpstreamSchema>;
+export type FailureKind = (typeof FAILURE_KINDS)[number];

@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { Dispatcher } from 'undici';
 import type { RequestContext } from '../context';
 import { GatewayError, sendProblem } from '../errors';
+import { AttemptHandler, reject } from './attempts';
 import { copyRequestHeaders, copyResponseHeaders, type ClientHeaderFacts } from './headers';
 import { RequestTimeoutError, upstreamErrorCode } from './upstream-errors';
 
@@ -34,18 +35,15 @@ export interface BodyWrap {
 /**
  * The hot path: a minimal undici dispatch handler (legacy callback form, which undici calls without
  * wrapping) that streams the upstream response straight into the hijacked Node response.
+ * Targets, breakers, queueing and retries are the AttemptHandler's (attempts.ts).
  */
-class RelayHandler implements Dispatcher.DispatchHandler {
-  private abortUpstream: ((err?: Error) => void) | null = null;
+class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler {
   private resumeUpstream: (() => void) | null = null;
   private timer: NodeJS.Timeout | null = null;
-  private done = false;
   /** Set when the request must stop before undici handed us its abort function. */
   private pendingAbort: Error | null = null;
   private wrap: BodyWrap | null = null;
   private bodySeen = false;
-
-  constructor(private readonly ctx: RequestContext) {}
 
   start(timeoutMs: number): void {
     const remaining = timeoutMs - (performance.now() - this.ctx.startedAt);
@@ -61,13 +59,14 @@ class RelayHandler implements Dispatcher.DispatchHandler {
   private onClientClose(): void {
     if (this.done) return;
     this.finish();
+    this.releaseUnsettled();
     this.ctx.observer?.onError();
     const err = new Error('client closed the connection');
     if (this.abortUpstream) this.abortUpstream(err);
     else this.pendingAbort = err;
   }
 
-  private cancel(err: Error): void {
+  protected cancel(err: Error): void {
     if (this.done) return;
     if (this.abortUpstream) {
       this.abortUpstream(err);
@@ -79,6 +78,7 @@ class RelayHandler implements Dispatcher.DispatchHandler {
   }
 
   onConnect(abort: (err?: Error) => void): void {
+    if (this.waiting) this.leaveQueue();
     if (this.pendingAbort) {
       abort(this.pendingAbort);
       return;
@@ -88,6 +88,8 @@ class RelayHandler implements Dispatcher.DispatchHandler {
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
     if (statusCode < 200) return true;
+    this.status = statusCode;
+    if (statusCode >= 500 && this.retryAnswer(statusCode)) return false;
     const { ctx } = this;
     const res = ctx.res;
     this.resumeUpstream = resume;
@@ -125,27 +127,32 @@ class RelayHandler implements Dispatcher.DispatchHandler {
   }
 
   onComplete(): void {
+    this.attemptEnded();
     if (this.done) return;
-    this.finish();
+    const now = this.finish();
     const wrap = this.wrap;
     if (wrap !== null) {
       if (!this.bodySeen) this.write(wrap.whenEmpty);
       this.write(wrap.tail);
     }
+    this.settleAnswer(now);
     this.ctx.observer?.onComplete();
     this.ctx.res.end();
   }
 
   onError(err: Error): void {
+    this.attemptEnded();
     if (this.done) return;
+    if (this.next !== null) return this.scheduleRetry();
     this.fail(err);
   }
 
   private fail(err: Error): void {
+    const code = upstreamErrorCode(err);
+    if (this.retryFailure(err, code)) return;
     this.finish();
     this.ctx.observer?.onError();
     const { ctx } = this;
-    const code = upstreamErrorCode(err);
     ctx.errorCode = code;
     if (!ctx.res.headersSent && !(err instanceof GatewayError)) ctx.log.warn({ err: { message: err.message, code: (err as { code?: string }).code }, target: ctx.target?.origin }, 'upstream request failed');
     // sendProblem cuts the connection when the response already started: a truncated body must
@@ -153,18 +160,26 @@ class RelayHandler implements Dispatcher.DispatchHandler {
     sendProblem(ctx.res, ctx.id, code, { detail: err instanceof GatewayError ? err.message : undefined, extra: ctx.responseHeaders });
   }
 
-  private finish(): void {
+  protected finish(): number {
     this.done = true;
     if (this.timer !== null) clearTimeout(this.timer);
-    this.ctx.upstreamMs = performance.now() - this.ctx.upstreamStartedAt;
+    const now = performance.now();
+    this.ctx.upstreamMs = now - this.ctx.upstreamStartedAt;
+    return now;
   }
 }
 
-/** Forwards the request of `ctx` to the next target of its route's upstream. */
+/** Forwards the request of `ctx` to the next target of its route's upstream that takes traffic. */
 export function relay(ctx: RequestContext): void {
   const route = ctx.route;
-  const target = route.upstream.next();
-  ctx.target = target;
+  const upstream = route.upstream;
+  const handler = new RelayHandler(ctx);
+  const target = upstream.pick(ctx.startedAt, null, handler);
+  if (target === null) {
+    upstream.events.rejected(upstream.name, 'unavailable');
+    return reject(ctx, 'UPSTREAM_UNAVAILABLE', upstream.retryAfterSeconds(ctx.startedAt));
+  }
+  upstream.retry.countRequest(ctx.startedAt);
   const req = ctx.req;
 
   const facts: ClientHeaderFacts = {
@@ -181,6 +196,7 @@ export function relay(ctx: RequestContext): void {
   const peer = req.socket.remoteAddress ?? '';
   const trusted = ctx.peerTrusted;
   const proto = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
+  const hostAt = route.config.preserveHost && facts.host ? -1 : headers.length + 1;
   headers.push(
     'host',
     route.config.preserveHost && facts.host ? facts.host : target.host,
@@ -196,16 +212,17 @@ export function relay(ctx: RequestContext): void {
   if (trusted && facts.forwarded) headers.push('forwarded', facts.forwarded);
   if (ctx.upstreamHeaders !== null) for (const h of ctx.upstreamHeaders) headers.push(h);
 
-  const handler = new RelayHandler(ctx);
   handler.start(route.requestTimeoutMs);
   ctx.upstreamStartedAt = performance.now();
-  target.pool.dispatch(
+  handler.send(
+    target,
     {
-      path: target.basePath + route.rewrite(ctx.path) + ctx.query,
+      path: '',
       method: req.method as Dispatcher.HttpMethod,
       headers,
       body: facts.hasBody ? (ctx.body ?? req) : null,
     },
-    handler,
+    route.rewrite(ctx.path) + ctx.query,
+    hostAt,
   );
 }

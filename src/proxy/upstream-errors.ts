@@ -28,6 +28,8 @@ export function upstreamErrorCode(err: unknown): ErrorCode {
     case 'UND_ERR_SOCKET':
     case 'UND_ERR_CLOSED':
       return 'UPSTREAM_RESET';
+    case 'GW_QUEUE_TIMEOUT':
+      return 'UPSTREAM_QUEUE_FULL';
     case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
     case 'UND_ERR_RES_EXCEEDED_MAX_SIZE':
     case 'UND_ERR_INFO':
@@ -42,5 +44,13 @@ export class RequestTimeoutError extends Error {
   readonly code = 'GW_REQUEST_TIMEOUT';
   constructor(ms: number) {
     super(`request exceeded its ${ms} ms deadline`);
+  }
+}
+
+/** The error the relay raises when a request waited queueTimeoutMs for a connection of a saturated target. */
+export class QueueTimeoutError extends Error {
+  readonly code = 'GW_QUEUE_TIMEOUT';
+  constructor(ms: number) {
+    super(`no upstream connection became free within ${ms} ms`);
   }
 }

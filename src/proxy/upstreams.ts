@@ -1,6 +1,9 @@
 import { readFileSync } from 'node:fs';
-import { Pool } from 'undici';
+import type { Socket } from 'node:net';
+import { Pool, buildConnector } from 'undici';
 import type { UpstreamConfig } from '../config/schema';
+import { RetryPolicy, watchSocket } from './retry';
+import { NO_EVENTS, TargetState, type ResilienceEvents, type Ticket } from './target-state';
 
 /** One backend address with its own connection pool. */
 export class Target {
@@ -11,14 +14,26 @@ export class Target {
   /** Host header sent upstream unless the route preserves the client's. */
   readonly host: string;
   readonly pool: Pool;
+  /** TCP/TLS options of the pool, for the health checker's own connections. */
+  readonly connectOptions: buildConnector.BuildOptions;
+  /** Breaker, health and load of this target: what decides whether it takes traffic. */
+  readonly state: TargetState;
 
-  constructor(url: string, cfg: UpstreamConfig) {
+  constructor(url: string, cfg: UpstreamConfig, upstream: string, events: ResilienceEvents) {
     const u = new URL(url);
     this.url = url;
     this.origin = u.origin;
     this.basePath = u.pathname === '/' ? '' : u.pathname.replace(/\/$/, '');
     this.host = u.host;
+    this.state = new TargetState(upstream, url, cfg, events);
     const { pool, timeouts, tls } = cfg;
+    this.connectOptions = {
+      timeout: timeouts.connectMs,
+      rejectUnauthorized: tls.rejectUnauthorized,
+      ...(tls.caFile ? { ca: readFileSync(tls.caFile) } : {}),
+      ...(tls.servername ? { servername: tls.servername } : {}),
+    };
+    const connect = buildConnector(this.connectOptions);
     this.pool = new Pool(u.origin, {
       connections: pool.connections,
       pipelining: pool.pipelining,
@@ -26,33 +41,55 @@ export class Target {
       keepAliveMaxTimeout: pool.keepAliveMaxTimeoutMs,
       headersTimeout: timeouts.headersMs,
       bodyTimeout: timeouts.bodyMs,
-      connect: {
-        timeout: timeouts.connectMs,
-        rejectUnauthorized: tls.rejectUnauthorized,
-        ...(tls.caFile ? { ca: readFileSync(tls.caFile) } : {}),
-        ...(tls.servername ? { servername: tls.servername } : {}),
-      },
+      connect: (opts, callback) =>
+        connect(opts, (err, socket) => {
+          if (err !== null) return callback(err, null);
+          watchSocket(socket as Socket);
+          callback(null, socket);
+        }),
     });
   }
 }
 
-/** A named backend: its targets, balanced round-robin. */
+/** A named backend: its targets, balanced round-robin over those that take traffic. */
 export class Upstream {
   readonly name: string;
   readonly targets: readonly Target[];
   readonly config: UpstreamConfig;
+  readonly retry: RetryPolicy;
+  readonly events: ResilienceEvents;
   private cursor = 0;
 
-  constructor(name: string, cfg: UpstreamConfig) {
+  constructor(name: string, cfg: UpstreamConfig, events: ResilienceEvents = NO_EVENTS) {
     this.name = name;
     this.config = cfg;
-    this.targets = cfg.targets.map((t) => new Target(t, cfg));
+    this.events = events;
+    this.retry = new RetryPolicy(cfg.retries);
+    this.targets = cfg.targets.map((t) => new Target(t, cfg, name, events));
   }
 
-  next(): Target {
-    const t = this.targets[this.cursor];
-    this.cursor = this.cursor + 1 === this.targets.length ? 0 : this.cursor + 1;
-    return t;
+  /**
+   * The next target in the rotation that takes traffic, preferring one other than `avoid` (the
+   * target a retry comes from); null when none does. `ticket.probe` tells whether the request was
+   * let through a half-open breaker.
+   */
+  pick(now: number, avoid: Target | null, ticket: Ticket): Target | null {
+    const targets = this.targets;
+    const n = targets.length;
+    for (let i = 0; i < n; i++) {
+      const t = targets[this.cursor];
+      this.cursor = this.cursor + 1 === n ? 0 : this.cursor + 1;
+      if (t !== avoid && t.state.admit(now, ticket)) return t;
+    }
+    return avoid !== null && avoid.state.admit(now, ticket) ? avoid : null;
+  }
+
+  /** Seconds a client should wait before trying again when no target takes traffic. */
+  retryAfterSeconds(now: number): number {
+    const interval = this.config.healthCheck.intervalMs;
+    let ms = Number.POSITIVE_INFINITY;
+    for (const t of this.targets) ms = Math.min(ms, t.state.msUntilAvailable(now, interval));
+    return Math.max(1, Math.ceil(ms / 1000));
   }
 
   async close(): Promise<void> {
@@ -83,7 +120,7 @@ export class UpstreamRegistry {
   readonly changes: UpstreamChanges = { kept: [], created: [], retired: [] };
 
   /** Builds the registry for `upstreams`, reusing the pools of `previous` whose config did not change. */
-  constructor(upstreams: Readonly<Record<string, UpstreamConfig>>, previous?: UpstreamRegistry) {
+  constructor(upstreams: Readonly<Record<string, UpstreamConfig>>, events: ResilienceEvents = NO_EVENTS, previous?: UpstreamRegistry) {
     for (const [name, cfg] of Object.entries(upstreams)) {
       const fingerprint = canonical(cfg);
       const old = previous?.byName.get(name);
@@ -91,7 +128,7 @@ export class UpstreamRegistry {
         this.byName.set(name, old);
         this.changes.kept.push(name);
       } else {
-        this.byName.set(name, new Upstream(name, cfg));
+        this.byName.set(name, new Upstream(name, cfg, events));
         this.changes.created.push(name);
       }
       this.fingerprints.set(name, fingerprint);

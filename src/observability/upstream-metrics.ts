@@ -1,0 +1,121 @@
+import type { FastifyBaseLogger } from 'fastify';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import { BREAKER_STATE_NAMES, OPEN, type BreakerState } from '../proxy/breaker';
+import type { ResilienceEvents } from '../proxy/target-state';
+import type { Target, Upstream } from '../proxy/upstreams';
+
+/**
+ * Metrics and logs of the upstream resilience machinery. Counters move on events (breaker
+ * transitions, retries, rejections: none on the success path); gauges are read from the targets
+ * when Prometheus scrapes, so they cost nothing per request.
+ */
+export class UpstreamMetrics implements ResilienceEvents {
+  private readonly transitions: Counter<string>;
+  private readonly checks: Counter<string>;
+  private readonly retries: Counter<string>;
+  private readonly retriesSkipped: Counter<string>;
+  private readonly rejections: Counter<string>;
+
+  constructor(
+    registry: Registry,
+    private readonly log: FastifyBaseLogger,
+    upstreams: () => Iterable<Upstream>,
+  ) {
+    const registers = [registry];
+    const targetGauge = (name: string, help: string, value: (t: Target) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['upstream', 'target'],
+        registers,
+        collect() {
+          for (const up of upstreams()) for (const t of up.targets) this.set({ upstream: up.name, target: t.url }, value(t));
+        },
+      });
+    targetGauge('gateway_upstream_breaker_state', 'Circuit breaker state per target: 0 closed, 1 half-open, 2 open.', (t) => t.state.breaker?.state ?? 0);
+    targetGauge(
+      'gateway_upstream_target_healthy',
+      'Active health verdict per target: 1 healthy, 0 unhealthy (always 1 without active checks).',
+      (t) => (t.state.healthy ? 1 : 0),
+    );
+    targetGauge('gateway_upstream_in_flight_requests', 'Requests handed to the target and not yet ended, waiting ones included.', (t) => t.state.inFlight);
+    targetGauge(
+      'gateway_upstream_queued_requests',
+      'Requests waiting for a connection because every connection of the target is busy.',
+      (t) => t.state.queued,
+    );
+    new Gauge({
+      name: 'gateway_upstream_connections',
+      help: 'Open connections of the target pool, in use or idle.',
+      labelNames: ['upstream', 'target', 'state'],
+      registers,
+      collect() {
+        for (const up of upstreams()) {
+          for (const t of up.targets) {
+            const s = t.pool.stats;
+            this.set({ upstream: up.name, target: t.url, state: 'in_use' }, s.connected - s.free);
+            this.set({ upstream: up.name, target: t.url, state: 'idle' }, s.free);
+          }
+        }
+      },
+    });
+    this.transitions = new Counter({
+      name: 'gateway_upstream_breaker_transitions_total',
+      help: 'Circuit breaker state changes per target, by the state entered.',
+      labelNames: ['upstream', 'target', 'to'],
+      registers,
+    });
+    this.checks = new Counter({
+      name: 'gateway_upstream_health_checks_total',
+      help: 'Active health probes per target, by result.',
+      labelNames: ['upstream', 'target', 'result'],
+      registers,
+    });
+    this.retries = new Counter({
+      name: 'gateway_upstream_retries_total',
+      help: 'Requests sent again after a failed attempt, by the failure kind (or stale-connection).',
+      labelNames: ['upstream', 'cause'],
+      registers,
+    });
+    this.retriesSkipped = new Counter({
+      name: 'gateway_upstream_retries_skipped_total',
+      help: 'Retryable failures that were not retried: retry budget spent, deadline passed, or no target left.',
+      labelNames: ['upstream', 'reason'],
+      registers,
+    });
+    this.rejections = new Counter({
+      name: 'gateway_upstream_rejected_total',
+      help: 'Requests answered 503 without reaching the upstream: no target available, queue full, or queue wait over.',
+      labelNames: ['upstream', 'reason'],
+      registers,
+    });
+  }
+
+  breakerTransition(upstream: string, target: string, from: BreakerState, to: BreakerState, openMs: number): void {
+    this.transitions.inc({ upstream, target, to: BREAKER_STATE_NAMES[to] });
+    const fields = { upstream, target, from: BREAKER_STATE_NAMES[from], to: BREAKER_STATE_NAMES[to] };
+    if (to === OPEN) this.log.warn({ ...fields, openMs: Math.round(openMs) }, 'circuit breaker opened');
+    else this.log.info(fields, 'circuit breaker changed state');
+  }
+
+  healthChanged(upstream: string, target: string, healthy: boolean, detail: string): void {
+    if (healthy) this.log.info({ upstream, target, detail }, 'upstream target healthy again');
+    else this.log.warn({ upstream, target, detail }, 'upstream target unhealthy: out of the rotation');
+  }
+
+  healthChecked(upstream: string, target: string, ok: boolean): void {
+    this.checks.inc({ upstream, target, result: ok ? 'success' : 'failure' });
+  }
+
+  retried(upstream: string, cause: string): void {
+    this.retries.inc({ upstream, cause });
+  }
+
+  retrySkipped(upstream: string, reason: string): void {
+    this.retriesSkipped.inc({ upstream, reason });
+  }
+
+  rejected(upstream: string, reason: string): void {
+    this.rejections.inc({ upstream, reason });
+  }
+}

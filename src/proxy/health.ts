@@ -1,0 +1,142 @@
+import { performance } from 'node:perf_hooks';
+import type { FastifyBaseLogger } from 'fastify';
+import { Client } from 'undici';
+import type { UpstreamConfig } from '../config/schema';
+import type { Resource } from '../plugins';
+import type { ResilienceEvents } from './target-state';
+import type { Target, Upstream, UpstreamRegistry } from './upstreams';
+
+/** Compiles expectedStatuses (codes and classes like 2xx) into a lookup by status. */
+function statusMatcher(expected: UpstreamConfig['healthCheck']['expectedStatuses']): Uint8Array {
+  const ok = new Uint8Array(600);
+  for (const e of expected) {
+    if (typeof e === 'number') ok[e] = 1;
+    else ok.fill(1, Number(e[0]) * 100, Number(e[0]) * 100 + 100);
+  }
+  return ok;
+}
+
+/**
+ * Probes one target on a timer: GET healthCheck.path on a connection of its own (closed after
+ * each probe, so a probe neither waits behind traffic in the pool nor trips over a stale
+ * keep-alive socket). The next probe is scheduled when one ends, so probes never pile up.
+ */
+class TargetProbe {
+  private timer: NodeJS.Timeout | null = null;
+  private running: AbortController | null = null;
+  private stopped = false;
+  private readonly client: Client;
+  private readonly cfg: UpstreamConfig['healthCheck'];
+  private readonly path: string;
+
+  constructor(
+    private readonly upstream: Upstream,
+    private readonly target: Target,
+    private readonly ok: Uint8Array,
+    private readonly events: ResilienceEvents,
+  ) {
+    this.cfg = upstream.config.healthCheck;
+    this.path = target.basePath + this.cfg.path;
+    this.client = new Client(target.origin, {
+      connect: target.connectOptions,
+      headersTimeout: this.cfg.timeoutMs,
+      bodyTimeout: this.cfg.timeoutMs,
+    });
+  }
+
+  start(): void {
+    this.timer = setTimeout(() => void this.run(), 0);
+  }
+
+  private async run(): Promise<void> {
+    this.timer = null;
+    const { cfg } = this;
+    const ac = new AbortController();
+    this.running = ac;
+    const deadline = setTimeout(() => ac.abort(new Error(`no answer within ${cfg.timeoutMs} ms`)), cfg.timeoutMs);
+    let ok = false;
+    let detail: string;
+    try {
+      const res = await this.client.request({
+        path: this.path,
+        method: 'GET',
+        headers: { 'user-agent': 'api-gateway-health-check' },
+        signal: ac.signal,
+        reset: true,
+      });
+      await res.body.dump();
+      ok = this.ok[res.statusCode] === 1;
+      detail = `status ${res.statusCode}`;
+    } catch (err) {
+      const e = err as { code?: string; message?: string };
+      detail = e.code ? `${e.code}: ${e.message}` : String(e.message ?? err);
+    } finally {
+      clearTimeout(deadline);
+      this.running = null;
+    }
+    if (this.stopped) return;
+    this.target.state.reportCheck(ok, detail, cfg, performance.now());
+    this.events.healthChecked(this.upstream.name, this.target.url, ok);
+    this.timer = setTimeout(() => void this.run(), cfg.intervalMs);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.running?.abort(new Error('gateway closing'));
+    await this.client.destroy();
+  }
+}
+
+/**
+ * Active health checks of every upstream that enables them: a Resource of the gateway, so the
+ * probes start with it and stop when it closes.
+ */
+export class HealthChecker implements Resource {
+  readonly name = 'upstream-health-checks';
+  /** Probes by upstream: a reload keeps the probes of the upstreams it keeps. */
+  private readonly probes = new Map<Upstream, TargetProbe[]>();
+  private started = false;
+
+  constructor(
+    registry: UpstreamRegistry,
+    private readonly events: ResilienceEvents,
+    private readonly log: FastifyBaseLogger,
+  ) {
+    this.add(registry);
+  }
+
+  private add(registry: UpstreamRegistry): void {
+    for (const up of registry.all()) {
+      const cfg = up.config.healthCheck;
+      if (!cfg.enabled || this.probes.has(up)) continue;
+      const ok = statusMatcher(cfg.expectedStatuses);
+      const probes = up.targets.map((t) => new TargetProbe(up, t, ok, this.events));
+      this.probes.set(up, probes);
+      if (this.started) for (const p of probes) p.start();
+      this.log.debug({ upstream: up.name, path: cfg.path, intervalMs: cfg.intervalMs }, 'active health checks on');
+    }
+  }
+
+  /** After a reload: probe the upstreams that are new, stop probing the ones that are gone. */
+  async sync(registry: UpstreamRegistry): Promise<void> {
+    const current = new Set(registry.all());
+    const stopping: Promise<void>[] = [];
+    for (const [up, probes] of this.probes) {
+      if (current.has(up)) continue;
+      this.probes.delete(up);
+      for (const p of probes) stopping.push(p.stop());
+    }
+    this.add(registry);
+    await Promise.all(stopping);
+  }
+
+  async init(): Promise<void> {
+    this.started = true;
+    for (const probes of this.probes.values()) for (const p of probes) p.start();
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.probes.values()].flat().map((p) => p.stop()));
+  }
+}

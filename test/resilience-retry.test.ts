@@ -1,0 +1,156 @@
+import { performance } from 'node:perf_hooks';
+import t from 'tap';
+import { ConfigError, parseConfig } from '../src/config/load';
+import { startFlakyUpstream, type FlakyUpstream } from './helpers/flaky-upstream';
+import { startGateway, type TestGateway } from './helpers/gateway';
+import { call } from './helpers/http';
+import { metricValue } from './helpers/metrics';
+
+async function setup(
+  t: { teardown(fn: () => Promise<void>): void },
+  upstream: Record<string, unknown>,
+  count = 2,
+): Promise<{ gw: TestGateway; ups: FlakyUpstream[] }> {
+  const ups: FlakyUpstream[] = [];
+  for (let i = 0; i < count; i++) ups.push(await startFlakyUpstream());
+  const gw = await startGateway({
+    log: { level: 'warn' },
+    upstreams: { up: { targets: ups.map((u) => u.url), breaker: { enabled: false }, ...upstream } },
+    routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up' }],
+  });
+  t.teardown(async () => {
+    await gw.close();
+    for (const u of ups) await u.close();
+  });
+  return { gw, ups };
+}
+
+const retries = (gw: TestGateway, cause?: string) => metricValue(gw.adminUrl, 'gateway_upstream_retries_total', cause ? { upstream: 'up', cause } : { upstream: 'up' });
+
+t.test('a failed GET is retried on the other target: resets, gateway errors and refused connections', async (t) => {
+  const { gw, ups } = await setup(t, { retries: { budgetRatio: 1 } });
+  const [a, b] = ups;
+  a.behave({ kind: 'reset' });
+  for (let i = 0; i < 6; i++) {
+    const res = await call(gw.url, `/reset/${i}`);
+    t.equal(res.status, 200);
+    t.equal(res.json().url, `/reset/${i}`);
+  }
+  t.ok(a.hits >= 3, `a was tried (${a.hits})`);
+  t.equal(b.hits, 6, 'every request ended on b');
+  t.equal(await retries(gw, 'reset'), a.hits);
+
+  a.behave({ kind: 'status', status: 503 });
+  for (let i = 0; i < 4; i++) t.equal((await call(gw.url, '/gw-error')).status, 200);
+  t.ok((await retries(gw, 'gateway-error')) >= 2);
+
+  a.behave({ kind: 'status', status: 500 });
+  const statuses: number[] = [];
+  for (let i = 0; i < 4; i++) statuses.push((await call(gw.url, '/plain-500')).status);
+  t.ok(statuses.includes(500), 'a plain 500 is relayed, not retried (not in retries.on by default)');
+
+  await a.stop();
+  for (let i = 0; i < 4; i++) t.equal((await call(gw.url, '/refused')).status, 200);
+  t.ok((await retries(gw, 'connect')) >= 2);
+  t.equal(gw.logs.filter((l) => l.msg === 'upstream request failed').length, 0, 'no request failed for the client');
+});
+
+t.test('a POST is never replayed, with or without a body; PUT and DELETE only when configured', async (t) => {
+  const { gw, ups } = await setup(t, { retries: { budgetRatio: 1 } });
+  const [a, b] = ups;
+  a.behave({ kind: 'reset' });
+  b.behave({ kind: 'reset' });
+  const withBody = await call(gw.url, '/p', { method: 'POST', body: '{"order":1}', headers: { 'content-type': 'application/json' } });
+  t.equal(withBody.status, 502);
+  t.equal(a.hits + b.hits, 1, 'a POST with a body reached the upstream once');
+  const bodiless = await call(gw.url, '/p', { method: 'POST' });
+  t.equal(bodiless.status, 502);
+  t.equal(a.hits + b.hits, 2, 'a POST without a body (fresh connection) once too');
+
+  a.behave({ kind: 'status', status: 503 });
+  b.behave({ kind: 'status', status: 503 });
+  t.equal((await call(gw.url, '/p', { method: 'POST', body: 'x' })).status, 503);
+  t.equal(a.hits + b.hits, 3, 'a 503 to a POST is relayed as it is');
+  t.equal((await call(gw.url, '/p', { method: 'PATCH', body: 'x' })).status, 503);
+  t.equal((await call(gw.url, '/p', { method: 'DELETE' })).status, 503);
+  t.equal(a.hits + b.hits, 5, 'PATCH and DELETE are not retried by default');
+  t.equal(await retries(gw), 0);
+
+  const configured = await setup(t, { retries: { budgetRatio: 1, methods: ['GET', 'PUT', 'DELETE'] } });
+  const [c, d] = configured.ups;
+  c.behave({ kind: 'status', status: 503 });
+  d.behave({ kind: 'status', status: 503 });
+  t.equal((await call(configured.gw.url, '/d', { method: 'DELETE' })).status, 503);
+  t.equal(c.hits + d.hits, 2, 'DELETE retried once when configured');
+  t.equal((await call(configured.gw.url, '/d', { method: 'PUT', body: 'replace' })).status, 503);
+  t.equal(c.hits + d.hits, 3, 'a request with a body is never retried (its stream cannot be replayed)');
+  t.equal((await call(configured.gw.url, '/d', { method: 'POST' })).status, 503);
+  t.equal(c.hits + d.hits, 4);
+
+  let problems: string[] = [];
+  try {
+    parseConfig({ upstreams: { up: { targets: ['http://127.0.0.1:1'], retries: { methods: ['GET', 'POST'] } } } }, { env: {} });
+  } catch (err) {
+    if (err instanceof ConfigError) problems = err.problems.map((p) => `${p.path}: ${p.message}`);
+  }
+  t.same(problems, ['upstreams.up.retries.methods[1]: POST is not idempotent and is never retried']);
+});
+
+t.test('retries stay within the retry budget', async (t) => {
+  const { gw, ups } = await setup(t, { retries: { budgetRatio: 0.2, budgetMinRetries: 0, maxRetries: 3 } });
+  const [a, b] = ups;
+  a.behave({ kind: 'status', status: 503 });
+  const n = 50;
+  let ok = 0;
+  for (let i = 0; i < n; i++) if ((await call(gw.url, '/x')).status === 200) ok++;
+  const r = await retries(gw);
+  t.ok(r > 0, `some retries (${r})`);
+  t.ok(r <= 0.2 * n, `retries ≤ 20% of ${n} requests (${r})`);
+  t.equal(a.hits + b.hits, n + r, 'every upstream request is a first attempt or a counted retry');
+  t.equal(ok, b.hits, 'every request that reached b succeeded');
+  t.ok((await metricValue(gw.adminUrl, 'gateway_upstream_retries_skipped_total', { upstream: 'up', reason: 'budget' })) > 0);
+});
+
+t.test('retries happen within the route deadline', async (t) => {
+  const { gw, ups } = await setup(t, { timeouts: { requestMs: 1000, headersMs: 600 }, retries: { on: ['timeout'], budgetRatio: 1 } });
+  const [a, b] = ups;
+  a.behave({ kind: 'hang' });
+  b.behave({ kind: 'hang' });
+  const started = performance.now();
+  const res = await call(gw.url, '/slow');
+  const elapsed = performance.now() - started;
+  t.equal(res.status, 504);
+  t.equal(res.json().code, 'UPSTREAM_TIMEOUT');
+  t.equal(await retries(gw, 'timeout'), 1, 'the headers timeout of the first attempt left time for one retry');
+  t.ok(elapsed >= 950, `answered at the deadline (${elapsed.toFixed(0)} ms)`);
+  const failed = gw.logs.find((l) => l.msg === 'upstream request failed') as { err?: { code?: string } } | undefined;
+  t.equal(failed?.err?.code, 'GW_REQUEST_TIMEOUT', 'the route deadline cut the retry short (its own headers timeout would have come at 1200 ms)');
+
+  const late = await setup(t, { timeouts: { requestMs: 700, headersMs: 5000 }, retries: { on: ['timeout'], budgetRatio: 1 } });
+  late.ups[0].behave({ kind: 'hang' });
+  late.ups[1].behave({ kind: 'hang' });
+  const res2 = await call(late.gw.url, '/slow');
+  t.equal(res2.status, 504);
+  t.equal(await retries(late.gw), 0, 'no retry once the deadline has passed');
+  t.equal(late.ups[0].hits + late.ups[1].hits, 1);
+});
+
+t.test('a truncated body is never passed off as complete, and never retried once the answer started', async (t) => {
+  const { gw, ups } = await setup(t, { retries: { budgetRatio: 1 } }, 1);
+  const [a] = ups;
+  a.behave({ kind: 'reset-mid-body' });
+  await t.rejects(call(gw.url, '/cut'), /aborted|incomplete|socket hang up|ECONNRESET/, 'Content-Length body cut short: the client sees a broken response');
+  a.behave({ kind: 'reset-mid-body', chunked: true });
+  await t.rejects(call(gw.url, '/cut'), /aborted|incomplete|socket hang up|ECONNRESET/, 'chunked body cut short: no terminating chunk');
+  t.equal(a.hits, 2, 'not retried: the client had the headers already');
+  t.equal(await retries(gw), 0);
+});
+
+t.test('a single target is retried itself', async (t) => {
+  const { gw, ups } = await setup(t, {}, 1);
+  const [a] = ups;
+  a.burst(1, { kind: 'status', status: 502 });
+  const res = await call(gw.url, '/once');
+  t.equal(res.status, 200);
+  t.equal(a.hits, 2);
+});
