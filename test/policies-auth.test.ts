@@ -71,3 +71,35 @@ t.test('policies around authentication: IP rules and preflights before it, heade
   t.equal(walled.json().code, 'FORBIDDEN');
   t.equal(up.seen.length, 1);
 });
+
+t.test('gateway answers made by later steps (429, breaker 503) carry the CORS headers too', async (t) => {
+  const up = await startUpstream();
+  const down = await startUpstream();
+  await down.close();
+  const gw = await startGateway({
+    upstreams: {
+      up: { targets: [up.url] },
+      down: { targets: [down.url], breaker: { consecutiveFailures: 1, failureRatio: 0, openMs: 60000 }, retries: { maxRetries: 0 } },
+    },
+    policies: { cors: { origins: [ORIGIN] } },
+    routes: [
+      { name: 'limited', match: { prefix: '/limited' }, upstream: 'up', rateLimit: { limits: [{ rate: 1, per: '1h' }] } },
+      { name: 'down', match: { prefix: '/down' }, upstream: 'down' },
+    ],
+  });
+  t.teardown(async () => {
+    await gw.close();
+    await up.close();
+  });
+  const headers = { origin: ORIGIN };
+  t.equal((await call(gw.url, '/limited/a', { headers })).status, 200);
+  const limited = await call(gw.url, '/limited/a', { headers });
+  t.equal(limited.status, 429);
+  t.equal(limited.headers['access-control-allow-origin'], ORIGIN, 'the 429 is readable by the calling page');
+  t.ok(limited.headers['retry-after'], "the rate limiter's own headers are kept");
+  t.equal((await call(gw.url, '/down/x', { headers })).status, 502, 'the failure that opens the breaker');
+  const open = await call(gw.url, '/down/x', { headers });
+  t.equal(open.status, 503);
+  t.equal(open.json().code, 'UPSTREAM_UNAVAILABLE');
+  t.equal(open.headers['access-control-allow-origin'], ORIGIN, 'so is the 503 of an open breaker');
+});

@@ -213,5 +213,5 @@ function onQueueTimeout(handler: AttemptHandler): void {
 /** A 503 made by the gateway itself (no target takes traffic, or the target's queue is full). */
 export function reject(ctx: RequestContext, code: ErrorCode, retryAfterS: number): void {
   ctx.errorCode = code;
-  sendProblem(ctx.res, ctx.id, code, { headers: { 'retry-after': retryAfterS } });
+  sendProblem(ctx.res, ctx.id, code, { headers: { 'retry-after': retryAfterS }, extra: ctx.responseHeaders });
 }
