@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { Dispatcher } from 'undici';
 import type { RequestContext } from '../context';
-import { sendProblem, type ErrorCode } from '../errors';
+import { GatewayError, sendProblem, type ErrorCode } from '../errors';
 import { CONNECT, errorKind, kindName, statusKind } from './failures';
 import { failedOnReusedConnection } from './retry';
 import type { Ticket } from './target-state';
@@ -146,8 +146,9 @@ export abstract class AttemptHandler implements Ticket {
     if (!this.settled) {
       this.settled = true;
       // Neither a request that never reached the target (still waiting for a connection, or
-      // refused by undici itself) nor the idle-socket race says anything about the target's health.
-      if ((this.abortUpstream === null && kind !== CONNECT) || stale) this.target.state.release(this.probe);
+      // refused by undici itself), nor the idle-socket race, nor a request the gateway cut itself
+      // (a body over its size limit) says anything about the target's health.
+      if ((this.abortUpstream === null && kind !== CONNECT) || stale || err instanceof GatewayError) this.target.state.release(this.probe);
       else this.target.state.record(kind, this.probe, performance.now());
     }
     if (err instanceof RequestTimeoutError || err instanceof QueueTimeoutError || !this.tryRetry(kind, stale, err)) return false;
@@ -212,5 +213,5 @@ function onQueueTimeout(handler: AttemptHandler): void {
 /** A 503 made by the gateway itself (no target takes traffic, or the target's queue is full). */
 export function reject(ctx: RequestContext, code: ErrorCode, retryAfterS: number): void {
   ctx.errorCode = code;
-  sendProblem(ctx.res, ctx.id, code, { headers: { 'retry-after': retryAfterS } });
+  sendProblem(ctx.res, ctx.id, code, { headers: { 'retry-after': retryAfterS }, extra: ctx.responseHeaders });
 }
