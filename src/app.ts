@@ -1,25 +1,29 @@
 import { randomUUID } from 'node:crypto';
+import { unwatchFile, watchFile } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import pino from 'pino';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { buildAdminServer, type ReadinessCheck } from './admin/server';
-import { registerUpstreamStatus } from './admin/upstreams';
+import { upstreamStatus } from './admin/upstreams';
 import { RequestChain } from './chain';
+import { ConfigError, formatProblem, loadConfigFile } from './config/load';
 import type { GatewayConfig } from './config/schema';
 import { GatewayError, sendProblem, type ErrorCode } from './errors';
-import { ClientIpResolver } from './net/client-ip';
+import { AccessLog } from './observability/access-log';
 import { GatewayMetrics } from './observability/metrics';
 import { UpstreamMetrics } from './observability/upstream-metrics';
-import { HealthChecker } from './proxy/health';
 import { UpstreamRegistry } from './proxy/upstreams';
-import { createPlugins, type PluginContext, type Resource } from './plugins';
-import { CompiledRoute } from './routes';
-import { Router } from './routing/router';
+import type { PluginContext, Resource } from './plugins';
+import { Runtime } from './runtime';
+import { diffRoutes, restartOnlyChanges, type ReloadResult } from './lifecycle/reload';
 
 export interface GatewayOptions {
   /** Use this pino-compatible logger instead of building one from config.log. */
   logger?: FastifyBaseLogger;
   /** Register Node process metrics (event loop, heap, GC). Default true. */
   processMetrics?: boolean;
+  /** The configuration file reloads read from (SIGHUP, POST /admin/reload, reload.watch). */
+  configFile?: string;
 }
 
 const SANE_REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
@@ -46,19 +50,26 @@ function fastifyErrorCode(status: number): ErrorCode {
  * everything the instance opened.
  */
 export class Gateway {
-  readonly config: Readonly<GatewayConfig>;
   readonly server: FastifyInstance;
   readonly admin: FastifyInstance | null;
   readonly metrics: GatewayMetrics;
-  readonly upstreams: UpstreamRegistry;
   readonly log: FastifyBaseLogger;
+  private runtime: Runtime;
+  private upstreams: UpstreamRegistry;
+  private readonly accessLog: AccessLog | null;
   private readonly readiness: ReadinessCheck[] = [];
   private readonly resources: Resource[] = [];
+  /** Resources registered but not yet initialised (init runs before they see traffic). */
+  private pendingInit: Resource[] = [];
+  private readonly shared = new Map<string, unknown>();
+  private readonly configFile: string | null;
+  private watching = false;
+  private reloading: Promise<unknown> = Promise.resolve();
   private draining = false;
   private closed: Promise<void> | null = null;
 
   constructor(config: Readonly<GatewayConfig>, opts: GatewayOptions = {}) {
-    this.config = config;
+    this.configFile = opts.configFile ?? null;
     this.server = Fastify({
       ...(opts.logger ? { loggerInstance: opts.logger } : { logger: { level: config.log.level } }),
       // The chain writes its own access line (hijacked replies skip Fastify's).
@@ -80,30 +91,13 @@ export class Gateway {
     this.log = this.server.log;
     this.metrics = new GatewayMetrics({ processMetrics: opts.processMetrics ?? true });
     const upstreamEvents = new UpstreamMetrics(this.metrics.registry, this.log, () => this.upstreams.all());
-    this.upstreams = new UpstreamRegistry(config.upstreams, upstreamEvents);
-    this.resources.push(new HealthChecker(this.upstreams, upstreamEvents, this.log));
-
-    const pluginContext: PluginContext = {
-      config,
-      metrics: this.metrics,
-      log: this.log,
-      addResource: (r) => this.resources.push(r),
-      addReadinessCheck: (c) => this.readiness.push(c),
-    };
-    const plugins = createPlugins(pluginContext);
-    const routes = config.routes.map((r) => {
-      const route = new CompiledRoute(r, this.upstreams.get(r.upstream), this.metrics.forRoute(r.name));
-      for (const p of plugins) {
-        const step = p.stepFor(route);
-        if (step) route.steps.push(step);
-      }
-      return route;
-    });
+    this.upstreams = new UpstreamRegistry(config.upstreams, undefined, upstreamEvents);
+    this.runtime = new Runtime(config, this.upstreams, this.metrics, this.pluginContext(config));
+    this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log) : null;
     const chain = new RequestChain({
-      router: new Router(routes),
-      clientIp: new ClientIpResolver(config.trustedProxies),
+      runtime: () => this.runtime,
       unrouted: this.metrics.forRoute('_unrouted'),
-      accessLog: config.log.access,
+      accessLog: this.accessLog,
       isDraining: () => this.draining,
     });
 
@@ -130,14 +124,111 @@ export class Gateway {
           registry: this.metrics.registry,
           checks: () => this.readiness,
           isDraining: () => this.draining,
+          config: () => this.config,
+          reload: (actor) => this.reloadFromSource(actor),
+          upstreams: () => upstreamStatus(this.upstreams),
         })
       : null;
-    if (this.admin) registerUpstreamStatus(this.admin, this.upstreams, config.admin.token);
+  }
+
+  private pluginContext(config: Readonly<GatewayConfig>): PluginContext {
+    return {
+      config,
+      metrics: this.metrics,
+      log: this.log,
+      shared: <T>(key: string, create: () => T): T => {
+        if (!this.shared.has(key)) this.shared.set(key, create());
+        return this.shared.get(key) as T;
+      },
+      addResource: (r) => {
+        this.resources.push(r);
+        this.pendingInit.push(r);
+      },
+      addReadinessCheck: (c) => this.readiness.push(c),
+    };
+  }
+
+  private async initPending(): Promise<void> {
+    const pending = this.pendingInit;
+    this.pendingInit = [];
+    for (const r of pending) await r.init?.();
+  }
+
+  /** The configuration currently serving new requests. */
+  get config(): Readonly<GatewayConfig> {
+    return this.runtime.config;
+  }
+
+  /**
+   * Swaps in a new, already validated configuration. Requests in flight finish on the old one; new
+   * requests see the new one as soon as this resolves. Pools of unchanged upstreams are kept (no
+   * reconnect storm), pools of removed or changed ones drain and close. Reloads run one at a time.
+   */
+  reload(next: Readonly<GatewayConfig>, actor = 'unknown'): Promise<ReloadResult> {
+    const run = this.reloading.then(() => this.applyReload(next, actor));
+    this.reloading = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Reads the configuration file again and reloads it. Throws ConfigError when the new file is invalid. */
+  reloadFromSource(actor: string): Promise<ReloadResult> {
+    if (!this.configFile) return Promise.reject(new Error('this gateway was not started from a configuration file'));
+    let next: Readonly<GatewayConfig>;
+    try {
+      next = loadConfigFile(this.configFile);
+    } catch (err) {
+      const errors = err instanceof ConfigError ? err.problems.map(formatProblem) : [(err as Error).message];
+      this.log.warn({ audit: true, actor, action: 'reload', result: 'rejected', errors }, 'reload rejected; the old configuration keeps serving');
+      return Promise.reject(err);
+    }
+    return this.reload(next, actor);
+  }
+
+  private watchConfigFile(): void {
+    if (!this.configFile || !this.config.reload.watch || this.watching) return;
+    this.watching = true;
+    watchFile(this.configFile, { interval: this.config.reload.watchIntervalMs, persistent: false }, (cur, prev) => {
+      if (cur.mtimeMs === prev.mtimeMs && cur.size === prev.size) return;
+      this.reloadFromSource('file-watch').catch(() => undefined);
+    });
+  }
+
+  private async applyReload(next: Readonly<GatewayConfig>, actor: string): Promise<ReloadResult> {
+    if (this.closed) throw new Error('the gateway is shutting down');
+    const previous = this.runtime;
+    const upstreams = new UpstreamRegistry(next.upstreams, this.upstreams);
+    let runtime: Runtime;
+    try {
+      runtime = new Runtime(next, upstreams, this.metrics, this.pluginContext(next));
+      await this.initPending();
+    } catch (err) {
+      await Promise.all(upstreams.changes.created.map((name) => upstreams.get(name).close()));
+      this.log.error({ audit: true, actor, action: 'reload', result: 'failed', err }, 'reload failed; the old configuration keeps serving');
+      throw err;
+    }
+    this.runtime = runtime;
+    this.upstreams = upstreams;
+    upstreams.startHealthChecks();
+    for (const up of upstreams.changes.retired) {
+      up.close().catch((err: unknown) => this.log.warn({ err, upstream: up.name }, 'closing a retired upstream failed'));
+    }
+    const result: ReloadResult = {
+      routes: diffRoutes(previous.config.routes, next.routes),
+      upstreams: { kept: upstreams.changes.kept, created: upstreams.changes.created, closed: upstreams.changes.retired.map((u) => u.name) },
+      restartRequired: restartOnlyChanges(previous.config, next),
+    };
+    this.log.info({ audit: true, actor, action: 'reload', result: 'applied', changes: result }, 'configuration reloaded');
+    return result;
   }
 
   private answerFastify(request: FastifyRequest, reply: FastifyReply, err: GatewayError): void {
     reply.hijack();
     sendProblem(reply.raw, request.id, err.code, { detail: err.message, headers: err.headers });
+  }
+
+  /** Writes out buffered access lines now (they are otherwise batched for up to 200 ms). */
+  flushLogs(): void {
+    this.accessLog?.flush();
   }
 
   get isDraining(): boolean {
@@ -146,13 +237,15 @@ export class Gateway {
 
   /** Starts both listeners; resolves with the ports actually bound (useful with port 0). */
   async listen(): Promise<{ port: number; adminPort: number | null }> {
-    for (const r of this.resources) await r.init?.();
+    await this.initPending();
+    this.upstreams.startHealthChecks();
     await this.server.listen({ host: this.config.listen.host, port: this.config.listen.port });
     let adminPort: number | null = null;
     if (this.admin) {
       await this.admin.listen({ host: this.config.admin.host, port: this.config.admin.port });
       adminPort = (this.admin.server.address() as AddressInfo).port;
     }
+    this.watchConfigFile();
     return { port: (this.server.server.address() as AddressInfo).port, adminPort };
   }
 
@@ -173,8 +266,11 @@ export class Gateway {
   close(): Promise<void> {
     this.draining = true;
     this.closed ??= (async () => {
+      if (this.watching && this.configFile) unwatchFile(this.configFile);
       await this.server.close();
+      await this.reloading;
       await Promise.all([this.upstreams.close(), this.admin?.close(), ...this.resources.map((r) => r.close())]);
+      this.accessLog?.close();
     })();
     return this.closed;
   }

@@ -2,12 +2,12 @@ import { performance } from 'node:perf_hooks';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RequestContext } from './context';
 import { GatewayError, sendProblem } from './errors';
-import type { ClientIpResolver } from './net/client-ip';
+import type { AccessLog } from './observability/access-log';
 import type { RouteMetrics } from './observability/metrics';
 import { relay } from './proxy/relay';
-import type { CompiledRoute } from './routes';
 import { normalizePath } from './routing/normalize';
-import { hostName, type Router } from './routing/router';
+import { hostName } from './routing/router';
+import type { Runtime } from './runtime';
 
 /** A step answers `true` to let the request go on, or `false` once it has answered the client itself. */
 export type StepResult = boolean | Promise<boolean>;
@@ -19,11 +19,11 @@ export interface Step {
 }
 
 export interface ChainDeps {
-  router: Router<CompiledRoute>;
-  clientIp: ClientIpResolver;
+  /** The configuration version new requests use; a request keeps the one it started with. */
+  runtime(): Runtime;
   /** Metrics of requests that matched no route. */
   unrouted: RouteMetrics;
-  accessLog: boolean;
+  accessLog: AccessLog | null;
   isDraining(): boolean;
 }
 
@@ -60,14 +60,15 @@ export class RequestChain {
     ctx.path = path;
     ctx.query = q < 0 ? '' : url.slice(q);
 
-    const m = this.deps.router.match(path, hostName(req.headers.host), req.method ?? 'GET');
+    const runtime = this.deps.runtime();
+    const m = runtime.router.match(path, hostName(req.headers.host), req.method ?? 'GET');
     if (m.kind === 'not-found') return this.reject(ctx, new GatewayError('ROUTE_NOT_FOUND'));
     if (m.kind === 'method-not-allowed') {
       return this.reject(ctx, new GatewayError('METHOD_NOT_ALLOWED', { headers: { allow: m.allow } }));
     }
     ctx.route = m.route;
 
-    const { clientIp } = this.deps;
+    const { clientIp } = runtime;
     ctx.peerTrusted = clientIp.isTrusted(req.socket.remoteAddress);
     ctx.clientIp = ctx.peerTrusted
       ? clientIp.resolve(req.socket.remoteAddress, req.headers['x-forwarded-for'])
@@ -116,28 +117,19 @@ export class RequestChain {
     const res = ctx.res;
     const status = res.headersSent ? res.statusCode : CLIENT_CLOSED;
     if (ctx.cancel !== null && !res.writableFinished) ctx.cancel();
-    const routeName = ctx.route?.name;
-    (ctx.route ? ctx.route.metrics : this.deps.unrouted).record(
-      ctx.req.method ?? 'GET',
+    const method = ctx.req.method ?? 'GET';
+    (ctx.route ? ctx.route.metrics : this.deps.unrouted).record(method, status, totalMs, ctx.upstreamMs);
+    this.deps.accessLog?.write({
+      reqId: ctx.id,
+      route: ctx.route?.name,
+      method,
+      path: ctx.path,
       status,
-      totalMs,
-      ctx.upstreamMs,
-    );
-    if (this.deps.accessLog) {
-      ctx.log.info(
-        {
-          route: routeName,
-          method: ctx.req.method,
-          path: ctx.path,
-          status,
-          ms: Math.round(totalMs * 100) / 100,
-          upstreamMs: ctx.upstreamMs < 0 ? undefined : Math.round(ctx.upstreamMs * 100) / 100,
-          client: ctx.clientIp || undefined,
-          error: ctx.errorCode ?? undefined,
-          truncated: res.headersSent && !res.writableFinished ? true : undefined,
-        },
-        'request completed',
-      );
-    }
+      ms: totalMs,
+      upstreamMs: ctx.upstreamMs,
+      client: ctx.clientIp,
+      error: ctx.errorCode,
+      truncated: res.headersSent && !res.writableFinished,
+    });
   }
 }

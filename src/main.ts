@@ -27,11 +27,13 @@ async function start(file: string): Promise<void> {
   } catch (err) {
     printProblems(err);
   }
-  // Asynchronous stdout: lines written while a write is in flight are batched into one syscall,
-  // which keeps the access log cheap under load without delaying lines when traffic is light.
-  const destination = pino.destination({ dest: 1, sync: false });
+  // Buffered asynchronous stdout: one write per 4 KiB of log lines instead of one per line (a
+  // per-line async write costs a thread-pool round trip per request), flushed every 200 ms so lines
+  // never wait long when traffic is light.
+  const destination = pino.destination({ dest: 1, sync: false, minLength: 4096 });
+  setInterval(() => destination.flush(), 200).unref();
   const logger = pino({ level: config.log.level }, destination);
-  const gateway = new Gateway(config, { logger });
+  const gateway = new Gateway(config, { logger, configFile: file });
   handleSignals(gateway, (code) => {
     destination.flushSync();
     process.exit(code);

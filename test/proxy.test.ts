@@ -11,7 +11,7 @@ import { call } from './helpers/http';
 import { startUpstream } from './helpers/upstream';
 
 t.test('header hygiene in both directions, forwarded headers and Host', async (t) => {
-  const up = await startUpstream((req, res) => {
+  const up = await startUpstream((_req, res) => {
     res.writeHead(200, [
       'content-type', 'text/plain',
       'connection', 'X-Secret-Hop, keep-alive',
@@ -114,6 +114,7 @@ t.test('request ids: sane ones kept, others replaced; sent upstream, returned, l
     t.match(res.headers['x-request-id'], /^[0-9a-f-]{36}$/);
     t.equal(up.seen.at(-1)!.headers['x-request-id'], res.headers['x-request-id']);
   }
+  gw.gateway.flushLogs();
   const access = gw.logs.filter((l) => l.msg === 'request completed');
   t.ok(access.some((l) => l.reqId === 'abc-123_X.y' && l.route === 'r' && l.status === 200 && typeof l.ms === 'number' && typeof l.upstreamMs === 'number'));
   const notFound = await startGateway({ routes: [] });
@@ -214,7 +215,7 @@ t.test('a body cut short by the upstream is never passed off as complete', async
 
 t.test('bodies stream both ways without buffering', async (t) => {
   const size = 8 * 1024 * 1024;
-  const up = await startUpstream((req, res, body) => {
+  const up = await startUpstream((_req, res, body) => {
     res.writeHead(200, { 'content-type': 'application/octet-stream' });
     res.end(Buffer.alloc(size, body.length % 251));
   });

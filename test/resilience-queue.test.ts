@@ -5,6 +5,7 @@ import { startFlakyUpstream, type FlakyUpstream } from './helpers/flaky-upstream
 import { startGateway, type TestGateway } from './helpers/gateway';
 import { call, type Answer } from './helpers/http';
 import { metricValue } from './helpers/metrics';
+import { ADMIN_TOKEN, targetViews } from './helpers/upstream-state';
 
 async function setup(
   t: { teardown(fn: () => Promise<void>): void },
@@ -12,6 +13,7 @@ async function setup(
 ): Promise<{ gw: TestGateway; up: FlakyUpstream }> {
   const up = await startFlakyUpstream();
   const gw = await startGateway({
+    admin: { token: ADMIN_TOKEN },
     log: { level: 'warn' },
     upstreams: { up: { targets: [up.url], retries: { maxRetries: 0 }, ...upstream } },
     routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up' }],
@@ -24,8 +26,7 @@ async function setup(
 }
 
 async function state(gw: TestGateway): Promise<{ inFlight: number; queued: number }> {
-  const res = await call(gw.adminUrl, '/admin/upstreams');
-  return res.json<{ upstreams: { targets: { inFlight: number; queued: number }[] }[] }>().upstreams[0].targets[0];
+  return (await targetViews(gw))[0];
 }
 
 async function until(cond: () => Promise<boolean>, ms = 5000): Promise<boolean> {

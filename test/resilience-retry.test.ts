@@ -112,7 +112,7 @@ t.test('retries stay within the retry budget', async (t) => {
 });
 
 t.test('retries happen within the route deadline', async (t) => {
-  const { gw, ups } = await setup(t, { timeouts: { requestMs: 1000, headersMs: 600 }, retries: { on: ['timeout'], budgetRatio: 1 } });
+  const { gw, ups } = await setup(t, { timeouts: { requestMs: 1600, headersMs: 1000 }, retries: { on: ['timeout'], budgetRatio: 1 } });
   const [a, b] = ups;
   a.behave({ kind: 'hang' });
   b.behave({ kind: 'hang' });
@@ -122,9 +122,9 @@ t.test('retries happen within the route deadline', async (t) => {
   t.equal(res.status, 504);
   t.equal(res.json().code, 'UPSTREAM_TIMEOUT');
   t.equal(await retries(gw, 'timeout'), 1, 'the headers timeout of the first attempt left time for one retry');
-  t.ok(elapsed >= 950, `answered at the deadline (${elapsed.toFixed(0)} ms)`);
+  t.ok(elapsed >= 1550, `answered at the deadline (${elapsed.toFixed(0)} ms)`);
   const failed = gw.logs.find((l) => l.msg === 'upstream request failed') as { err?: { code?: string } } | undefined;
-  t.equal(failed?.err?.code, 'GW_REQUEST_TIMEOUT', 'the route deadline cut the retry short (its own headers timeout would have come at 1200 ms)');
+  t.equal(failed?.err?.code, 'GW_REQUEST_TIMEOUT', 'the route deadline cut the retry short (its own headers timeout would have come at 2000 ms)');
 
   const late = await setup(t, { timeouts: { requestMs: 700, headersMs: 5000 }, retries: { on: ['timeout'], budgetRatio: 1 } });
   late.ups[0].behave({ kind: 'hang' });

@@ -1,5 +1,11 @@
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Registry } from 'prom-client';
+import { ConfigError } from '../config/load';
+import type { GatewayConfig } from '../config/schema';
+import { ERRORS, problemBody, PROBLEM_CONTENT_TYPE, type ErrorCode } from '../errors';
+import type { ReloadResult } from '../lifecycle/reload';
+import { AdminGuard } from './guard';
+import { redact } from './redact';
 
 /** Something readiness depends on (config loaded, Redis reachable, ...). */
 export interface ReadinessCheck {
@@ -7,26 +13,65 @@ export interface ReadinessCheck {
   ready(): boolean | Promise<boolean>;
 }
 
+/** The part of the gateway the admin listener may see and drive. */
 export interface AdminDeps {
   logger: FastifyBaseLogger;
   registry: Registry;
   checks: () => readonly ReadinessCheck[];
   isDraining(): boolean;
+  config(): Readonly<GatewayConfig>;
+  reload(actor: string): Promise<ReloadResult>;
+  /** Live state of every upstream target (breaker, health, load). */
+  upstreams(): unknown;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Id of the admin token that authenticated the request. */
+    adminActor?: string;
+  }
+}
+
+function problem(reply: FastifyReply, request: FastifyRequest, code: ErrorCode, detail?: string, extra?: Record<string, unknown>): FastifyReply {
+  const body = JSON.parse(problemBody(code, request.id, detail)) as Record<string, unknown>;
+  return reply
+    .code(ERRORS[code].status)
+    .header('content-type', PROBLEM_CONTENT_TYPE)
+    .send({ ...body, ...extra });
 }
 
 /**
- * The admin listener: liveness, readiness and metrics. Liveness never depends on a backing store:
- * a Redis outage must not get healthy replicas restarted.
+ * The admin listener: probes, metrics and the admin API. Liveness never depends on a backing store
+ * (a Redis outage must not get healthy replicas restarted). Everything under /admin/ needs an admin
+ * token; without any token configured the admin API is off and only the probes and metrics answer.
  */
 export function buildAdminServer(deps: AdminDeps): FastifyInstance {
-  const admin = Fastify({ loggerInstance: deps.logger.child({ listener: 'admin' }), logController: new LogController({ disableRequestLogging: true }) });
+  const admin = Fastify({
+    loggerInstance: deps.logger.child({ listener: 'admin' }),
+    logController: new LogController({ disableRequestLogging: true }),
+  });
+  const cfg = deps.config();
+  const guard = new AdminGuard([...(cfg.admin.token ? [{ id: 'admin', token: cfg.admin.token }] : []), ...cfg.admin.tokens]);
+  const metricsNeedToken = !cfg.admin.metricsPublic;
+
+  admin.addHook('onRequest', async (request, reply) => {
+    const path = request.url;
+    const isApi = path.startsWith('/admin/') || path === '/admin';
+    if (!isApi && !(metricsNeedToken && path.startsWith('/metrics'))) return;
+    if (!guard.enabled) return problem(reply, request, 'ROUTE_NOT_FOUND', 'the admin API is off: no admin token is configured');
+    const actor = guard.identify(request.headers.authorization);
+    if (actor === null) {
+      reply.header('www-authenticate', 'Bearer realm="gateway-admin"');
+      return problem(reply, request, 'UNAUTHENTICATED', 'a valid admin bearer token is required');
+    }
+    request.adminActor = actor;
+  });
 
   admin.get('/healthz', async () => ({ status: 'ok' }));
 
   admin.get('/readyz', async (_req, reply) => {
-    const checks: Record<string, boolean> = {};
-    let ok = !deps.isDraining();
-    checks.draining = deps.isDraining();
+    const checks: Record<string, boolean> = { draining: deps.isDraining() };
+    let ok = !checks.draining;
     for (const c of deps.checks()) {
       let up: boolean;
       try {
@@ -46,5 +91,34 @@ export function buildAdminServer(deps: AdminDeps): FastifyInstance {
     return deps.registry.metrics();
   });
 
+  admin.get('/admin/config', async () => redact(deps.config()));
+
+  admin.get('/admin/routes', async () =>
+    deps.config().routes.map((r) => ({ name: r.name, match: r.match, upstream: r.upstream, rewrite: r.rewrite, preserveHost: r.preserveHost })),
+  );
+
+  admin.get('/admin/upstreams', async (_req, reply) => {
+    reply.header('cache-control', 'no-store');
+    return deps.upstreams();
+  });
+
+  admin.get('/admin/consumers', async () =>
+    deps.config().consumers.map((c) => ({ id: c.id, roles: c.roles, scopes: c.scopes, routes: c.routes ?? null })),
+  );
+
+  admin.post('/admin/reload', async (request, reply) => {
+    try {
+      return { status: 'reloaded', ...(await deps.reload(request.adminActor ?? 'unknown')) };
+    } catch (err) {
+      if (err instanceof ConfigError) {
+        return problem(reply, request, 'BAD_REQUEST', 'the new configuration is invalid; the old one keeps serving', {
+          errors: err.problems.map((p) => ({ path: p.path, message: p.message })),
+        });
+      }
+      return problem(reply, request, 'INTERNAL', `reload failed; the old configuration keeps serving: ${(err as Error).message}`);
+    }
+  });
+
+  admin.setNotFoundHandler((request, reply) => problem(reply, request, 'ROUTE_NOT_FOUND'));
   return admin;
 }

@@ -38,10 +38,24 @@ export const AdminSchema = Obj(
     token: Type.Optional(
       Type.String({
         description:
-          'Bearer token for the admin API (use ${ENV} substitution). Without it only /healthz, /readyz, /metrics and the read-only /admin/upstreams answer.',
+          'Bearer token for the admin API, known as token id "admin" in audit lines (use ${ENV} substitution). Without any token only /healthz, /readyz and /metrics answer.',
         minLength: 16,
       }),
     ),
+    tokens: Type.Array(
+      Obj(
+        {
+          id: Type.String({ description: 'Who holds the token; written to audit lines.', pattern: '^[A-Za-z0-9_.@-]{1,64}$' }),
+          token: Type.String({ description: 'The bearer token (use ${ENV} substitution).', minLength: 16 }),
+        },
+        { description: 'A named admin token.' },
+      ),
+      { description: 'More admin tokens, one per operator or automation, so audit lines say who acted.', default: [] },
+    ),
+    metricsPublic: Type.Boolean({
+      description: 'Serve /metrics without a token. When false, /metrics needs an admin token like the admin API.',
+      default: true,
+    }),
   },
   { description: 'The admin listener: probes, metrics and the admin API.', default: {} },
 );
@@ -353,6 +367,16 @@ export const ConfigSchema = Obj(
     routes: Type.Array(RouteSchema, { description: 'Routes; the longest matching prefix wins.', default: [] }),
     store: Type.Optional(Reserved('Shared state backend for rate limits and cache')),
     auth: Type.Optional(Reserved('Authentication providers')),
+    reload: Obj(
+      {
+        watch: Type.Boolean({
+          description: 'Reload automatically when the configuration file changes (polled; works with Kubernetes ConfigMap symlink swaps).',
+          default: false,
+        }),
+        watchIntervalMs: Ms('How often the watched file is checked', 1000, 100),
+      },
+      { description: 'Hot reload. SIGHUP and POST /admin/reload always reload; watching the file is optional.', default: {} },
+    ),
     consumers: Type.Array(ConsumerSchema, { description: 'API consumers known to the gateway.', default: [] }),
   },
   { description: 'Gateway configuration.' },

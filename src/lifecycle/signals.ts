@@ -1,6 +1,7 @@
 import type { Gateway } from '../app';
 
 /**
+ * SIGHUP reloads the configuration file (an invalid file is logged and the old config keeps serving).
  * SIGTERM/SIGINT start a graceful drain. The process exits 0 once everything closed, or exits 1
  * past shutdown.timeoutMs, saying so. A second signal does not restart the drain.
  */
@@ -28,6 +29,9 @@ export function handleSignals(gateway: Gateway, exit: (code: number) => void = p
       },
     );
   };
+  process.on('SIGHUP', () => {
+    gateway.reloadFromSource('SIGHUP').catch(() => undefined);
+  });
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
 }

@@ -1,26 +1,28 @@
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Registry, collectDefaultMetrics } from 'prom-client';
+import { CounterFamily, GaugeFamily, HistogramFamily, type CounterCell, type HistogramCell } from './fast-metrics';
 
-const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+/** Seconds; from half a millisecond (a cache hit) to 30 s (a slow upstream). */
+export const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 const STATUS_CLASS = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx'];
 
 /**
- * Per-route metric children, resolved once so that recording a request costs no label hashing.
+ * Per-route metric cells, resolved once so that recording a request costs no label hashing.
  * Request counters are cached per method and status class as they appear.
  */
 export class RouteMetrics {
-  private readonly counters = new Map<string, Counter.Internal>();
-  readonly total: Histogram.Internal<string>;
-  readonly upstream: Histogram.Internal<string>;
-  readonly added: Histogram.Internal<string>;
+  private readonly counters = new Map<string, CounterCell>();
+  readonly total: HistogramCell;
+  readonly upstream: HistogramCell;
+  readonly added: HistogramCell;
 
   constructor(
     private readonly metrics: GatewayMetrics,
     readonly route: string,
   ) {
-    this.total = metrics.requestDuration.labels(route);
-    this.upstream = metrics.upstreamDuration.labels(route);
-    this.added = metrics.gatewayDuration.labels(route);
+    this.total = metrics.requestDuration.child(route);
+    this.upstream = metrics.upstreamDuration.child(route);
+    this.added = metrics.gatewayDuration.child(route);
   }
 
   record(method: string, status: number, totalMs: number, upstreamMs: number): void {
@@ -28,7 +30,7 @@ export class RouteMetrics {
     const key = method + cls;
     let c = this.counters.get(key);
     if (c === undefined) {
-      c = this.metrics.requests.labels(this.route, method, cls);
+      c = this.metrics.requests.child(this.route, method, cls);
       this.counters.set(key, c);
     }
     c.inc();
@@ -42,44 +44,48 @@ export class RouteMetrics {
   }
 }
 
-/** All metrics of one gateway instance, in a registry of its own (no global state). */
+/**
+ * All metrics of one gateway instance, in a registry of its own (no global state). Hot-path
+ * metrics use the label-resolved families of fast-metrics.ts; plugins create theirs through
+ * counter(), gauge() and histogram() so every family lands in this registry.
+ */
 export class GatewayMetrics {
   readonly registry = new Registry();
-  readonly requests: Counter<string>;
-  readonly requestDuration: Histogram<string>;
-  readonly upstreamDuration: Histogram<string>;
-  readonly gatewayDuration: Histogram<string>;
+  readonly requests: CounterFamily;
+  readonly requestDuration: HistogramFamily;
+  readonly upstreamDuration: HistogramFamily;
+  readonly gatewayDuration: HistogramFamily;
 
   constructor(opts: { processMetrics: boolean }) {
-    const registers = [this.registry];
-    this.requests = new Counter({
-      name: 'gateway_requests_total',
-      help: 'Requests answered, by route, method and status class.',
-      labelNames: ['route', 'method', 'status_class'],
-      registers,
-    });
-    this.requestDuration = new Histogram({
-      name: 'gateway_request_duration_seconds',
-      help: 'Total time from request arrival to the end of the response, by route.',
-      labelNames: ['route'],
-      buckets: LATENCY_BUCKETS,
-      registers,
-    });
-    this.upstreamDuration = new Histogram({
-      name: 'gateway_upstream_duration_seconds',
-      help: 'Time spent waiting on the upstream (request sent to last response byte), by route.',
-      labelNames: ['route'],
-      buckets: LATENCY_BUCKETS,
-      registers,
-    });
-    this.gatewayDuration = new Histogram({
-      name: 'gateway_added_duration_seconds',
-      help: 'Time the gateway itself added to a request (total minus upstream time), by route.',
-      labelNames: ['route'],
-      buckets: LATENCY_BUCKETS,
-      registers,
-    });
+    this.requests = this.counter('gateway_requests_total', 'Requests answered, by route, method and status class.', ['route', 'method', 'status_class']);
+    this.requestDuration = this.histogram(
+      'gateway_request_duration_seconds',
+      'Total time from request arrival to the end of the response, by route.',
+      ['route'],
+    );
+    this.upstreamDuration = this.histogram(
+      'gateway_upstream_duration_seconds',
+      'Time spent waiting on the upstream (request sent to last response byte), by route.',
+      ['route'],
+    );
+    this.gatewayDuration = this.histogram(
+      'gateway_added_duration_seconds',
+      'Time the gateway itself added to a request (total minus upstream time), by route.',
+      ['route'],
+    );
     if (opts.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: '' });
+  }
+
+  counter(name: string, help: string, labelNames: readonly string[]): CounterFamily {
+    return new CounterFamily(name, help, labelNames, this.registry);
+  }
+
+  gauge(name: string, help: string, labelNames: readonly string[]): GaugeFamily {
+    return new GaugeFamily(name, help, labelNames, this.registry);
+  }
+
+  histogram(name: string, help: string, labelNames: readonly string[], buckets: readonly number[] = LATENCY_BUCKETS): HistogramFamily {
+    return new HistogramFamily(name, help, labelNames, buckets, this.registry);
   }
 
   forRoute(route: string): RouteMetrics {

@@ -13,16 +13,24 @@ export interface Resource {
   close(): Promise<void>;
 }
 
-/** What plugins may use and register while the gateway is assembled. */
+/**
+ * What plugins may use while a runtime (one version of the config) is assembled. Plugins are rebuilt
+ * on every reload; anything that must outlive a reload (stores, Redis clients, key caches) is made
+ * through `shared`, which builds it once per gateway and hands the same instance to later runtimes.
+ */
 export interface PluginContext {
   readonly config: Readonly<GatewayConfig>;
   readonly metrics: GatewayMetrics;
   readonly log: FastifyBaseLogger;
+  /** The gateway-lifetime instance under `key`, built by `create` the first time it is asked for. */
+  shared<T>(key: string, create: () => T): T;
+  /** Registers something to init before traffic and close with the gateway (call it from a `shared` factory). */
   addResource(resource: Resource): void;
+  /** Registers a readiness check for the gateway's lifetime (call it from a `shared` factory). */
   addReadinessCheck(check: ReadinessCheck): void;
 }
 
-/** A chain capability (auth, rate limit + cache, ...): built once per gateway, asked once per route. */
+/** A chain capability (auth, rate limit + cache, ...): built once per runtime, asked once per route. */
 export interface Plugin {
   readonly name: string;
   /** The step this plugin runs on `route`, or null when the route does not use it. */

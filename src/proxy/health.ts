@@ -1,10 +1,8 @@
 import { performance } from 'node:perf_hooks';
-import type { FastifyBaseLogger } from 'fastify';
 import { Client } from 'undici';
 import type { UpstreamConfig } from '../config/schema';
-import type { Resource } from '../plugins';
 import type { ResilienceEvents } from './target-state';
-import type { Target, Upstream, UpstreamRegistry } from './upstreams';
+import type { Target, Upstream } from './upstreams';
 
 /** Compiles expectedStatuses (codes and classes like 2xx) into a lookup by status. */
 function statusMatcher(expected: UpstreamConfig['healthCheck']['expectedStatuses']): Uint8Array {
@@ -89,28 +87,26 @@ class TargetProbe {
 }
 
 /**
- * Active health checks of every upstream that enables them: a Resource of the gateway, so the
- * probes start with it and stop when it closes.
+ * Active health checks of one upstream: a probe per target. The upstream owns them, so they live
+ * exactly as long as its pools: started when the gateway listens (or when a reload brings the
+ * upstream in), stopped when the upstream closes (gateway close, or a reload retiring it).
  */
-export class HealthChecker implements Resource {
-  readonly name = 'upstream-health-checks';
-  private readonly probes: TargetProbe[] = [];
+export class UpstreamHealthChecks {
+  private readonly probes: TargetProbe[];
+  private started = false;
 
-  constructor(registry: UpstreamRegistry, events: ResilienceEvents, log: FastifyBaseLogger) {
-    for (const up of registry.all()) {
-      const cfg = up.config.healthCheck;
-      if (!cfg.enabled) continue;
-      const ok = statusMatcher(cfg.expectedStatuses);
-      for (const t of up.targets) this.probes.push(new TargetProbe(up, t, ok, events));
-      log.debug({ upstream: up.name, path: cfg.path, intervalMs: cfg.intervalMs }, 'active health checks on');
-    }
+  constructor(upstream: Upstream, events: ResilienceEvents) {
+    const ok = statusMatcher(upstream.config.healthCheck.expectedStatuses);
+    this.probes = upstream.targets.map((t) => new TargetProbe(upstream, t, ok, events));
   }
 
-  async init(): Promise<void> {
+  start(): void {
+    if (this.started) return;
+    this.started = true;
     for (const p of this.probes) p.start();
   }
 
-  async close(): Promise<void> {
+  async stop(): Promise<void> {
     await Promise.all(this.probes.map((p) => p.stop()));
   }
 }

@@ -49,7 +49,6 @@ export async function startFlakyUpstream(opts: { healthPath?: string } = {}): Pr
   const bursts: Behaviour[] = [];
   let hits = 0;
   let probes = 0;
-  const seen: SeenRequest[] = [];
   const hanging = new Set<ServerResponse>();
 
   const handler = (req: IncomingMessage, res: ServerResponse): void => {

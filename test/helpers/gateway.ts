@@ -20,16 +20,20 @@ type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]>
  * Starts a real gateway on 127.0.0.1:0 (admin too) from a config object. The config goes through
  * the same validation as a file. Logs are captured instead of printed.
  */
-export async function startGateway(config: DeepPartial<GatewayConfig> & Record<string, unknown>, env: NodeJS.ProcessEnv = {}): Promise<TestGateway> {
-  const cfg = parseConfig(
-    {
-      ...config,
-      listen: { host: '127.0.0.1', port: 0, ...(config.listen as object) },
-      admin: { host: '127.0.0.1', port: 0, ...(config.admin as object) },
-      shutdown: { drainDelayMs: 0, ...(config.shutdown as object) },
-    },
-    { env },
-  );
+export type TestConfig = DeepPartial<GatewayConfig> & Record<string, unknown>;
+
+/** The test defaults: loopback, ephemeral ports, no drain delay. */
+export function withTestDefaults(config: TestConfig): Record<string, unknown> {
+  return {
+    ...config,
+    listen: { host: '127.0.0.1', port: 0, ...(config.listen as object) },
+    admin: { host: '127.0.0.1', port: 0, ...(config.admin as object) },
+    shutdown: { drainDelayMs: 0, ...(config.shutdown as object) },
+  };
+}
+
+export async function startGateway(config: TestConfig, env: NodeJS.ProcessEnv = {}, opts: { configFile?: string } = {}): Promise<TestGateway> {
+  const cfg = parseConfig(withTestDefaults(config), { env });
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -38,7 +42,7 @@ export async function startGateway(config: DeepPartial<GatewayConfig> & Record<s
     },
   });
   const logger = pino({ level: cfg.log.level }, sink);
-  const gateway = new Gateway(cfg, { logger, processMetrics: false });
+  const gateway = new Gateway(cfg, { logger, processMetrics: false, configFile: opts.configFile });
   const { port, adminPort } = await gateway.listen();
   return {
     gateway,

@@ -1,0 +1,28 @@
+import type { GatewayConfig, RouteConfig } from '../config/schema';
+
+export interface ReloadResult {
+  routes: { added: string[]; removed: string[]; changed: string[]; unchanged: string[] };
+  upstreams: { kept: string[]; created: string[]; closed: string[] };
+  /** Sections that differ but only take effect on restart (listeners, logging, shared stores). */
+  restartRequired: string[];
+}
+
+/** Sections a running process cannot swap: its sockets, its logger and its shared stores are built once. */
+const RESTART_ONLY = ['listen', 'admin', 'log', 'store'] as const;
+
+export function restartOnlyChanges(before: Readonly<GatewayConfig>, after: Readonly<GatewayConfig>): string[] {
+  return RESTART_ONLY.filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k]));
+}
+
+export function diffRoutes(before: readonly RouteConfig[], after: readonly RouteConfig[]): ReloadResult['routes'] {
+  const old = new Map(before.map((r) => [r.name, JSON.stringify(r)]));
+  const out: ReloadResult['routes'] = { added: [], removed: [], changed: [], unchanged: [] };
+  for (const r of after) {
+    const prev = old.get(r.name);
+    if (prev === undefined) out.added.push(r.name);
+    else (prev === JSON.stringify(r) ? out.unchanged : out.changed).push(r.name);
+    old.delete(r.name);
+  }
+  out.removed = [...old.keys()];
+  return out;
+}

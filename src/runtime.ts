@@ -1,0 +1,37 @@
+import type { GatewayConfig } from './config/schema';
+import { ClientIpResolver } from './net/client-ip';
+import type { GatewayMetrics } from './observability/metrics';
+import { createPlugins, type PluginContext } from './plugins';
+import type { UpstreamRegistry } from './proxy/upstreams';
+import { CompiledRoute } from './routes';
+import { Router } from './routing/router';
+
+/**
+ * One version of the configuration, ready to serve: compiled routes and their router. A request
+ * picks the current runtime when it arrives and keeps it to the end, so a reload never changes the
+ * rules under a request in flight.
+ */
+export class Runtime {
+  readonly routes: readonly CompiledRoute[];
+  readonly router: Router<CompiledRoute>;
+  readonly clientIp: ClientIpResolver;
+
+  constructor(
+    readonly config: Readonly<GatewayConfig>,
+    upstreams: UpstreamRegistry,
+    metrics: GatewayMetrics,
+    plugins: PluginContext,
+  ) {
+    const active = createPlugins(plugins);
+    this.routes = config.routes.map((r) => {
+      const route = new CompiledRoute(r, upstreams.get(r.upstream), metrics.forRoute(r.name));
+      for (const p of active) {
+        const step = p.stepFor(route);
+        if (step) route.steps.push(step);
+      }
+      return route;
+    });
+    this.router = new Router(this.routes);
+    this.clientIp = new ClientIpResolver(config.trustedProxies);
+  }
+}
