@@ -23,7 +23,8 @@ export function formatProblem(p: ConfigProblem): string {
   return p.path ? `${p.path}: ${p.message}` : p.message;
 }
 
-const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, coerceTypes: false });
+// verbose: errors carry their schema, which the "must be one of" messages of unions are built from.
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, coerceTypes: false, verbose: true });
 const validateSchema = ajv.compile<GatewayConfig>(ConfigSchema);
 
 const ENV_REF = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
