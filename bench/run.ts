@@ -88,7 +88,7 @@ async function main(): Promise<void> {
       const spec = SERVERS.find((s) => s.name === name);
       if (!spec) throw new Error(`scenario server ${name} is not defined`);
       const running = await spec.start(env);
-      procs.push(...running.procs);
+      procs.push(...running.procs, ...(running.helpers ?? []));
       servers.set(name, running);
     }
 

@@ -1,7 +1,9 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { BENCH_API_KEY, BENCH_CONSUMER, BENCH_JWT_SECRET, benchJwt } from './auth';
 import { DIST, freePort, httpReady, startProcess, type Proc } from './harness';
+import { startRedisServer } from './redis';
 
 /** What every server of a bench run can rely on. */
 export interface BenchEnv {
@@ -11,6 +13,8 @@ export interface BenchEnv {
 export interface RunningServer {
   baseUrl: string;
   procs: Proc[];
+  /** Processes the server needs (a redis-server): stopped with it, not counted in its CPU per request. */
+  helpers?: Proc[];
 }
 
 /** A process (or group) that serves one or more scenarios. Started once per run, only if needed. */
@@ -35,7 +39,25 @@ function gatewayConfig(env: BenchEnv, port: number, adminPort: number): Record<s
     listen: { host: '127.0.0.1', port },
     admin: { host: '127.0.0.1', port: adminPort },
     upstreams: { users: { targets: [env.upstreamUrl] } },
-    routes: [{ name: 'users', match: { prefix: '/api/users' }, upstream: 'users' }],
+    auth: { jwt: { algorithms: ['HS256'], secret: BENCH_JWT_SECRET } },
+    consumers: [BENCH_CONSUMER],
+    routes: [
+      { name: 'users', match: { prefix: '/api/users' }, upstream: 'users' },
+      {
+        name: 'policies',
+        match: { prefix: '/api/policies' },
+        upstream: 'users',
+        policies: {
+          ipRules: { deny: ['192.0.2.0/24', '2001:db8::/32'] },
+          cors: { origins: ['https://app.example.com', 'https://*.example.org'] },
+          headers: { request: { set: { 'x-trace': 'gw-{requestId}' } }, response: { remove: ['cache-control'], set: { 'x-route': '{route}' } } },
+          envelope: true,
+          deprecation: { date: '2025-01-01T00:00:00Z', sunset: '2027-01-01T00:00:00Z' },
+        },
+      },
+      { name: 'users-jwt', match: { prefix: '/api/jwt' }, upstream: 'users', auth: { methods: ['jwt'] } },
+      { name: 'users-key', match: { prefix: '/api/key' }, upstream: 'users', auth: { methods: ['apiKey'] } },
+    ],
   };
 }
 
@@ -49,7 +71,33 @@ async function startGatewayProcess(name: string, config: (port: number, adminPor
   return { baseUrl: `http://127.0.0.1:${port}`, procs: [proc] };
 }
 
+/**
+ * The bench route with a rate limit that never rejects (every request pays for a full decision and
+ * its five headers), with the memory store or a private redis-server. The CPU per request is the
+ * gateway's alone (Redis, like the upstream, is not counted).
+ */
+function rateLimitedServer(name: string, store: 'memory' | 'redis', autoPipelining = true): ServerSpec {
+  return {
+    name,
+    start: async (env) => {
+      const redis = store === 'redis' ? await startRedisServer(`${name}-redis`) : null;
+      const running = await startGatewayProcess(name, (port, adminPort) => {
+        const cfg = gatewayConfig(env, port, adminPort) as { routes: Record<string, unknown>[] };
+        return {
+          ...cfg,
+          store: redis ? { type: 'redis', redis: { url: redis.url, autoPipelining } } : { type: 'memory' },
+          routes: cfg.routes.map((r) => ({ ...r, rateLimit: { limits: [{ rate: 1000000000, per: '1h' }] } })),
+        };
+      });
+      return { baseUrl: running.baseUrl, procs: running.procs, helpers: redis ? [redis.proc] : [] };
+    },
+  };
+}
+
 export const SERVERS: ServerSpec[] = [
+  rateLimitedServer('gateway-rl-memory', 'memory'),
+  rateLimitedServer('gateway-rl-redis', 'redis'),
+  rateLimitedServer('gateway-rl-redis-no-autopipe', 'redis', false),
   {
     name: 'upstream',
     start: async (env) => ({ baseUrl: env.upstreamUrl, procs: [] }),
@@ -73,6 +121,14 @@ export const SERVERS: ServerSpec[] = [
     start: (env) =>
       startGatewayProcess('gateway-quiet', (port, adminPort) => ({ ...gatewayConfig(env, port, adminPort), log: { access: false } })),
   },
+  {
+    name: 'gateway-jwt-nocache',
+    start: (env) =>
+      startGatewayProcess('gateway-jwt-nocache', (port, adminPort) => ({
+        ...gatewayConfig(env, port, adminPort),
+        auth: { jwt: { algorithms: ['HS256'], secret: BENCH_JWT_SECRET, cache: { maxEntries: 0 } } },
+      })),
+  },
 ];
 
 /** The reference every ratio is taken against, and the bare gateway route later scenarios compare with. */
@@ -83,5 +139,23 @@ export const SCENARIOS: Scenario[] = [
   { name: 'direct', description: 'autocannon straight to the upstream (ceiling)', server: 'upstream', path: '/api/users/123' },
   { name: 'http-proxy', description: '@fastify/http-proxy alone, same undici pool settings (reference)', server: 'http-proxy', path: '/api/users/123' },
   { name: 'gateway', description: 'the gateway, one bare route (metrics on, access log at its default)', server: 'gateway', path: '/api/users/123' },
+  {
+    name: 'gateway-policies',
+    description: 'a route with IP rules, CORS, request and response header rules, the JSON envelope and deprecation headers',
+    server: 'gateway',
+    path: '/api/policies/123',
+    headers: { origin: 'https://app.example.com' },
+  },
   { name: 'gateway-no-access-log', description: 'the same route with the access log off (its per-request cost)', server: 'gateway-quiet', path: '/api/users/123' },
+  { name: 'gateway-jwt', description: 'a route requiring a JWT (HS256; one token, so verification is cached)', server: 'gateway', path: '/api/jwt/123', headers: { authorization: `Bearer ${benchJwt()}` } },
+  { name: 'gateway-jwt-nocache', description: 'the JWT route with the verification cache off (an HMAC check per request)', server: 'gateway-jwt-nocache', path: '/api/jwt/123', headers: { authorization: `Bearer ${benchJwt()}` } },
+  { name: 'gateway-api-key', description: 'a route requiring an API key (memory store: SHA-256 and a map lookup)', server: 'gateway', path: '/api/key/123', headers: { 'x-api-key': BENCH_API_KEY } },
+  { name: 'ratelimit-memory', description: 'the bare route plus a rate limit, memory store', server: 'gateway-rl-memory', path: '/api/users/123' },
+  { name: 'ratelimit-redis', description: 'the bare route plus a rate limit, Redis store (one EVALSHA per request, auto-pipelining on: the default)', server: 'gateway-rl-redis', path: '/api/users/123' },
+  {
+    name: 'ratelimit-redis-no-autopipe',
+    description: 'the same with ioredis auto-pipelining off',
+    server: 'gateway-rl-redis-no-autopipe',
+    path: '/api/users/123',
+  },
 ];

@@ -3,6 +3,7 @@ import { unwatchFile, watchFile } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import pino from 'pino';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { registerKeyRoutes } from './admin/keys';
 import { buildAdminServer, type ReadinessCheck } from './admin/server';
 import { upstreamStatus } from './admin/upstreams';
 import { RequestChain } from './chain';
@@ -13,7 +14,9 @@ import { AccessLog } from './observability/access-log';
 import { GatewayMetrics } from './observability/metrics';
 import { UpstreamMetrics } from './observability/upstream-metrics';
 import { UpstreamRegistry } from './proxy/upstreams';
-import type { PluginContext, Resource } from './plugins';
+import type { Plugin, PluginContext, Resource } from './plugins';
+import { serverLimitOptions } from './plugins/policies/server-limits';
+import { keyStoreFor } from './plugins/auth';
 import { Runtime } from './runtime';
 import { diffRoutes, restartOnlyChanges, type ReloadResult } from './lifecycle/reload';
 
@@ -24,9 +27,15 @@ export interface GatewayOptions {
   processMetrics?: boolean;
   /** The configuration file reloads read from (SIGHUP, POST /admin/reload, reload.watch). */
   configFile?: string;
+  /** Extra plugins that run before the configured ones (embedding, and tests that need an identity). */
+  plugins?: (ctx: PluginContext) => Plugin[];
 }
 
 const SANE_REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
+
+function requestIdFor(incoming: string | string[] | undefined): string {
+  return typeof incoming === 'string' && SANE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
+}
 
 /** Every method Node's parser accepts is proxied; Fastify only needs to be told about the unusual ones. */
 const PROXIED_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS', 'TRACE', 'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'SEARCH', 'REPORT', 'PURGE'];
@@ -63,6 +72,7 @@ export class Gateway {
   private pendingInit: Resource[] = [];
   private readonly shared = new Map<string, unknown>();
   private readonly configFile: string | null;
+  private readonly extraPlugins: ((ctx: PluginContext) => Plugin[]) | undefined;
   private watching = false;
   private reloading: Promise<unknown> = Promise.resolve();
   private draining = false;
@@ -70,15 +80,15 @@ export class Gateway {
 
   constructor(config: Readonly<GatewayConfig>, opts: GatewayOptions = {}) {
     this.configFile = opts.configFile ?? null;
+    this.extraPlugins = opts.plugins;
     this.server = Fastify({
       ...(opts.logger ? { loggerInstance: opts.logger } : { logger: { level: config.log.level } }),
       // The chain writes its own access line (hijacked replies skip Fastify's).
       logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'reqId' }),
       requestIdHeader: false,
-      genReqId: (req) => {
-        const incoming = req.headers['x-request-id'];
-        return typeof incoming === 'string' && SANE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
-      },
+      genReqId: (req) => requestIdFor(req.headers['x-request-id']),
+      // Header size and client timeouts, and problem+json for what Node answers on the socket.
+      ...serverLimitOptions(config.policies.limits, () => this.log, requestIdFor),
       exposeHeadRoutes: false,
       // Malformed URLs are rejected by Fastify's router before the chain runs: answer them in our shape.
       frameworkErrors: (error, request, reply) => {
@@ -92,7 +102,7 @@ export class Gateway {
     this.metrics = new GatewayMetrics({ processMetrics: opts.processMetrics ?? true });
     const upstreamEvents = new UpstreamMetrics(this.metrics.registry, this.log, () => this.upstreams.all());
     this.upstreams = new UpstreamRegistry(config.upstreams, undefined, upstreamEvents);
-    this.runtime = new Runtime(config, this.upstreams, this.metrics, this.pluginContext(config));
+    this.runtime = new Runtime(config, this.upstreams, this.metrics, this.pluginContext(config), this.extraPlugins);
     this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log) : null;
     const chain = new RequestChain({
       runtime: () => this.runtime,
@@ -129,6 +139,7 @@ export class Gateway {
           upstreams: () => upstreamStatus(this.upstreams),
         })
       : null;
+    if (this.admin) registerKeyRoutes(this.admin, { config: () => this.config, store: () => keyStoreFor(this.pluginContext(this.config)) });
   }
 
   private pluginContext(config: Readonly<GatewayConfig>): PluginContext {
@@ -199,7 +210,7 @@ export class Gateway {
     const upstreams = new UpstreamRegistry(next.upstreams, this.upstreams);
     let runtime: Runtime;
     try {
-      runtime = new Runtime(next, upstreams, this.metrics, this.pluginContext(next));
+      runtime = new Runtime(next, upstreams, this.metrics, this.pluginContext(next), this.extraPlugins);
       await this.initPending();
     } catch (err) {
       await Promise.all(upstreams.changes.created.map((name) => upstreams.get(name).close()));

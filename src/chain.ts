@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RequestContext } from './context';
@@ -5,8 +6,9 @@ import { GatewayError, sendProblem } from './errors';
 import type { AccessLog } from './observability/access-log';
 import type { RouteMetrics } from './observability/metrics';
 import { relay } from './proxy/relay';
+import type { CompiledRoute } from './routes';
 import { normalizePath } from './routing/normalize';
-import { hostName } from './routing/router';
+import { hostName, type RouteMatch, type Router } from './routing/router';
 import type { Runtime } from './runtime';
 
 /** A step answers `true` to let the request go on, or `false` once it has answered the client itself. */
@@ -27,6 +29,17 @@ export interface ChainDeps {
   isDraining(): boolean;
 }
 
+/**
+ * A CORS preflight asks about another method (Access-Control-Request-Method): a route that takes
+ * that method and answers preflights gets it, even when OPTIONS is not among its methods.
+ */
+function matchPreflight(router: Router<CompiledRoute>, req: IncomingMessage, path: string, host: string): RouteMatch<CompiledRoute> | null {
+  const asked = req.headers['access-control-request-method'];
+  if (asked === undefined || req.headers.origin === undefined) return null;
+  const m = router.match(path, host, asked);
+  return m.kind === 'route' && m.route.answersPreflight ? m : null;
+}
+
 /** Status logged for a client that went away before it got an answer (nginx's convention). */
 const CLIENT_CLOSED = 499;
 
@@ -37,7 +50,8 @@ const CLIENT_CLOSED = 499;
  *   2. normalise path  → 400 when it cannot be made safe
  *   3. route           → 404 / 405 with Allow
  *   4. client IP       (trusted proxies honoured)
- *   5. route steps     (auth, then rate limit + cache lookup: see CompiledRoute.steps)
+ *   5. route steps     (IP rules, CORS, auth, rate limit + cache lookup, header rules, body limit:
+ *                       see createPlugins)
  *   6. relay           (undici, streaming both ways; cache fill observes the response)
  *   7. metrics + access log, when the response closes
  */
@@ -61,7 +75,10 @@ export class RequestChain {
     ctx.query = q < 0 ? '' : url.slice(q);
 
     const runtime = this.deps.runtime();
-    const m = runtime.router.match(path, hostName(req.headers.host), req.method ?? 'GET');
+    const host = hostName(req.headers.host);
+    const method = req.method ?? 'GET';
+    let m = runtime.router.match(path, host, method);
+    if (m.kind === 'method-not-allowed' && method === 'OPTIONS') m = matchPreflight(runtime.router, req, path, host) ?? m;
     if (m.kind === 'not-found') return this.reject(ctx, new GatewayError('ROUTE_NOT_FOUND'));
     if (m.kind === 'method-not-allowed') {
       return this.reject(ctx, new GatewayError('METHOD_NOT_ALLOWED', { headers: { allow: m.allow } }));
@@ -104,7 +121,7 @@ export class RequestChain {
   private reject(ctx: RequestContext, err: unknown): void {
     if (err instanceof GatewayError) {
       ctx.errorCode = err.code;
-      sendProblem(ctx.res, ctx.id, err.code, { detail: err.message, headers: err.headers });
+      sendProblem(ctx.res, ctx.id, err.code, { detail: err.message, headers: err.headers, extra: ctx.responseHeaders });
       return;
     }
     ctx.errorCode = 'INTERNAL';
@@ -116,7 +133,9 @@ export class RequestChain {
     const totalMs = performance.now() - ctx.startedAt;
     const res = ctx.res;
     const status = res.headersSent ? res.statusCode : CLIENT_CLOSED;
-    if (ctx.cancel !== null && !res.writableFinished) ctx.cancel();
+    // An answer cut short, or given before the request body fully arrived (a 408 from the listener):
+    // either way the upstream exchange cannot finish properly.
+    if (ctx.cancel !== null && (!res.writableFinished || !ctx.req.complete)) ctx.cancel();
     const method = ctx.req.method ?? 'GET';
     (ctx.route ? ctx.route.metrics : this.deps.unrouted).record(method, status, totalMs, ctx.upstreamMs);
     this.deps.accessLog?.write({

@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import type { CompiledRoute } from './routes';
 import type { Target } from './proxy/upstreams';
@@ -39,6 +40,8 @@ export class RequestContext {
   cancel: (() => void) | null = null;
   /** Sees the upstream response as it streams (the cache fill). */
   observer: ResponseObserver | null = null;
+  /** Stands in for `req` as the upstream request body (the body-size limit counts bytes through it). */
+  body: Readable | null = null;
   /** Extra headers for the upstream request, as name/value pairs, added by chain steps. */
   upstreamHeaders: string[] | null = null;
   /** Extra headers for the client response, as name/value pairs, added by chain steps. */

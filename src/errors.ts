@@ -11,6 +11,9 @@ export const ERRORS = {
   FORBIDDEN: { status: 403, title: 'Forbidden' },
   ROUTE_NOT_FOUND: { status: 404, title: 'No route matches the request' },
   METHOD_NOT_ALLOWED: { status: 405, title: 'Method not allowed on this route' },
+  REQUEST_TIMEOUT: { status: 408, title: 'The request was not received in time' },
+  ADMIN_NOT_FOUND: { status: 404, title: 'No such resource' },
+  KEY_STORE_READ_ONLY: { status: 409, title: 'The key store cannot be changed through the admin API' },
   PAYLOAD_TOO_LARGE: { status: 413, title: 'Request body too large' },
   HEADERS_TOO_LARGE: { status: 431, title: 'Request header fields too large' },
   RATE_LIMITED: { status: 429, title: 'Too many requests' },
@@ -33,6 +36,8 @@ export interface ProblemOptions {
   detail?: string;
   /** Extra response headers, such as Allow, Retry-After or WWW-Authenticate. */
   headers?: Record<string, string | number>;
+  /** Headers chain steps added for the client (CORS, rate-limit state), as name/value pairs. */
+  extra?: readonly string[] | null;
   cause?: unknown;
 }
 
@@ -89,6 +94,13 @@ export function sendProblem(
     'cache-control': 'no-store',
     ...opts.headers,
   };
-  res.writeHead(ERRORS[code].status, headers);
+  if (opts.extra) {
+    const list: string[] = [];
+    for (const [k, v] of Object.entries(headers)) list.push(k, String(v));
+    for (const h of opts.extra) list.push(h);
+    res.writeHead(ERRORS[code].status, list);
+  } else {
+    res.writeHead(ERRORS[code].status, headers);
+  }
   res.end(body);
 }

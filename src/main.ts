@@ -3,10 +3,12 @@ import pino from 'pino';
 import { Gateway } from './app';
 import { ConfigError, formatProblem, loadConfigFile } from './config/load';
 import { handleSignals } from './lifecycle/signals';
+import { keysCommand, KeysCommandError, KEYS_USAGE } from './plugins/auth/keys-cli';
 
 const USAGE = `usage:
   gateway --config <file>      start the gateway
-  gateway validate <file>      check a configuration file; exit 0 when valid, 1 otherwise`;
+  gateway validate <file>      check a configuration file; exit 0 when valid, 1 otherwise
+${KEYS_USAGE}`;
 
 function fail(message: string): never {
   process.stderr.write(message.endsWith('\n') ? message : `${message}\n`);
@@ -50,6 +52,15 @@ async function main(argv: string[]): Promise<void> {
       const cfg = loadConfigFile(rest[0]);
       process.stdout.write(`${rest[0]}: valid (${cfg.routes.length} routes, ${Object.keys(cfg.upstreams).length} upstreams)\n`);
     } catch (err) {
+      printProblems(err);
+    }
+    return;
+  }
+  if (cmd === 'keys') {
+    try {
+      await keysCommand(rest, (s) => process.stdout.write(s));
+    } catch (err) {
+      if (err instanceof KeysCommandError) fail(err.message);
       printProblems(err);
     }
     return;

@@ -3,6 +3,7 @@ import type { Upstream } from './proxy/upstreams';
 import { REQUEST_DROP } from './proxy/headers';
 import type { Step } from './chain';
 import type { RouteMetrics } from './observability/metrics';
+import type { ResponseTransform } from './proxy/relay';
 
 /** Builds the function that turns a matched, normalised path into the path sent upstream. */
 function compileRewrite(cfg: RouteConfig): (path: string) => string {
@@ -35,6 +36,10 @@ export class CompiledRoute {
   readonly metrics: RouteMetrics;
   /** The chain steps this route runs between routing and the relay, in order. */
   steps: Step[] = [];
+  /** Rewrites the upstream's responses on this route (header rules, envelope); null on most routes. */
+  responseTransform: ResponseTransform | null = null;
+  /** A step answers CORS preflights, so an OPTIONS preflight is routed by the method it asks about. */
+  answersPreflight = false;
 
   constructor(config: RouteConfig, upstream: Upstream, metrics: RouteMetrics) {
     this.metrics = metrics;
@@ -44,5 +49,17 @@ export class CompiledRoute {
     this.rewrite = compileRewrite(config);
     this.requestTimeoutMs = upstream.config.timeouts.requestMs;
     this.dropRequestHeaders = new Set(REQUEST_DROP);
+  }
+
+  /** Chains `t` after the transforms already registered; the last body wrap returned wins. */
+  addResponseTransform(t: ResponseTransform): void {
+    const prev = this.responseTransform;
+    this.responseTransform =
+      prev === null
+        ? t
+        : (ctx, status, headers) => {
+            const wrap = prev(ctx, status, headers);
+            return t(ctx, status, headers) ?? wrap;
+          };
   }
 }

@@ -1,7 +1,7 @@
 import type { GatewayConfig } from './config/schema';
 import { ClientIpResolver } from './net/client-ip';
 import type { GatewayMetrics } from './observability/metrics';
-import { createPlugins, type PluginContext } from './plugins';
+import { createPlugins, type Plugin, type PluginContext } from './plugins';
 import type { UpstreamRegistry } from './proxy/upstreams';
 import { CompiledRoute } from './routes';
 import { Router } from './routing/router';
@@ -21,8 +21,9 @@ export class Runtime {
     upstreams: UpstreamRegistry,
     metrics: GatewayMetrics,
     plugins: PluginContext,
+    extra?: (ctx: PluginContext) => Plugin[],
   ) {
-    const active = createPlugins(plugins);
+    const active = [...(extra?.(plugins) ?? []), ...createPlugins(plugins)];
     this.routes = config.routes.map((r) => {
       const route = new CompiledRoute(r, upstreams.get(r.upstream), metrics.forRoute(r.name));
       for (const p of active) {

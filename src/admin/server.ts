@@ -32,7 +32,7 @@ declare module 'fastify' {
   }
 }
 
-function problem(reply: FastifyReply, request: FastifyRequest, code: ErrorCode, detail?: string, extra?: Record<string, unknown>): FastifyReply {
+export function problem(reply: FastifyReply, request: FastifyRequest, code: ErrorCode, detail?: string, extra?: Record<string, unknown>): FastifyReply {
   const body = JSON.parse(problemBody(code, request.id, detail)) as Record<string, unknown>;
   return reply
     .code(ERRORS[code].status)

@@ -2,7 +2,10 @@ import { readFileSync } from 'node:fs';
 import { BlockList, isIP } from 'node:net';
 import Ajv, { type ErrorObject } from 'ajv';
 import YAML from 'yaml';
+import { checkPolicies } from '../plugins/policies/check';
+import { checkRateLimitConfig } from '../plugins/rate-limit/check';
 import { ConfigSchema, type GatewayConfig } from './schema';
+import { checkAuthConfig } from '../plugins/auth/check';
 
 /** One problem in a configuration, with the path of the offending field. */
 export interface ConfigProblem {
@@ -23,7 +26,6 @@ export function formatProblem(p: ConfigProblem): string {
   return p.path ? `${p.path}: ${p.message}` : p.message;
 }
 
-// verbose: errors carry their schema, which the "must be one of" messages of unions are built from.
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, coerceTypes: false, verbose: true });
 const validateSchema = ajv.compile<GatewayConfig>(ConfigSchema);
 
@@ -96,7 +98,8 @@ function ajvProblems(errors: ErrorObject[]): ConfigProblem[] {
       path = joinPath(path, String(e.params.missingProperty));
       message = 'is required';
     } else if (e.keyword === 'anyOf') {
-      const options = (e.schema as { const?: unknown }[]).map((s) => s.const).filter((c) => c !== undefined);
+      // ajv reports each literal of a union as a sibling `const` error (e.schema needs verbose mode).
+      const options = errors.filter((o) => o.keyword === 'const' && o.instancePath === e.instancePath).map((o) => o.params.allowedValue as unknown);
       message = options.length ? `must be one of ${options.map((o) => JSON.stringify(o)).join(', ')}` : message;
     }
     const key = `${path}\u0000${message}`;
@@ -192,6 +195,9 @@ function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[]): void {
       }
     }
   });
+  checkPolicies(cfg, problems);
+  checkAuthConfig(cfg, problems);
+  checkRateLimitConfig(cfg, problems);
 }
 
 function deepFreeze<T>(value: T): T {

@@ -1,5 +1,9 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 import { ConsumerSchema } from '../plugins/auth/consumers-schema';
+import { PoliciesSchema, RoutePoliciesSchema } from '../plugins/policies/schema';
+import { AuthSchema, RouteAuthSchema } from '../plugins/auth/schema';
+import { RouteRateLimitSchema } from '../plugins/rate-limit/schema';
+import { StoreSchema } from '../store/schema';
 
 /**
  * The configuration schema is the single source of validation, TypeScript types and the
@@ -339,9 +343,10 @@ export const RouteSchema = Obj(
       description: "Forward the client's Host header instead of the target's.",
       default: false,
     }),
-    rateLimit: Type.Optional(Reserved('Rate limits of this route')),
+    rateLimit: Type.Optional(RouteRateLimitSchema),
     cache: Type.Optional(Reserved('Response cache of this route')),
-    auth: Type.Optional(Reserved('Authentication required by this route')),
+    auth: Type.Optional(RouteAuthSchema),
+    policies: RoutePoliciesSchema,
   },
   { description: 'A route: which requests go to which upstream, and how.' },
 );
@@ -365,8 +370,8 @@ export const ConfigSchema = Obj(
       default: {},
     }),
     routes: Type.Array(RouteSchema, { description: 'Routes; the longest matching prefix wins.', default: [] }),
-    store: Type.Optional(Reserved('Shared state backend for rate limits and cache')),
-    auth: Type.Optional(Reserved('Authentication providers')),
+    store: StoreSchema,
+    auth: AuthSchema,
     reload: Obj(
       {
         watch: Type.Boolean({
@@ -378,6 +383,7 @@ export const ConfigSchema = Obj(
       { description: 'Hot reload. SIGHUP and POST /admin/reload always reload; watching the file is optional.', default: {} },
     ),
     consumers: Type.Array(ConsumerSchema, { description: 'API consumers known to the gateway.', default: [] }),
+    policies: PoliciesSchema,
   },
   { description: 'Gateway configuration.' },
 );

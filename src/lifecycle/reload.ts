@@ -10,8 +10,16 @@ export interface ReloadResult {
 /** Sections a running process cannot swap: its sockets, its logger and its shared stores are built once. */
 const RESTART_ONLY = ['listen', 'admin', 'log', 'store'] as const;
 
+/** Header size and client timeouts are options of the listening server; the body limit is per route and reloads. */
+function listenerLimits(cfg: Readonly<GatewayConfig>): string {
+  const { maxHeaderBytes, headersTimeoutMs, requestTimeoutMs } = cfg.policies.limits;
+  return JSON.stringify([maxHeaderBytes, headersTimeoutMs, requestTimeoutMs]);
+}
+
 export function restartOnlyChanges(before: Readonly<GatewayConfig>, after: Readonly<GatewayConfig>): string[] {
-  return RESTART_ONLY.filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k]));
+  const out: string[] = RESTART_ONLY.filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k]));
+  if (listenerLimits(before) !== listenerLimits(after)) out.push('policies.limits');
+  return out;
 }
 
 export function diffRoutes(before: readonly RouteConfig[], after: readonly RouteConfig[]): ReloadResult['routes'] {

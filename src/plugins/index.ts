@@ -4,6 +4,10 @@ import type { Step } from '../chain';
 import type { GatewayConfig } from '../config/schema';
 import type { GatewayMetrics } from '../observability/metrics';
 import type { CompiledRoute } from '../routes';
+import { bodyLimitPlugin, corsPlugin, deprecationPlugin, envelopePlugin, headerRulesPlugin, ipRulesPlugin } from './policies';
+import { createAuthPlugin } from './auth';
+import { createStore } from '../store';
+import { RateLimitPlugin } from './rate-limit/plugin';
 
 /** Something a plugin opens at start-up and must close with the gateway (Redis clients, timers). */
 export interface Resource {
@@ -39,8 +43,23 @@ export interface Plugin {
 
 /**
  * The plugins in chain order. A route runs only the steps of the plugins it configures, so a bare
- * route runs no step at all.
+ * route runs no step at all. Some plugins only shape the route at start-up (drop lists, response
+ * transforms) and run no step.
  */
-export function createPlugins(_ctx: PluginContext): Plugin[] {
-  return [];
+export function createPlugins(ctx: PluginContext): Plugin[] {
+  // The store outlives reloads: buckets and the Redis connection are the gateway's, not a runtime's.
+  const store = ctx.config.routes.some((r) => r.rateLimit !== undefined) ? ctx.shared('store', () => createStore(ctx)) : null;
+  return [
+    // Before authentication: a refused address costs nothing more, and preflights need no credentials.
+    ipRulesPlugin(ctx),
+    corsPlugin(ctx),
+    createAuthPlugin(ctx),
+    // Rate limits (and the cache lookup, in the same store call) once the consumer is known.
+    ...(store !== null ? [new RateLimitPlugin(ctx, store)] : []),
+    // Just before the relay, once the consumer is known.
+    headerRulesPlugin(),
+    envelopePlugin(),
+    deprecationPlugin(),
+    bodyLimitPlugin(ctx),
+  ];
 }

@@ -1,20 +1,35 @@
 import { performance } from 'node:perf_hooks';
 import type { Dispatcher } from 'undici';
 import type { RequestContext } from '../context';
-import { sendProblem } from '../errors';
+import { GatewayError, sendProblem } from '../errors';
 import { AttemptHandler, reject } from './attempts';
 import { copyRequestHeaders, copyResponseHeaders, type ClientHeaderFacts } from './headers';
 import { RequestTimeoutError, upstreamErrorCode } from './upstream-errors';
 
 /**
  * Watches a relayed response as it streams, for steps that need the bytes (the cache fill).
- * Called only for final (non-1xx) responses.
+ * Called only for final (non-1xx) responses. It sees what the client gets: headers and body after
+ * the route's response transform (header rules, envelope).
  */
 export interface ResponseObserver {
   onHeaders(status: number, headers: readonly string[]): void;
   onData(chunk: Buffer): void;
   onComplete(): void;
   onError(): void;
+}
+
+/**
+ * Rewrites a relayed response on its way to the client (route policies: header rules, envelope).
+ * It edits the upstream's header list in place, before the gateway adds its own, and returns how to
+ * wrap the body, or null to relay the body as it comes.
+ */
+export type ResponseTransform = (ctx: RequestContext, status: number, headers: string[]) => BodyWrap | null;
+
+/** Bytes written around the upstream body; `whenEmpty` stands in for a body that turns out empty. */
+export interface BodyWrap {
+  readonly head: Buffer;
+  readonly tail: Buffer;
+  readonly whenEmpty: Buffer;
 }
 
 /**
@@ -27,6 +42,8 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler 
   private timer: NodeJS.Timeout | null = null;
   /** Set when the request must stop before undici handed us its abort function. */
   private pendingAbort: Error | null = null;
+  private wrap: BodyWrap | null = null;
+  private bodySeen = false;
 
   start(timeoutMs: number): void {
     const remaining = timeoutMs - (performance.now() - this.ctx.startedAt);
@@ -78,6 +95,8 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler 
     this.resumeUpstream = resume;
     const headers: string[] = [];
     const hasDate = copyResponseHeaders(rawHeaders, headers);
+    const transform = ctx.route.responseTransform;
+    if (transform !== null) this.wrap = transform(ctx, statusCode, headers);
     headers.push('x-request-id', ctx.id);
     if (ctx.responseHeaders !== null) for (const h of ctx.responseHeaders) headers.push(h);
     res.sendDate = !hasDate;
@@ -89,10 +108,18 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler 
       return false;
     }
     this.ctx.observer?.onHeaders(statusCode, headers);
+    if (this.wrap !== null) this.write(this.wrap.head);
     return true;
   }
 
+  /** Writes gateway-made body bytes (a wrap); they are small, so backpressure is left to the next chunk. */
+  private write(bytes: Buffer): void {
+    this.ctx.observer?.onData(bytes);
+    this.ctx.res.write(bytes);
+  }
+
   onData(chunk: Buffer): boolean {
+    if (this.wrap !== null) this.bodySeen = true;
     this.ctx.observer?.onData(chunk);
     if (this.ctx.res.write(chunk)) return true;
     this.ctx.res.once('drain', this.resumeUpstream!);
@@ -103,6 +130,11 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler 
     this.attemptEnded();
     if (this.done) return;
     this.settleAnswer(this.finish());
+    const wrap = this.wrap;
+    if (wrap !== null) {
+      if (!this.bodySeen) this.write(wrap.whenEmpty);
+      this.write(wrap.tail);
+    }
     this.ctx.observer?.onComplete();
     this.ctx.res.end();
   }
@@ -121,10 +153,10 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler 
     this.ctx.observer?.onError();
     const { ctx } = this;
     ctx.errorCode = code;
-    if (!ctx.res.headersSent) ctx.log.warn({ err: { message: err.message, code: (err as { code?: string }).code }, target: ctx.target?.origin }, 'upstream request failed');
+    if (!ctx.res.headersSent && !(err instanceof GatewayError)) ctx.log.warn({ err: { message: err.message, code: (err as { code?: string }).code }, target: ctx.target?.origin }, 'upstream request failed');
     // sendProblem cuts the connection when the response already started: a truncated body must
     // never look complete.
-    sendProblem(ctx.res, ctx.id, code);
+    sendProblem(ctx.res, ctx.id, code, { detail: err instanceof GatewayError ? err.message : undefined, extra: ctx.responseHeaders });
   }
 
   protected finish(): number {
@@ -187,7 +219,7 @@ export function relay(ctx: RequestContext): void {
       path: '',
       method: req.method as Dispatcher.HttpMethod,
       headers,
-      body: facts.hasBody ? req : null,
+      body: facts.hasBody ? (ctx.body ?? req) : null,
     },
     route.rewrite(ctx.path) + ctx.query,
     hostAt,

@@ -1,10 +1,12 @@
-import type { ErrorCode } from '../errors';
+import { GatewayError, type ErrorCode } from '../errors';
 
 /**
  * Maps an undici or socket error to the gateway's answer. Upstream trouble is never a 500:
  * refused, reset and malformed answers are 502, anything that ran out of time is 504.
  */
 export function upstreamErrorCode(err: unknown): ErrorCode {
+  // A step's own failure surfacing through the relay (a request body over its limit).
+  if (err instanceof GatewayError) return err.code;
   const e = err as { code?: string; name?: string } | null;
   switch (e?.code) {
     case 'UND_ERR_CONNECT_TIMEOUT':

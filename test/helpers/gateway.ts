@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream';
 import pino from 'pino';
-import { Gateway } from '../../src/app';
+import { Gateway, type GatewayOptions } from '../../src/app';
 import { parseConfig } from '../../src/config/load';
 import type { GatewayConfig } from '../../src/config/schema';
 
@@ -14,7 +14,8 @@ export interface TestGateway {
   close(): Promise<void>;
 }
 
-type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> | T[K] : T[K] };
+/** Optional sections (auth.jwt, route auth, ...) are partial too: the loader fills their defaults. */
+type DeepPartial<T> = { [K in keyof T]?: NonNullable<T[K]> extends object ? DeepPartial<NonNullable<T[K]>> : T[K] };
 
 /**
  * Starts a real gateway on 127.0.0.1:0 (admin too) from a config object. The config goes through
@@ -32,7 +33,7 @@ export function withTestDefaults(config: TestConfig): Record<string, unknown> {
   };
 }
 
-export async function startGateway(config: TestConfig, env: NodeJS.ProcessEnv = {}, opts: { configFile?: string } = {}): Promise<TestGateway> {
+export async function startGateway(config: TestConfig, env: NodeJS.ProcessEnv = {}, opts: Pick<GatewayOptions, 'configFile' | 'plugins'> = {}): Promise<TestGateway> {
   const cfg = parseConfig(withTestDefaults(config), { env });
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({
@@ -42,7 +43,7 @@ export async function startGateway(config: TestConfig, env: NodeJS.ProcessEnv = 
     },
   });
   const logger = pino({ level: cfg.log.level }, sink);
-  const gateway = new Gateway(cfg, { logger, processMetrics: false, configFile: opts.configFile });
+  const gateway = new Gateway(cfg, { logger, processMetrics: false, ...opts });
   const { port, adminPort } = await gateway.listen();
   return {
     gateway,

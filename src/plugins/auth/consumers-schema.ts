@@ -1,5 +1,15 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { LimitSchema } from '../rate-limit/schema';
+import { ConsumerLimitSchema } from '../rate-limit/schema';
+
+export const StoredKeySchema = Type.Object(
+  {
+    prefix: Type.String({ description: 'The visible start of the key, for support and revocation.', pattern: '^gk_[a-z2-7]{8}$' }),
+    sha256: Type.String({ description: 'SHA-256 of the whole key, hex. The key itself is never stored.', pattern: '^[0-9a-f]{64}$' }),
+    created: Type.Optional(Type.String({ description: 'When the key was created (ISO 8601).' })),
+    expires: Type.Optional(Type.String({ description: 'When the key stops working (ISO 8601). Never when omitted.' })),
+  },
+  { additionalProperties: false, description: 'A hashed API key, as printed by `gateway keys create`.' },
+);
 
 export const ConsumerSchema = Type.Object(
   {
@@ -11,7 +21,11 @@ export const ConsumerSchema = Type.Object(
         description: 'Routes this consumer may use. All routes when omitted.',
       }),
     ),
-    rateLimits: Type.Array(LimitSchema, {
+    apiKeys: Type.Array(StoredKeySchema, {
+      description: 'API keys of this consumer for the memory key store (several at once allow rotation with overlap).',
+      default: [],
+    }),
+    rateLimits: Type.Array(ConsumerLimitSchema, {
       description: "The consumer's own limits, applied on every route that rate-limits (keys default to the consumer).",
       default: [],
     }),

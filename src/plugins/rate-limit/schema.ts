@@ -3,21 +3,62 @@ import { Type, type Static } from '@sinclair/typebox';
 /** A duration such as 500ms, 1s, 1m, 1h or 1d. */
 export const DURATION_PATTERN = '^[1-9][0-9]*(ms|s|m|h|d)$';
 
-export const LimitSchema = Type.Object(
-  {
-    rate: Type.Integer({ description: 'Tokens added to the bucket every `per`.', minimum: 1 }),
-    per: Type.String({ description: 'Refill period: 500ms, 1s, 1m, 1h or 1d.', pattern: DURATION_PATTERN }),
-    burst: Type.Optional(
-      Type.Integer({ description: 'Bucket capacity (the largest burst). Defaults to `rate`.', minimum: 1 }),
-    ),
-    by: Type.String({
+const BY_PATTERN = '^(ip|consumer|apiKey|route|header:[!#$%&\'*+.^_`|~0-9A-Za-z-]+)$';
+
+const limitFields = (byDefault: string, byDescription: string) => ({
+  rate: Type.Integer({ description: 'Tokens added to the bucket every `per`.', minimum: 1 }),
+  per: Type.String({ description: 'Refill period: 500ms, 1s, 1m, 1h or 1d.', pattern: DURATION_PATTERN }),
+  burst: Type.Optional(
+    Type.Integer({ description: 'Bucket capacity (the largest burst). Defaults to `rate`.', minimum: 1 }),
+  ),
+  by: Type.String({ description: byDescription, pattern: BY_PATTERN, default: byDefault }),
+  name: Type.Optional(
+    Type.String({
       description:
-        'What the bucket is keyed by: ip, consumer (falls back to the client IP without an identity), apiKey, header:<name>, or route (one bucket shared by everyone).',
-      pattern: '^(ip|consumer|apiKey|route|header:[!#$%&\'*+.^_`|~0-9A-Za-z-]+)$',
-      default: 'ip',
+        'Policy name shown in the RateLimit-Policy and RateLimit headers. Defaults to a name built from the limit, such as ip-100per1m.',
+      pattern: '^[A-Za-z0-9_.:-]{1,64}$',
+    }),
+  ),
+});
+
+const BY_DESCRIPTION =
+  'What the bucket is keyed by: ip, consumer (falls back to the client IP without an identity), apiKey (the X-API-Key header, hashed; falls back to the client IP), header:<name> (falls back to the client IP when absent), or route (one bucket shared by everyone).';
+
+export const LimitSchema = Type.Object(limitFields('ip', BY_DESCRIPTION), {
+  additionalProperties: false,
+  description: 'A token bucket: `rate` tokens per `per`, holding at most `burst`.',
+});
+
+/** A consumer's own limit: the same bucket, keyed by the consumer unless told otherwise. */
+export const ConsumerLimitSchema = Type.Object(limitFields('consumer', BY_DESCRIPTION), {
+  additionalProperties: false,
+  description: 'A token bucket: `rate` tokens per `per`, holding at most `burst`.',
+});
+
+export const RouteRateLimitSchema = Type.Object(
+  {
+    limits: Type.Array(LimitSchema, {
+      description:
+        'Buckets every request on this route must find a token in; all are checked and consumed together (a rejected request takes nothing).',
+      default: [],
+    }),
+    consumerLimits: Type.Boolean({
+      description: "Also apply the authenticated consumer's own `rateLimits` on this route (each route keeps its own buckets).",
+      default: true,
+    }),
+    failMode: Type.Union([Type.Literal('open'), Type.Literal('closed')], {
+      description:
+        'When the store cannot answer within its budget: open admits the request (no rate-limit headers, counted in metrics), closed answers 503 with Retry-After.',
+      default: 'open',
+    }),
+    headers: Type.Boolean({
+      description:
+        'Send RateLimit-Policy, RateLimit (draft-ietf-httpapi-ratelimit-headers) and X-RateLimit-Limit/-Remaining/-Reset. Retry-After is always sent on 429.',
+      default: true,
     }),
   },
-  { additionalProperties: false, description: 'A token bucket: `rate` tokens per `per`, holding at most `burst`.' },
+  { additionalProperties: false, description: 'Token-bucket rate limits of this route.' },
 );
 
 export type LimitConfig = Static<typeof LimitSchema>;
+export type RouteRateLimitConfig = Static<typeof RouteRateLimitSchema>;

@@ -1,0 +1,61 @@
+-- The gate: one atomic call per request that decides every token bucket the request is subject to.
+--
+-- Buckets are GCRA: each key holds the time (microseconds, Redis clock) at which the bucket will be
+-- full again, and expires then, so an absent key is a full bucket and no key outlives its use.
+-- A request is admitted only if every bucket has a token; then one token is taken from each.
+-- A rejected request writes nothing. Time comes from Redis TIME so replicas with skewed clocks agree.
+-- src/store/memory.ts does the same arithmetic in process; keep the two in step.
+--
+-- Layout (sections, so later steps can join the same call):
+--   ARGV[1]                 n, the number of buckets; KEYS[1..n] are their keys (one hash tag)
+--   ARGV[2i], ARGV[2i+1]    bucket i: microseconds per token, burst
+--   reply[1]                1 admitted, 0 rejected
+--   reply[2 + 4(i-1) ..]    bucket i: tokens left, ms until a token (0 if it had one),
+--                           ms until the next token (0 when full), ms until full
+-- A later section starts at KEYS[n+1], ARGV[2n+2] and reply[2+4n].
+
+if redis.replicate_commands then redis.replicate_commands() end
+
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local n = tonumber(ARGV[1])
+local reply = { 1 }
+
+if n > 0 then
+  local tats = redis.call('MGET', unpack(KEYS, 1, n))
+  local debts = {}
+  local admitted = true
+  for i = 1, n do
+    local interval = tonumber(ARGV[2 * i])
+    local tat = tonumber(tats[i])
+    local d = 0
+    if tat and tat > now then d = tat - now end
+    debts[i] = d
+    if d + interval > tonumber(ARGV[2 * i + 1]) * interval then admitted = false end
+  end
+  if not admitted then reply[1] = 0 end
+  for i = 1, n do
+    local interval = tonumber(ARGV[2 * i])
+    local cap = tonumber(ARGV[2 * i + 1]) * interval
+    local d = debts[i]
+    local retry = 0
+    if admitted then
+      d = d + interval
+      redis.call('SET', KEYS[i], string.format('%.0f', now + d), 'PX', math.ceil(d / 1000))
+    elseif d + interval > cap then
+      retry = d + interval - cap
+    end
+    local nextUs = 0
+    if d > 0 then
+      nextUs = d % interval
+      if nextUs == 0 then nextUs = interval end
+    end
+    local at = 2 + 4 * (i - 1)
+    reply[at] = math.floor((cap - d) / interval)
+    reply[at + 1] = math.ceil(retry / 1000)
+    reply[at + 2] = math.ceil(nextUs / 1000)
+    reply[at + 3] = math.ceil(d / 1000)
+  end
+end
+
+return reply

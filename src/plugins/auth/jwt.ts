@@ -1,0 +1,257 @@
+import { createPublicKey } from 'node:crypto';
+import { createVerifier, TokenError, type Algorithm } from 'fast-jwt';
+import { ConsumerDirectory, type Verified } from './consumers';
+import { AuthFailure } from './failure';
+import { identityHeaderPairs, isHeaderValue, UnsendableIdentityError, type IdentityHeaderNames } from './identity-headers';
+import type { JwksKeySource } from './jwks';
+import type { JwtAlgorithm, JwtConfig } from './schema';
+import { TtlCache } from './ttl-cache';
+
+/** A fast-jwt verifier bound to one key: returns the payload or throws a TokenError. */
+export type KeyVerifier = (token: string) => Record<string, unknown>;
+
+/** The options every key's verifier shares: the claim rules of the configuration. */
+export interface ClaimRules {
+  requiredClaims: string[];
+  allowedIss?: string;
+  allowedAud?: string[];
+  clockTolerance: number;
+}
+
+export function claimRules(cfg: JwtConfig): ClaimRules {
+  const required = new Set(cfg.requiredClaims);
+  // fast-jwt checks iss/aud only when the claim is present: requiring them closes that gap.
+  if (cfg.issuer !== undefined) required.add('iss');
+  if (cfg.audience !== undefined) required.add('aud');
+  return {
+    requiredClaims: [...required],
+    allowedIss: cfg.issuer,
+    allowedAud: cfg.audience,
+    clockTolerance: cfg.clockToleranceSec * 1000,
+  };
+}
+
+/**
+ * A verifier for one key and the algorithms both configured and compatible with it. No verifier
+ * ever accepts `none` (fast-jwt refuses unsigned tokens once a key is set) and no public key is
+ * ever used as an HMAC secret (HS* never reaches a public-key verifier).
+ */
+export function keyVerifier(key: string, algorithms: readonly JwtAlgorithm[], rules: ClaimRules): KeyVerifier {
+  return createVerifier({
+    key,
+    algorithms: algorithms as Algorithm[],
+    cache: false,
+    requiredClaims: rules.requiredClaims,
+    allowedIss: rules.allowedIss,
+    allowedAud: rules.allowedAud,
+    clockTolerance: rules.clockTolerance,
+  }) as KeyVerifier;
+}
+
+/**
+ * Checks that `pem` is a public key (or certificate) usable with at least one configured
+ * algorithm, and returns that PEM. Throws with a readable message otherwise.
+ */
+export function loadPublicKey(pem: string, algorithms: readonly JwtAlgorithm[]): string {
+  let key;
+  try {
+    key = createPublicKey(pem);
+  } catch {
+    throw new Error('is not a PEM public key or certificate');
+  }
+  if (/PRIVATE KEY-----/.test(pem)) throw new Error('holds a private key; configure the public key only');
+  const compatible = algorithmsForKey(key.asymmetricKeyType, key.asymmetricKeyDetails?.namedCurve, algorithms);
+  if (compatible.length === 0) {
+    throw new Error(`a ${key.asymmetricKeyType} key cannot verify any of ${algorithms.join(', ')}`);
+  }
+  return pem;
+}
+
+const EC_CURVES: Record<string, string> = {
+  prime256v1: 'ES256',
+  'P-256': 'ES256',
+  secp384r1: 'ES384',
+  'P-384': 'ES384',
+  secp521r1: 'ES512',
+  'P-521': 'ES512',
+};
+
+/** The configured algorithms a key of this type can verify. */
+export function algorithmsForKey(type: string | undefined, curve: string | undefined, algorithms: readonly JwtAlgorithm[]): JwtAlgorithm[] {
+  return algorithms.filter((a) => {
+    switch (type) {
+      case 'rsa':
+        return a.startsWith('RS') || a.startsWith('PS');
+      case 'rsa-pss':
+        return a.startsWith('PS');
+      case 'ec':
+        return curve !== undefined && EC_CURVES[curve] === a;
+      case 'ed25519':
+      case 'ed448':
+        return a === 'EdDSA';
+      default:
+        return false;
+    }
+  });
+}
+
+/** Fixed messages for fast-jwt's error codes: clear, and free of anything the token said. */
+function tokenMessage(err: unknown): string {
+  if (!(err instanceof TokenError)) return 'the token is not valid';
+  switch (err.code) {
+    case TokenError.codes.expired:
+      return 'the token has expired';
+    case TokenError.codes.inactive:
+      return 'the token is not valid yet (nbf)';
+    case TokenError.codes.missingRequiredClaim:
+      return 'the token lacks a required claim';
+    case TokenError.codes.invalidClaimValue:
+    case TokenError.codes.invalidClaimType:
+      return 'the token issuer, audience or a time claim is not accepted';
+    case TokenError.codes.invalidCritHeader:
+      return 'the token has an unsupported critical header';
+    case TokenError.codes.invalidAlgorithm:
+      return 'the token algorithm is not accepted';
+    case TokenError.codes.malformed:
+    case TokenError.codes.invalidPayload:
+    case TokenError.codes.invalidType:
+      return 'the token is malformed';
+    default:
+      return 'the token signature is invalid';
+  }
+}
+
+/** A claim that lists names: an array of strings, or one space-separated string. */
+function nameList(value: unknown, claim: string): readonly string[] {
+  if (value === undefined) return [];
+  if (typeof value === 'string') return value.split(' ').filter((s) => s !== '');
+  if (Array.isArray(value) && value.every((v) => typeof v === 'string')) return value as string[];
+  throw new AuthFailure(`the token claim "${claim}" must be a string or an array of strings`);
+}
+
+function union(a: readonly string[], b: readonly string[]): readonly string[] {
+  if (b.length === 0) return a;
+  if (a.length === 0) return b;
+  return [...new Set([...a, ...b])];
+}
+
+/** Header value of a mapped claim, or undefined when the claim has no printable form. */
+function claimHeaderValue(value: unknown, max: number): string | undefined {
+  let s: string;
+  if (typeof value === 'string') s = value;
+  else if (typeof value === 'number' || typeof value === 'boolean') s = String(value);
+  else if (Array.isArray(value) && value.every((v) => typeof v === 'string')) s = value.join(',');
+  else return undefined;
+  return isHeaderValue(s, max) ? s : undefined;
+}
+
+/** Where the key of a token comes from: one configured key, or a JWKS with a key per `kid`. */
+export type KeySource = { kind: 'static'; verify: KeyVerifier } | { kind: 'jwks'; jwks: JwksKeySource };
+
+interface CachedToken {
+  verified: Verified;
+}
+
+/**
+ * Verifies bearer tokens and turns their claims into an identity. Results are cached per whole
+ * token, bounded, and never past the token's `exp`, so a repeated token costs one map lookup.
+ */
+export class JwtAuthenticator {
+  private readonly cache: TtlCache<CachedToken>;
+  private readonly claimHeaders: [string, string][];
+
+  constructor(
+    private readonly cfg: JwtConfig,
+    private readonly keys: KeySource,
+    private readonly consumers: ConsumerDirectory,
+    private readonly names: IdentityHeaderNames,
+  ) {
+    this.cache = new TtlCache(cfg.cache.maxEntries);
+    this.claimHeaders = Object.entries(cfg.claimHeaders);
+  }
+
+  /** The identity a token proves; throws AuthFailure. Synchronous unless a JWKS refetch is needed. */
+  authenticate(token: string): Verified | Promise<Verified> {
+    if (token.length > this.cfg.maxTokenBytes) throw new AuthFailure('the token is too large');
+    const now = Date.now();
+    const hit = this.cache.get(token, now);
+    if (hit !== undefined) return hit.verified;
+    const keys = this.keys;
+    if (keys.kind === 'static') return this.verifyWith(keys.verify, token, now);
+    const kid = tokenKid(token);
+    const verify = keys.jwks.verifierFor(kid);
+    if (verify !== null) return this.verifyWith(verify, token, now);
+    return keys.jwks.refetchFor(kid).then((v) => this.verifyWith(v, token, Date.now()));
+  }
+
+  private verifyWith(verify: KeyVerifier, token: string, now: number): Verified {
+    let payload: Record<string, unknown>;
+    try {
+      payload = verify(token);
+    } catch (err) {
+      throw new AuthFailure(tokenMessage(err));
+    }
+    const verified = this.identityOf(payload);
+    const exp = payload.exp;
+    let until = now + this.cfg.cache.ttlMs;
+    if (typeof exp === 'number') until = Math.min(until, exp * 1000);
+    if (until > now) this.cache.set(token, { verified }, until);
+    return verified;
+  }
+
+  private identityOf(payload: Record<string, unknown>): Verified {
+    const { claims } = this.cfg;
+    const consumerId = payload[claims.consumer];
+    if (typeof consumerId !== 'string' || consumerId === '') {
+      throw new AuthFailure(`the token has no "${claims.consumer}" claim to identify the caller`);
+    }
+    const user = payload[claims.user];
+    if (user !== undefined && typeof user !== 'string') throw new AuthFailure(`the token claim "${claims.user}" must be a string`);
+    let roles = nameList(payload[claims.roles], claims.roles);
+    let scopes = nameList(payload[claims.scopes], claims.scopes);
+    const known = this.consumers.get(consumerId);
+    if (known) {
+      roles = union(roles, known.config.roles);
+      scopes = union(scopes, known.config.scopes);
+    }
+    const extra: [string, string][] = [];
+    for (const [header, claim] of this.claimHeaders) {
+      const v = claimHeaderValue(payload[claim], this.names.maxLength);
+      if (v !== undefined) extra.push([header, v]);
+    }
+    let headers: [string, string][];
+    try {
+      headers = identityHeaderPairs(this.names, consumerId, user, roles, extra);
+    } catch (err) {
+      if (err instanceof UnsendableIdentityError) throw new AuthFailure(`the token identity cannot be forwarded: ${err.message}`);
+      throw err;
+    }
+    return {
+      identity: { consumerId, roles, scopes, method: 'jwt', headers },
+      routes: known ? known.routes : null,
+    };
+  }
+}
+
+const B64URL = /^[A-Za-z0-9_-]+$/;
+
+/**
+ * The `kid` of a token's header, or undefined. Only a lookup key into the configured key set:
+ * never a path, URL or anything fetched. `jku`, `x5u`, `jwk` and `x5c` are ignored entirely.
+ */
+export function tokenKid(token: string): string | undefined {
+  const dot = token.indexOf('.');
+  const segment = dot < 0 ? '' : token.slice(0, dot);
+  if (!B64URL.test(segment)) throw new AuthFailure('the token is malformed');
+  let header: unknown;
+  try {
+    header = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'));
+  } catch {
+    throw new AuthFailure('the token is malformed');
+  }
+  if (header === null || typeof header !== 'object' || Array.isArray(header)) throw new AuthFailure('the token is malformed');
+  const kid = (header as { kid?: unknown }).kid;
+  if (kid === undefined) return undefined;
+  if (typeof kid !== 'string') throw new AuthFailure('the token kid must be a string');
+  return kid;
+}

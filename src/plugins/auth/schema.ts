@@ -1,0 +1,191 @@
+import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
+
+// A local copy of the config schema's closed-object helper: importing it from config/schema.ts
+// would make the two modules import each other.
+const Obj = <T extends TProperties>(props: T, opts: ObjectOptions & { description: string }) =>
+  Type.Object(props, { additionalProperties: false, ...opts });
+
+const HEADER_NAME = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+
+/** Signature algorithms a token may use. `none` is deliberately not one of them. */
+export const JWT_ALGORITHMS = [
+  'HS256', 'HS384', 'HS512',
+  'RS256', 'RS384', 'RS512',
+  'PS256', 'PS384', 'PS512',
+  'ES256', 'ES384', 'ES512',
+  'EdDSA',
+] as const;
+export type JwtAlgorithm = (typeof JWT_ALGORITHMS)[number];
+
+export const JwksSchema = Obj(
+  {
+    url: Type.String({ description: 'URL of the JSON Web Key Set (https:// in production). The only place keys are ever fetched from.' }),
+    cooldownMs: Type.Integer({
+      description: 'A token with an unknown `kid` triggers a refetch at most once per this many milliseconds.',
+      default: 30000,
+      minimum: 0,
+    }),
+    refreshMs: Type.Integer({ description: 'Background refresh interval of the key set (milliseconds).', default: 600000, minimum: 1000 }),
+    timeoutMs: Type.Integer({ description: 'Deadline of one fetch of the key set (milliseconds).', default: 5000, minimum: 1 }),
+    maxBytes: Type.Integer({ description: 'Largest key set accepted (bytes).', default: 1048576, minimum: 1024 }),
+  },
+  { description: 'Keys fetched from a JWKS endpoint, cached; cached keys keep working while the endpoint is down.' },
+);
+
+export const JwtSchema = Obj(
+  {
+    algorithms: Type.Array(Type.Union(JWT_ALGORITHMS.map((a) => Type.Literal(a))), {
+      description: 'Accepted signature algorithms, always explicit. HS* only with `secret`; never HS* with a public key or JWKS.',
+      minItems: 1,
+    }),
+    secret: Type.Optional(
+      Type.String({ description: 'HMAC secret for HS256/384/512, at least 32 bytes (use ${ENV} substitution).' }),
+    ),
+    publicKey: Type.Optional(Type.String({ description: 'PEM public key (or certificate) for RS/PS/ES/EdDSA.' })),
+    publicKeyFile: Type.Optional(Type.String({ description: 'File holding the PEM public key (or certificate).' })),
+    jwks: Type.Optional(JwksSchema),
+    issuer: Type.Optional(Type.String({ description: 'Required `iss`, matched exactly.', minLength: 1 })),
+    audience: Type.Optional(
+      Type.Array(Type.String({ description: 'An accepted audience.', minLength: 1 }), {
+        description: 'Accepted audiences, matched exactly; the token `aud` (string or array) must contain one of them.',
+        minItems: 1,
+      }),
+    ),
+    requiredClaims: Type.Array(Type.String({ description: 'A claim name.' }), {
+      description: 'Claims every token must carry. `iss` and `aud` are added when issuer or audience are set.',
+      default: ['exp'],
+    }),
+    clockToleranceSec: Type.Integer({
+      description: 'Clock skew allowed when checking `exp` and `nbf` (seconds).',
+      default: 5,
+      minimum: 0,
+      maximum: 300,
+    }),
+    maxTokenBytes: Type.Integer({ description: 'Longer tokens are refused without being parsed.', default: 8192, minimum: 256 }),
+    cookie: Type.Optional(Type.String({ description: 'Also read the token from this cookie (off by default).', pattern: HEADER_NAME })),
+    query: Type.Optional(
+      Type.String({ description: 'Also read the token from this query parameter (off by default: URLs end up in logs).', minLength: 1 }),
+    ),
+    claims: Obj(
+      {
+        consumer: Type.String({ description: 'Claim holding the consumer id.', default: 'sub' }),
+        user: Type.String({ description: 'Claim sent upstream as the user id.', default: 'sub' }),
+        roles: Type.String({ description: 'Claim holding roles (array, or a space-separated string).', default: 'roles' }),
+        scopes: Type.String({ description: 'Claim holding scopes (space-separated string, or array).', default: 'scope' }),
+      },
+      { description: 'Where the identity is read from in the token.', default: {} },
+    ),
+    claimHeaders: Type.Record(Type.String({ pattern: HEADER_NAME }), Type.String({ description: 'A claim name.' }), {
+      description:
+        'Extra upstream headers set from claims, header name → claim. Client-sent headers of these names are always removed; a claim that is not a printable value leaves its header out.',
+      default: {},
+    }),
+    cache: Obj(
+      {
+        maxEntries: Type.Integer({ description: 'Verified tokens remembered (0 disables the cache).', default: 10000, minimum: 0 }),
+        ttlMs: Type.Integer({ description: 'Longest a verification result is reused; never past the token `exp`.', default: 300000, minimum: 1 }),
+      },
+      { description: 'Cache of verification results, keyed by the whole token.', default: {} },
+    ),
+  },
+  { description: 'JSON Web Tokens: exactly one key source (secret, publicKey, publicKeyFile or jwks).' },
+);
+
+export const KeyRedisSchema = Obj(
+  {
+    url: Type.String({ description: 'Redis URL (redis:// or rediss://).', default: 'redis://127.0.0.1:6379' }),
+    keyPrefix: Type.String({ description: 'Prefix of every Redis key and channel the key store uses.', default: 'gateway:auth:' }),
+    connectTimeoutMs: Type.Integer({ description: 'Deadline to connect (milliseconds).', default: 2000, minimum: 1 }),
+    commandTimeoutMs: Type.Integer({ description: 'Deadline of one command (milliseconds).', default: 500, minimum: 1 }),
+  },
+  { description: 'Redis connection of the key store.', default: {} },
+);
+
+export const ApiKeysSchema = Obj(
+  {
+    header: Type.String({ description: 'Request header carrying the API key.', default: 'X-API-Key', pattern: HEADER_NAME }),
+    query: Type.Optional(
+      Type.String({ description: 'Also read the key from this query parameter (off by default: URLs end up in logs).', minLength: 1 }),
+    ),
+    store: Type.Union([Type.Literal('memory'), Type.Literal('redis')], {
+      description:
+        'Where hashed keys live: memory (consumers[].apiKeys in this file; changed with `gateway keys` and a reload) or redis (shared by every replica, managed live through the admin API).',
+      default: 'memory',
+    }),
+    redis: KeyRedisSchema,
+    cacheMs: Type.Integer({
+      description:
+        'How long a replica reuses a key lookup from Redis. Revocations are also pushed over pub/sub; this bound keeps them within a second even if a message is lost.',
+      default: 500,
+      minimum: 0,
+      maximum: 900,
+    }),
+    cacheMaxEntries: Type.Integer({ description: 'Key lookups remembered per replica.', default: 10000, minimum: 1 }),
+  },
+  { description: 'API keys.', default: {} },
+);
+
+export const IdentityHeadersSchema = Obj(
+  {
+    consumerId: Type.String({ description: 'Upstream header carrying the consumer id.', default: 'X-Consumer-Id', pattern: HEADER_NAME }),
+    userId: Type.String({ description: 'Upstream header carrying the user id (JWT only).', default: 'X-User-Id', pattern: HEADER_NAME }),
+    roles: Type.String({ description: 'Upstream header carrying the roles, comma-separated.', default: 'X-User-Roles', pattern: HEADER_NAME }),
+    maxLength: Type.Integer({
+      description: 'Longest identity header value; a longer identity is refused (401).',
+      default: 1024,
+      minimum: 16,
+      maximum: 8192,
+    }),
+  },
+  {
+    description:
+      'Identity headers: every client-sent copy (any case, "_" for "-") is removed on every route, then set from the verified identity.',
+    default: {},
+  },
+);
+
+export const AuthSchema = Obj(
+  {
+    realm: Type.String({ description: 'Realm announced in WWW-Authenticate.', default: 'gateway', pattern: '^[ !#-\\[\\]-~]{1,64}$' }),
+    jwt: Type.Optional(JwtSchema),
+    apiKeys: ApiKeysSchema,
+    identityHeaders: IdentityHeadersSchema,
+  },
+  { description: 'Authentication providers.', default: {} },
+);
+
+export const AUTH_METHODS = ['jwt', 'apiKey'] as const;
+export type AuthMethod = (typeof AUTH_METHODS)[number];
+
+export const RouteAuthSchema = Obj(
+  {
+    methods: Type.Array(Type.Union(AUTH_METHODS.map((m) => Type.Literal(m))), {
+      description: 'Accepted credentials, tried in this order (the first one present decides).',
+      minItems: 1,
+    }),
+    required: Type.Boolean({
+      description: 'Refuse requests without credentials (401). With false, anonymous requests pass with no identity; invalid credentials are still refused.',
+      default: true,
+    }),
+    roles: Type.Optional(
+      Type.Array(Type.String({ description: 'A role.' }), { description: 'The caller needs at least one of these roles (403 otherwise).', minItems: 1 }),
+    ),
+    scopes: Type.Optional(
+      Type.Record(
+        Type.String({ pattern: '^([A-Z]+|\\*)$' }),
+        Type.Array(Type.String({ description: 'A scope.' }), { description: 'Scopes that are all required.' }),
+        { description: 'Scopes the caller needs, by HTTP method; `*` covers the methods not listed (403 otherwise).' },
+      ),
+    ),
+    forwardCredentials: Type.Boolean({
+      description: 'Forward the Authorization / API key header (and token cookie or query parameter) upstream.',
+      default: false,
+    }),
+  },
+  { description: 'Authentication required by this route.' },
+);
+
+export type AuthConfig = Static<typeof AuthSchema>;
+export type JwtConfig = Static<typeof JwtSchema>;
+export type ApiKeysConfig = Static<typeof ApiKeysSchema>;
+export type RouteAuthConfig = Static<typeof RouteAuthSchema>;

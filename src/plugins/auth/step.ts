@@ -1,0 +1,180 @@
+import type { FastifyBaseLogger } from 'fastify';
+import type { Step, StepResult } from '../../chain';
+import type { RequestContext } from '../../context';
+import type { CounterCell, CounterFamily } from '../../observability/fast-metrics';
+import { GatewayError } from '../../errors';
+import type { ApiKeyAuthenticator } from './api-keys';
+import type { Verified } from './consumers';
+import { bearerToken, cookieValue, queryValue, withoutCookies, withoutQueryParams } from './credentials';
+import { AuthFailure } from './failure';
+import type { JwtAuthenticator } from './jwt';
+import type { RouteAuthConfig } from './schema';
+
+/** Where credentials come from: fixed by the configuration, shared by every route. */
+export interface CredentialSources {
+  jwt: JwtAuthenticator | null;
+  apiKeys: ApiKeyAuthenticator;
+  /** Lower-case API key header name. */
+  apiKeyHeader: string;
+  apiKeyHeaderName: string;
+  jwtCookie: string | undefined;
+  jwtQuery: string | undefined;
+  apiKeyQuery: string | undefined;
+  realm: string;
+}
+
+type Result = 'ok' | 'anonymous' | 'unauthenticated' | 'forbidden' | 'unavailable';
+
+/** The auth step of one route: everything it needs is decided here, once, at start-up. */
+export class AuthStep implements Step {
+  readonly name = 'auth';
+  private readonly useJwt: boolean;
+  private readonly useKey: boolean;
+  private readonly jwtFirst: boolean;
+  private readonly required: boolean;
+  private readonly roles: ReadonlySet<string> | null;
+  private readonly scopes: ReadonlyMap<string, readonly string[]> | null;
+  /** Token cookie / query parameters to take out of what is forwarded, or null. */
+  private readonly stripCookies: ReadonlySet<string> | null;
+  private readonly stripQuery: ReadonlySet<string> | null;
+  private readonly missing: Record<string, string>;
+  private readonly badToken: Record<string, string>;
+  private readonly badKey: Record<string, string>;
+  private readonly counts: Record<Result, CounterCell>;
+
+  constructor(
+    private readonly routeName: string,
+    auth: RouteAuthConfig,
+    private readonly src: CredentialSources,
+    counter: CounterFamily,
+    private readonly log: FastifyBaseLogger,
+  ) {
+    this.useJwt = auth.methods.includes('jwt') && src.jwt !== null;
+    this.useKey = auth.methods.includes('apiKey');
+    this.jwtFirst = auth.methods[0] === 'jwt';
+    this.required = auth.required;
+    this.roles = auth.roles ? new Set(auth.roles) : null;
+    this.scopes = auth.scopes ? new Map(Object.entries(auth.scopes)) : null;
+
+    const cookies = auth.forwardCredentials || !src.jwtCookie ? [] : [src.jwtCookie];
+    this.stripCookies = cookies.length ? new Set(cookies) : null;
+    const params = auth.forwardCredentials ? [] : [src.jwtQuery, src.apiKeyQuery].filter((p): p is string => p !== undefined);
+    this.stripQuery = params.length ? new Set(params) : null;
+
+    const realm = `realm="${src.realm}"`;
+    const bearer = `Bearer ${realm}`;
+    const apiKey = `ApiKey ${realm}, header="${src.apiKeyHeaderName}"`;
+    const challenges = (jwtError: string, keyError: string) =>
+      auth.methods.map((m) => (m === 'jwt' ? bearer + jwtError : apiKey + keyError)).join(', ');
+    this.missing = { 'www-authenticate': challenges('', '') };
+    this.badToken = { 'www-authenticate': challenges(', error="invalid_token"', '') };
+    this.badKey = { 'www-authenticate': challenges('', ', error="invalid_key"') };
+    this.counts = {
+      ok: counter.child(routeName, 'ok'),
+      anonymous: counter.child(routeName, 'anonymous'),
+      unauthenticated: counter.child(routeName, 'unauthenticated'),
+      forbidden: counter.child(routeName, 'forbidden'),
+      unavailable: counter.child(routeName, 'unavailable'),
+    };
+  }
+
+  run(ctx: RequestContext): StepResult {
+    if (this.stripCookies !== null) this.forwardCookiesWithoutToken(ctx);
+    let credential: string | undefined;
+    let isJwt = false;
+    if (this.jwtFirst) {
+      credential = this.jwtToken(ctx);
+      if (credential !== undefined) isJwt = true;
+      else credential = this.apiKey(ctx);
+    } else {
+      credential = this.apiKey(ctx);
+      if (credential === undefined) {
+        credential = this.jwtToken(ctx);
+        isJwt = credential !== undefined;
+      }
+    }
+    if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
+    if (credential === undefined) {
+      if (this.required) {
+        this.counts.unauthenticated.inc();
+        throw new GatewayError('UNAUTHENTICATED', { detail: 'credentials are required', headers: this.missing });
+      }
+      this.counts.anonymous.inc();
+      return true;
+    }
+    let verified: Verified | Promise<Verified>;
+    try {
+      verified = isJwt ? this.src.jwt!.authenticate(credential) : this.src.apiKeys.authenticate(credential);
+    } catch (err) {
+      throw this.refusal(err, isJwt);
+    }
+    if (verified instanceof Promise) {
+      return verified.then(
+        (v) => this.admit(ctx, v),
+        (err: unknown) => {
+          throw this.refusal(err, isJwt);
+        },
+      );
+    }
+    return this.admit(ctx, verified);
+  }
+
+  private jwtToken(ctx: RequestContext): string | undefined {
+    if (!this.useJwt) return undefined;
+    const req = ctx.req;
+    let token = bearerToken(req.headers.authorization);
+    if (token === undefined && this.src.jwtCookie !== undefined) token = cookieValue(req.headers.cookie, this.src.jwtCookie);
+    if (token === undefined && this.src.jwtQuery !== undefined) token = queryValue(ctx.query, this.src.jwtQuery);
+    return token;
+  }
+
+  private apiKey(ctx: RequestContext): string | undefined {
+    if (!this.useKey) return undefined;
+    let key = ctx.req.headers[this.src.apiKeyHeader];
+    if (Array.isArray(key)) key = key.join(', ');
+    if (key === undefined && this.src.apiKeyQuery !== undefined) key = queryValue(ctx.query, this.src.apiKeyQuery);
+    return key;
+  }
+
+  private forwardCookiesWithoutToken(ctx: RequestContext): void {
+    const cookie = ctx.req.headers.cookie;
+    if (cookie === undefined) return;
+    const rest = withoutCookies(cookie, this.stripCookies!);
+    if (rest !== '') ctx.addUpstreamHeader('cookie', rest);
+  }
+
+  private admit(ctx: RequestContext, v: Verified): true {
+    const id = v.identity;
+    if (v.routes !== null && !v.routes.has(this.routeName)) throw this.forbidden('the consumer may not use this route');
+    if (this.roles !== null && !id.roles.some((r) => this.roles!.has(r))) throw this.forbidden('the caller lacks the role this route requires');
+    if (this.scopes !== null) {
+      const need = this.scopes.get(ctx.req.method ?? 'GET') ?? this.scopes.get('*');
+      if (need !== undefined) {
+        for (const s of need) if (!id.scopes.includes(s)) throw this.forbidden(`the scope "${s}" is required`);
+      }
+    }
+    ctx.identity = id;
+    const headers = id.headers!;
+    for (let i = 0; i < headers.length; i++) ctx.addUpstreamHeader(headers[i][0], headers[i][1]);
+    this.counts.ok.inc();
+    return true;
+  }
+
+  private forbidden(detail: string): GatewayError {
+    this.counts.forbidden.inc();
+    return new GatewayError('FORBIDDEN', { detail });
+  }
+
+  /** Any failure to verify is the client's 401 (or 503 when the key source is down), never a 500. */
+  private refusal(err: unknown, isJwt: boolean): GatewayError {
+    if (err instanceof GatewayError) return err;
+    if (err instanceof AuthFailure && err.unavailable) {
+      this.counts.unavailable.inc();
+      return new GatewayError('AUTH_UNAVAILABLE', { detail: err.message, headers: { 'retry-after': 1 } });
+    }
+    if (!(err instanceof AuthFailure)) this.log.warn({ err: { message: (err as Error)?.message } }, 'credential verification failed unexpectedly');
+    this.counts.unauthenticated.inc();
+    const detail = err instanceof AuthFailure ? err.message : 'the credentials are not valid';
+    return new GatewayError('UNAUTHENTICATED', { detail, headers: isJwt ? this.badToken : this.badKey });
+  }
+}

@@ -1,0 +1,120 @@
+import { createHash } from 'node:crypto';
+import type { RequestContext } from '../../context';
+import type { BucketSpec } from '../../store/types';
+import type { LimitConfig } from './schema';
+
+const UNIT_US: Record<string, number> = { ms: 1e3, s: 1e6, m: 60e6, h: 3600e6, d: 86400e6 };
+
+/** 500ms, 1s, 1m, 1h, 1d → microseconds. */
+export function durationUs(d: string): number {
+  const m = /^([1-9][0-9]*)(ms|s|m|h|d)$/.exec(d);
+  if (!m) throw new Error(`not a duration: ${d}`);
+  return Number(m[1]) * UNIT_US[m[2]];
+}
+
+/** Longest time a bucket may take to refill from empty: keeps GCRA times well inside exact doubles. */
+export const MAX_FILL_US = 366 * 86400e6;
+
+/** Microseconds per token: GCRA arithmetic stays in whole microseconds, exact in Lua and JS alike. */
+export function intervalUs(limit: Pick<LimitConfig, 'rate' | 'per'>): number {
+  return Math.round(durationUs(limit.per) / limit.rate);
+}
+
+export function burstOf(limit: Pick<LimitConfig, 'rate' | 'burst'>): number {
+  return limit.burst ?? limit.rate;
+}
+
+/** Identity of a limit's definition: a changed limit gets fresh buckets instead of stale counters. */
+export function limitSignature(limit: LimitConfig): string {
+  return `${limit.rate}/${limit.per}/${burstOf(limit)}/${limit.by}`;
+}
+
+/** What a bucket is keyed by, computed per request. Values carry a kind prefix so an IP never equals a consumer id. */
+export type Partition = (ctx: RequestContext) => string;
+
+const digest = (s: string): string => createHash('sha256').update(s).digest('base64url').slice(0, 22);
+
+/** Header values longer than this are hashed so that keys stay small. */
+const MAX_RAW_VALUE = 128;
+
+export function partitionFor(by: string): Partition {
+  switch (by) {
+    case 'ip':
+      return (ctx) => 'i:' + ctx.clientIp;
+    case 'consumer':
+      return (ctx) => (ctx.identity !== null ? 'c:' + ctx.identity.consumerId : 'i:' + ctx.clientIp);
+    case 'apiKey':
+      // Keyed by a digest: API keys are secrets and must not appear in Redis key names.
+      return (ctx) => {
+        const key = ctx.req.headers['x-api-key'];
+        return typeof key === 'string' && key !== '' ? 'k:' + digest(key) : 'i:' + ctx.clientIp;
+      };
+    case 'route':
+      return () => 'r';
+    default: {
+      const name = by.slice('header:'.length).toLowerCase();
+      return (ctx) => {
+        const raw = ctx.req.headers[name];
+        const v = Array.isArray(raw) ? raw.join(',') : raw;
+        if (v === undefined || v === '') return 'i:' + ctx.clientIp;
+        return v.length > MAX_RAW_VALUE ? 'H:' + digest(v) : 'h:' + v;
+      };
+    }
+  }
+}
+
+/** A limit ready for the hot path: bucket parameters, key parts, and its header fragments. */
+export interface CompiledLimit extends BucketSpec {
+  readonly name: string;
+  readonly by: string;
+  readonly partition: Partition;
+  /** The store key is head + partition value + tail (see RateLimiter for the two layouts). */
+  readonly head: string;
+  readonly tail: string;
+  /** This limit's item of RateLimit-Policy, such as "ip-100per1m";q=100;w=60. */
+  readonly policyItem: string;
+}
+
+export interface KeyLayout {
+  keyPrefix: string;
+  route: string;
+  /**
+   * Every limit that can apply on the route is keyed the same way, so the hash tag can include
+   * the caller: buckets spread over Cluster shards instead of one shard per route.
+   */
+  perCaller: boolean;
+}
+
+export function defaultName(limit: LimitConfig): string {
+  return `${limit.by}-${limit.rate}per${limit.per}`;
+}
+
+/**
+ * Compiles one limit. `owner` is set for a consumer's own limits, so that two consumers with the
+ * same definition never share a bucket.
+ */
+export function compileLimit(limit: LimitConfig, layout: KeyLayout, name: string, owner?: string): CompiledLimit {
+  const interval = intervalUs(limit);
+  const burst = burstOf(limit);
+  const version = createHash('sha1')
+    .update(limitSignature(limit) + (owner === undefined ? '' : `/consumer=${owner}`))
+    .digest('hex')
+    .slice(0, 10);
+  const { keyPrefix, route } = layout;
+  // Hash tags: every key of one request shares the text between the braces, hence one slot.
+  const head = layout.perCaller ? `${keyPrefix}{${route}|` : `${keyPrefix}{${route}}${version}|`;
+  const tail = layout.perCaller ? `}${version}` : '';
+  const windowS = Math.max(1, Math.ceil((burst * interval) / 1e6));
+  return {
+    name,
+    by: limit.by,
+    partition: partitionFor(limit.by),
+    head,
+    tail,
+    burst,
+    intervalUs: interval,
+    argInterval: String(interval),
+    argBurst: String(burst),
+    policyItem: `"${name}";q=${burst};w=${windowS}`,
+  };
+}

@@ -1,0 +1,202 @@
+import type { Step } from '../../chain';
+import type { RequestContext } from '../../context';
+import { sendProblem } from '../../errors';
+import type { CounterCell, CounterFamily } from '../../observability/fast-metrics';
+import type { CompiledRoute } from '../../routes';
+import { BUCKET_FIELDS, F_NEXT_MS, F_REMAINING, F_RESET_MS, F_RETRY_MS, type GateResult, type GateStore } from '../../store/types';
+import type { Plugin, PluginContext } from '..';
+import { compileLimit, defaultName, type CompiledLimit, type KeyLayout } from './limits';
+import type { LimitConfig, RouteRateLimitConfig } from './schema';
+
+/** The limits one caller is subject to on one route, with the header text that never changes. */
+interface LimitSet {
+  readonly limits: readonly CompiledLimit[];
+  /** RateLimit-Policy value. */
+  readonly policy: string;
+}
+
+type Decision = 'allowed' | 'limited' | 'failed_open' | 'failed_closed';
+
+/** How long a client should wait before retrying when the store is down and the route fails closed. */
+const STORE_DOWN_RETRY_AFTER_S = 1;
+
+function limitSet(limits: CompiledLimit[]): LimitSet {
+  return { limits, policy: limits.map((l) => l.policyItem).join(', ') };
+}
+
+/** Names must be unique within what one response shows; later duplicates get a suffix. */
+function uniqueName(wanted: string, taken: Set<string>): string {
+  let name = wanted;
+  for (let i = 2; taken.has(name); i++) name = `${wanted}-${i}`;
+  taken.add(name);
+  return name;
+}
+
+/**
+ * The rate-limit step of one route: builds the bucket keys of the request, asks the store (one
+ * gate call), and answers 429 itself or lets the request go on with the rate-limit headers.
+ */
+export class RateLimitStep implements Step {
+  readonly name = 'rate-limit';
+  private readonly base: LimitSet;
+  /** Consumer id → route limits plus that consumer's own; null when no consumer has limits here. */
+  private readonly consumers: Map<string, LimitSet> | null;
+  private readonly perCaller: boolean;
+  private readonly failClosed: boolean;
+  private readonly headers: boolean;
+  private readonly decisions: Record<Decision, CounterCell>;
+
+  constructor(
+    route: CompiledRoute,
+    cfg: RouteRateLimitConfig,
+    consumerLimits: ReadonlyMap<string, readonly LimitConfig[]>,
+    private readonly store: GateStore,
+    keyPrefix: string,
+    decisions: CounterFamily,
+  ) {
+    const applied = cfg.consumerLimits ? consumerLimits : new Map<string, readonly LimitConfig[]>();
+    const bys = new Set<string>(cfg.limits.map((l) => l.by));
+    for (const limits of applied.values()) for (const l of limits) bys.add(l.by);
+    const layout: KeyLayout = { keyPrefix, route: route.name, perCaller: bys.size === 1 && !bys.has('route') };
+    this.perCaller = layout.perCaller;
+
+    const routeNames = new Set<string>();
+    const routeLimits = cfg.limits.map((l) => compileLimit(l, layout, uniqueName(l.name ?? defaultName(l), routeNames)));
+    this.base = limitSet(routeLimits);
+    if (applied.size === 0) {
+      this.consumers = null;
+    } else {
+      this.consumers = new Map();
+      for (const [id, limits] of applied) {
+        const names = new Set(routeNames);
+        const own = limits.map((l) => compileLimit(l, layout, uniqueName(l.name ?? `consumer-${defaultName(l)}`, names), id));
+        this.consumers.set(id, limitSet([...routeLimits, ...own]));
+      }
+    }
+    this.failClosed = cfg.failMode === 'closed';
+    this.headers = cfg.headers;
+    const results: Decision[] = ['allowed', 'limited', 'failed_open', 'failed_closed'];
+    this.decisions = Object.fromEntries(results.map((r) => [r, decisions.child(route.name, r)])) as Record<Decision, CounterCell>;
+  }
+
+  run(ctx: RequestContext): boolean | Promise<boolean> {
+    let set = this.base;
+    if (this.consumers !== null && ctx.identity !== null) set = this.consumers.get(ctx.identity.consumerId) ?? this.base;
+    const limits = set.limits;
+    const n = limits.length;
+    if (n === 0) return true;
+    const keys: string[] = new Array<string>(n);
+    if (this.perCaller) {
+      const value = limits[0].partition(ctx);
+      for (let i = 0; i < n; i++) keys[i] = limits[i].head + value + limits[i].tail;
+    } else {
+      for (let i = 0; i < n; i++) keys[i] = limits[i].head + limits[i].partition(ctx) + limits[i].tail;
+    }
+    const store = this.store;
+    if (store.kind === 'memory') return this.decide(ctx, set, store.gate({ keys, specs: limits }));
+    return store.gate({ keys, specs: limits }).then((r) => this.decide(ctx, set, r));
+  }
+
+  private decide(ctx: RequestContext, set: LimitSet, r: GateResult | null): boolean {
+    if (r === null) {
+      if (!this.failClosed) {
+        this.decisions.failed_open.inc();
+        return true;
+      }
+      this.decisions.failed_closed.inc();
+      ctx.errorCode = 'STORE_UNAVAILABLE';
+      sendProblem(ctx.res, ctx.id, 'STORE_UNAVAILABLE', {
+        detail: 'The rate-limit store did not answer in time',
+        headers: { 'retry-after': STORE_DOWN_RETRY_AFTER_S },
+      });
+      return false;
+    }
+    const b = r.buckets;
+    const limits = set.limits;
+    if (r.admitted) {
+      this.decisions.allowed.inc();
+      if (this.headers) {
+        const m = mostConstrained(b, limits.length);
+        const at = m * BUCKET_FIELDS;
+        ctx.addResponseHeader('RateLimit-Policy', set.policy);
+        ctx.addResponseHeader('RateLimit', serviceLimits(b, limits));
+        ctx.addResponseHeader('X-RateLimit-Limit', String(limits[m].burst));
+        ctx.addResponseHeader('X-RateLimit-Remaining', String(b[at + F_REMAINING]));
+        ctx.addResponseHeader('X-RateLimit-Reset', String(Math.ceil(b[at + F_RESET_MS] / 1000)));
+      }
+      return true;
+    }
+    this.decisions.limited.inc();
+    // The request needs a token in every bucket: it may come back when the slowest one has one.
+    let m = 0;
+    for (let i = 1; i < limits.length; i++) if (b[i * BUCKET_FIELDS + F_RETRY_MS] > b[m * BUCKET_FIELDS + F_RETRY_MS]) m = i;
+    const at = m * BUCKET_FIELDS;
+    const headers: Record<string, string | number> = {
+      'retry-after': Math.max(1, Math.ceil(b[at + F_RETRY_MS] / 1000)),
+    };
+    if (this.headers) {
+      headers['RateLimit-Policy'] = set.policy;
+      headers['RateLimit'] = serviceLimits(b, limits);
+      headers['X-RateLimit-Limit'] = limits[m].burst;
+      headers['X-RateLimit-Remaining'] = b[at + F_REMAINING];
+      headers['X-RateLimit-Reset'] = Math.ceil(b[at + F_RESET_MS] / 1000);
+    }
+    ctx.errorCode = 'RATE_LIMITED';
+    sendProblem(ctx.res, ctx.id, 'RATE_LIMITED', { detail: `Rate limit "${limits[m].name}" exceeded`, headers });
+    return false;
+  }
+}
+
+/** The bucket with the fewest tokens left; on a tie, the one whose next token is furthest away. */
+function mostConstrained(b: readonly number[], n: number): number {
+  let m = 0;
+  for (let i = 1; i < n; i++) {
+    const at = i * BUCKET_FIELDS;
+    const mt = m * BUCKET_FIELDS;
+    if (b[at + F_REMAINING] < b[mt + F_REMAINING] || (b[at + F_REMAINING] === b[mt + F_REMAINING] && b[at + F_NEXT_MS] > b[mt + F_NEXT_MS])) m = i;
+  }
+  return m;
+}
+
+/**
+ * RateLimit field (draft-ietf-httpapi-ratelimit-headers): one item per policy, r = tokens left,
+ * t = seconds until the next token, the time within which the client can use no more than r.
+ */
+function serviceLimits(b: readonly number[], limits: readonly CompiledLimit[]): string {
+  let out = '';
+  for (let i = 0; i < limits.length; i++) {
+    const at = i * BUCKET_FIELDS;
+    if (i > 0) out += ', ';
+    out += `"${limits[i].name}";r=${b[at + F_REMAINING]};t=${Math.ceil(b[at + F_NEXT_MS] / 1000)}`;
+  }
+  return out;
+}
+
+/** Builds a rate-limit step for every route with a `rateLimit` section (once per runtime, so per reload). */
+export class RateLimitPlugin implements Plugin {
+  readonly name = 'rate-limit';
+  private readonly decisions: CounterFamily;
+  private readonly consumerLimits: Map<string, readonly LimitConfig[]>;
+  private readonly keyPrefix: string;
+
+  constructor(
+    ctx: PluginContext,
+    private readonly store: GateStore,
+  ) {
+    this.decisions = ctx.shared('ratelimit.decisions', () =>
+      ctx.metrics.counter(
+        'gateway_ratelimit_decisions_total',
+        'Rate-limit decisions by route and result: allowed, limited (429), failed_open (store down, admitted), failed_closed (store down, 503).',
+        ['route', 'result'],
+      ),
+    );
+    this.consumerLimits = new Map(ctx.config.consumers.filter((c) => c.rateLimits.length > 0).map((c) => [c.id, c.rateLimits]));
+    this.keyPrefix = ctx.config.store.redis.keyPrefix;
+  }
+
+  stepFor(route: CompiledRoute): Step | null {
+    const cfg = route.config.rateLimit;
+    if (cfg === undefined) return null;
+    return new RateLimitStep(route, cfg, this.consumerLimits, this.store, this.keyPrefix, this.decisions);
+  }
+}

@@ -1,0 +1,18 @@
+import type { PluginContext } from '../plugins';
+import { MemoryStore } from './memory';
+import { RedisStore } from './redis';
+import type { GateStore } from './types';
+
+/**
+ * The gateway's one store, shared by every step that uses the gate (rate limits, and the response
+ * cache after it). A Redis store is a Resource (connects and loads its script at start-up, closes
+ * with the gateway) and a readiness check; /healthz never depends on it.
+ */
+export function createStore(ctx: PluginContext): GateStore {
+  const cfg = ctx.config.store;
+  if (cfg.type === 'memory') return new MemoryStore(cfg.memory.maxKeys);
+  const store = new RedisStore({ config: cfg.redis, log: ctx.log, metrics: ctx.metrics });
+  ctx.addResource(store);
+  ctx.addReadinessCheck(store.readiness);
+  return store;
+}

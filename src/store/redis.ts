@@ -1,0 +1,357 @@
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import type { FastifyBaseLogger } from 'fastify';
+import Redis, { Cluster, type ClusterOptions, type RedisOptions } from 'ioredis';
+import type { ReadinessCheck } from '../admin/server';
+import type { CounterCell, HistogramCell } from '../observability/fast-metrics';
+import type { GatewayMetrics } from '../observability/metrics';
+import type { Resource } from '../plugins';
+import type { RedisStoreConfig } from './schema';
+import { BUCKET_FIELDS, type AsyncGateStore, type GateRequest, type GateResult } from './types';
+
+/** Finds lua/<name> from src/store (tests, tsx) or dist/src/store (built). */
+export function readLua(name: string): string {
+  for (const up of ['../..', '../../..']) {
+    const file = resolve(__dirname, up, 'lua', name);
+    if (existsSync(file)) return readFileSync(file, 'utf8');
+  }
+  throw new Error(`cannot find lua/${name} next to ${join(__dirname, '../..')}`);
+}
+
+/** Kinds of Redis failure, the label values of gateway_redis_errors_total. */
+type ErrorKind = 'timeout' | 'connection' | 'overload' | 'noscript' | 'cluster' | 'reply' | 'other';
+const ERROR_KINDS: readonly ErrorKind[] = ['timeout', 'connection', 'overload', 'noscript', 'cluster', 'reply', 'other'];
+
+function errorKind(err: unknown): ErrorKind {
+  const e = err as { name?: string; message?: string };
+  const msg = e.message ?? '';
+  if (e.name === 'MaxRetriesPerRequestError' || msg.includes('Connection is closed') || msg.includes("Stream isn't writeable")) {
+    return 'connection';
+  }
+  if (/^(CROSSSLOT|CLUSTERDOWN|TRYAGAIN|MOVED|ASK)\b/.test(msg) || msg.includes('Too many Cluster redirections') || msg.includes('Failed to refresh slots cache')) {
+    return 'cluster';
+  }
+  if (e.name === 'ReplyError') return 'reply';
+  return 'other';
+}
+
+const RESOLVED_NULL: Promise<null> = Promise.resolve(null);
+
+export interface RedisStoreOptions {
+  config: RedisStoreConfig;
+  log: FastifyBaseLogger;
+  metrics: GatewayMetrics;
+  /** Script source; lua/gate.lua unless given (a test loads a broken one). */
+  script?: string;
+}
+
+function hostPort(s: string): { host: string; port: number } {
+  const i = s.lastIndexOf(':');
+  return { host: s.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(s.slice(i + 1)) };
+}
+
+/**
+ * The shared store on Redis (standalone, Sentinel or Cluster through ioredis). The gate script is
+ * loaded with SCRIPT LOAD at start-up and on every (re)connection, and called with EVALSHA; a
+ * NOSCRIPT answer (restart, failover, SCRIPT FLUSH) is retried once as EVAL within the same call,
+ * which also puts the script back.
+ *
+ * A call never outlives `timeoutMs`: commands are not queued while disconnected nor retried after
+ * a disconnection, at most `maxPending` calls wait on Redis at once, and a call past its budget
+ * resolves null (the route's failMode decides). ioredis reconnects by itself.
+ */
+export class RedisStore implements AsyncGateStore, Resource {
+  readonly kind = 'redis';
+  readonly name = 'redis';
+  readonly client: Redis | Cluster;
+  private readonly source: string;
+  private readonly sha: string;
+  private readonly timeoutMs: number;
+  private readonly maxPending: number;
+  private readonly connectTimeoutMs: number;
+  private readonly log: FastifyBaseLogger;
+  private readonly errors: Record<ErrorKind, CounterCell>;
+  private readonly latency: HistogramCell;
+  private pending = 0;
+  private loading: Promise<void> | null = null;
+  /** For logging state changes once instead of once per failed request. */
+  private failing = false;
+  /** init() has run: later (re)connections load the script themselves. */
+  private started = false;
+  private closed = false;
+
+  constructor(opts: RedisStoreOptions) {
+    const cfg = opts.config;
+    this.log = opts.log.child({ store: 'redis' });
+    this.source = opts.script ?? readLua('gate.lua');
+    this.sha = createHash('sha1').update(this.source).digest('hex');
+    this.timeoutMs = cfg.timeoutMs;
+    this.maxPending = cfg.maxPending;
+    this.connectTimeoutMs = cfg.connectTimeoutMs;
+
+    const errors = opts.metrics.counter(
+      'gateway_redis_errors_total',
+      'Redis store failures by kind: timeout (past the budget), connection (down or reconnecting), overload (too many calls waiting), noscript (script reloaded), cluster, reply, other.',
+      ['kind'],
+    );
+    this.errors = Object.fromEntries(ERROR_KINDS.map((k) => [k, errors.child(k)])) as Record<ErrorKind, CounterCell>;
+    this.latency = opts.metrics
+      .histogram(
+        'gateway_redis_script_duration_seconds',
+        'Latency of gate script calls (EVALSHA sent to reply received), including replies that came after the budget.',
+        [],
+        [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      )
+      .child();
+
+    const base: RedisOptions = {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      connectTimeout: cfg.connectTimeoutMs,
+      enableAutoPipelining: cfg.autoPipelining,
+      retryStrategy: (times: number) => Math.min(times * 50, cfg.reconnectMaxDelayMs),
+      // TCP keep-alive so a silently dead peer is noticed even when idle.
+      keepAlive: 10000,
+    };
+    if (cfg.mode === 'cluster') {
+      const copts: ClusterOptions = {
+        lazyConnect: true,
+        enableOfflineQueue: false,
+        enableAutoPipelining: cfg.autoPipelining,
+        clusterRetryStrategy: (times: number) => Math.min(times * 50, cfg.reconnectMaxDelayMs),
+        slotsRefreshTimeout: cfg.connectTimeoutMs,
+        maxRedirections: 4,
+        retryDelayOnFailover: 20,
+        retryDelayOnTryAgain: 20,
+        retryDelayOnClusterDown: 20,
+        redisOptions: {
+          ...base,
+          username: cfg.username,
+          password: cfg.password,
+          ...(cfg.tls ? { tls: {} } : {}),
+        },
+      };
+      this.client = new Cluster(cfg.nodes.map(hostPort), copts);
+    } else if (cfg.mode === 'sentinel') {
+      this.client = new Redis({
+        ...base,
+        sentinels: cfg.sentinels.map(hostPort),
+        name: cfg.masterName,
+        username: cfg.username,
+        password: cfg.password,
+        sentinelPassword: cfg.sentinelPassword,
+        db: cfg.db,
+        ...(cfg.tls ? { tls: {}, enableTLSForSentinelMode: true } : {}),
+        sentinelRetryStrategy: (times: number) => Math.min(times * 50, cfg.reconnectMaxDelayMs),
+      });
+    } else {
+      this.client = new Redis(cfg.url!, { ...base, ...(/\/\d+$/.test(cfg.url!) ? {} : { db: cfg.db }) });
+    }
+    this.client.on('error', (err: Error) => {
+      if (!this.failing) {
+        this.failing = true;
+        this.log.warn({ err: { message: err.message } }, 'redis unavailable; routes follow their failMode until it is back');
+      }
+    });
+    this.client.on('ready', () => {
+      if (this.failing) {
+        this.failing = false;
+        this.log.info('redis connection ready');
+      }
+      if (this.started) this.reload();
+    });
+  }
+
+  /**
+   * Connects and loads the script. Redis unreachable is not fatal (failMode covers it and
+   * readiness reports it); a script Redis refuses is.
+   */
+  async init(): Promise<void> {
+    try {
+      await this.connectAndLoad();
+    } finally {
+      this.started = true;
+    }
+  }
+
+  private async connectAndLoad(): Promise<void> {
+    const connected = await Promise.race([
+      this.client.connect().then(
+        () => true,
+        () => false,
+      ),
+      new Promise<false>((r) => setTimeout(() => r(false), this.connectTimeoutMs).unref()),
+    ]);
+    if (!connected) {
+      this.log.warn('redis not reachable at start-up; starting without it (readiness reports it)');
+      return;
+    }
+    try {
+      await this.loadScript();
+    } catch (err) {
+      if (errorKind(err) === 'reply') {
+        throw new Error(`lua/gate.lua was refused by Redis: ${(err as Error).message}`, { cause: err });
+      }
+      this.log.warn({ err: { message: (err as Error).message } }, 'could not load the gate script yet; it loads on reconnection');
+    }
+  }
+
+  /** SCRIPT LOAD on every primary (one in standalone and Sentinel modes). */
+  private async loadScript(): Promise<void> {
+    const targets: (Redis | Cluster)[] = this.client instanceof Cluster ? this.client.nodes('master') : [this.client];
+    const shas = await Promise.all(targets.map((c) => c.script('LOAD', this.source) as Promise<string>));
+    if (shas.some((s) => s !== this.sha)) throw new Error('Redis returned an unexpected script digest');
+  }
+
+  private reload(): void {
+    if (this.loading !== null || this.closed) return;
+    this.loading = this.loadScript()
+      .catch((err: unknown) => this.log.warn({ err: { message: (err as Error).message } }, 'gate script load failed'))
+      .finally(() => {
+        this.loading = null;
+      });
+  }
+
+  readonly readiness: ReadinessCheck = {
+    name: 'redis',
+    ready: () => {
+      if (this.client.status !== 'ready') return false;
+      return Promise.race([
+        this.client.ping().then((p) => p === 'PONG', () => false),
+        new Promise<boolean>((r) => setTimeout(() => r(false), Math.max(250, this.timeoutMs)).unref()),
+      ]);
+    },
+  };
+
+  gate(req: GateRequest): Promise<GateResult | null> {
+    if (this.client.status !== 'ready') {
+      this.errors.connection.inc();
+      return RESOLVED_NULL;
+    }
+    if (this.pending >= this.maxPending) {
+      this.errors.overload.inc();
+      return RESOLVED_NULL;
+    }
+    const { keys, specs } = req;
+    const n = keys.length;
+    const args: (string | number)[] = new Array<string | number>(3 + 3 * n);
+    args[0] = this.sha;
+    args[1] = n;
+    for (let i = 0; i < n; i++) args[2 + i] = keys[i];
+    args[2 + n] = n;
+    for (let i = 0; i < n; i++) {
+      args[3 + n + 2 * i] = specs[i].argInterval;
+      args[4 + n + 2 * i] = specs[i].argBurst;
+    }
+    return new Promise<GateResult | null>((resolvePromise) => new GateCall(this, args, n, resolvePromise).start());
+  }
+
+  /** @internal Sends one script call; GateCall calls settled() when it answers. */
+  send(command: 'evalsha' | 'eval', args: (string | number)[]): Promise<unknown> {
+    this.pending++;
+    return this.client.call(command, args) as Promise<unknown>;
+  }
+
+  /** @internal */
+  settled(startedAt: number): void {
+    this.pending--;
+    this.latency.observe((performance.now() - startedAt) / 1000);
+  }
+
+  /** @internal */
+  onNoScript(args: (string | number)[]): Promise<unknown> {
+    this.errors.noscript.inc();
+    this.reload();
+    const evalArgs = args.slice();
+    evalArgs[0] = this.source;
+    return this.send('eval', evalArgs);
+  }
+
+  /** @internal */
+  onFailure(kind: ErrorKind | null, err?: unknown): null {
+    const k = kind ?? errorKind(err);
+    if (k === 'reply' || k === 'other') {
+      this.log.error({ err: { message: (err as Error | undefined)?.message } }, 'gate script call failed');
+    }
+    this.errors[k].inc();
+    return null;
+  }
+
+  /** @internal */
+  get budgetMs(): number {
+    return this.timeoutMs;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const quit = this.client.status === 'ready' ? this.client.quit().catch(() => undefined) : Promise.resolve();
+    await Promise.race([quit, new Promise((r) => setTimeout(r, 500).unref())]);
+    this.client.disconnect();
+  }
+}
+
+/** One script call racing its budget; whichever finishes first answers. */
+class GateCall {
+  private done = false;
+  private timer: NodeJS.Timeout | null = null;
+  private startedAt = 0;
+
+  constructor(
+    private readonly store: RedisStore,
+    private readonly args: (string | number)[],
+    private readonly n: number,
+    private readonly resolve: (r: GateResult | null) => void,
+  ) {}
+
+  start(): void {
+    this.timer = setTimeout(this.onTimeout, this.store.budgetMs);
+    this.startedAt = performance.now();
+    this.store.send('evalsha', this.args).then(this.onReply, this.onError);
+  }
+
+  private readonly onTimeout = (): void => {
+    this.timer = null;
+    if (this.done) return;
+    this.done = true;
+    this.resolve(this.store.onFailure('timeout'));
+  };
+
+  private readonly onReply = (reply: unknown): void => {
+    this.store.settled(this.startedAt);
+    if (this.done) return;
+    this.done = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    const r = reply as number[];
+    if (!Array.isArray(r) || r.length !== 1 + BUCKET_FIELDS * this.n) {
+      this.resolve(this.store.onFailure('reply', new Error('malformed gate reply')));
+      return;
+    }
+    this.resolve({ admitted: r[0] === 1, buckets: r.slice(1) });
+  };
+
+  private readonly onError = (err: unknown): void => {
+    this.store.settled(this.startedAt);
+    if (this.done) return;
+    if ((err as Error).message?.startsWith('NOSCRIPT')) {
+      this.startedAt = performance.now();
+      this.store.onNoScript(this.args).then(this.onReply, this.onFinalError);
+      return;
+    }
+    this.fail(err);
+  };
+
+  private readonly onFinalError = (err: unknown): void => {
+    this.store.settled(this.startedAt);
+    this.fail(err);
+  };
+
+  private fail(err: unknown): void {
+    if (this.done) return;
+    this.done = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.resolve(this.store.onFailure(null, err));
+  }
+}

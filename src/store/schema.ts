@@ -1,0 +1,93 @@
+import { Type, type Static } from '@sinclair/typebox';
+
+const HOST_PORT = '^[^\\s:]+:[0-9]{1,5}$|^\\[[0-9A-Fa-f:.]+\\]:[0-9]{1,5}$';
+
+export const MemoryStoreSchema = Type.Object(
+  {
+    maxKeys: Type.Integer({
+      description:
+        'Most buckets kept; past it the least recently used bucket is dropped (it restarts full), so a flood of distinct keys cannot exhaust memory.',
+      default: 100000,
+      minimum: 1,
+    }),
+  },
+  { additionalProperties: false, description: 'The in-process store (one gateway instance; exact within the process).', default: {} },
+);
+
+export const RedisStoreSchema = Type.Object(
+  {
+    mode: Type.Union([Type.Literal('standalone'), Type.Literal('sentinel'), Type.Literal('cluster')], {
+      description: 'How Redis is deployed: one server (or a managed primary), Sentinel-managed primary, or Redis Cluster.',
+      default: 'standalone',
+    }),
+    url: Type.Optional(
+      Type.String({
+        description:
+          'Standalone server, redis://[user:password@]host:port[/db] or rediss:// for TLS. Required in standalone mode; use ${ENV} for the password.',
+        pattern: '^rediss?://',
+      }),
+    ),
+    nodes: Type.Array(Type.String({ description: 'A cluster node, host:port.', pattern: HOST_PORT }), {
+      description: 'Cluster mode: some nodes to discover the cluster from (one is enough; more survive a node being down).',
+      default: [],
+    }),
+    sentinels: Type.Array(Type.String({ description: 'A Sentinel, host:port.', pattern: HOST_PORT }), {
+      description: 'Sentinel mode: the Sentinels to ask for the current primary.',
+      default: [],
+    }),
+    masterName: Type.String({ description: 'Sentinel mode: the monitored primary name.', default: 'mymaster' }),
+    username: Type.Optional(Type.String({ description: 'ACL user for cluster and Sentinel-managed nodes (standalone: put it in `url`).' })),
+    password: Type.Optional(Type.String({ description: 'Password for cluster and Sentinel-managed nodes (standalone: put it in `url`).' })),
+    sentinelPassword: Type.Optional(Type.String({ description: 'Password of the Sentinels themselves, when they require one.' })),
+    db: Type.Integer({ description: 'Database number (standalone without a /db in the url, and Sentinel).', default: 0, minimum: 0 }),
+    tls: Type.Boolean({ description: 'Use TLS to cluster and Sentinel-managed nodes (standalone: use a rediss:// url).', default: false }),
+    keyPrefix: Type.String({
+      description: 'Prefix of every key the gateway writes, so several gateways (or other apps) can share a Redis.',
+      default: 'gw:',
+      pattern: '^[^{}\\s]{0,64}$',
+    }),
+    timeoutMs: Type.Integer({
+      description:
+        "Budget of one store call (milliseconds). Past it, or with Redis down, the request takes its route's failMode instead of waiting.",
+      default: 50,
+      minimum: 1,
+    }),
+    connectTimeoutMs: Type.Integer({
+      description: 'Time allowed to open a connection, and to wait for Redis at start-up before starting without it (milliseconds).',
+      default: 2000,
+      minimum: 1,
+    }),
+    reconnectMaxDelayMs: Type.Integer({
+      description: 'Longest pause between reconnection attempts; the gateway retries forever, backing off up to this (milliseconds).',
+      default: 1000,
+      minimum: 10,
+    }),
+    maxPending: Type.Integer({
+      description:
+        'Most calls waiting on Redis at once (per connection pool). Past it calls fail at once, so a hung Redis cannot pile commands up.',
+      default: 2000,
+      minimum: 1,
+    }),
+    autoPipelining: Type.Boolean({
+      description:
+        'ioredis auto-pipelining: gate calls issued in one event-loop turn go out in one write. On measured cheaper for the gateway and for Redis here (npm run bench: ratelimit-redis vs ratelimit-redis-no-autopipe).',
+      default: true,
+    }),
+  },
+  { additionalProperties: false, description: 'Redis connection of the shared store.', default: {} },
+);
+
+export const StoreSchema = Type.Object(
+  {
+    type: Type.Union([Type.Literal('memory'), Type.Literal('redis')], {
+      description: 'Where rate-limit buckets live: memory (one instance) or redis (shared by every replica, exact across them).',
+      default: 'memory',
+    }),
+    memory: MemoryStoreSchema,
+    redis: RedisStoreSchema,
+  },
+  { additionalProperties: false, description: 'Shared state backend for rate limits (and the response cache).', default: {} },
+);
+
+export type StoreConfig = Static<typeof StoreSchema>;
+export type RedisStoreConfig = Static<typeof RedisStoreSchema>;

@@ -1,0 +1,67 @@
+/**
+ * The store answers "the gate": one call per request that checks and consumes every token bucket
+ * the request is subject to, atomically. On Redis it is one EVALSHA of lua/gate.lua; in memory it
+ * is a synchronous function with the same arithmetic.
+ *
+ * The shapes are sections so that later steps can join the same call (the response cache adds an
+ * optional `cache` section to the request and the result; the Redis store packs it after the
+ * buckets in the same script call, so a request still costs one round trip).
+ */
+
+/**
+ * A token bucket's parameters, fixed at start-up. The bucket is kept as GCRA: one number per key,
+ * the time at which the bucket will be full again. `intervalUs` is the time one token takes to
+ * come back, so the capacity in time is `burst * intervalUs`.
+ */
+export interface BucketSpec {
+  readonly burst: number;
+  /** Microseconds per token (per / rate, rounded to a whole microsecond, at least 1). */
+  readonly intervalUs: number;
+  /** The two ARGV strings of this bucket in the Lua call: interval and burst. */
+  readonly argInterval: string;
+  readonly argBurst: string;
+}
+
+export interface GateRequest {
+  /**
+   * Store keys of the buckets, parallel to `specs`. All keys of one request share one hash tag, so
+   * on Redis Cluster they live in one slot and one script call serves them.
+   */
+  readonly keys: readonly string[];
+  readonly specs: readonly BucketSpec[];
+}
+
+/** Fields per bucket in `GateResult.buckets`. */
+export const BUCKET_FIELDS = 4;
+/** Tokens left after this request (floored). */
+export const F_REMAINING = 0;
+/** Milliseconds until the bucket has a token again; 0 when it had one. */
+export const F_RETRY_MS = 1;
+/** Milliseconds until the next token arrives; 0 when the bucket is full. */
+export const F_NEXT_MS = 2;
+/** Milliseconds until the bucket is full again. */
+export const F_RESET_MS = 3;
+
+export interface GateResult {
+  /** Every bucket had a token and one was taken from each; false means nothing was taken. */
+  readonly admitted: boolean;
+  /** BUCKET_FIELDS numbers per bucket, in request order (see the F_ constants). */
+  readonly buckets: readonly number[];
+}
+
+/** The in-process store: answers synchronously so a chain with only memory limits stays sync. */
+export interface SyncGateStore {
+  readonly kind: 'memory';
+  gate(req: GateRequest): GateResult;
+}
+
+/**
+ * The shared store: resolves within its budget, with null when it could not answer (down, slow,
+ * overloaded). It never rejects; the failure is already counted and logged.
+ */
+export interface AsyncGateStore {
+  readonly kind: 'redis';
+  gate(req: GateRequest): Promise<GateResult | null>;
+}
+
+export type GateStore = SyncGateStore | AsyncGateStore;

@@ -1,0 +1,148 @@
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import t from 'tap';
+import { parseConfig, ConfigError } from '../src/config/load';
+import { MemoryStore } from '../src/store/memory';
+import { BUCKET_FIELDS, F_REMAINING, type BucketSpec } from '../src/store/types';
+import { startGateway, withTestDefaults } from './helpers/gateway';
+import { call } from './helpers/http';
+import { metric } from './helpers/ratelimit';
+import { rateLimitBehaviour } from './helpers/ratelimit-behaviour';
+import { startUpstream, type TestUpstream } from './helpers/upstream';
+
+let up: TestUpstream;
+t.before(async () => {
+  up = await startUpstream();
+});
+t.teardown(() => up.close());
+
+t.test('memory store', async (t) => rateLimitBehaviour(t, () => up, () => ({ type: 'memory' })));
+
+const spec = (rate: number, perUs: number, burst = rate): BucketSpec => {
+  const intervalUs = Math.round(perUs / rate);
+  return { burst, intervalUs, argInterval: String(intervalUs), argBurst: String(burst) };
+};
+
+t.test('a flood of one million distinct keys keeps the memory store within its bound', async (t) => {
+  let now = 1e12;
+  const store = new MemoryStore(10000, () => now);
+  const specs = [spec(1, 3600e6)];
+  const hot = ['hot'];
+  store.gate({ keys: hot, specs });
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  gc();
+  const heapBefore = process.memoryUsage().heapUsed;
+  for (let i = 0; i < 1e6; i++) {
+    store.gate({ keys: ['k' + i], specs });
+    // The hot key stays in use, so the LRU keeps it: its bucket is still empty.
+    if (i % 1000 === 0) t.equal(store.gate({ keys: hot, specs }).admitted, false);
+    now += 1;
+  }
+  t.ok(store.size <= 10000, `within the bound (${store.size})`);
+  gc();
+  const grown = process.memoryUsage().heapUsed - heapBefore;
+  t.ok(grown < 10e6, `heap did not grow with the flood (${Math.round(grown / 1e6)} MB)`);
+  t.equal(store.gate({ keys: ['k0'], specs }).admitted, true, 'the oldest keys were dropped (they restart full)');
+});
+
+t.test('memory store arithmetic: refill and cap on an injected clock', async (t) => {
+  let now = 0;
+  const store = new MemoryStore(100, () => now);
+  const specs = [spec(10, 1e6, 5)];
+  const take = () => store.gate({ keys: ['a'], specs });
+  for (let i = 0; i < 5; i++) t.equal(take().admitted, true);
+  const r = take();
+  t.equal(r.admitted, false);
+  t.same(r.buckets, [0, 100, 100, 500], 'remaining, retry, next, reset (ms)');
+  now += 99_999;
+  t.equal(take().admitted, false, '1 µs short of a token');
+  now += 1;
+  t.equal(take().buckets[F_REMAINING], 0);
+  now += 10e6;
+  const full = take();
+  t.equal(full.buckets[F_REMAINING], 4, 'never more than burst');
+  t.equal(full.buckets.length, BUCKET_FIELDS);
+});
+
+t.test('config: limits and store are validated with precise paths', async (t) => {
+  const problems = (input: unknown): string[] => {
+    try {
+      parseConfig(input, { env: {} });
+      return [];
+    } catch (err) {
+      if (err instanceof ConfigError) return err.problems.map((p) => `${p.path}: ${p.message}`);
+      throw err;
+    }
+  };
+  const route = (rateLimit: unknown) => ({ name: 'r', match: { prefix: '/r' }, upstream: 'u', rateLimit });
+  const base = { upstreams: { u: { targets: ['http://127.0.0.1:1'] } } };
+  const ok = parseConfig({ ...base, routes: [route({ limits: [{ rate: 1, per: '1s' }] })] }, { env: {} });
+  t.equal(ok.routes[0].rateLimit!.failMode, 'open');
+  t.equal(ok.routes[0].rateLimit!.headers, true);
+  t.equal(ok.routes[0].rateLimit!.limits[0].by, 'ip');
+  t.equal(ok.store.type, 'memory');
+  t.equal(ok.store.redis.timeoutMs, 50);
+  t.equal(ok.store.memory.maxKeys, 100000);
+
+  const p = problems({
+    ...base,
+    routes: [
+      route({
+        limits: [
+          { rate: 10, per: '1m' },
+          { rate: 10, per: '1m', by: 'ip' },
+          { rate: 2000000, per: '1s' },
+          { rate: 1, per: '1d', burst: 400 },
+          { rate: 1, per: '1x' },
+          { rate: 1, per: '1s', by: 'cookie' },
+        ],
+        failMode: 'sideways',
+        extra: 1,
+      }),
+    ],
+    consumers: [{ id: 'c', rateLimits: [{ rate: 0, per: '1s' }] }],
+    store: { type: 'redis', redis: { keyPrefix: 'a{b}' } },
+  });
+  const expect = [
+    'routes[0].rateLimit.limits[4].per: must match pattern "^[1-9][0-9]*(ms|s|m|h|d)$"',
+    'routes[0].rateLimit.limits[5].by: must match pattern',
+    'routes[0].rateLimit.failMode: must be one of "open", "closed"',
+    'routes[0].rateLimit.extra: unknown key',
+    'consumers[0].rateLimits[0].rate: must be >= 1',
+    'store.redis.keyPrefix: must match pattern',
+  ];
+  for (const e of expect) t.ok(p.some((x) => x.startsWith(e)), `${e}\n  in ${p.join('\n  ')}`);
+
+  const semantic = problems({
+    ...base,
+    routes: [route({ limits: [{ rate: 10, per: '1m' }, { rate: 10, per: '1m', by: 'ip' }, { rate: 2000000, per: '1s' }, { rate: 1, per: '1d', burst: 400 }] })],
+    store: { type: 'redis' },
+  });
+  t.same(semantic.sort(), [
+    'routes[0].rateLimit.limits[1]: same limit as routes[0].rateLimit.limits[0]',
+    'routes[0].rateLimit.limits[2].rate: more than one token per microsecond (2000000 per 1s) is not supported',
+    'routes[0].rateLimit.limits[3].burst: the bucket would take more than 366 days to refill; lower burst or per',
+    'store.redis.url: is required when store.type is redis in standalone mode',
+  ].sort());
+  t.same(problems({ ...base, store: { type: 'redis', redis: { mode: 'cluster' } } }), ['store.redis.nodes: list at least one node in cluster mode']);
+});
+
+t.test('a reload keeps the buckets of unchanged limits; a changed limit starts fresh', async (t) => {
+  const config = (rate: number, extra: Record<string, unknown>[] = []) => ({
+    upstreams: { up: { targets: [up.url] } },
+    routes: [{ name: 'rl', match: { prefix: '/rl' }, upstream: 'up', rateLimit: { limits: [{ rate, per: '1h' }] } }, ...extra],
+  });
+  const gw = await startGateway(config(2));
+  t.teardown(() => gw.close());
+  t.same([(await call(gw.url, '/rl')).status, (await call(gw.url, '/rl')).status, (await call(gw.url, '/rl')).status], [200, 200, 429]);
+  await gw.gateway.reload(parseConfig(withTestDefaults(config(2, [{ name: 'other', match: { prefix: '/other' }, upstream: 'up' }])), { env: {} }));
+  t.equal((await call(gw.url, '/other')).status, 200, 'the reload took effect');
+  t.equal((await call(gw.url, '/rl')).status, 429, 'the bucket survived the reload');
+  await gw.gateway.reload(parseConfig(withTestDefaults(config(3)), { env: {} }));
+  const r = await call(gw.url, '/rl');
+  t.equal(r.status, 200, 'a changed limit has a new bucket');
+  t.equal(r.headers['x-ratelimit-remaining'], '2');
+  const m = (await call(gw.adminUrl, '/metrics')).body;
+  t.equal(metric(m, 'gateway_ratelimit_decisions_total', { route: 'rl', result: 'limited' }), 2, 'one counter across reloads');
+});
