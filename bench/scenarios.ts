@@ -38,6 +38,8 @@ function gatewayConfig(env: BenchEnv, port: number, adminPort: number): Record<s
   return {
     listen: { host: '127.0.0.1', port },
     admin: { host: '127.0.0.1', port: adminPort },
+    // Nothing to drain between bench runs: stop at once.
+    shutdown: { drainDelayMs: 0 },
     upstreams: { users: { targets: [env.upstreamUrl] } },
     auth: { jwt: { algorithms: ['HS256'], secret: BENCH_JWT_SECRET } },
     consumers: [BENCH_CONSUMER],
@@ -67,7 +69,11 @@ async function startGatewayProcess(name: string, config: (port: number, adminPor
   const file = join(dir, 'gateway.json');
   // JSON is valid YAML: the bench writes it directly.
   writeFileSync(file, JSON.stringify(config(port, adminPort)));
-  const proc = await startProcess(name, [join(DIST, 'src/main.js'), '--config', file], () => httpReady(`http://127.0.0.1:${adminPort}/readyz`), { PORT: '' });
+  // --slow-gateway-us (bench:ci's self-test) reaches every gateway process through this variable.
+  const preload = process.env.BENCH_SLOW_GATEWAY_US ? ['--require', join(DIST, 'bench/slowdown.js')] : [];
+  const proc = await startProcess(name, [...preload, join(DIST, 'src/main.js'), '--config', file], () => httpReady(`http://127.0.0.1:${adminPort}/readyz`), {
+    PORT: '',
+  });
   return { baseUrl: `http://127.0.0.1:${port}`, procs: [proc] };
 }
 

@@ -13,6 +13,7 @@ import { GatewayError, sendProblem, type ErrorCode } from './errors';
 import { AccessLog } from './observability/access-log';
 import { GatewayMetrics } from './observability/metrics';
 import { UpstreamMetrics } from './observability/upstream-metrics';
+import { HealthChecker } from './proxy/health';
 import { UpstreamRegistry } from './proxy/upstreams';
 import type { Plugin, PluginContext, Resource } from './plugins';
 import { serverLimitOptions } from './plugins/policies/server-limits';
@@ -65,6 +66,8 @@ export class Gateway {
   readonly log: FastifyBaseLogger;
   private runtime: Runtime;
   private upstreams: UpstreamRegistry;
+  private readonly upstreamEvents: UpstreamMetrics;
+  private readonly healthChecks: HealthChecker;
   private readonly accessLog: AccessLog | null;
   private readonly readiness: ReadinessCheck[] = [];
   private readonly resources: Resource[] = [];
@@ -100,8 +103,11 @@ export class Gateway {
     });
     this.log = this.server.log;
     this.metrics = new GatewayMetrics({ processMetrics: opts.processMetrics ?? true });
-    const upstreamEvents = new UpstreamMetrics(this.metrics.registry, this.log, () => this.upstreams.all());
-    this.upstreams = new UpstreamRegistry(config.upstreams, undefined, upstreamEvents);
+    this.upstreamEvents = new UpstreamMetrics(this.metrics.registry, this.log, () => this.upstreams.all());
+    this.upstreams = new UpstreamRegistry(config.upstreams, this.upstreamEvents);
+    this.healthChecks = new HealthChecker(this.upstreams, this.upstreamEvents, this.log);
+    this.resources.push(this.healthChecks);
+    this.pendingInit.push(this.healthChecks);
     this.runtime = new Runtime(config, this.upstreams, this.metrics, this.pluginContext(config), this.extraPlugins);
     this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log) : null;
     const chain = new RequestChain({
@@ -135,8 +141,8 @@ export class Gateway {
           checks: () => this.readiness,
           isDraining: () => this.draining,
           config: () => this.config,
-          reload: (actor) => this.reloadFromSource(actor),
           upstreams: () => upstreamStatus(this.upstreams),
+          reload: (actor) => this.reloadFromSource(actor),
         })
       : null;
     if (this.admin) registerKeyRoutes(this.admin, { config: () => this.config, store: () => keyStoreFor(this.pluginContext(this.config)) });
@@ -207,7 +213,7 @@ export class Gateway {
   private async applyReload(next: Readonly<GatewayConfig>, actor: string): Promise<ReloadResult> {
     if (this.closed) throw new Error('the gateway is shutting down');
     const previous = this.runtime;
-    const upstreams = new UpstreamRegistry(next.upstreams, this.upstreams);
+    const upstreams = new UpstreamRegistry(next.upstreams, this.upstreamEvents, this.upstreams);
     let runtime: Runtime;
     try {
       runtime = new Runtime(next, upstreams, this.metrics, this.pluginContext(next), this.extraPlugins);
@@ -219,7 +225,7 @@ export class Gateway {
     }
     this.runtime = runtime;
     this.upstreams = upstreams;
-    upstreams.startHealthChecks();
+    await this.healthChecks.sync(upstreams);
     for (const up of upstreams.changes.retired) {
       up.close().catch((err: unknown) => this.log.warn({ err, upstream: up.name }, 'closing a retired upstream failed'));
     }
@@ -249,7 +255,6 @@ export class Gateway {
   /** Starts both listeners; resolves with the ports actually bound (useful with port 0). */
   async listen(): Promise<{ port: number; adminPort: number | null }> {
     await this.initPending();
-    this.upstreams.startHealthChecks();
     await this.server.listen({ host: this.config.listen.host, port: this.config.listen.port });
     let adminPort: number | null = null;
     if (this.admin) {

@@ -5,7 +5,8 @@ import { startFlakyUpstream, type FlakyUpstream } from './helpers/flaky-upstream
 import { startGateway, type TestGateway } from './helpers/gateway';
 import { call, type Answer } from './helpers/http';
 import { metricValue } from './helpers/metrics';
-import { ADMIN_TOKEN, targetViews } from './helpers/upstream-state';
+
+const ADMIN_TOKEN = 'admin-token-for-resilience-tests';
 
 async function setup(
   t: { teardown(fn: () => Promise<void>): void },
@@ -26,7 +27,8 @@ async function setup(
 }
 
 async function state(gw: TestGateway): Promise<{ inFlight: number; queued: number }> {
-  return (await targetViews(gw))[0];
+  const res = await call(gw.adminUrl, '/admin/upstreams', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  return res.json<{ upstreams: { targets: { inFlight: number; queued: number }[] }[] }>().upstreams[0].targets[0];
 }
 
 async function until(cond: () => Promise<boolean>, ms = 5000): Promise<boolean> {

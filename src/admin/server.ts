@@ -20,9 +20,9 @@ export interface AdminDeps {
   checks: () => readonly ReadinessCheck[];
   isDraining(): boolean;
   config(): Readonly<GatewayConfig>;
-  reload(actor: string): Promise<ReloadResult>;
-  /** Live state of every upstream target (breaker, health, load). */
+  /** Upstreams with the live state of every target (health, breaker, in-flight, queued, pool). */
   upstreams(): unknown;
+  reload(actor: string): Promise<ReloadResult>;
 }
 
 declare module 'fastify' {

@@ -1,39 +1,41 @@
 import { performance } from 'node:perf_hooks';
 import type { UpstreamRegistry } from '../proxy/upstreams';
 
-/** GET /admin/upstreams: every upstream and the state of its targets, as the relay sees them now. */
+/** The state of every upstream target, as the relay sees it now. */
 export function upstreamStatus(registry: UpstreamRegistry) {
   const now = performance.now();
-  return [...registry.all()].map((up) => {
-    const hc = up.config.healthCheck;
-    return {
-      name: up.name,
-      available: up.targets.filter((t) => t.state.routable).length,
-      retryBudget: { ratio: up.config.retries.budgetRatio, ...up.retry.budgetUse(now) },
-      targets: up.targets.map((t) => {
-        const s = t.state;
-        const b = s.breaker;
-        const pool = t.pool.stats;
-        return {
-          url: t.url,
-          routable: s.routable,
-          healthy: s.healthy,
-          breaker: s.breakerState,
-          breakerOpenForMs: b ? Math.round(b.msUntilProbe(now)) : 0,
-          breakerTrips: b?.trips ?? 0,
-          inFlight: s.inFlight,
-          queued: s.queued,
-          connections: { inUse: pool.connected - pool.free, idle: pool.free },
-          healthCheck: hc.enabled
-            ? {
-                path: hc.path,
-                passesInARow: s.checkPasses,
-                failuresInARow: s.checkFailures,
-                last: s.lastCheck && { at: new Date(s.lastCheck.at).toISOString(), ok: s.lastCheck.ok, detail: s.lastCheck.detail },
-              }
-            : null,
-        };
-      }),
-    };
-  });
+  return {
+    upstreams: [...registry.all()].map((up) => {
+      const hc = up.config.healthCheck;
+      return {
+        name: up.name,
+        available: up.targets.filter((t) => t.state.routable).length,
+        retryBudget: { ratio: up.config.retries.budgetRatio, ...up.retry.budgetUse(now) },
+        targets: up.targets.map((t) => {
+          const s = t.state;
+          const b = s.breaker;
+          const pool = t.pool.stats;
+          return {
+            url: t.url,
+            routable: s.routable,
+            healthy: s.healthy,
+            breaker: s.breakerState,
+            breakerOpenForMs: b ? Math.round(b.msUntilProbe(now)) : 0,
+            breakerTrips: b?.trips ?? 0,
+            inFlight: s.inFlight,
+            queued: s.queued,
+            connections: { inUse: pool.connected - pool.free, idle: pool.free },
+            healthCheck: hc.enabled
+              ? {
+                  path: hc.path,
+                  passesInARow: s.checkPasses,
+                  failuresInARow: s.checkFailures,
+                  last: s.lastCheck && { at: new Date(s.lastCheck.at).toISOString(), ok: s.lastCheck.ok, detail: s.lastCheck.detail },
+                }
+              : null,
+          };
+        }),
+      };
+    }),
+  };
 }

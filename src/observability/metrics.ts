@@ -73,7 +73,14 @@ export class GatewayMetrics {
       'Time the gateway itself added to a request (total minus upstream time), by route.',
       ['route'],
     );
-    if (opts.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: '' });
+    if (opts.processMetrics) {
+      collectDefaultMetrics({ register: this.registry, prefix: '' });
+      // Gauges named like counters fail `promtool check metrics`; each is the sum of its unsuffixed,
+      // per-type twin (nodejs_active_handles etc.), which stays.
+      for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+        this.registry.removeSingleMetric(name);
+      }
+    }
   }
 
   counter(name: string, help: string, labelNames: readonly string[]): CounterFamily {

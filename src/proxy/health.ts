@@ -1,8 +1,10 @@
 import { performance } from 'node:perf_hooks';
+import type { FastifyBaseLogger } from 'fastify';
 import { Client } from 'undici';
 import type { UpstreamConfig } from '../config/schema';
+import type { Resource } from '../plugins';
 import type { ResilienceEvents } from './target-state';
-import type { Target, Upstream } from './upstreams';
+import type { Target, Upstream, UpstreamRegistry } from './upstreams';
 
 /** Compiles expectedStatuses (codes and classes like 2xx) into a lookup by status. */
 function statusMatcher(expected: UpstreamConfig['healthCheck']['expectedStatuses']): Uint8Array {
@@ -87,26 +89,54 @@ class TargetProbe {
 }
 
 /**
- * Active health checks of one upstream: a probe per target. The upstream owns them, so they live
- * exactly as long as its pools: started when the gateway listens (or when a reload brings the
- * upstream in), stopped when the upstream closes (gateway close, or a reload retiring it).
+ * Active health checks of every upstream that enables them: a Resource of the gateway, so the
+ * probes start with it and stop when it closes.
  */
-export class UpstreamHealthChecks {
-  private readonly probes: TargetProbe[];
+export class HealthChecker implements Resource {
+  readonly name = 'upstream-health-checks';
+  /** Probes by upstream: a reload keeps the probes of the upstreams it keeps. */
+  private readonly probes = new Map<Upstream, TargetProbe[]>();
   private started = false;
 
-  constructor(upstream: Upstream, events: ResilienceEvents) {
-    const ok = statusMatcher(upstream.config.healthCheck.expectedStatuses);
-    this.probes = upstream.targets.map((t) => new TargetProbe(upstream, t, ok, events));
+  constructor(
+    registry: UpstreamRegistry,
+    private readonly events: ResilienceEvents,
+    private readonly log: FastifyBaseLogger,
+  ) {
+    this.add(registry);
   }
 
-  start(): void {
-    if (this.started) return;
+  private add(registry: UpstreamRegistry): void {
+    for (const up of registry.all()) {
+      const cfg = up.config.healthCheck;
+      if (!cfg.enabled || this.probes.has(up)) continue;
+      const ok = statusMatcher(cfg.expectedStatuses);
+      const probes = up.targets.map((t) => new TargetProbe(up, t, ok, this.events));
+      this.probes.set(up, probes);
+      if (this.started) for (const p of probes) p.start();
+      this.log.debug({ upstream: up.name, path: cfg.path, intervalMs: cfg.intervalMs }, 'active health checks on');
+    }
+  }
+
+  /** After a reload: probe the upstreams that are new, stop probing the ones that are gone. */
+  async sync(registry: UpstreamRegistry): Promise<void> {
+    const current = new Set(registry.all());
+    const stopping: Promise<void>[] = [];
+    for (const [up, probes] of this.probes) {
+      if (current.has(up)) continue;
+      this.probes.delete(up);
+      for (const p of probes) stopping.push(p.stop());
+    }
+    this.add(registry);
+    await Promise.all(stopping);
+  }
+
+  async init(): Promise<void> {
     this.started = true;
-    for (const p of this.probes) p.start();
+    for (const probes of this.probes.values()) for (const p of probes) p.start();
   }
 
-  async stop(): Promise<void> {
-    await Promise.all(this.probes.map((p) => p.stop()));
+  async close(): Promise<void> {
+    await Promise.all([...this.probes.values()].flat().map((p) => p.stop()));
   }
 }

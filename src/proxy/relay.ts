@@ -129,12 +129,13 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler 
   onComplete(): void {
     this.attemptEnded();
     if (this.done) return;
-    this.settleAnswer(this.finish());
+    const now = this.finish();
     const wrap = this.wrap;
     if (wrap !== null) {
       if (!this.bodySeen) this.write(wrap.whenEmpty);
       this.write(wrap.tail);
     }
+    this.settleAnswer(now);
     this.ctx.observer?.onComplete();
     this.ctx.res.end();
   }

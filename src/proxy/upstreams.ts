@@ -2,7 +2,6 @@ import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { Pool, buildConnector } from 'undici';
 import type { UpstreamConfig } from '../config/schema';
-import { UpstreamHealthChecks } from './health';
 import { RetryPolicy, watchSocket } from './retry';
 import { NO_EVENTS, TargetState, type ResilienceEvents, type Ticket } from './target-state';
 
@@ -59,7 +58,6 @@ export class Upstream {
   readonly config: UpstreamConfig;
   readonly retry: RetryPolicy;
   readonly events: ResilienceEvents;
-  private readonly health: UpstreamHealthChecks | null;
   private cursor = 0;
 
   constructor(name: string, cfg: UpstreamConfig, events: ResilienceEvents = NO_EVENTS) {
@@ -68,12 +66,6 @@ export class Upstream {
     this.events = events;
     this.retry = new RetryPolicy(cfg.retries);
     this.targets = cfg.targets.map((t) => new Target(t, cfg, name, events));
-    this.health = cfg.healthCheck.enabled ? new UpstreamHealthChecks(this, events) : null;
-  }
-
-  /** Starts the active health checks, if configured (idempotent). */
-  startHealthChecks(): void {
-    this.health?.start();
   }
 
   /**
@@ -100,9 +92,7 @@ export class Upstream {
     return Math.max(1, Math.ceil(ms / 1000));
   }
 
-  /** Stops the health checks, lets in-flight requests finish, then closes every pool. */
   async close(): Promise<void> {
-    await this.health?.stop();
     await Promise.all(this.targets.map((t) => t.pool.close()));
   }
 }
@@ -128,11 +118,9 @@ export class UpstreamRegistry {
   private readonly byName = new Map<string, Upstream>();
   private readonly fingerprints = new Map<string, string>();
   readonly changes: UpstreamChanges = { kept: [], created: [], retired: [] };
-  readonly events: ResilienceEvents;
 
-  /** Builds the registry for `upstreams`, reusing the upstreams of `previous` (pools, breakers, health) whose config did not change. */
-  constructor(upstreams: Readonly<Record<string, UpstreamConfig>>, previous?: UpstreamRegistry, events?: ResilienceEvents) {
-    this.events = events ?? previous?.events ?? NO_EVENTS;
+  /** Builds the registry for `upstreams`, reusing the pools of `previous` whose config did not change. */
+  constructor(upstreams: Readonly<Record<string, UpstreamConfig>>, events: ResilienceEvents = NO_EVENTS, previous?: UpstreamRegistry) {
     for (const [name, cfg] of Object.entries(upstreams)) {
       const fingerprint = canonical(cfg);
       const old = previous?.byName.get(name);
@@ -140,7 +128,7 @@ export class UpstreamRegistry {
         this.byName.set(name, old);
         this.changes.kept.push(name);
       } else {
-        this.byName.set(name, new Upstream(name, cfg, this.events));
+        this.byName.set(name, new Upstream(name, cfg, events));
         this.changes.created.push(name);
       }
       this.fingerprints.set(name, fingerprint);
@@ -158,11 +146,6 @@ export class UpstreamRegistry {
 
   all(): IterableIterator<Upstream> {
     return this.byName.values();
-  }
-
-  /** Starts the health checks of upstreams that have them and have not started yet. */
-  startHealthChecks(): void {
-    for (const up of this.byName.values()) up.startHealthChecks();
   }
 
   /** Lets in-flight requests finish, then closes every pool. */
