@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { Dispatcher } from 'undici';
 import type { RequestContext } from '../context';
-import { GatewayError, sendProblem, type ErrorCode } from '../errors';
+import { sendProblem, type ErrorCode } from '../errors';
 import { CONNECT, errorKind, kindName, statusKind } from './failures';
 import { failedOnReusedConnection } from './retry';
 import type { Ticket } from './target-state';
@@ -145,10 +145,10 @@ export abstract class AttemptHandler implements Ticket {
     const stale = !this.responseStarted && failedOnReusedConnection(err);
     if (!this.settled) {
       this.settled = true;
-      // Neither a request that never reached the target (still waiting for a connection, or
-      // refused by undici itself), nor the idle-socket race, nor a request the gateway cut itself
-      // (a body over its size limit) says anything about the target's health.
-      if ((this.abortUpstream === null && kind !== CONNECT) || stale || err instanceof GatewayError) this.target.state.release(this.probe);
+      // A failure that is not the upstream's (the client's body over its limit), a request that never
+      // reached the target (still waiting for a connection, or refused by undici itself) and the
+      // idle-socket race say nothing about the target's health.
+      if (kind === 0 || (this.abortUpstream === null && kind !== CONNECT) || stale) this.target.state.release(this.probe);
       else this.target.state.record(kind, this.probe, performance.now());
     }
     if (err instanceof RequestTimeoutError || err instanceof QueueTimeoutError || !this.tryRetry(kind, stale, err)) return false;
