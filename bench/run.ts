@@ -117,7 +117,9 @@ async function main(): Promise<void> {
   const stopAll = async (): Promise<void> => {
     await Promise.all(procs.map((p) => p.stop()));
   };
+  // Interrupted or told to stop (a CI timeout): take the servers down too, never leave them behind.
   process.on('SIGINT', () => void stopAll().then(() => process.exit(130)));
+  process.on('SIGTERM', () => void stopAll().then(() => process.exit(143)));
 
   let failed = false;
   try {

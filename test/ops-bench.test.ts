@@ -121,12 +121,23 @@ t.test('bench:ci fails when the gateway is slowed on purpose', async (t) => {
   const [node, ...ciArgs] = run.split(' ');
   t.equal(node, 'node');
   const args = [...ciArgs, '--duration=1', '--rounds=1', '--warmup=0', '--retries=0', '--only=gateway', '--slow-gateway-us=50000', `--out=${out}`, `--html=${html}`];
-  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Its own process group, so a bench that overruns is stopped with every server it started.
+  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const killGroup = (signal: NodeJS.Signals) => {
+    try {
+      process.kill(-child.pid!, signal);
+    } catch {
+      // Already gone.
+    }
+  };
+  t.teardown(() => killGroup('SIGKILL'));
   let output = '';
   child.stdout.on('data', (d: Buffer) => (output += d.toString()));
   child.stderr.on('data', (d: Buffer) => (output += d.toString()));
-  const killer = setTimeout(() => child.kill('SIGKILL'), 90000);
+  const stopper = setTimeout(() => killGroup('SIGTERM'), 80000);
+  const killer = setTimeout(() => killGroup('SIGKILL'), 90000);
   const code = await new Promise<number | null>((r) => child.once('exit', r));
+  clearTimeout(stopper);
   clearTimeout(killer);
 
   t.not(code, 0, 'bench:ci exits non-zero');
