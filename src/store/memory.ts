@@ -1,4 +1,5 @@
 import { performance } from 'node:perf_hooks';
+import { MemoryCache } from './memory-cache';
 import { BUCKET_FIELDS, F_NEXT_MS, F_REMAINING, F_RESET_MS, F_RETRY_MS, type GateRequest, type GateResult, type SyncGateStore } from './types';
 
 /** Monotonic microseconds: one process needs no shared clock, and must not jump with NTP. */
@@ -33,6 +34,7 @@ export class MemoryStore implements SyncGateStore {
   constructor(
     maxKeys: number,
     private readonly now: () => number = monotonicUs,
+    readonly cache: MemoryCache = new MemoryCache(64 * 1024 * 1024),
   ) {
     this.generation = Math.max(1, Math.floor(maxKeys / 2));
   }
@@ -43,6 +45,20 @@ export class MemoryStore implements SyncGateStore {
   }
 
   gate(req: GateRequest): GateResult {
+    const r = this.buckets(req);
+    return req.cache === undefined ? r : { admitted: r.admitted, buckets: r.buckets, cache: this.cache.lookup(req.cache) };
+  }
+
+  cachePut(key: string, value: Buffer, ttlMs: number): void {
+    this.cache.put(key, value, ttlMs);
+  }
+
+  cacheBump(genKeys: readonly string[]): Promise<boolean> {
+    this.cache.bump(genKeys);
+    return Promise.resolve(true);
+  }
+
+  private buckets(req: GateRequest): GateResult {
     const { keys, specs } = req;
     const now = this.now();
     const n = keys.length;
