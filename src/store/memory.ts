@@ -2,6 +2,8 @@ import { performance } from 'node:perf_hooks';
 import { MemoryCache } from './memory-cache';
 import { BUCKET_FIELDS, F_NEXT_MS, F_REMAINING, F_RESET_MS, F_RETRY_MS, type GateRequest, type GateResult, type SyncGateStore } from './types';
 
+const RESOLVED: Promise<void> = Promise.resolve();
+
 /** Monotonic microseconds: one process needs no shared clock, and must not jump with NTP. */
 const monotonicUs = (): number => Math.floor(performance.now() * 1000);
 
@@ -49,8 +51,9 @@ export class MemoryStore implements SyncGateStore {
     return req.cache === undefined ? r : { admitted: r.admitted, buckets: r.buckets, cache: this.cache.lookup(req.cache) };
   }
 
-  cachePut(key: string, value: Buffer, ttlMs: number): void {
+  cachePut(key: string, value: Buffer, ttlMs: number): Promise<void> {
     this.cache.put(key, value, ttlMs);
+    return RESOLVED;
   }
 
   cacheBump(genKeys: readonly string[]): Promise<boolean> {

@@ -46,6 +46,11 @@ function errorKind(err: unknown): ErrorKind {
   return 'other';
 }
 
+interface BufferScripts {
+  evalshaBuffer(...args: (string | number)[]): Promise<unknown>;
+  evalBuffer(...args: (string | number)[]): Promise<unknown>;
+}
+
 const RESOLVED_NULL: Promise<null> = Promise.resolve(null);
 
 export interface RedisStoreOptions {
@@ -273,12 +278,22 @@ export class RedisStore implements AsyncGateStore, Resource {
   send(command: 'evalsha' | 'eval', args: (string | number)[]): Promise<unknown> {
     this.pending++;
     // Buffers for bulk replies: a cached body is bytes, not text.
-    return this.client.callBuffer(command, args) as Promise<unknown>;
+    // The Buffer variants (bulk replies as bytes) exist on every ioredis client but are not in its
+    // typings; callBuffer loses its command name under auto-pipelining.
+    const c = this.client as unknown as BufferScripts;
+    const [head, numKeys, ...rest] = args;
+    return command === 'evalsha' ? c.evalshaBuffer(head, numKeys, ...rest) : c.evalBuffer(head, numKeys, ...rest);
   }
 
-  cachePut(key: string, value: Buffer, ttlMs: number): void {
-    if (this.client.status !== 'ready') return;
-    this.client.set(key, value, 'PX', Math.max(1, Math.ceil(ttlMs))).catch((err: unknown) => this.onFailure(null, err));
+  cachePut(key: string, value: Buffer, ttlMs: number): Promise<void> {
+    if (this.client.status !== 'ready') return Promise.resolve();
+    const done = this.client.set(key, value, 'PX', Math.max(1, Math.ceil(ttlMs))).then(
+      () => undefined,
+      (err: unknown) => {
+        this.onFailure(null, err);
+      },
+    );
+    return Promise.race([done, new Promise<void>((r) => setTimeout(r, this.timeoutMs).unref())]);
   }
 
   cacheBump(genKeys: readonly string[]): Promise<boolean> {

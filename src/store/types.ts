@@ -56,7 +56,8 @@ export interface CacheFound {
 
 /** Cache writes; fire and forget (a failed write only costs a later miss). */
 export interface CacheWrites {
-  cachePut(key: string, value: Buffer, ttlMs: number): void;
+  /** Resolves once the entry is readable by lookups (or the write failed). */
+  cachePut(key: string, value: Buffer, ttlMs: number): Promise<void>;
   /** Bumps generation keys past every entry stored so far. Resolves once applied (false: not applied). */
   cacheBump(genKeys: readonly string[]): Promise<boolean>;
 }

@@ -191,15 +191,20 @@ export class RouteCache {
   stored(cr: CacheRequest, head: EntryHead, body: Buffer, f: Flight, ctx: RequestContext): void {
     for (const pair of head.v) pair[1] = headerValue(ctx, pair[0]);
     const staleS = head.r ? 0 : Math.max(this.cfg.staleIfError, this.cfg.staleWhileRevalidate);
-    this.store.cachePut(cr.key, encodeEntry(head, body), head.l - head.a * 1000 + staleS * 1000);
     this.cells.stores.inc();
-    this.settle(cr, f, { head, body });
+    f.resolve({ head, body });
+    // Until the store has the entry, a lookup may still miss: such requests join the finished flight.
+    void this.store.cachePut(cr.key, encodeEntry(head, body), head.l - head.a * 1000 + staleS * 1000).then(() => this.forget(cr, f));
   }
 
   /** @internal */
   settle(cr: CacheRequest, f: Flight, e: Entry | null): void {
-    if (this.flights.get(cr.key) === f) this.flights.delete(cr.key);
+    this.forget(cr, f);
     f.resolve(e);
+  }
+
+  private forget(cr: CacheRequest, f: Flight): void {
+    if (this.flights.get(cr.key) === f) this.flights.delete(cr.key);
   }
 
   get maxBodyBytes(): number {
