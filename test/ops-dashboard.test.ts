@@ -45,7 +45,6 @@ const PENDING: Record<string, string> = {
   gateway_upstream_connections: 'resilience, branch resilience (src/observability/upstream-metrics.ts)',
   gateway_upstream_queued_requests: 'resilience, branch resilience (src/observability/upstream-metrics.ts)',
   gateway_upstream_in_flight_requests: 'resilience, branch resilience (src/observability/upstream-metrics.ts)',
-  gateway_cache_requests_total: 'response cache, issue 4 (no branch yet): name assumed from the issue, result = hit|miss|bypass|stale',
 };
 
 /** PromQL words that are not metric names. */
@@ -138,6 +137,10 @@ t.test('every metric the dashboard queries is exported by a running gateway, and
     config.auth = { jwt: { algorithms: ['HS256'], secret: 'a-test-secret-of-at-least-thirty-two-bytes' } };
     config.routes.push({ name: 'private', match: { prefix: '/api/private' }, upstream: 'up', auth: { methods: ['jwt'] } });
     drive.push(['/api/private/1', 401]);
+  }
+  if (definedInSrc('gateway_cache_requests_total')) {
+    config.routes.push({ name: 'cached', match: { prefix: '/api/cached' }, upstream: 'up', cache: { defaultTtl: 60 } });
+    drive.push(['/api/cached/1', 200], ['/api/cached/1', 200]);
   }
   t.teardown(() => redis?.close());
 
