@@ -137,10 +137,14 @@ t.test('an invalid reload keeps the old config serving and returns the errors', 
     await up.close();
   });
   writeFileSync(file, JSON.stringify(withTestDefaults({ ...good, routes: [{ name: 'r', match: { prefix: '/r' }, upstream: 'nope' }] })));
-  const res = await call(gw.adminUrl, '/admin/reload', { method: 'POST', headers: auth() });
+  const res = await call(gw.adminUrl, '/admin/reload', { method: 'POST', headers: { ...auth(), 'content-type': 'application/json' } });
   t.equal(res.status, 400);
+  t.match(res.headers['content-type'], /^application\/problem\+json/);
   t.same(res.json().errors, [{ path: 'routes[0].upstream', message: 'unknown upstream "nope"' }]);
   t.equal((await call(gw.url, '/r/1')).status, 200, 'old config still serving');
+  const broken = await call(gw.adminUrl, '/admin/reload', { method: 'POST', headers: { ...auth(), 'content-type': 'application/json' }, body: '{nope' });
+  t.equal(broken.status, 400, 'a malformed admin body is a 400 problem, not a crash');
+  t.equal(broken.json().code, 'BAD_REQUEST');
   gw.gateway.flushLogs();
   t.ok(gw.logs.some((l) => l.action === 'reload' && l.result === 'rejected' && JSON.stringify(l.errors).includes('routes[0].upstream')));
 });

@@ -27,6 +27,7 @@ t.test('checkFloors: ratios against floors, errors, unknown and skipped scenario
   t.same(failedOf([summary('a', 1.5, 1, 3), summary('b', 0.9, 0.9, 0, 1), summary('c', 1, 1, 0, 5)]), ['a errors', 'b non2xx'], 'fast failures never pass');
   t.same(failedOf([summary('a', null, 1), summary('b', 1, 1), summary('c', 1, 1)]), ['a vsReference'], 'an unmeasured ratio fails');
   t.same(failedOf([summary('a', 1.5, 1)], ['a']), [], 'scenarios left out with --only are skipped');
+  t.same(failedOf([summary('a', 1.5, 1), summary('d', 0.1, 0.1, 2, 7)], ['a', 'd']), ['d errors', 'd non2xx'], 'a scenario without floors must still answer 2xx without errors');
   t.same(
     checkFloors({ note: '', floors: { gone: { vsBare: 1 } } }, [], known, []).map((v) => [v.ok, v.metric]),
     [[false, 'missing']],
@@ -68,7 +69,7 @@ const sample: ReportInput = {
   options: { durationS: 3, rounds: 3, connections: 50 },
   scenarios: [
     { name: 'http-proxy', description: 'reference', rps: 1000, p50: 10, p99: 40, vsReference: 1, vsBare: 1.25, cpuUsPerReq: 150, errors: 0, non2xx: 0, rounds: [{ rps: 900 }, { rps: 1000 }, { rps: 1100 }] },
-    { name: 'gateway', description: 'bare', rps: 800, p50: 12, p99: 50, vsReference: 0.8, vsBare: 1, cpuUsPerReq: 180, errors: 0, non2xx: 0, rounds: [{ rps: 800 }] },
+    { name: 'gateway', description: 'bare', rps: 800, p50: 12, p99: 50, vsReference: 0.8, vsBare: 1, bestVsReference: 0.85, bestVsBare: 1, cpuUsPerReq: 180, errors: 0, non2xx: 0, rounds: [{ rps: 800 }] },
     { name: 'x<script>', description: 'a "quoted" & <tagged> name', rps: 400, p50: 20, p99: 90, vsReference: 0.4, vsBare: 0.5, cpuUsPerReq: null, errors: 0, non2xx: 0, rounds: [{ rps: 400 }] },
   ],
   verdicts: [{ scenario: 'gateway', metric: 'vsReference', value: 0.8, floor: 0.9, ok: false, message: 'gateway vsReference 0.80 < floor 0.90' }],
@@ -82,6 +83,7 @@ t.test('the HTML chart is self-contained, escapes names and marks floors', async
   t.match(html, /x&#60;script&#62;/, 'names are escaped');
   t.match(html, /bench:ci floors: FAILED/);
   t.match(html, /<title>floor 0\.90<\/title>/, 'the floor is drawn on the ratio chart');
+  t.match(html, /gateway: × 0\.85/, 'the ratio chart draws best rounds, the statistic the floors apply to');
   t.match(html, /gateway vsReference 0\.80 &#60; floor 0\.90/);
 });
 

@@ -40,11 +40,6 @@ const exprs = dashboard.panels.flatMap((p) => (p.targets ?? []).map((x) => ({ pa
  * driver below makes the series exist and the entry is removed.
  */
 const PENDING: Record<string, string> = {
-  gateway_upstream_breaker_state: 'resilience, branch resilience (src/observability/upstream-metrics.ts)',
-  gateway_upstream_target_healthy: 'resilience, branch resilience (src/observability/upstream-metrics.ts)',
-  gateway_upstream_connections: 'resilience, branch resilience (src/observability/upstream-metrics.ts)',
-  gateway_upstream_queued_requests: 'resilience, branch resilience (src/observability/upstream-metrics.ts)',
-  gateway_upstream_in_flight_requests: 'resilience, branch resilience (src/observability/upstream-metrics.ts)',
 };
 
 /** PromQL words that are not metric names. */

@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage } from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
+import { startFlakyUpstream } from './helpers/flaky-upstream';
 import { startGateway, type TestGateway } from './helpers/gateway';
 import { call } from './helpers/http';
 import { startUpstream } from './helpers/upstream';
@@ -221,4 +222,38 @@ t.test('client timeouts: slowloris and slow bodies are cut, slow upstreams are n
   ka.socket.write('GET /two HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
   const kaRaw = await ka.closed;
   t.equal(kaRaw.match(/HTTP\/1\.1 200 /g)?.length, 2, 'both requests answered on one connection');
+});
+
+t.test('a body cut for its size says nothing about the health of the target', async (t) => {
+  const up = await startFlakyUpstream();
+  const TOKEN = 'admin-token-0123456789';
+  const gw = await startGateway({
+    admin: { token: TOKEN },
+    log: { level: 'warn' },
+    upstreams: {
+      up: { targets: [up.url], breaker: { consecutiveFailures: 3, failureRatio: 0, openMs: 300, halfOpenProbes: 1 }, retries: { maxRetries: 0 } },
+    },
+    routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up', policies: { limits: { maxBodyBytes: 100 } } }],
+  });
+  t.teardown(async () => {
+    await gw.close();
+    await up.close();
+  });
+  const breaker = async () =>
+    (await call(gw.adminUrl, '/admin/upstreams', { headers: { authorization: `Bearer ${TOKEN}` } })).json<{ upstreams: { targets: { breaker: string }[] }[] }>()
+      .upstreams[0].targets[0].breaker;
+
+  up.behave({ kind: 'status', status: 503 });
+  for (let i = 0; i < 3; i++) await call(gw.url, '/x');
+  t.equal(await breaker(), 'open');
+  await sleep(350);
+  up.behave({ kind: 'hang' });
+  // The half-open probe is an upload that crosses the limit: the gateway cuts it, the target never answers.
+  const c = rawClient(gw.port);
+  c.socket.write(`POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n${'a'.repeat(64)}\r\n`);
+  // Long enough for the request to be under way to the target before the limit is crossed.
+  await sleep(300);
+  c.socket.write(`40\r\n${'b'.repeat(64)}\r\n`);
+  t.match(await c.closed, /^HTTP\/1\.1 413 /);
+  t.equal(await breaker(), 'half-open', 'not closed: the target has not answered anything yet');
 });

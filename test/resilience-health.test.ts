@@ -1,7 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { startFlakyUpstream, type FlakyUpstream } from './helpers/flaky-upstream';
-import { startGateway, type TestGateway } from './helpers/gateway';
+import { parseConfig } from '../src/config/load';
+import { startGateway, withTestDefaults, type TestGateway } from './helpers/gateway';
 import { call } from './helpers/http';
 import { metricValue } from './helpers/metrics';
 
@@ -15,13 +16,14 @@ interface TargetView {
   healthCheck: { path: string; last: { ok: boolean; detail: string } | null } | null;
 }
 
-async function targets(gw: TestGateway): Promise<TargetView[]> {
+async function targets(gw: TestGateway, upstream?: string): Promise<TargetView[]> {
   const res = await call(gw.adminUrl, '/admin/upstreams', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
-  return res.json<{ upstreams: { targets: TargetView[] }[] }>().upstreams[0].targets;
+  const all = res.json<{ upstreams: { name: string; targets: TargetView[] }[] }>().upstreams;
+  return (upstream === undefined ? all[0] : all.find((u) => u.name === upstream)!).targets;
 }
 
 /** Polls until `cond` holds; fails the test (instead of hanging it) after `ms`. */
-async function waitFor(t: { fail(msg: string): void }, what: string, cond: () => Promise<boolean>, ms = 3000): Promise<void> {
+async function waitFor(t: { fail(msg: string): void }, what: string, cond: () => Promise<boolean>, ms = 8000): Promise<void> {
   const until = Date.now() + ms;
   while (Date.now() < until) {
     if (await cond()) return;
@@ -30,7 +32,8 @@ async function waitFor(t: { fail(msg: string): void }, what: string, cond: () =>
   t.fail(`timed out waiting for ${what}`);
 }
 
-const HEALTH = { enabled: true, intervalMs: 100, timeoutMs: 200, healthyThreshold: 2, unhealthyThreshold: 2 };
+// A generous probe timeout: on a loaded machine a healthy probe can take a few hundred ms.
+const HEALTH = { enabled: true, intervalMs: 100, timeoutMs: 1000, healthyThreshold: 2, unhealthyThreshold: 2 };
 
 async function setup(
   t: { teardown(fn: () => Promise<void>): void },
@@ -117,7 +120,7 @@ t.test('a probe that hangs past timeoutMs fails; expected statuses are configura
   a.healthStatus = 0;
   b.healthStatus = 301;
   await waitFor(t, 'a unhealthy', async () => !(await targets(gw))[0].healthy);
-  t.match((await targets(gw))[0].healthCheck?.last?.detail, /no answer within 200 ms/);
+  t.match((await targets(gw))[0].healthCheck?.last?.detail, /no answer within 1000 ms/);
   t.ok((await targets(gw))[1].healthy, '301 counts as healthy when listed');
   a.healthStatus = 204;
   await waitFor(t, 'a healthy again', async () => (await targets(gw))[0].healthy);
@@ -152,4 +155,47 @@ t.test('probes stop when the gateway closes', async (t) => {
   const after = a.probes;
   await sleep(350);
   t.equal(a.probes, after, 'no probe after close');
+});
+
+t.test('reloads: unchanged upstreams keep their breaker and probes, new ones are probed, removed ones stop', async (t) => {
+  const a = await startFlakyUpstream();
+  const b = await startFlakyUpstream();
+  const keep = { targets: [a.url], healthCheck: HEALTH, breaker: { consecutiveFailures: 1, openMs: 60000 } };
+  const config = (upstreams: Record<string, { targets: string[] } & Record<string, unknown>>) =>
+    parseConfig(
+      withTestDefaults({
+        admin: { token: ADMIN_TOKEN },
+        log: { level: 'warn' },
+        upstreams,
+        routes: Object.keys(upstreams).map((n) => ({ name: n, match: { prefix: `/${n}` }, upstream: n })),
+      }),
+      { env: {} },
+    );
+  const gw = await startGateway({
+    admin: { token: ADMIN_TOKEN },
+    log: { level: 'warn' },
+    upstreams: { keep },
+    routes: [{ name: 'keep', match: { prefix: '/keep' }, upstream: 'keep' }],
+  });
+  t.teardown(async () => {
+    await gw.close();
+    await a.close();
+    await b.close();
+  });
+  a.behave({ kind: 'status', status: 503 });
+  t.equal((await call(gw.url, '/keep/x')).status, 503);
+  t.equal((await targets(gw, 'keep'))[0].breaker, 'open');
+
+  await gw.gateway.reload(config({ keep, added: { targets: [b.url], healthCheck: HEALTH } }));
+  t.equal((await targets(gw, 'keep'))[0].breaker, 'open', 'the unchanged upstream kept its breaker state');
+  const before = b.probes;
+  await waitFor(t, 'probes of the added upstream', async () => b.probes >= before + 2);
+
+  await gw.gateway.reload(config({ keep }));
+  await sleep(150);
+  const after = b.probes;
+  await sleep(350);
+  t.equal(b.probes, after, 'the removed upstream is no longer probed');
+  const kept = a.probes;
+  await waitFor(t, 'probes of the kept upstream', async () => a.probes > kept);
 });

@@ -87,13 +87,6 @@ t.test('a POST is never replayed, with or without a body; PUT and DELETE only wh
   t.equal((await call(configured.gw.url, '/d', { method: 'POST' })).status, 503);
   t.equal(c.hits + d.hits, 4);
 
-  let problems: string[] = [];
-  try {
-    parseConfig({ upstreams: { up: { targets: ['http://127.0.0.1:1'], retries: { methods: ['GET', 'POST'] } } } }, { env: {} });
-  } catch (err) {
-    if (err instanceof ConfigError) problems = err.problems.map((p) => `${p.path}: ${p.message}`);
-  }
-  t.same(problems, ['upstreams.up.retries.methods[1]: POST is not idempotent and is never retried']);
 });
 
 t.test('retries stay within the retry budget', async (t) => {
@@ -112,7 +105,8 @@ t.test('retries stay within the retry budget', async (t) => {
 });
 
 t.test('retries happen within the route deadline', async (t) => {
-  const { gw, ups } = await setup(t, { timeouts: { requestMs: 1000, headersMs: 600 }, retries: { on: ['timeout'], budgetRatio: 1 } });
+  // Loose margins: on a loaded machine timers and request handling run late.
+  const { gw, ups } = await setup(t, { timeouts: { requestMs: 3200, headersMs: 2000 }, retries: { on: ['timeout'], budgetRatio: 1 } });
   const [a, b] = ups;
   a.behave({ kind: 'hang' });
   b.behave({ kind: 'hang' });
@@ -122,9 +116,9 @@ t.test('retries happen within the route deadline', async (t) => {
   t.equal(res.status, 504);
   t.equal(res.json().code, 'UPSTREAM_TIMEOUT');
   t.equal(await retries(gw, 'timeout'), 1, 'the headers timeout of the first attempt left time for one retry');
-  t.ok(elapsed >= 950, `answered at the deadline (${elapsed.toFixed(0)} ms)`);
+  t.ok(elapsed >= 3150, `answered at the deadline (${elapsed.toFixed(0)} ms)`);
   const failed = gw.logs.find((l) => l.msg === 'upstream request failed') as { err?: { code?: string } } | undefined;
-  t.equal(failed?.err?.code, 'GW_REQUEST_TIMEOUT', 'the route deadline cut the retry short (its own headers timeout would have come at 1200 ms)');
+  t.equal(failed?.err?.code, 'GW_REQUEST_TIMEOUT', 'the route deadline cut the retry short (its own headers timeout would have come at 4000 ms)');
 
   const late = await setup(t, { timeouts: { requestMs: 700, headersMs: 5000 }, retries: { on: ['timeout'], budgetRatio: 1 } });
   late.ups[0].behave({ kind: 'hang' });
@@ -153,4 +147,29 @@ t.test('a single target is retried itself', async (t) => {
   const res = await call(gw.url, '/once');
   t.equal(res.status, 200);
   t.equal(a.hits, 2);
+});
+
+t.test('config: resilience defaults and checks', async (t) => {
+  const problems = (upstream: Record<string, unknown>): string[] => {
+    try {
+      parseConfig({ upstreams: { up: { targets: ['http://127.0.0.1:1'], ...upstream } } }, { env: {} });
+    } catch (err) {
+      if (err instanceof ConfigError) return err.problems.map((p) => `${p.path}: ${p.message}`);
+      throw err;
+    }
+    return [];
+  };
+  const cfg = parseConfig({ upstreams: { up: { targets: ['http://127.0.0.1:1'] } } }, { env: {} }).upstreams.up;
+  t.match(cfg.breaker, { enabled: true, consecutiveFailures: 5, failureRatio: 0.5, openMs: 5000, maxOpenMs: 60000, halfOpenProbes: 1 });
+  t.same(cfg.breaker.failureOn, ['connect', 'timeout', 'reset', 'bad-response', 'gateway-error']);
+  t.match(cfg.healthCheck, { enabled: false, path: '/health', intervalMs: 5000 });
+  t.match(cfg.retries, { maxRetries: 1, methods: ['GET', 'HEAD', 'OPTIONS'], budgetRatio: 0.2, staleConnection: true });
+  t.same(cfg.queue, { timeoutMs: 5000, maxQueued: 1024 });
+
+  t.same(problems({ retries: { methods: ['GET', 'POST'] } }), ['upstreams.up.retries.methods[1]: POST is not idempotent and is never retried']);
+  t.same(problems({ breaker: { openMs: 10000, maxOpenMs: 5000 } }), ['upstreams.up.breaker.maxOpenMs: must be at least breaker.openMs (10000)']);
+  t.same(problems({ breaker: { failureOn: ['connect', 'teapot'] } }), ['upstreams.up.breaker.failureOn[1]: must be one of "connect", "timeout", "reset", "bad-response", "gateway-error", "5xx"']);
+  t.ok(problems({ healthCheck: { expectedStatuses: ['2xx', '6xx'] } }).every((p) => p.startsWith('upstreams.up.healthCheck.expectedStatuses[1]: ')));
+  t.same(problems({ healthCheck: { expectedStatuses: ['2xx', 301] } }), []);
+  t.same(problems({ queue: { timeoutMs: 0 } }), ['upstreams.up.queue.timeoutMs: must be >= 1']);
 });

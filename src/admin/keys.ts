@@ -25,16 +25,6 @@ function describe(r: KeyRecord, now: number) {
 export function registerKeyRoutes(admin: FastifyInstance, deps: KeyRouteDeps): void {
   const known = (id: string) => deps.config().consumers.some((c) => c.id === id);
   void admin.register(async (scope) => {
-    // `curl -X POST -H 'content-type: application/json'` with no body is a normal way to ask for
-    // a key without options: an empty body is no body, not an error.
-    scope.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
-      if (body === '') return done(null, undefined);
-      try {
-        done(null, JSON.parse(body as string));
-      } catch {
-        done(Object.assign(new Error('the body is not valid JSON'), { statusCode: 400 }));
-      }
-    });
     scope.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
       if (err instanceof ReadOnlyStoreError) return problem(reply, request, 'KEY_STORE_READ_ONLY', err.message);
       if (err.statusCode !== undefined && err.statusCode < 500) return problem(reply, request, 'BAD_REQUEST', err.message);

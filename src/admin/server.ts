@@ -119,6 +119,22 @@ export function buildAdminServer(deps: AdminDeps): FastifyInstance {
     }
   });
 
+  // `curl -X POST -H 'content-type: application/json'` with no body is a normal way to call an
+  // admin action without options: an empty body is no body, not an error.
+  admin.removeContentTypeParser('application/json');
+  admin.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+    if (body === '') return done(null, undefined);
+    try {
+      done(null, JSON.parse(body as string));
+    } catch {
+      done(Object.assign(new Error('the body is not valid JSON'), { statusCode: 400 }));
+    }
+  });
+  admin.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
+    if (err.statusCode !== undefined && err.statusCode < 500) return problem(reply, request, 'BAD_REQUEST', err.message);
+    request.log.error({ err }, 'admin request failed');
+    return problem(reply, request, 'INTERNAL');
+  });
   admin.setNotFoundHandler((request, reply) => problem(reply, request, 'ROUTE_NOT_FOUND'));
   return admin;
 }

@@ -145,9 +145,10 @@ export abstract class AttemptHandler implements Ticket {
     const stale = !this.responseStarted && failedOnReusedConnection(err);
     if (!this.settled) {
       this.settled = true;
-      // Neither a request that never reached the target (still waiting for a connection, or
-      // refused by undici itself) nor the idle-socket race says anything about the target's health.
-      if ((this.abortUpstream === null && kind !== CONNECT) || stale) this.target.state.release(this.probe);
+      // A failure that is not the upstream's (the client's body over its limit), a request that never
+      // reached the target (still waiting for a connection, or refused by undici itself) and the
+      // idle-socket race say nothing about the target's health.
+      if (kind === 0 || (this.abortUpstream === null && kind !== CONNECT) || stale) this.target.state.release(this.probe);
       else this.target.state.record(kind, this.probe, performance.now());
     }
     if (err instanceof RequestTimeoutError || err instanceof QueueTimeoutError || !this.tryRetry(kind, stale, err)) return false;
@@ -212,5 +213,5 @@ function onQueueTimeout(handler: AttemptHandler): void {
 /** A 503 made by the gateway itself (no target takes traffic, or the target's queue is full). */
 export function reject(ctx: RequestContext, code: ErrorCode, retryAfterS: number): void {
   ctx.errorCode = code;
-  sendProblem(ctx.res, ctx.id, code, { headers: { 'retry-after': retryAfterS } });
+  sendProblem(ctx.res, ctx.id, code, { headers: { 'retry-after': retryAfterS }, extra: ctx.responseHeaders });
 }

@@ -3,7 +3,7 @@ import { kindMask } from './failures';
 import { RollingCounts } from './window';
 
 export const CLOSED = 0;
-export const HALF_OPEN = 1;
+const HALF_OPEN = 1;
 export const OPEN = 2;
 export type BreakerState = typeof CLOSED | typeof HALF_OPEN | typeof OPEN;
 

@@ -6,11 +6,11 @@ import type { ErrorCode } from '../errors';
  * compiled from the config (breaker.failureOn, retries.on).
  */
 export const CONNECT = 1;
-export const TIMEOUT = 2;
-export const RESET = 4;
-export const BAD_RESPONSE = 8;
-export const GATEWAY_ERROR = 16;
-export const STATUS_5XX = 32;
+const TIMEOUT = 2;
+const RESET = 4;
+const BAD_RESPONSE = 8;
+const GATEWAY_ERROR = 16;
+const STATUS_5XX = 32;
 
 const BIT: Record<FailureKind, number> = {
   connect: CONNECT,

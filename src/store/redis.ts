@@ -143,8 +143,13 @@ export class RedisStore implements AsyncGateStore, Resource {
         retryDelayOnFailover: 20,
         retryDelayOnTryAgain: 20,
         retryDelayOnClusterDown: 20,
+        // Node connections keep ioredis' own queue and retry settings: they open lazily on their
+        // first command, which must wait for the connection rather than fail. The cluster-level
+        // queue stays off; maxPending and the budget bound the wait.
         redisOptions: {
-          ...base,
+          maxRetriesPerRequest: 0,
+          connectTimeout: cfg.connectTimeoutMs,
+          keepAlive: base.keepAlive,
           username: cfg.username,
           password: cfg.password,
           ...(cfg.tls ? { tls: {} } : {}),

@@ -26,8 +26,8 @@ export async function fire(
           path,
           method: 'GET',
           headers: opts.headers?.(i),
-          headersTimeout: opts.timeoutMs ?? 10000,
-          bodyTimeout: opts.timeoutMs ?? 10000,
+          headersTimeout: opts.timeoutMs ?? 30000,
+          bodyTimeout: opts.timeoutMs ?? 30000,
         });
         await res.body.dump();
         return { status: res.statusCode, headers: res.headers, ms: performance.now() - started };

@@ -114,6 +114,7 @@ export class RateLimitStep implements Step {
       sendProblem(ctx.res, ctx.id, 'STORE_UNAVAILABLE', {
         detail: 'The rate-limit store did not answer in time',
         headers: { 'retry-after': STORE_DOWN_RETRY_AFTER_S },
+        extra: ctx.responseHeaders,
       });
       return false;
     }
@@ -148,7 +149,7 @@ export class RateLimitStep implements Step {
       headers['X-RateLimit-Reset'] = Math.ceil(b[at + F_RESET_MS] / 1000);
     }
     ctx.errorCode = 'RATE_LIMITED';
-    sendProblem(ctx.res, ctx.id, 'RATE_LIMITED', { detail: `Rate limit "${limits[m].name}" exceeded`, headers });
+    sendProblem(ctx.res, ctx.id, 'RATE_LIMITED', { detail: `Rate limit "${limits[m].name}" exceeded`, headers, extra: ctx.responseHeaders });
     return false;
   }
 }
