@@ -2,7 +2,8 @@ import t from 'tap';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startCacheUpstream } from './helpers/cache';
 import { cacheBehaviour } from './helpers/cache-behaviour';
-import { startGateway } from './helpers/gateway';
+import { parseConfig } from '../src/config/load';
+import { startGateway, withTestDefaults } from './helpers/gateway';
 import { call } from './helpers/http';
 
 t.test('memory store', (t) => cacheBehaviour(t, () => ({ type: 'memory' })));
@@ -43,4 +44,22 @@ t.test('the memory store is bounded by bytes (LRU)', async (t) => {
   t.match(m, /gateway_cache_evictions_total [1-9]/);
   const bytes = Number(/gateway_cache_bytes (\d+)/.exec(m)?.[1]);
   t.ok(bytes > 0 && bytes <= 2048, `bytes held within the bound (${bytes})`);
+});
+
+t.test('config: a cache on a Redis Cluster store is refused with its path; defaults are filled', async (t) => {
+  const base = { upstreams: { up: { targets: ['http://127.0.0.1:1'] } }, routes: [{ name: 'c', match: { prefix: '/c' }, upstream: 'up', cache: {} }] };
+  const cfg = parseConfig(withTestDefaults(base as never), { env: {} });
+  t.same(cfg.routes[0].cache, {
+    maxTtl: 300,
+    defaultTtl: 0,
+    maxBodyBytes: 1048576,
+    statuses: [200, 203, 204, 300, 301, 404, 410],
+    scope: 'shared',
+    ignoreClientDirectives: false,
+    staleWhileRevalidate: 0,
+    staleIfError: 0,
+    countHits: true,
+  });
+  t.throws(() => parseConfig(withTestDefaults({ ...base, store: { type: 'redis', redis: { mode: 'cluster', nodes: ['127.0.0.1:7000'] } } } as never), { env: {} }), /routes\[0\]\.cache/);
+  t.throws(() => parseConfig(withTestDefaults({ ...base, routes: [{ ...base.routes[0], cache: { statuses: [503] } }] } as never), { env: {} }), /statuses/);
 });
