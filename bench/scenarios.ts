@@ -100,7 +100,31 @@ function rateLimitedServer(name: string, store: 'memory' | 'redis', autoPipelini
   };
 }
 
+/**
+ * The bench routes with a response cache (the bench upstream answers `public, max-age=60`, so after
+ * the first request every request is a hit that never reaches the upstream).
+ */
+function cachedServer(name: string, store: 'memory' | 'redis'): ServerSpec {
+  return {
+    name,
+    start: async (env) => {
+      const redis = store === 'redis' ? await startRedisServer(`${name}-redis`) : null;
+      const running = await startGatewayProcess(name, (port, adminPort) => {
+        const cfg = gatewayConfig(env, port, adminPort) as { routes: Record<string, unknown>[] };
+        return {
+          ...cfg,
+          store: redis ? { type: 'redis', redis: { url: redis.url } } : { type: 'memory' },
+          routes: cfg.routes.map((r) => ({ ...r, cache: {} })),
+        };
+      });
+      return { baseUrl: running.baseUrl, procs: running.procs, helpers: redis ? [redis.proc] : [] };
+    },
+  };
+}
+
 export const SERVERS: ServerSpec[] = [
+  cachedServer('gateway-cache-memory', 'memory'),
+  cachedServer('gateway-cache-redis', 'redis'),
   rateLimitedServer('gateway-rl-memory', 'memory'),
   rateLimitedServer('gateway-rl-redis', 'redis'),
   rateLimitedServer('gateway-rl-redis-no-autopipe', 'redis', false),
@@ -164,4 +188,6 @@ export const SCENARIOS: Scenario[] = [
     server: 'gateway-rl-redis-no-autopipe',
     path: '/api/users/123',
   },
+  { name: 'cache-hit-memory', description: 'the bare route with a response cache, memory store: every request a hit (targets 3x the bare route)', server: 'gateway-cache-memory', path: '/api/users/123' },
+  { name: 'cache-hit-redis', description: 'the bare route with a response cache, Redis store: every request a hit, one EVALSHA (targets 1.5x the bare route)', server: 'gateway-cache-redis', path: '/api/users/123' },
 ];

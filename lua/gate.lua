@@ -13,6 +13,13 @@
 --   reply[2 + 4(i-1) ..]    bucket i: tokens left, ms until a token (0 if it had one),
 --                           ms until the next token (0 when full), ms until full
 -- A later section starts at KEYS[n+1], ARGV[2n+2] and reply[2+4n].
+--
+-- The response-cache section (optional; read-only):
+--   ARGV[2n+2]              m, the number of cache keys: KEYS[n+1] the entry, KEYS[n+2] the
+--                           generation clock, KEYS[n+3 .. n+m] the request's generation keys
+--   reply[2+4n]             the entry, or nil
+--   reply[3+4n]             the clock now (the stamp of an entry filled after this lookup)
+--   reply[4+4n]             the highest generation of the request (the entry is valid iff its stamp >= it)
 
 if redis.replicate_commands then redis.replicate_commands() end
 
@@ -56,6 +63,22 @@ if n > 0 then
     reply[at + 2] = math.ceil(nextUs / 1000)
     reply[at + 3] = math.ceil(d / 1000)
   end
+end
+
+local m = tonumber(ARGV[2 * n + 2] or '0')
+if m > 0 then
+  local base = 2 + 4 * n
+  reply[base] = redis.call('GET', KEYS[n + 1])
+  reply[base + 1] = tonumber(redis.call('GET', KEYS[n + 2]) or '0')
+  local maxGen = 0
+  if m > 2 then
+    local gens = redis.call('MGET', unpack(KEYS, n + 3, n + m))
+    for i = 1, #gens do
+      local g = tonumber(gens[i])
+      if g and g > maxGen then maxGen = g end
+    end
+  end
+  reply[base + 2] = maxGen
 end
 
 return reply

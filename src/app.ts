@@ -3,6 +3,7 @@ import { unwatchFile, watchFile } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import pino from 'pino';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { registerCacheRoutes } from './admin/cache';
 import { registerKeyRoutes } from './admin/keys';
 import { buildAdminServer, type ReadinessCheck } from './admin/server';
 import { upstreamStatus } from './admin/upstreams';
@@ -19,6 +20,7 @@ import type { Plugin, PluginContext, Resource } from './plugins';
 import { serverLimitOptions } from './plugins/policies/server-limits';
 import { keyStoreFor } from './plugins/auth';
 import { Runtime } from './runtime';
+import type { GateStore } from './store/types';
 import { diffRoutes, restartOnlyChanges, type ReloadResult } from './lifecycle/reload';
 
 export interface GatewayOptions {
@@ -146,6 +148,7 @@ export class Gateway {
         })
       : null;
     if (this.admin) registerKeyRoutes(this.admin, { config: () => this.config, store: () => keyStoreFor(this.pluginContext(this.config)) });
+    if (this.admin) registerCacheRoutes(this.admin, { config: () => this.config, store: () => (this.shared.get('store') as GateStore | undefined) ?? null });
   }
 
   private pluginContext(config: Readonly<GatewayConfig>): PluginContext {

@@ -3,6 +3,7 @@ import { ConsumerSchema } from '../plugins/auth/consumers-schema';
 import { PoliciesSchema, RoutePoliciesSchema } from '../plugins/policies/schema';
 import { AuthSchema, RouteAuthSchema } from '../plugins/auth/schema';
 import { RouteRateLimitSchema } from '../plugins/rate-limit/schema';
+import { RouteCacheSchema } from '../plugins/cache/schema';
 import { StoreSchema } from '../store/schema';
 
 /**
@@ -325,10 +326,6 @@ export const RewriteSchema = Obj(
   { description: 'How the path is rewritten before it is forwarded.', default: {} },
 );
 
-/** Sections that later capabilities fill in; present now so configs can already carry them. */
-const Reserved = (description: string) =>
-  Type.Record(Type.String(), Type.Unknown({ description: 'Reserved for a later capability.' }), { description: `${description} (reserved)` });
-
 export const RouteSchema = Obj(
   {
     name: Type.String({
@@ -344,7 +341,7 @@ export const RouteSchema = Obj(
       default: false,
     }),
     rateLimit: Type.Optional(RouteRateLimitSchema),
-    cache: Type.Optional(Reserved('Response cache of this route')),
+    cache: Type.Optional(RouteCacheSchema),
     auth: Type.Optional(RouteAuthSchema),
     policies: RoutePoliciesSchema,
   },

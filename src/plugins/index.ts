@@ -8,6 +8,7 @@ import { bodyLimitPlugin, corsPlugin, deprecationPlugin, envelopePlugin, headerR
 import { createAuthPlugin } from './auth';
 import { createStore } from '../store';
 import { RateLimitPlugin } from './rate-limit/plugin';
+import { CachePlugin } from './cache/plugin';
 
 /** Something a plugin opens at start-up and must close with the gateway (Redis clients, timers). */
 export interface Resource {
@@ -48,14 +49,17 @@ export interface Plugin {
  */
 export function createPlugins(ctx: PluginContext): Plugin[] {
   // The store outlives reloads: buckets and the Redis connection are the gateway's, not a runtime's.
-  const store = ctx.config.routes.some((r) => r.rateLimit !== undefined) ? ctx.shared('store', () => createStore(ctx)) : null;
+  const store = ctx.config.routes.some((r) => r.rateLimit !== undefined || r.cache !== undefined) ? ctx.shared('store', () => createStore(ctx)) : null;
+  const cache = store !== null ? new CachePlugin(ctx, store) : null;
   return [
     // Before authentication: a refused address costs nothing more, and preflights need no credentials.
     ipRulesPlugin(ctx),
     corsPlugin(ctx),
     createAuthPlugin(ctx),
     // Rate limits (and the cache lookup, in the same store call) once the consumer is known.
-    ...(store !== null ? [new RateLimitPlugin(ctx, store)] : []),
+    // A cache whose hits do not consume tokens looks up first, in a call of its own.
+    ...(cache !== null ? [cache] : []),
+    ...(store !== null ? [new RateLimitPlugin(ctx, store, cache)] : []),
     // Just before the relay, once the consumer is known.
     headerRulesPlugin(),
     envelopePlugin(),

@@ -16,6 +16,11 @@ export interface ResponseObserver {
   onData(chunk: Buffer): void;
   onComplete(): void;
   onError(): void;
+  /**
+   * The upstream failed (error, timeout, 5xx) before anything reached the client: true when the
+   * observer answered the client itself instead (the cache's stale-if-error).
+   */
+  takeOver?(): boolean;
 }
 
 /**
@@ -91,6 +96,11 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler 
     this.status = statusCode;
     if (statusCode >= 500 && this.retryAnswer(statusCode)) return false;
     const { ctx } = this;
+    if (statusCode >= 500 && ctx.observer?.takeOver?.() === true) {
+      this.finish();
+      this.abortUpstream?.(Object.assign(new Error('answered from cache'), { code: 'UND_ERR_ABORTED' }));
+      return false;
+    }
     const res = ctx.res;
     this.resumeUpstream = resume;
     const headers: string[] = [];
@@ -151,6 +161,7 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler 
     const code = upstreamErrorCode(err);
     if (this.retryFailure(err, code)) return;
     this.finish();
+    if (this.ctx.observer?.takeOver?.() === true) return;
     this.ctx.observer?.onError();
     const { ctx } = this;
     ctx.errorCode = code;
@@ -177,6 +188,7 @@ export function relay(ctx: RequestContext): void {
   const target = upstream.pick(ctx.startedAt, null, handler);
   if (target === null) {
     upstream.events.rejected(upstream.name, 'unavailable');
+    if (ctx.observer?.takeOver?.() === true) return;
     return reject(ctx, 'UPSTREAM_UNAVAILABLE', upstream.retryAfterSeconds(ctx.startedAt));
   }
   upstream.retry.countRequest(ctx.startedAt);

@@ -1,5 +1,6 @@
 import type { PluginContext } from '../plugins';
 import { MemoryStore } from './memory';
+import { MemoryCache } from './memory-cache';
 import { RedisStore } from './redis';
 import type { GateStore } from './types';
 
@@ -10,7 +11,12 @@ import type { GateStore } from './types';
  */
 export function createStore(ctx: PluginContext): GateStore {
   const cfg = ctx.config.store;
-  if (cfg.type === 'memory') return new MemoryStore(cfg.memory.maxKeys);
+  if (cfg.type === 'memory') {
+    const evictions = ctx.metrics.counter('gateway_cache_evictions_total', 'Cached responses evicted from the memory store to stay within its byte bound.', []).child();
+    const bytes = ctx.metrics.gauge('gateway_cache_bytes', 'Bytes of cached responses held by the memory store.', []).child();
+    const cache = new MemoryCache(cfg.memory.cacheMaxBytes, { evicted: (n) => evictions.inc(n), bytes: (b) => bytes.set(b) });
+    return new MemoryStore(cfg.memory.maxKeys, undefined, cache);
+  }
   const store = new RedisStore({ config: cfg.redis, log: ctx.log, metrics: ctx.metrics });
   ctx.addResource(store);
   ctx.addReadinessCheck(store.readiness);

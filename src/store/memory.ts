@@ -1,5 +1,8 @@
 import { performance } from 'node:perf_hooks';
+import { MemoryCache } from './memory-cache';
 import { BUCKET_FIELDS, F_NEXT_MS, F_REMAINING, F_RESET_MS, F_RETRY_MS, type GateRequest, type GateResult, type SyncGateStore } from './types';
+
+const RESOLVED: Promise<void> = Promise.resolve();
 
 /** Monotonic microseconds: one process needs no shared clock, and must not jump with NTP. */
 const monotonicUs = (): number => Math.floor(performance.now() * 1000);
@@ -33,6 +36,7 @@ export class MemoryStore implements SyncGateStore {
   constructor(
     maxKeys: number,
     private readonly now: () => number = monotonicUs,
+    readonly cache: MemoryCache = new MemoryCache(64 * 1024 * 1024),
   ) {
     this.generation = Math.max(1, Math.floor(maxKeys / 2));
   }
@@ -43,6 +47,21 @@ export class MemoryStore implements SyncGateStore {
   }
 
   gate(req: GateRequest): GateResult {
+    const r = this.buckets(req);
+    return req.cache === undefined ? r : { admitted: r.admitted, buckets: r.buckets, cache: this.cache.lookup(req.cache) };
+  }
+
+  cachePut(key: string, value: Buffer, ttlMs: number): Promise<void> {
+    this.cache.put(key, value, ttlMs);
+    return RESOLVED;
+  }
+
+  cacheBump(genKeys: readonly string[]): Promise<boolean> {
+    this.cache.bump(genKeys);
+    return Promise.resolve(true);
+  }
+
+  private buckets(req: GateRequest): GateResult {
     const { keys, specs } = req;
     const now = this.now();
     const n = keys.length;

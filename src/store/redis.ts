@@ -9,7 +9,16 @@ import type { CounterCell, HistogramCell } from '../observability/fast-metrics';
 import type { GatewayMetrics } from '../observability/metrics';
 import type { Resource } from '../plugins';
 import type { RedisStoreConfig } from './schema';
-import { BUCKET_FIELDS, type AsyncGateStore, type GateRequest, type GateResult } from './types';
+import { BUCKET_FIELDS, type AsyncGateStore, type CacheFound, type GateRequest, type GateResult } from './types';
+
+/**
+ * Takes the next clock value and writes it to every generation key. Generation keys expire well
+ * after any entry they guard can (entries live at most a day plus their stale windows).
+ */
+const BUMP_SCRIPT = `local c = redis.call('INCR', KEYS[1])
+for i = 2, #KEYS do redis.call('SET', KEYS[i], c, 'PX', ARGV[1]) end
+return c`;
+const GENERATION_TTL_MS = 8 * 86400 * 1000;
 
 /** Finds lua/<name> from src/store (tests, tsx) or dist/src/store (built). */
 export function readLua(name: string): string {
@@ -35,6 +44,11 @@ function errorKind(err: unknown): ErrorKind {
   }
   if (e.name === 'ReplyError') return 'reply';
   return 'other';
+}
+
+interface BufferScripts {
+  evalshaBuffer(...args: (string | number)[]): Promise<unknown>;
+  evalBuffer(...args: (string | number)[]): Promise<unknown>;
 }
 
 const RESOLVED_NULL: Promise<null> = Promise.resolve(null);
@@ -69,6 +83,7 @@ export class RedisStore implements AsyncGateStore, Resource {
   private readonly source: string;
   private readonly sha: string;
   private readonly timeoutMs: number;
+  private readonly clockKey: string;
   private readonly maxPending: number;
   private readonly connectTimeoutMs: number;
   private readonly log: FastifyBaseLogger;
@@ -88,6 +103,7 @@ export class RedisStore implements AsyncGateStore, Resource {
     this.source = opts.script ?? readLua('gate.lua');
     this.sha = createHash('sha1').update(this.source).digest('hex');
     this.timeoutMs = cfg.timeoutMs;
+    this.clockKey = `${cfg.keyPrefix}c:clock`;
     this.maxPending = cfg.maxPending;
     this.connectTimeoutMs = cfg.connectTimeoutMs;
 
@@ -240,24 +256,61 @@ export class RedisStore implements AsyncGateStore, Resource {
       this.errors.overload.inc();
       return RESOLVED_NULL;
     }
-    const { keys, specs } = req;
+    const { keys, specs, cache } = req;
     const n = keys.length;
-    const args: (string | number)[] = new Array<string | number>(3 + 3 * n);
+    const m = cache === undefined ? 0 : 2 + cache.genKeys.length;
+    const args: (string | number)[] = new Array<string | number>(4 + 3 * n + m);
     args[0] = this.sha;
-    args[1] = n;
+    args[1] = n + m;
     for (let i = 0; i < n; i++) args[2 + i] = keys[i];
-    args[2 + n] = n;
-    for (let i = 0; i < n; i++) {
-      args[3 + n + 2 * i] = specs[i].argInterval;
-      args[4 + n + 2 * i] = specs[i].argBurst;
+    let at = 2 + n;
+    if (cache !== undefined) {
+      args[at++] = cache.entryKey;
+      args[at++] = this.clockKey;
+      for (const g of cache.genKeys) args[at++] = g;
     }
-    return new Promise<GateResult | null>((resolvePromise) => new GateCall(this, args, n, resolvePromise).start());
+    args[at++] = n;
+    for (let i = 0; i < n; i++) {
+      args[at++] = specs[i].argInterval;
+      args[at++] = specs[i].argBurst;
+    }
+    args[at++] = m;
+    args.length = at;
+    return new Promise<GateResult | null>((resolvePromise) => new GateCall(this, args, n, m > 0, resolvePromise).start());
   }
 
   /** @internal Sends one script call; GateCall calls settled() when it answers. */
   send(command: 'evalsha' | 'eval', args: (string | number)[]): Promise<unknown> {
     this.pending++;
-    return this.client.call(command, args) as Promise<unknown>;
+    // Buffers for bulk replies: a cached body is bytes, not text.
+    // The Buffer variants (bulk replies as bytes) exist on every ioredis client but are not in its
+    // typings; callBuffer loses its command name under auto-pipelining.
+    const c = this.client as unknown as BufferScripts;
+    const [head, numKeys, ...rest] = args;
+    return command === 'evalsha' ? c.evalshaBuffer(head, numKeys, ...rest) : c.evalBuffer(head, numKeys, ...rest);
+  }
+
+  cachePut(key: string, value: Buffer, ttlMs: number): Promise<void> {
+    if (this.client.status !== 'ready') return Promise.resolve();
+    const done = this.client.set(key, value, 'PX', Math.max(1, Math.ceil(ttlMs))).then(
+      () => undefined,
+      (err: unknown) => {
+        this.onFailure(null, err);
+      },
+    );
+    return Promise.race([done, new Promise<void>((r) => setTimeout(r, this.timeoutMs).unref())]);
+  }
+
+  cacheBump(genKeys: readonly string[]): Promise<boolean> {
+    if (this.client.status !== 'ready') return Promise.resolve(false);
+    const done = this.client.eval(BUMP_SCRIPT, 1 + genKeys.length, this.clockKey, ...genKeys, GENERATION_TTL_MS).then(
+      () => true,
+      (err: unknown) => {
+        this.onFailure(null, err);
+        return false;
+      },
+    );
+    return Promise.race([done, new Promise<boolean>((r) => setTimeout(() => r(false), Math.max(this.timeoutMs, 250)).unref())]);
   }
 
   /** @internal */
@@ -308,6 +361,7 @@ class GateCall {
     private readonly store: RedisStore,
     private readonly args: (string | number)[],
     private readonly n: number,
+    private readonly withCache: boolean,
     private readonly resolve: (r: GateResult | null) => void,
   ) {}
 
@@ -329,12 +383,20 @@ class GateCall {
     if (this.done) return;
     this.done = true;
     if (this.timer !== null) clearTimeout(this.timer);
-    const r = reply as number[];
-    if (!Array.isArray(r) || r.length !== 1 + BUCKET_FIELDS * this.n) {
+    const r = reply as unknown[];
+    const nb = BUCKET_FIELDS * this.n;
+    if (!Array.isArray(r) || r.length !== 1 + nb + (this.withCache ? 3 : 0)) {
       this.resolve(this.store.onFailure('reply', new Error('malformed gate reply')));
       return;
     }
-    this.resolve({ admitted: r[0] === 1, buckets: r.slice(1) });
+    const buckets = r.slice(1, 1 + nb) as number[];
+    if (!this.withCache) {
+      this.resolve({ admitted: r[0] === 1, buckets });
+      return;
+    }
+    const entry = r[1 + nb];
+    const cache: CacheFound = { entry: Buffer.isBuffer(entry) ? entry : null, clock: Number(r[2 + nb]), maxGen: Number(r[3 + nb]) };
+    this.resolve({ admitted: r[0] === 1, buckets, cache });
   };
 
   private readonly onError = (err: unknown): void => {

@@ -10,6 +10,11 @@ export const MemoryStoreSchema = Type.Object(
       default: 100000,
       minimum: 1,
     }),
+    cacheMaxBytes: Type.Integer({
+      description: 'Most bytes of cached responses (bodies and headers) kept; past it the least recently used entries are evicted.',
+      default: 67108864,
+      minimum: 1024,
+    }),
   },
   { additionalProperties: false, description: 'The in-process store (one gateway instance; exact within the process).', default: {} },
 );

@@ -29,6 +29,37 @@ export interface GateRequest {
    */
   readonly keys: readonly string[];
   readonly specs: readonly BucketSpec[];
+  /** The response-cache section: the entry to fetch along with the decision. */
+  readonly cache?: CacheLookup;
+}
+
+/**
+ * A cache lookup. Invalidation is by generation: every bump takes the next value of one counter
+ * (the clock) and writes it to the generation keys it invalidates (route, exact path, path
+ * prefixes). An entry stored with stamp s is valid while every generation key of its request is
+ * at most s, so a bump on any replica hides older entries at once, and an entry filled from a
+ * response that raced a bump carries a stamp below it.
+ */
+export interface CacheLookup {
+  readonly entryKey: string;
+  readonly genKeys: readonly string[];
+}
+
+export interface CacheFound {
+  /** The stored entry (see plugins/cache/entry.ts), or null. */
+  readonly entry: Buffer | null;
+  /** The clock now: the stamp of an entry filled after this lookup. */
+  readonly clock: number;
+  /** Highest generation among the lookup's generation keys. */
+  readonly maxGen: number;
+}
+
+/** Cache writes; fire and forget (a failed write only costs a later miss). */
+export interface CacheWrites {
+  /** Resolves once the entry is readable by lookups (or the write failed). */
+  cachePut(key: string, value: Buffer, ttlMs: number): Promise<void>;
+  /** Bumps generation keys past every entry stored so far. Resolves once applied (false: not applied). */
+  cacheBump(genKeys: readonly string[]): Promise<boolean>;
 }
 
 /** Fields per bucket in `GateResult.buckets`. */
@@ -47,10 +78,12 @@ export interface GateResult {
   readonly admitted: boolean;
   /** BUCKET_FIELDS numbers per bucket, in request order (see the F_ constants). */
   readonly buckets: readonly number[];
+  /** Present when the request had a cache section. */
+  readonly cache?: CacheFound;
 }
 
 /** The in-process store: answers synchronously so a chain with only memory limits stays sync. */
-export interface SyncGateStore {
+export interface SyncGateStore extends CacheWrites {
   readonly kind: 'memory';
   gate(req: GateRequest): GateResult;
 }
@@ -59,7 +92,7 @@ export interface SyncGateStore {
  * The shared store: resolves within its budget, with null when it could not answer (down, slow,
  * overloaded). It never rejects; the failure is already counted and logged.
  */
-export interface AsyncGateStore {
+export interface AsyncGateStore extends CacheWrites {
   readonly kind: 'redis';
   gate(req: GateRequest): Promise<GateResult | null>;
 }

@@ -1,4 +1,6 @@
-import type { Step } from '../../chain';
+import type { Step, StepResult } from '../../chain';
+import type { CachePlugin } from '../cache/plugin';
+import type { CacheRequest, RouteCache } from '../cache/route-cache';
 import type { RequestContext } from '../../context';
 import { sendProblem } from '../../errors';
 import type { CounterCell, CounterFamily } from '../../observability/fast-metrics';
@@ -53,6 +55,8 @@ export class RateLimitStep implements Step {
     private readonly store: GateStore,
     keyPrefix: string,
     decisions: CounterFamily,
+    /** The route's cache when its lookup rides in this step's gate call. */
+    private readonly cache: RouteCache | null = null,
   ) {
     const applied = cfg.consumerLimits ? consumerLimits : new Map<string, readonly LimitConfig[]>();
     const bys = new Set<string>(cfg.limits.map((l) => l.by));
@@ -93,15 +97,17 @@ export class RateLimitStep implements Step {
       for (let i = 0; i < n; i++) keys[i] = limits[i].head + limits[i].partition(ctx) + limits[i].tail;
     }
     const store = this.store;
-    if (store.kind === 'memory') return this.decide(ctx, set, store.gate({ keys, specs: limits }));
-    return store.gate({ keys, specs: limits }).then((r) => this.decide(ctx, set, r));
+    const cr = this.cache === null ? null : this.cache.prepare(ctx);
+    const req = cr === null ? { keys, specs: limits } : { keys, specs: limits, cache: cr.lookup };
+    if (store.kind === 'memory') return this.decide(ctx, set, store.gate(req), cr);
+    return store.gate(req).then((r) => this.decide(ctx, set, r, cr));
   }
 
-  private decide(ctx: RequestContext, set: LimitSet, r: GateResult | null): boolean {
+  private decide(ctx: RequestContext, set: LimitSet, r: GateResult | null, cr: CacheRequest | null): StepResult {
     if (r === null) {
       if (!this.failClosed) {
         this.decisions.failed_open.inc();
-        return true;
+        return cr === null ? true : this.cache!.answer(ctx, cr, null);
       }
       this.decisions.failed_closed.inc();
       ctx.errorCode = 'STORE_UNAVAILABLE';
@@ -125,7 +131,7 @@ export class RateLimitStep implements Step {
         ctx.addResponseHeader('X-RateLimit-Remaining', String(b[at + F_REMAINING]));
         ctx.addResponseHeader('X-RateLimit-Reset', String(Math.ceil(b[at + F_RESET_MS] / 1000)));
       }
-      return true;
+      return cr === null ? true : this.cache!.answer(ctx, cr, r.cache);
     }
     this.decisions.limited.inc();
     // The request needs a token in every bucket: it may come back when the slowest one has one.
@@ -183,6 +189,7 @@ export class RateLimitPlugin implements Plugin {
   constructor(
     ctx: PluginContext,
     private readonly store: GateStore,
+    private readonly cache: CachePlugin | null = null,
   ) {
     this.decisions = ctx.shared('ratelimit.decisions', () =>
       ctx.metrics.counter(
@@ -198,6 +205,7 @@ export class RateLimitPlugin implements Plugin {
   stepFor(route: CompiledRoute): Step | null {
     const cfg = route.config.rateLimit;
     if (cfg === undefined) return null;
-    return new RateLimitStep(route, cfg, this.consumerLimits, this.store, this.keyPrefix, this.decisions);
+    const cache = this.cache !== null && this.cache.joinsRateLimit(route) ? this.cache.forRoute(route) : null;
+    return new RateLimitStep(route, cfg, this.consumerLimits, this.store, this.keyPrefix, this.decisions, cache);
   }
 }

@@ -1,0 +1,79 @@
+import type { Step, StepResult } from '../../chain';
+import type { RequestContext } from '../../context';
+import type { CounterFamily } from '../../observability/fast-metrics';
+import type { CompiledRoute } from '../../routes';
+import type { GateStore } from '../../store/types';
+import type { Plugin, PluginContext } from '..';
+import { CacheKeys } from './keys';
+import { RouteCache, type CacheCells, type CacheResult } from './route-cache';
+
+const RESULTS: readonly CacheResult[] = ['hit', 'miss', 'bypass', 'stale'];
+
+/** The cache step of a route whose lookup does not ride with a rate limit: its own gate call, with no buckets. */
+class CacheStep implements Step {
+  readonly name = 'cache';
+  constructor(private readonly cache: RouteCache) {}
+
+  run(ctx: RequestContext): StepResult {
+    const cr = this.cache.prepare(ctx);
+    if (cr === null) return true;
+    const store = this.cache.store;
+    const req = { keys: [], specs: [], cache: cr.lookup };
+    if (store.kind === 'memory') return this.cache.answer(ctx, cr, store.gate(req).cache);
+    return store.gate(req).then((r) => this.cache.answer(ctx, cr, r === null ? null : r.cache));
+  }
+}
+
+/**
+ * Builds the response cache of every route with a `cache` section. When the route also has a rate
+ * limit and hits count against it (the default), the rate-limit step carries the lookup in its own
+ * gate call (`forRoute`), so a request costs one store round trip; otherwise the cache runs its own step.
+ */
+export class CachePlugin implements Plugin {
+  readonly name = 'cache';
+  private readonly results: CounterFamily;
+  private readonly storesFamily: CounterFamily;
+  private readonly built = new Map<string, RouteCache>();
+
+  constructor(
+    private readonly ctx: PluginContext,
+    private readonly store: GateStore,
+  ) {
+    this.results = ctx.shared('cache.results', () =>
+      ctx.metrics.counter(
+        'gateway_cache_requests_total',
+        'Response cache outcomes by route: hit, miss (went upstream), bypass (not cacheable by request, or the store did not answer), stale (answered from a stale entry).',
+        ['route', 'result'],
+      ),
+    );
+    this.storesFamily = ctx.shared('cache.stores', () => ctx.metrics.counter('gateway_cache_stores_total', 'Responses stored in the cache, by route.', ['route']));
+  }
+
+  /** The route's cache (built once per runtime), or null when the route has none. */
+  forRoute(route: CompiledRoute): RouteCache | null {
+    const cfg = route.config.cache;
+    if (cfg === undefined) return null;
+    let c = this.built.get(route.name);
+    if (c === undefined) {
+      const cells: CacheCells = {
+        results: Object.fromEntries(RESULTS.map((r) => [r, this.results.child(route.name, r)])) as CacheCells['results'],
+        stores: this.storesFamily.child(route.name),
+      };
+      const prefix = this.ctx.config.store.redis.keyPrefix;
+      c = new RouteCache(cfg, new CacheKeys(prefix, route.name), prefix, this.store, this.ctx.config.auth.apiKeys.header.toLowerCase(), cells);
+      this.built.set(route.name, c);
+    }
+    return c;
+  }
+
+  /** The lookup rides with the rate limit when there is one and hits count against it. */
+  joinsRateLimit(route: CompiledRoute): boolean {
+    return route.config.rateLimit !== undefined && route.config.cache?.countHits === true;
+  }
+
+  stepFor(route: CompiledRoute): Step | null {
+    const c = this.forRoute(route);
+    if (c === null || this.joinsRateLimit(route)) return null;
+    return new CacheStep(c);
+  }
+}

@@ -1,0 +1,63 @@
+import { Type, type Static } from '@sinclair/typebox';
+
+/** Longest a response may be kept: invalidation generations in Redis outlive every entry (see backend.ts). */
+export const MAX_TTL_S = 86400;
+
+export const RouteCacheSchema = Type.Object(
+  {
+    maxTtl: Type.Integer({
+      description: 'Longest a response is considered fresh (seconds), whatever the upstream says (s-maxage, max-age, Expires are capped by it).',
+      default: 300,
+      minimum: 1,
+      maximum: MAX_TTL_S,
+    }),
+    defaultTtl: Type.Integer({
+      description:
+        'Freshness (seconds) of a response that carries no explicit freshness (s-maxage, max-age, Expires). 0 keeps the route a strict RFC 9111 shared cache: only what the upstream marks fresh is stored.',
+      default: 0,
+      minimum: 0,
+      maximum: MAX_TTL_S,
+    }),
+    maxBodyBytes: Type.Integer({
+      description: 'Largest response body stored; a longer response is relayed but not stored.',
+      default: 1048576,
+      minimum: 0,
+    }),
+    statuses: Type.Array(Type.Integer({ minimum: 200, maximum: 499, description: 'A cacheable status (5xx is never stored).' }), {
+      description: 'Statuses that may be stored.',
+      default: [200, 203, 204, 300, 301, 404, 410],
+      minItems: 1,
+    }),
+    scope: Type.Union([Type.Literal('shared'), Type.Literal('consumer')], {
+      description:
+        'shared: one entry for every caller; a request carrying credentials (Authorization or the API key header) is served and stored only when the response says public or s-maxage. consumer: the verified consumer id is part of the key, so consumers never see each other\'s entries.',
+      default: 'shared',
+    }),
+    ignoreClientDirectives: Type.Boolean({
+      description: 'Ignore the client\'s Cache-Control no-cache / no-store and Pragma: no-cache, so clients cannot force upstream traffic.',
+      default: false,
+    }),
+    staleWhileRevalidate: Type.Integer({
+      description:
+        'Seconds past freshness during which, while one request refreshes the entry from the upstream, concurrent requests are answered from the stale entry (X-Cache: STALE). Never for must-revalidate / no-cache responses.',
+      default: 0,
+      minimum: 0,
+      maximum: MAX_TTL_S,
+    }),
+    staleIfError: Type.Integer({
+      description:
+        'Seconds past freshness during which a stale entry answers when the upstream fails (connection error, timeout, 5xx). Never for must-revalidate / no-cache responses.',
+      default: 0,
+      minimum: 0,
+      maximum: MAX_TTL_S,
+    }),
+    countHits: Type.Boolean({
+      description:
+        'A hit consumes rate-limit tokens like any request (the lookup then rides in the same store call as the rate limit: one round trip). false: hits are free, at the cost of a second store call on a miss (cache lookup first, then the rate limit).',
+      default: true,
+    }),
+  },
+  { additionalProperties: false, description: 'Response cache of this route (GET and HEAD), in the gateway store.' },
+);
+
+export type RouteCacheConfig = Static<typeof RouteCacheSchema>;

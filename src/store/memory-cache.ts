@@ -1,0 +1,83 @@
+import type { CacheFound, CacheLookup } from './types';
+
+/** Generation keys kept before the table is reset (see `floor`). */
+const MAX_GENERATIONS = 100000;
+
+export interface MemoryCacheEvents {
+  evicted(count: number): void;
+  bytes(total: number): void;
+}
+
+/**
+ * The response cache of the memory store: an LRU bounded by bytes (Map order is recency), with
+ * expiry, and the generation table of lua/gate.lua kept in process. The generation table is
+ * bounded too: when it fills it is cleared and `floor` takes the clock, so a forgotten generation
+ * reads as "bumped now", which only ever hides entries, never revives one.
+ */
+export class MemoryCache {
+  private readonly entries = new Map<string, { value: Buffer; expiresAt: number }>();
+  private readonly gens = new Map<string, number>();
+  private bytes = 0;
+  private clock = 0;
+  private floor = 0;
+
+  constructor(
+    private readonly maxBytes: number,
+    private readonly events: MemoryCacheEvents | null = null,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  lookup(req: CacheLookup): CacheFound {
+    let maxGen = this.floor;
+    for (const k of req.genKeys) {
+      const g = this.gens.get(k);
+      if (g !== undefined && g > maxGen) maxGen = g;
+    }
+    const e = this.entries.get(req.entryKey);
+    let entry: Buffer | null = null;
+    if (e !== undefined) {
+      this.entries.delete(req.entryKey);
+      if (e.expiresAt > this.now()) {
+        this.entries.set(req.entryKey, e);
+        entry = e.value;
+      } else {
+        this.bytes -= e.value.length;
+        this.events?.bytes(this.bytes);
+      }
+    }
+    return { entry, clock: this.clock, maxGen };
+  }
+
+  put(key: string, value: Buffer, ttlMs: number): void {
+    const old = this.entries.get(key);
+    if (old !== undefined) {
+      this.bytes -= old.value.length;
+      this.entries.delete(key);
+    }
+    if (value.length > this.maxBytes) return;
+    this.entries.set(key, { value, expiresAt: this.now() + ttlMs });
+    this.bytes += value.length;
+    let evicted = 0;
+    for (const [k, e] of this.entries) {
+      if (this.bytes <= this.maxBytes) break;
+      this.entries.delete(k);
+      this.bytes -= e.value.length;
+      evicted++;
+    }
+    if (evicted > 0) this.events?.evicted(evicted);
+    this.events?.bytes(this.bytes);
+  }
+
+  bump(genKeys: readonly string[]): void {
+    const g = ++this.clock;
+    if (this.gens.size + genKeys.length > MAX_GENERATIONS) {
+      this.gens.clear();
+      this.floor = g;
+    }
+    for (const k of genKeys) this.gens.set(k, g);
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}

@@ -1,0 +1,197 @@
+import type { Test } from 'tap';
+import { bytes, mint, now } from './auth';
+import { startCacheUpstream } from './cache';
+import { startGateway, type TestGateway } from './gateway';
+import { call, type Answer } from './http';
+
+const SECRET = 'cache-test-secret-cache-test-secret!';
+const ADMIN_TOKEN = 'cache-admin-token-0123456789';
+
+/** The cache rules every store must keep, over real sockets; `store` is the gateway's store section. */
+export async function cacheBehaviour(t: Test, store: () => Record<string, unknown>): Promise<void> {
+  const up = await startCacheUpstream();
+  const gw: TestGateway = await startGateway({
+    admin: { token: ADMIN_TOKEN },
+    store: store(),
+    upstreams: { up: { targets: [up.url] } },
+    auth: { jwt: { algorithms: ['HS256'], secret: SECRET } },
+    consumers: [{ id: 'alice' }, { id: 'bob' }],
+    routes: [
+      { name: 'plain', match: { prefix: '/plain' }, upstream: 'up', cache: {} },
+      { name: 'limited', match: { prefix: '/limited' }, upstream: 'up', cache: {}, rateLimit: { limits: [{ rate: 1000, per: '1m' }] } },
+      { name: 'mine', match: { prefix: '/mine' }, upstream: 'up', cache: { scope: 'consumer' }, auth: { methods: ['jwt'] } },
+      { name: 'deflt', match: { prefix: '/deflt' }, upstream: 'up', cache: { defaultTtl: 30 } },
+      { name: 'small', match: { prefix: '/small' }, upstream: 'up', cache: { maxBodyBytes: 10 } },
+    ],
+  } as never);
+  t.teardown(async () => {
+    await gw.close();
+    await up.close();
+  });
+  const get = (path: string, headers: Record<string, string> = {}): Promise<Answer> => call(gw.url, path, { headers });
+  const xc = (a: Answer) => a.headers['x-cache'];
+
+  for (const base of ['/plain', '/limited']) {
+    t.test(`${base}: miss then hit, without touching the upstream; HEAD uses the GET entry`, async (t) => {
+      const a = await get(`${base}/one?x=1`);
+      const b = await get(`${base}/one?x=1`);
+      t.equal(a.status, 200);
+      t.equal(xc(a), 'MISS');
+      t.equal(xc(b), 'HIT');
+      t.equal(b.body, a.body, 'the stored body');
+      t.equal(b.headers['content-type'], 'application/json');
+      t.match(b.headers.age, /^\d+$/);
+      t.equal(up.count(`${base}/one`), 1);
+      const h = await call(gw.url, `${base}/one?x=1`, { method: 'HEAD' });
+      t.equal(h.status, 200);
+      t.equal(xc(h), 'HIT');
+      t.equal(h.body, '');
+      t.equal(up.count(`${base}/one`), 1);
+      if (base === '/limited') t.ok(b.headers['ratelimit'], 'a hit carries the rate-limit headers: it consumed a token');
+    });
+  }
+
+  t.test('query parameter order does not split entries', async (t) => {
+    await get('/plain/q?a=1&b=2');
+    const b = await get('/plain/q?b=2&a=1');
+    t.equal(xc(b), 'HIT');
+    t.equal(up.count('/plain/q'), 1);
+  });
+
+  for (const [name, q] of [
+    ['no-store', 'cc=no-store'],
+    ['private', 'cc=private,max-age=60'],
+    ['Set-Cookie', 'sc=s%3D1'],
+    ['Vary: *', 'vary=*'],
+    ['a 500', 'status=500'],
+    ['no freshness on a strict route', 'cc=public'],
+  ]) {
+    t.test(`${name} is never stored`, async (t) => {
+      const path = `/plain/never-${name.replace(/\W/g, '')}?${q}`;
+      const a = await get(path);
+      const b = await get(path);
+      t.equal(xc(a), 'MISS');
+      t.equal(xc(b), 'MISS');
+      t.not(a.body, b.body);
+      t.equal(up.count(path.slice(0, path.indexOf('?'))), 2);
+    });
+  }
+
+  t.test('defaultTtl stores a response without explicit freshness', async (t) => {
+    await get('/deflt/x?cc=public');
+    t.equal(xc(await get('/deflt/x?cc=public')), 'HIT');
+    t.equal(up.count('/deflt/x'), 1);
+  });
+
+  t.test('Vary: the named request headers are part of the match', async (t) => {
+    const en = await get('/plain/vary?vary=Accept-Language', { 'accept-language': 'en' });
+    const en2 = await get('/plain/vary?vary=Accept-Language', { 'accept-language': 'en' });
+    const fr = await get('/plain/vary?vary=Accept-Language', { 'accept-language': 'fr' });
+    t.equal(xc(en2), 'HIT');
+    t.equal(en2.body, en.body);
+    t.equal(xc(fr), 'MISS');
+    t.equal(JSON.parse(fr.body).lang, 'fr', 'fr never gets the en response');
+    t.equal(up.count('/plain/vary'), 2);
+  });
+
+  t.test('Authorization A then B: neither served from nor stored in the shared cache', async (t) => {
+    const a = await get('/plain/auth', { authorization: 'Bearer A' });
+    const b = await get('/plain/auth', { authorization: 'Bearer B' });
+    t.equal(JSON.parse(a.body).auth, 'Bearer A');
+    t.equal(JSON.parse(b.body).auth, 'Bearer B');
+    t.equal(xc(b), 'MISS');
+    t.equal(up.count('/plain/auth'), 2);
+    // An anonymous entry is not served to a request with credentials either.
+    await get('/plain/auth2');
+    const c = await get('/plain/auth2', { authorization: 'Bearer C' });
+    t.equal(JSON.parse(c.body).auth, 'Bearer C');
+    t.equal(up.count('/plain/auth2'), 2);
+  });
+
+  t.test('with credentials, a public response is shared', async (t) => {
+    await get('/plain/pub?cc=public,max-age=60', { authorization: 'Bearer A' });
+    const b = await get('/plain/pub?cc=public,max-age=60', { authorization: 'Bearer B' });
+    t.equal(xc(b), 'HIT');
+    t.equal(up.count('/plain/pub'), 1);
+  });
+
+  t.test('scope consumer: each consumer its own entries', async (t) => {
+    const alice = `Bearer ${await mint({ sub: 'alice', exp: now() + 600 }, bytes(SECRET))}`;
+    const bob = `Bearer ${await mint({ sub: 'bob', exp: now() + 600 }, bytes(SECRET))}`;
+    const a1 = await get('/mine/data', { authorization: alice });
+    const b1 = await get('/mine/data', { authorization: bob });
+    const a2 = await get('/mine/data', { authorization: alice });
+    const b2 = await get('/mine/data', { authorization: bob });
+    t.equal(a1.status, 200);
+    t.equal(xc(b1), 'MISS', "bob never gets alice's entry");
+    t.equal(xc(a2), 'HIT');
+    t.equal(xc(b2), 'HIT');
+    t.equal(a2.body, a1.body);
+    t.equal(b2.body, b1.body);
+    t.not(a1.body, b1.body);
+    t.equal(up.count('/mine/data'), 2);
+  });
+
+  t.test('client no-store bypasses; no-cache goes upstream and refreshes', async (t) => {
+    await get('/plain/cl');
+    const b = await get('/plain/cl', { 'cache-control': 'no-store' });
+    t.equal(xc(b), 'BYPASS');
+    const c = await get('/plain/cl', { 'cache-control': 'no-cache' });
+    t.equal(xc(c), 'MISS');
+    const d = await get('/plain/cl');
+    t.equal(xc(d), 'HIT');
+    t.equal(d.body, c.body, 'the refreshed entry');
+    t.equal(up.count('/plain/cl'), 3);
+  });
+
+  t.test('a successful write invalidates the path; a failed one does not', async (t) => {
+    await get('/plain/w?x=1');
+    t.equal(xc(await get('/plain/w?x=1')), 'HIT');
+    t.equal((await call(gw.url, '/plain/w?status=400', { method: 'POST', body: '{}' })).status, 400);
+    t.equal(xc(await get('/plain/w?x=1')), 'HIT', 'a 4xx write leaves the entry');
+    t.equal((await call(gw.url, '/plain/w', { method: 'POST', body: '{}' })).status, 200);
+    t.equal(xc(await get('/plain/w?x=1')), 'MISS', 'a 2xx write invalidated every query of the path');
+    t.equal(xc(await get('/plain/w?x=1')), 'HIT');
+    t.equal(up.count('/plain/w'), 4);
+  });
+
+  t.test('admin purge by prefix, exact path and route', async (t) => {
+    for (const p of ['/plain/pp/a', '/plain/pp/b/c', '/plain/ppx']) await get(p);
+    const purge = (q: string) => call(gw.adminUrl, `/admin/cache/purge?${q}`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    t.equal((await call(gw.adminUrl, '/admin/cache/purge?prefix=/plain/pp', { method: 'POST' })).status, 401);
+    t.equal((await purge('')).status, 400);
+    t.equal((await purge('prefix=/plain/pp')).status, 200);
+    t.equal(xc(await get('/plain/pp/a')), 'MISS');
+    t.equal(xc(await get('/plain/pp/b/c')), 'MISS');
+    t.equal(xc(await get('/plain/ppx')), 'HIT', 'a prefix purges at segment boundaries');
+    t.equal((await purge('path=/plain/pp/a')).status, 200);
+    t.equal(xc(await get('/plain/pp/a')), 'MISS');
+    t.equal(xc(await get('/plain/pp/b/c')), 'HIT');
+    t.equal((await purge('route=plain')).status, 200);
+    t.equal(xc(await get('/plain/ppx')), 'MISS');
+    t.equal((await purge('route=nope')).status, 400);
+  });
+
+  t.test('100 concurrent misses make one upstream request', async (t) => {
+    const answers = await Promise.all(Array.from({ length: 100 }, () => get('/plain/flight?delay=200')));
+    t.ok(answers.every((a) => a.status === 200));
+    t.equal(new Set(answers.map((a) => a.body)).size, 1, 'all got the one response');
+    t.equal(up.count('/plain/flight'), 1);
+  });
+
+  t.test('a truncated upstream body is not stored; a body over maxBodyBytes is not stored', async (t) => {
+    await t.rejects(get('/plain/trunc?trunc=1'));
+    await t.rejects(get('/plain/trunc?trunc=1'));
+    t.equal(up.count('/plain/trunc'), 2);
+    await get('/small/big');
+    t.equal(xc(await get('/small/big')), 'MISS');
+    t.equal(up.count('/small/big'), 2);
+  });
+
+  t.test('metrics count results and stores by route', async (t) => {
+    const m = (await call(gw.adminUrl, '/metrics', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).body;
+    t.match(m, /gateway_cache_requests_total\{route="plain",result="hit"\} [1-9]/);
+    t.match(m, /gateway_cache_requests_total\{route="plain",result="bypass"\} [1-9]/);
+    t.match(m, /gateway_cache_stores_total\{route="plain"\} [1-9]/);
+  });
+}
