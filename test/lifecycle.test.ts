@@ -9,6 +9,18 @@ import { call } from './helpers/http';
 import { freePort } from './helpers/redis';
 import { startUpstream } from './helpers/upstream';
 
+/** A config file for the real CLI: free ports, one route to `upstreamUrl`, the given shutdown section. */
+async function cliConfig(upstreamUrl: string, shutdown: string): Promise<{ file: string; port: number }> {
+  const [port, adminPort] = [await freePort(), await freePort()];
+  const file = join(mkdtempSync(join(tmpdir(), 'gw-cli-')), 'gw.yaml');
+  writeFileSync(
+    file,
+    `listen: { host: 127.0.0.1, port: ${port} }\nadmin: { port: ${adminPort} }\nshutdown: ${shutdown}\n` +
+      `upstreams: { up: { targets: ["${upstreamUrl}"] } }\nroutes: [ { name: r, match: { prefix: / }, upstream: up } ]\n`,
+  );
+  return { file, port };
+}
+
 t.test('admin listener: liveness, readiness, metrics by route name', async (t) => {
   const up = await startUpstream();
   const gw = await startGateway({ upstreams: { up: { targets: [up.url] } }, routes: [{ name: 'users', match: { prefix: '/api/users' }, upstream: 'up' }] });
@@ -77,14 +89,7 @@ t.test('the CLI exits 0 after SIGTERM once the in-flight request completed', asy
     res.end('done');
   });
   t.teardown(() => up.close());
-  const [port, adminPort] = [await freePort(), await freePort()];
-  const dir = mkdtempSync(join(tmpdir(), 'gw-cli-'));
-  const file = join(dir, 'gw.yaml');
-  writeFileSync(
-    file,
-    `listen: { host: 127.0.0.1, port: ${port} }\nadmin: { port: ${adminPort} }\nshutdown: { drainDelayMs: 200 }\n` +
-      `upstreams: { up: { targets: ["${up.url}"] } }\nroutes: [ { name: r, match: { prefix: / }, upstream: up } ]\n`,
-  );
+  const { file, port } = await cliConfig(up.url, '{ drainDelayMs: 200 }');
   const cli = startCli(file);
   t.ok(await cli.waitFor('gateway listening'), cli.output());
   const inflight = call(`http://127.0.0.1:${port}`, '/work');
@@ -100,14 +105,7 @@ t.test('the CLI exits 0 after SIGTERM once the in-flight request completed', asy
 t.test('past shutdown.timeoutMs the process exits anyway and says so', async (t) => {
   const up = await startUpstream(() => undefined);
   t.teardown(() => up.close());
-  const [port, adminPort] = [await freePort(), await freePort()];
-  const dir = mkdtempSync(join(tmpdir(), 'gw-cli-'));
-  const file = join(dir, 'gw.yaml');
-  writeFileSync(
-    file,
-    `listen: { host: 127.0.0.1, port: ${port} }\nadmin: { port: ${adminPort} }\nshutdown: { drainDelayMs: 0, timeoutMs: 300 }\n` +
-      `upstreams: { up: { targets: ["${up.url}"] } }\nroutes: [ { name: r, match: { prefix: / }, upstream: up } ]\n`,
-  );
+  const { file, port } = await cliConfig(up.url, '{ drainDelayMs: 0, timeoutMs: 300 }');
   const cli = startCli(file);
   t.ok(await cli.waitFor('gateway listening'), cli.output());
   const hanging = call(`http://127.0.0.1:${port}`, '/hang').catch(() => undefined);
