@@ -56,6 +56,7 @@ t.test('config: a cache on a Redis Cluster store is refused with its path; defau
     statuses: [200, 203, 204, 300, 301, 404, 410],
     scope: 'shared',
     ignoreClientDirectives: false,
+    revalidationTtl: 300,
     staleWhileRevalidate: 0,
     staleIfError: 0,
     countHits: true,

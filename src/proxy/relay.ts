@@ -21,6 +21,11 @@ export interface ResponseObserver {
    * observer answered the client itself instead (the cache's stale-if-error).
    */
   takeOver?(): boolean;
+  /**
+   * A 304 arrived (called before anything reaches the client): true when the observer answered the
+   * client itself, which it does when the 304 answers its own conditional request (cache revalidation).
+   */
+  notModified?(rawHeaders: Buffer[]): boolean;
 }
 
 /**
@@ -100,6 +105,11 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler 
       this.finish();
       this.abortUpstream?.(Object.assign(new Error('answered from cache'), { code: 'UND_ERR_ABORTED' }));
       return false;
+    }
+    if (statusCode === 304 && ctx.observer?.notModified?.(rawHeaders) === true) {
+      // A 304 has no body: the exchange completes by itself and the connection stays reusable.
+      this.settleAnswer(this.finish());
+      return true;
     }
     const res = ctx.res;
     this.resumeUpstream = resume;

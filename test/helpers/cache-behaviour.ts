@@ -22,6 +22,7 @@ export async function cacheBehaviour(t: Test, store: () => Record<string, unknow
       { name: 'mine', match: { prefix: '/mine' }, upstream: 'up', cache: { scope: 'consumer' }, auth: { methods: ['jwt'] } },
       { name: 'deflt', match: { prefix: '/deflt' }, upstream: 'up', cache: { defaultTtl: 30 } },
       { name: 'small', match: { prefix: '/small' }, upstream: 'up', cache: { maxBodyBytes: 10 } },
+      { name: 'norev', match: { prefix: '/norev' }, upstream: 'up', cache: { revalidationTtl: 0 } },
     ],
   } as never);
   t.teardown(async () => {
@@ -188,10 +189,119 @@ export async function cacheBehaviour(t: Test, store: () => Record<string, unknow
     t.equal(up.count('/small/big'), 2);
   });
 
+  t.test('revalidation: a no-cache entry with an ETag is revalidated; the 304 refreshes it', async (t) => {
+    const path = '/plain/rv/etag?etag=a&cc=no-cache&cc304=max-age=60';
+    const a = await get(path);
+    t.equal(xc(a), 'MISS');
+    t.equal(up.last('/plain/rv/etag')?.['if-none-match'], undefined, 'the first request is not conditional');
+    const b = await get(path);
+    t.equal(up.count('/plain/rv/etag'), 2, 'the upstream was asked');
+    t.equal(up.last('/plain/rv/etag')?.['if-none-match'], '"a"', 'with the stored ETag');
+    t.equal(b.status, 200, 'the client gets the stored response, not the 304');
+    t.equal(xc(b), 'REVALIDATED');
+    t.equal(b.body, a.body);
+    t.equal(b.headers['content-length'], String(Buffer.byteLength(a.body)));
+    t.equal(b.headers['content-type'], 'application/json');
+    t.equal(b.headers.etag, '"a"');
+    t.equal(b.headers['cache-control'], 'max-age=60', "the stored headers were updated with the 304's");
+    t.equal(b.headers['x-validated'], String(JSON.parse(a.body).n + 1), 'including headers only the 304 carried');
+    const c = await get(path);
+    t.equal(xc(c), 'HIT', "the 304's max-age made the entry fresh again");
+    t.equal(c.body, a.body);
+    t.equal(c.headers['cache-control'], 'max-age=60');
+    t.equal(up.count('/plain/rv/etag'), 2);
+  });
+
+  t.test('revalidation: an entry stale by age is kept and revalidated with If-Modified-Since when it has only Last-Modified', async (t) => {
+    const lm = 'Wed, 21 Oct 2015 07:28:00 GMT';
+    const path = `/plain/rv/lm?lm=${encodeURIComponent(lm)}&cc=max-age=1`;
+    const a = await get(path);
+    t.equal(xc(a), 'MISS');
+    t.equal(xc(await get(path)), 'HIT');
+    await new Promise((r) => setTimeout(r, 1100));
+    const b = await get(path);
+    t.equal(xc(b), 'REVALIDATED');
+    t.equal(b.status, 200);
+    t.equal(b.body, a.body);
+    const seen = up.last('/plain/rv/lm');
+    t.equal(seen?.['if-modified-since'], lm);
+    t.equal(seen?.['if-none-match'], undefined);
+    t.equal(xc(await get(path)), 'HIT');
+    t.equal(up.count('/plain/rv/lm'), 2);
+  });
+
+  t.test('revalidation: a 200 answer replaces the entry', async (t) => {
+    const path = '/plain/rv/changed?etag=a&cc=no-cache';
+    const a = await get(path);
+    up.etags.set('/plain/rv/changed', 'b');
+    const b = await get(path);
+    t.equal(up.last('/plain/rv/changed')?.['if-none-match'], '"a"');
+    t.equal(b.status, 200);
+    t.equal(xc(b), 'MISS');
+    t.not(b.body, a.body, 'the new representation');
+    t.equal(b.headers.etag, '"b"');
+    const c = await get(path);
+    t.equal(up.last('/plain/rv/changed')?.['if-none-match'], '"b"', 'the new entry is revalidated with its own ETag');
+    t.equal(xc(c), 'REVALIDATED');
+    t.equal(c.body, b.body);
+    t.equal(up.count('/plain/rv/changed'), 3);
+  });
+
+  t.test("revalidation: a client's Cache-Control: no-cache revalidates a fresh entry", async (t) => {
+    const path = '/plain/rv/client?etag=a';
+    const a = await get(path);
+    const b = await get(path, { 'cache-control': 'no-cache' });
+    t.equal(xc(b), 'REVALIDATED');
+    t.equal(b.body, a.body);
+    t.equal(up.last('/plain/rv/client')?.['if-none-match'], '"a"');
+    t.equal(xc(await get(path)), 'HIT');
+    t.equal(up.count('/plain/rv/client'), 2);
+  });
+
+  t.test("revalidation: a client's own validators pass through unchanged", async (t) => {
+    const path = '/plain/rv/own?etag=a&cc=no-cache';
+    const a = await get(path);
+    const b = await get(path, { 'if-none-match': '"zzz"' });
+    t.equal(up.last('/plain/rv/own')?.['if-none-match'], '"zzz"', 'not replaced by the stored ETag');
+    t.equal(b.status, 200);
+    t.equal(xc(b), 'MISS');
+    const c = await get(path, { 'if-none-match': '"a"' });
+    t.equal(up.last('/plain/rv/own')?.['if-none-match'], '"a"');
+    t.equal(c.status, 304, "the upstream's 304 answers the client's conditional request");
+    t.equal(c.body, '');
+    t.equal(up.count('/plain/rv/own'), 3);
+    t.ok(a.body);
+  });
+
+  t.test("a client's conditional GET is answered 304 from a fresh entry", async (t) => {
+    const path = '/plain/rv/hit304?etag=a';
+    const a = await get(path);
+    const b = await get(path, { 'if-none-match': 'W/"x", "a"' });
+    t.equal(b.status, 304);
+    t.equal(xc(b), 'HIT');
+    t.equal(b.body, '');
+    t.equal(b.headers.etag, '"a"');
+    t.equal(b.headers['content-type'], undefined, 'no representation metadata on a 304');
+    const c = await get(path, { 'if-none-match': '"other"' });
+    t.equal(c.status, 200);
+    t.equal(xc(c), 'HIT');
+    t.equal(c.body, a.body);
+    t.equal(up.count('/plain/rv/hit304'), 1);
+  });
+
+  t.test('revalidationTtl 0: a response that is not fresh is not stored, and nothing is conditional', async (t) => {
+    const path = '/norev/x?etag=a&cc=no-cache';
+    t.equal(xc(await get(path)), 'MISS');
+    t.equal(xc(await get(path)), 'MISS');
+    t.equal(up.last('/norev/x')?.['if-none-match'], undefined);
+    t.equal(up.count('/norev/x'), 2);
+  });
+
   t.test('metrics count results and stores by route', async (t) => {
     const m = (await call(gw.adminUrl, '/metrics', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).body;
     t.match(m, /gateway_cache_requests_total\{route="plain",result="hit"\} [1-9]/);
     t.match(m, /gateway_cache_requests_total\{route="plain",result="bypass"\} [1-9]/);
     t.match(m, /gateway_cache_stores_total\{route="plain"\} [1-9]/);
+    t.match(m, /gateway_cache_requests_total\{route="plain",result="revalidated"\} [1-9]/);
   });
 }

@@ -1,15 +1,26 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startUpstream, type TestUpstream } from './upstream';
+import { startUpstream, type SeenRequest, type TestUpstream } from './upstream';
+
+export interface CacheUpstream extends TestUpstream {
+  count(pathPrefix: string): number;
+  /** The current ETag of a path, in place of its `etag` query value (the resource changed). */
+  etags: Map<string, string>;
+  /** The headers of the latest request to a path prefix. */
+  last(pathPrefix: string): SeenRequest['headers'] | undefined;
+}
 
 /**
  * An upstream whose answer is steered by the query (which is part of the cache key, so each
  * variant is its own entry): cc → Cache-Control, sc → Set-Cookie, vary → Vary, status, delay (ms),
- * trunc → announce 100 bytes and cut the connection after a few. The body tells which request
- * made it (a per-upstream counter) and what it saw.
+ * trunc → announce 100 bytes and cut the connection after a few, etag → ETag "<value>", lm →
+ * Last-Modified; a request whose If-None-Match (or, without one, If-Modified-Since) matches gets a
+ * 304 with Cache-Control cc304 (else cc). The body tells which request made it (a per-upstream
+ * counter) and what it saw.
  */
-export async function startCacheUpstream(): Promise<TestUpstream & { count(pathPrefix: string): number }> {
+export async function startCacheUpstream(): Promise<CacheUpstream> {
   let n = 0;
+  const etags = new Map<string, string>();
   const up = await startUpstream(async (req: IncomingMessage, res: ServerResponse) => {
     const u = new URL(req.url ?? '/', 'http://x');
     const q = u.searchParams;
@@ -22,7 +33,21 @@ export async function startCacheUpstream(): Promise<TestUpstream & { count(pathP
       setTimeout(() => res.destroy(), 20);
       return;
     }
+    const etag = etags.get(u.pathname) ?? q.get('etag');
+    const lm = q.get('lm');
+    const inm = req.headers['if-none-match'];
+    const ims = req.headers['if-modified-since'];
+    const unchanged = inm !== undefined ? etag !== null && inm === `"${etag}"` : ims !== undefined && lm !== null && Date.parse(lm) <= Date.parse(ims);
+    if (unchanged) {
+      const h: Record<string, string> = { 'cache-control': q.get('cc304') ?? q.get('cc') ?? 'max-age=60', 'x-validated': String(n) };
+      if (etag !== null) h.etag = `"${etag}"`;
+      res.writeHead(304, h);
+      res.end();
+      return;
+    }
     const headers: Record<string, string> = { 'content-type': 'application/json', 'cache-control': q.get('cc') ?? 'max-age=60' };
+    if (etag !== null) headers.etag = `"${etag}"`;
+    if (lm !== null) headers['last-modified'] = lm;
     if (q.has('sc')) headers['set-cookie'] = q.get('sc')!;
     if (q.has('vary')) headers.vary = q.get('vary')!;
     const status = Number(q.get('status') ?? '200');
@@ -30,5 +55,6 @@ export async function startCacheUpstream(): Promise<TestUpstream & { count(pathP
     res.writeHead(status, { ...headers, 'content-length': String(Buffer.byteLength(body)) });
     res.end(body);
   });
-  return Object.assign(up, { count: (prefix: string) => up.seen.filter((s) => s.url.startsWith(prefix)).length });
+  const matching = (prefix: string) => up.seen.filter((s) => s.url.startsWith(prefix));
+  return Object.assign(up, { count: (prefix: string) => matching(prefix).length, etags, last: (prefix: string) => matching(prefix).at(-1)?.headers });
 }

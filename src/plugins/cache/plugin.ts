@@ -7,7 +7,7 @@ import type { Plugin, PluginContext } from '..';
 import { CacheKeys } from './keys';
 import { RouteCache, type CacheCells, type CacheResult } from './route-cache';
 
-const RESULTS: readonly CacheResult[] = ['hit', 'miss', 'bypass', 'stale'];
+const RESULTS: readonly CacheResult[] = ['hit', 'miss', 'bypass', 'stale', 'revalidated'];
 
 /** The cache step of a route whose lookup does not ride with a rate limit: its own gate call, with no buckets. */
 class CacheStep implements Step {
@@ -42,7 +42,7 @@ export class CachePlugin implements Plugin {
     this.results = ctx.shared('cache.results', () =>
       ctx.metrics.counter(
         'gateway_cache_requests_total',
-        'Response cache outcomes by route: hit, miss (went upstream), bypass (not cacheable by request, or the store did not answer), stale (answered from a stale entry).',
+        'Response cache outcomes by route: hit, miss (went upstream), bypass (not cacheable by request, or the store did not answer), stale (answered from a stale entry), revalidated (the upstream answered a conditional request 304: answered from the refreshed entry).',
         ['route', 'result'],
       ),
     );

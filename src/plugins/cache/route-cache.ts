@@ -1,6 +1,7 @@
 import type { StepResult } from '../../chain';
 import type { RequestContext } from '../../context';
 import type { CounterCell } from '../../observability/fast-metrics';
+import { copyResponseHeaders } from '../../proxy/headers';
 import type { ResponseObserver } from '../../proxy/relay';
 import type { CacheFound, CacheLookup, GateStore } from '../../store/types';
 import { decodeEntry, encodeEntry, type Entry, type EntryHead } from './entry';
@@ -8,7 +9,9 @@ import { explicitLifetime, headerOf, parseCacheControl } from './http';
 import { exactGen, type CacheKeys } from './keys';
 import type { RouteCacheConfig } from './schema';
 
-export type CacheResult = 'hit' | 'miss' | 'bypass' | 'stale';
+export type CacheResult = 'hit' | 'miss' | 'bypass' | 'stale' | 'revalidated';
+
+const X_CACHE: Record<'hit' | 'stale' | 'revalidated', string> = { hit: 'HIT', stale: 'STALE', revalidated: 'REVALIDATED' };
 
 /** What the cache knows about one GET/HEAD request between its lookup and its answer. */
 export interface CacheRequest {
@@ -41,6 +44,50 @@ class Flight {
   resolve(e: Entry | null): void {
     this.resolveFn(e);
   }
+}
+
+/** Headers a 304 answered from the cache carries (RFC 9110 §15.4.5): the rest is representation metadata. */
+const NOT_MODIFIED_KEPT = new Set(['cache-control', 'content-location', 'date', 'etag', 'expires', 'vary']);
+
+/** The request header and value that revalidate a stored response: its ETag, else its Last-Modified. */
+function validatorOf(h: readonly string[]): [string, string] | null {
+  const etag = headerOf(h, 'etag');
+  if (etag !== undefined) return ['if-none-match', etag];
+  const lm = headerOf(h, 'last-modified');
+  return lm === undefined ? null : ['if-modified-since', lm];
+}
+
+const ETAG = /(?:W\/)?"[^"]*"|\*/g;
+const opaque = (tag: string): string => (tag.startsWith('W/') ? tag.slice(2) : tag);
+
+/** The client's own conditional GET is satisfied by the stored response (weak comparison, RFC 9110 §13.1.2). */
+function clientNotModified(ctx: RequestContext, h: readonly string[]): boolean {
+  const inm = ctx.req.headers['if-none-match'];
+  if (inm !== undefined) {
+    const etag = headerOf(h, 'etag');
+    if (etag === undefined) return false;
+    for (const tag of inm.match(ETAG) ?? []) if (tag === '*' || opaque(tag) === opaque(etag)) return true;
+    return false;
+  }
+  const ims = ctx.req.headers['if-modified-since'];
+  const lm = headerOf(h, 'last-modified');
+  if (ims === undefined || lm === undefined) return false;
+  const since = Date.parse(ims);
+  const modified = Date.parse(lm);
+  return !Number.isNaN(since) && !Number.isNaN(modified) && modified <= since;
+}
+
+/** Stored headers updated with those of a 304 (RFC 9111 §3.2): each name the 304 carries replaces the stored ones. */
+function mergeHeaders(stored: readonly string[], fresh: readonly string[]): string[] {
+  const names = new Set<string>();
+  for (let i = 0; i < fresh.length; i += 2) {
+    const name = fresh[i].toLowerCase();
+    if (!NOT_STORED.has(name)) names.add(name);
+  }
+  const out: string[] = [];
+  for (let i = 0; i < stored.length; i += 2) if (!names.has(stored[i].toLowerCase())) out.push(stored[i], stored[i + 1]);
+  for (let i = 0; i < fresh.length; i += 2) if (names.has(fresh[i].toLowerCase())) out.push(fresh[i], fresh[i + 1]);
+  return out;
 }
 
 function headerValue(ctx: RequestContext, name: string): string {
@@ -120,12 +167,19 @@ export class RouteCache {
         return true;
       });
     }
-    this.count(ctx, 'miss');
-    if (flight !== undefined || cr.head) return true;
+    if (flight !== undefined || cr.head) {
+      this.count(ctx, 'miss');
+      return true;
+    }
     const f = new Flight();
     this.flights.set(cr.key, f);
     const stale = usable && staleMs <= this.cfg.staleIfError * 1000 ? entry : null;
-    const filler = new Filler(this, ctx, cr, found.clock, stale, f);
+    // A client with validators of its own is answered by the upstream as it asked: its 304 passes through.
+    const validator = usable && ctx.req.headers['if-none-match'] === undefined && ctx.req.headers['if-modified-since'] === undefined ? validatorOf(entry.head.h) : null;
+    if (validator !== null) ctx.addUpstreamHeader(validator[0], validator[1]);
+    // A revalidation is counted when the upstream answers: a 304 makes it 'revalidated', anything else a miss.
+    this.count(ctx, 'miss', validator === null);
+    const filler = new Filler(this, ctx, cr, found.clock, stale, f, validator === null ? null : entry);
     ctx.observer = filler;
     // The relay may answer without calling the observer (no target takes traffic): the flight ends with the response anyway.
     ctx.res.once('close', filler.onError);
@@ -139,23 +193,36 @@ export class RouteCache {
     return true;
   }
 
-  /** @internal Writes a cached response to the client. */
-  serve(ctx: RequestContext, entry: Entry, result: CacheResult, ageMs: number): false {
+  /** @internal Writes a cached response to the client: 304 when the client's own validators match it. */
+  serve(ctx: RequestContext, entry: Entry, result: 'hit' | 'stale' | 'revalidated', ageMs: number): false {
     const { head, body } = entry;
-    const h = head.h.slice();
-    h.push('age', String(Math.max(0, Math.floor(ageMs / 1000))), 'x-cache', result === 'stale' ? 'STALE' : 'HIT', 'x-request-id', ctx.id);
-    if (head.s !== 204 && head.s !== 304) h.push('content-length', String(body.length));
+    const notModified = head.s === 200 && clientNotModified(ctx, head.h);
+    let h: string[];
+    if (notModified) {
+      h = [];
+      for (let i = 0; i < head.h.length; i += 2) if (NOT_MODIFIED_KEPT.has(head.h[i].toLowerCase())) h.push(head.h[i], head.h[i + 1]);
+    } else {
+      h = head.h.slice();
+    }
+    h.push('age', String(Math.max(0, Math.floor(ageMs / 1000))), 'x-cache', X_CACHE[result], 'x-request-id', ctx.id);
+    const bodiless = notModified || head.s === 204 || head.s === 304;
+    if (!bodiless) h.push('content-length', String(body.length));
     const extra = ctx.responseHeaders;
     if (extra !== null) for (let i = 0; i < extra.length; i += 2) if (extra[i] !== 'X-Cache') h.push(extra[i], extra[i + 1]);
     this.cells.results[result].inc();
-    ctx.res.writeHead(head.s, h);
-    ctx.res.end(ctx.req.method === 'HEAD' || head.s === 204 ? undefined : body);
+    ctx.res.writeHead(notModified ? 304 : head.s, h);
+    ctx.res.end(ctx.req.method === 'HEAD' || bodiless ? undefined : body);
     return false;
   }
 
-  private count(ctx: RequestContext, result: CacheResult): void {
-    this.cells.results[result].inc();
+  private count(ctx: RequestContext, result: 'miss' | 'bypass', now = true): void {
+    if (now) this.cells.results[result].inc();
     ctx.addResponseHeader('X-Cache', result === 'miss' ? 'MISS' : 'BYPASS');
+  }
+
+  /** @internal A revalidation's answer was not a 304 after all: it was a miss. */
+  countMiss(): void {
+    this.cells.results.miss.inc();
   }
 
   /** @internal The head of an entry for this response, or null when it must not be stored. */
@@ -180,21 +247,36 @@ export class RouteCache {
     life = Math.min(life, this.cfg.maxTtl);
     const age = Number(headerOf(h, 'age') ?? '0');
     const initialAge = Number.isFinite(age) && age > 0 ? Math.floor(age) : 0;
-    // Revalidation is not implemented: a response that is not fresh now is of no use later.
-    if (life - initialAge <= 0) return null;
+    // A response that is not fresh now is of use later only as the base of a conditional request.
+    if (life - initialAge <= 0 && (this.cfg.revalidationTtl === 0 || validatorOf(h) === null)) return null;
     const kept: string[] = [];
     for (let i = 0; i < h.length; i += 2) if (!NOT_STORED.has(h[i].toLowerCase())) kept.push(h[i], h[i + 1]);
     return { s: status, h: kept, t: now, l: life * 1000, a: initialAge, k: stamp, v: vary, p: authOk, r: cc.mustRevalidate || cc.noCache };
   }
 
   /** @internal */
-  stored(cr: CacheRequest, head: EntryHead, body: Buffer, f: Flight, ctx: RequestContext): void {
+  stored(cr: CacheRequest, head: EntryHead, body: Buffer, f: Flight, ctx: RequestContext): Entry {
     for (const pair of head.v) pair[1] = headerValue(ctx, pair[0]);
     const staleS = head.r ? 0 : Math.max(this.cfg.staleIfError, this.cfg.staleWhileRevalidate);
+    const keepS = Math.max(staleS, validatorOf(head.h) === null ? 0 : this.cfg.revalidationTtl);
+    const entry = { head, body };
     this.cells.stores.inc();
-    f.resolve({ head, body });
+    f.resolve(entry);
     // Until the store has the entry, a lookup may still miss: such requests join the finished flight.
-    void this.store.cachePut(cr.key, encodeEntry(head, body), head.l - head.a * 1000 + staleS * 1000).then(() => this.forget(cr, f));
+    void this.store.cachePut(cr.key, encodeEntry(head, body), Math.max(0, head.l - head.a * 1000) + keepS * 1000).then(() => this.forget(cr, f));
+    return entry;
+  }
+
+  /**
+   * @internal A 304 answered the conditional request made for `entry`: the entry with the 304's
+   * headers and freshness (RFC 9111 §4.3.4), stored again unless they now forbid it.
+   */
+  revalidated(cr: CacheRequest, entry: Entry, fresh: readonly string[], stamp: number, f: Flight, ctx: RequestContext): Entry {
+    const h = mergeHeaders(entry.head.h, fresh);
+    const head = this.storable(cr, entry.head.s, h, stamp);
+    if (head !== null) return this.stored(cr, head, entry.body, f, ctx);
+    this.settle(cr, f, null);
+    return { head: { ...entry.head, h, t: Date.now(), a: 0 }, body: entry.body };
   }
 
   /** @internal */
@@ -226,9 +308,33 @@ class Filler implements ResponseObserver {
     private readonly stamp: number,
     private readonly stale: Entry | null,
     private readonly flight: Flight,
+    /** The entry whose validator the upstream request carries; its miss is counted once the answer is known. */
+    private revalidating: Entry | null = null,
   ) {}
 
+  /** The answer to a revalidation is not a 304: the request was a miss. */
+  private missed(): void {
+    if (this.revalidating === null) return;
+    this.revalidating = null;
+    this.cache.countMiss();
+  }
+
+  notModified(raw: Buffer[]): boolean {
+    const e = this.revalidating;
+    if (e === null || this.settled) return false;
+    this.revalidating = null;
+    this.settled = true;
+    const h: string[] = [];
+    copyResponseHeaders(raw, h);
+    // Stored headers went through the route's header rules: so do the ones that replace them.
+    this.ctx.route.responseTransform?.(this.ctx, 304, h);
+    const fresh = this.cache.revalidated(this.cr, e, h, this.stamp, this.flight, this.ctx);
+    this.cache.serve(this.ctx, fresh, 'revalidated', fresh.head.a * 1000);
+    return true;
+  }
+
   onHeaders(status: number, headers: readonly string[]): void {
+    this.missed();
     // The relay appends x-request-id and the steps' headers after the upstream's own.
     const own = headers.length - 2 - (this.ctx.responseHeaders?.length ?? 0);
     this.head = this.settled ? null : this.cache.storable(this.cr, status, headers.slice(0, own), this.stamp);
@@ -254,6 +360,7 @@ class Filler implements ResponseObserver {
   }
 
   readonly onError = (): void => {
+    this.missed();
     this.head = null;
     this.chunks = [];
     this.settle(null);
@@ -263,6 +370,7 @@ class Filler implements ResponseObserver {
   takeOver(): boolean {
     const e = this.stale;
     if (e === null || this.ctx.res.headersSent) return false;
+    this.revalidating = null;
     this.settle(null);
     this.cache.serve(this.ctx, e, 'stale', Date.now() - e.head.t + e.head.a * 1000);
     return true;

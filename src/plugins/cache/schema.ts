@@ -37,6 +37,13 @@ export const RouteCacheSchema = Type.Object(
       description: 'Ignore the client\'s Cache-Control no-cache / no-store and Pragma: no-cache, so clients cannot force upstream traffic.',
       default: false,
     }),
+    revalidationTtl: Type.Integer({
+      description:
+        'Seconds a response carrying a validator (ETag or Last-Modified) is kept past its freshness, even one that is stale on arrival or marked no-cache / must-revalidate. A request finding it stale (or sending Cache-Control: no-cache) sends the upstream a conditional request (If-None-Match with the ETag, else If-Modified-Since), unless the client sent its own validators, which then pass through unchanged; a 304 refreshes the stored headers and freshness and the client gets the stored response (X-Cache: REVALIDATED), a 200 replaces the entry. 0: only responses fresh on arrival are stored, and stale ones are fetched whole.',
+      default: 300,
+      minimum: 0,
+      maximum: MAX_TTL_S,
+    }),
     staleWhileRevalidate: Type.Integer({
       description:
         'Seconds past freshness during which, while one request refreshes the entry from the upstream, concurrent requests are answered from the stale entry (X-Cache: STALE). Never for must-revalidate / no-cache responses.',
