@@ -5,6 +5,7 @@ import { cacheBehaviour } from './helpers/cache-behaviour';
 import { parseConfig } from '../src/config/load';
 import { startGateway, withTestDefaults } from './helpers/gateway';
 import { call } from './helpers/http';
+import { startUpstream } from './helpers/upstream';
 
 t.test('memory store', (t) => cacheBehaviour(t, () => ({ type: 'memory' })));
 
@@ -24,6 +25,69 @@ t.test('stale-if-error: a stale entry answers when the upstream dies', async (t)
   t.equal(b.body, a.body);
   const c = await call(gw.url, '/sie/other');
   t.equal(c.status, 502, 'nothing stale to serve: the upstream failure as usual');
+});
+
+t.test("a background refresh goes through the route's request header rules, without the client's validators", async (t) => {
+  const up = await startCacheUpstream();
+  const gw = await startGateway({
+    upstreams: { up: { targets: [up.url] } },
+    routes: [
+      {
+        name: 'hr',
+        match: { prefix: '/hr' },
+        upstream: 'up',
+        cache: { staleWhileRevalidate: 60 },
+        policies: { headers: { request: { set: { 'x-internal': 'route-{route}' } } } },
+      },
+    ],
+  } as never);
+  t.teardown(async () => {
+    await gw.close();
+    await up.close();
+  });
+  const path = '/hr/x?etag=a&cc=max-age=1';
+  await call(gw.url, path);
+  await sleep(1100);
+  const b = await call(gw.url, path, { headers: { 'if-none-match': '"client"' } });
+  t.equal(b.status, 200);
+  t.equal(b.headers['x-cache'], 'STALE');
+  for (let i = 0; i < 40 && up.count('/hr/x') < 2; i++) await sleep(25);
+  t.equal(up.count('/hr/x'), 2);
+  const seen = up.last('/hr/x');
+  t.equal(seen?.['x-internal'], 'route-hr', 'the header rule applied');
+  t.equal(seen?.['if-none-match'], '"a"', "the stored ETag, not the client's");
+});
+
+t.test('closing the gateway cancels a background refresh in flight', async (t) => {
+  let calls = 0;
+  let refreshClosed = false;
+  const up = await startUpstream((req, res) => {
+    if (++calls === 1) {
+      res.writeHead(200, { 'cache-control': 'max-age=1', 'content-length': '2' });
+      res.end('v1');
+      return;
+    }
+    // The refresh never gets an answer: only its cancellation ends it.
+    req.socket.once('close', () => (refreshClosed = true));
+  });
+  t.teardown(() => up.close());
+  const gw = await startGateway({
+    upstreams: { up: { targets: [up.url], timeouts: { requestMs: 20000 } } },
+    routes: [{ name: 'bg', match: { prefix: '/bg' }, upstream: 'up', cache: { staleWhileRevalidate: 60 } }],
+  } as never);
+  await call(gw.url, '/bg/x');
+  await sleep(1100);
+  const b = await call(gw.url, '/bg/x');
+  t.equal(b.headers['x-cache'], 'STALE');
+  t.equal(b.body, 'v1');
+  for (let i = 0; i < 40 && calls < 2; i++) await sleep(25);
+  t.equal(calls, 2, 'the refresh is waiting on the upstream');
+  const started = Date.now();
+  await gw.close();
+  const took = Date.now() - started;
+  t.ok(took < 1000, `close did not wait for the refresh (${took} ms)`);
+  for (let i = 0; i < 40 && !refreshClosed; i++) await sleep(25);
+  t.ok(refreshClosed, "the refresh's upstream connection was closed");
 });
 
 t.test('the memory store is bounded by bytes (LRU)', async (t) => {

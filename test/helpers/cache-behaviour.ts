@@ -22,6 +22,7 @@ export async function cacheBehaviour(t: Test, store: () => Record<string, unknow
       { name: 'mine', match: { prefix: '/mine' }, upstream: 'up', cache: { scope: 'consumer' }, auth: { methods: ['jwt'] } },
       { name: 'deflt', match: { prefix: '/deflt' }, upstream: 'up', cache: { defaultTtl: 30 } },
       { name: 'small', match: { prefix: '/small' }, upstream: 'up', cache: { maxBodyBytes: 10 } },
+      { name: 'swr', match: { prefix: '/swr' }, upstream: 'up', cache: { staleWhileRevalidate: 30 } },
       { name: 'norev', match: { prefix: '/norev' }, upstream: 'up', cache: { revalidationTtl: 0 } },
     ],
   } as never);
@@ -295,6 +296,75 @@ export async function cacheBehaviour(t: Test, store: () => Record<string, unknow
     t.equal(xc(await get(path)), 'MISS');
     t.equal(up.last('/norev/x')?.['if-none-match'], undefined);
     t.equal(up.count('/norev/x'), 2);
+  });
+
+  /** Polls until `path` is a hit (a background refresh landed), or gives up after ~3 s. */
+  const untilHit = async (path: string): Promise<Answer> => {
+    let a = await get(path);
+    for (let i = 0; i < 60 && xc(a) !== 'HIT'; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      a = await get(path);
+    }
+    return a;
+  };
+
+  t.test('stale-while-revalidate: stale answered at once, one background refresh for concurrent requests', async (t) => {
+    const path = '/swr/bg?cc=max-age=1&delay=500';
+    const a = await get(path);
+    t.equal(xc(a), 'MISS');
+    await new Promise((r) => setTimeout(r, 1100));
+    const started = Date.now();
+    const stale = await Promise.all(Array.from({ length: 10 }, () => get(path)));
+    const took = Date.now() - started;
+    t.ok(took < 400, `all answered before the 500 ms upstream could have (${took} ms)`);
+    t.same(
+      stale.map((s) => [s.status, xc(s), s.body]),
+      stale.map(() => [200, 'STALE', a.body]),
+      'every request got the stale entry',
+    );
+    t.equal(up.count('/swr/bg'), 2, 'one background refresh reached the upstream');
+    const fresh = await untilHit(path);
+    t.equal(xc(fresh), 'HIT', 'the refresh landed');
+    t.not(fresh.body, a.body, 'with the new response');
+    t.equal(JSON.parse(fresh.body).n, JSON.parse(a.body).n + 1);
+    t.equal(up.count('/swr/bg'), 2);
+  });
+
+  t.test('stale-while-revalidate: the background refresh is conditional and a 304 refreshes the entry', async (t) => {
+    const path = '/swr/cond?etag=a&cc=max-age=1&delay=200';
+    const a = await get(path);
+    await new Promise((r) => setTimeout(r, 1100));
+    const b = await get(path);
+    t.equal(xc(b), 'STALE');
+    t.equal(b.body, a.body);
+    const c = await untilHit(path);
+    t.equal(xc(c), 'HIT');
+    t.equal(c.body, a.body, 'the stored body, refreshed');
+    t.equal(up.count('/swr/cond'), 2);
+    t.equal(up.last('/swr/cond')?.['if-none-match'], '"a"', 'the refresh carried the stored ETag');
+  });
+
+  t.test('stale-while-revalidate: a failing background refresh changes nothing; a later one lands', async (t) => {
+    const path = '/swr/fail?cc=max-age=1';
+    const a = await get(path);
+    await new Promise((r) => setTimeout(r, 1100));
+    up.broken.add('/swr/fail');
+    const b = await get(path);
+    t.equal(xc(b), 'STALE');
+    for (let i = 0; i < 40 && up.count('/swr/fail') < 2; i++) await new Promise((r) => setTimeout(r, 25));
+    t.ok(up.count('/swr/fail') >= 2, 'the refresh was tried');
+    await new Promise((r) => setTimeout(r, 200));
+    const tried = up.count('/swr/fail');
+    await new Promise((r) => setTimeout(r, 200));
+    t.equal(up.count('/swr/fail'), tried, 'and given up on (within the retry policy), not repeated');
+    const c = await get(path);
+    t.equal(c.status, 200);
+    t.equal(xc(c), 'STALE', 'the entry still answers');
+    t.equal(c.body, a.body);
+    up.broken.delete('/swr/fail');
+    const d = await untilHit(path);
+    t.equal(xc(d), 'HIT');
+    t.not(d.body, a.body);
   });
 
   t.test('metrics count results and stores by route', async (t) => {

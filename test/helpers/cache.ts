@@ -6,6 +6,8 @@ export interface CacheUpstream extends TestUpstream {
   count(pathPrefix: string): number;
   /** The current ETag of a path, in place of its `etag` query value (the resource changed). */
   etags: Map<string, string>;
+  /** Paths whose requests get their connection cut (the upstream fails). */
+  broken: Set<string>;
   /** The headers of the latest request to a path prefix. */
   last(pathPrefix: string): SeenRequest['headers'] | undefined;
 }
@@ -21,12 +23,17 @@ export interface CacheUpstream extends TestUpstream {
 export async function startCacheUpstream(): Promise<CacheUpstream> {
   let n = 0;
   const etags = new Map<string, string>();
+  const broken = new Set<string>();
   const up = await startUpstream(async (req: IncomingMessage, res: ServerResponse) => {
     const u = new URL(req.url ?? '/', 'http://x');
     const q = u.searchParams;
     const delay = Number(q.get('delay') ?? '0');
     if (delay > 0) await sleep(delay);
     n++;
+    if (broken.has(u.pathname)) {
+      res.destroy();
+      return;
+    }
     if (q.has('trunc')) {
       res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '100', 'cache-control': 'max-age=60' });
       res.write('partial');
@@ -56,5 +63,5 @@ export async function startCacheUpstream(): Promise<CacheUpstream> {
     res.end(body);
   });
   const matching = (prefix: string) => up.seen.filter((s) => s.url.startsWith(prefix));
-  return Object.assign(up, { count: (prefix: string) => matching(prefix).length, etags, last: (prefix: string) => matching(prefix).at(-1)?.headers });
+  return Object.assign(up, { count: (prefix: string) => matching(prefix).length, etags, broken, last: (prefix: string) => matching(prefix).at(-1)?.headers });
 }

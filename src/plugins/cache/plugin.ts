@@ -4,6 +4,7 @@ import type { CounterFamily } from '../../observability/fast-metrics';
 import type { CompiledRoute } from '../../routes';
 import type { GateStore } from '../../store/types';
 import type { Plugin, PluginContext } from '..';
+import { BackgroundRelays } from '../../proxy/background';
 import { CacheKeys } from './keys';
 import { RouteCache, type CacheCells, type CacheResult } from './route-cache';
 
@@ -19,8 +20,8 @@ class CacheStep implements Step {
     if (cr === null) return true;
     const store = this.cache.store;
     const req = { keys: [], specs: [], cache: cr.lookup };
-    if (store.kind === 'memory') return this.cache.answer(ctx, cr, store.gate(req).cache);
-    return store.gate(req).then((r) => this.cache.answer(ctx, cr, r === null ? null : r.cache));
+    if (store.kind === 'memory') return this.cache.answer(ctx, cr, store.gate(req).cache, this);
+    return store.gate(req).then((r) => this.cache.answer(ctx, cr, r === null ? null : r.cache, this));
   }
 }
 
@@ -34,6 +35,7 @@ export class CachePlugin implements Plugin {
   private readonly results: CounterFamily;
   private readonly storesFamily: CounterFamily;
   private readonly built = new Map<string, RouteCache>();
+  private readonly background: BackgroundRelays;
 
   constructor(
     private readonly ctx: PluginContext,
@@ -46,6 +48,12 @@ export class CachePlugin implements Plugin {
         ['route', 'result'],
       ),
     );
+    // Refreshes may outlive a reload's runtime, not the gateway.
+    this.background = ctx.shared('cache.background', () => {
+      const b = new BackgroundRelays();
+      ctx.addResource(b);
+      return b;
+    });
     this.storesFamily = ctx.shared('cache.stores', () => ctx.metrics.counter('gateway_cache_stores_total', 'Responses stored in the cache, by route.', ['route']));
   }
 
@@ -60,7 +68,7 @@ export class CachePlugin implements Plugin {
         stores: this.storesFamily.child(route.name),
       };
       const prefix = this.ctx.config.store.redis.keyPrefix;
-      c = new RouteCache(cfg, new CacheKeys(prefix, route.name), prefix, this.store, this.ctx.config.auth.apiKeys.header.toLowerCase(), cells);
+      c = new RouteCache(cfg, new CacheKeys(prefix, route.name), prefix, this.store, this.ctx.config.auth.apiKeys.header.toLowerCase(), cells, this.background);
       this.built.set(route.name, c);
     }
     return c;

@@ -1,6 +1,7 @@
-import type { StepResult } from '../../chain';
+import type { Step, StepResult } from '../../chain';
 import type { RequestContext } from '../../context';
 import type { CounterCell } from '../../observability/fast-metrics';
+import type { BackgroundRelays } from '../../proxy/background';
 import { copyResponseHeaders } from '../../proxy/headers';
 import type { ResponseObserver } from '../../proxy/relay';
 import type { CacheFound, CacheLookup, GateStore } from '../../store/types';
@@ -111,6 +112,7 @@ export class RouteCache {
     readonly store: GateStore,
     private readonly apiKeyHeader: string,
     private readonly cells: CacheCells,
+    private readonly background: BackgroundRelays,
   ) {
     this.statuses = new Set(cfg.statuses);
     this.consumerScope = cfg.scope === 'consumer';
@@ -142,8 +144,11 @@ export class RouteCache {
     return { key, lookup: { entryKey: key, genKeys: this.keys.gens(ctx.path) }, credential, serve, head: method === 'HEAD' };
   }
 
-  /** Answers from the lookup's result: false when the cache answered, true to go upstream. */
-  answer(ctx: RequestContext, cr: CacheRequest, found: CacheFound | undefined | null): StepResult {
+  /**
+   * Answers from the lookup's result: false when the cache answered, true to go upstream. `step`
+   * is the step that made the lookup: a background refresh runs the route's steps after it.
+   */
+  answer(ctx: RequestContext, cr: CacheRequest, found: CacheFound | undefined | null, step: Step): StepResult {
     if (found === undefined || found === null) {
       // The store did not answer: pass through, and store nothing (the generation is unknown).
       this.count(ctx, 'bypass');
@@ -159,8 +164,12 @@ export class RouteCache {
       staleMs = entry.head.r ? Infinity : ageMs - entry.head.l;
     }
     const flight = this.flights.get(cr.key);
+    if (usable && cr.serve && staleMs <= this.cfg.staleWhileRevalidate * 1000) {
+      // Answered at once; one refresh per key goes upstream behind it.
+      if (flight === undefined) this.refresh(ctx, cr, entry, found.clock, step);
+      return this.serve(ctx, entry, 'stale', staleMs + entry.head.l);
+    }
     if (flight !== undefined && cr.serve) {
-      if (usable && staleMs <= this.cfg.staleWhileRevalidate * 1000) return this.serve(ctx, entry, 'stale', staleMs + entry.head.l);
       return flight.promise.then((e) => {
         if (e !== null && !ctx.res.destroyed && this.matches(ctx, cr, e.head)) return this.serve(ctx, e, 'hit', e.head.a * 1000);
         this.count(ctx, 'miss');
@@ -184,6 +193,20 @@ export class RouteCache {
     // The relay may answer without calling the observer (no target takes traffic): the flight ends with the response anyway.
     ctx.res.once('close', filler.onError);
     return true;
+  }
+
+  /** Refreshes a stale entry from the upstream with no client waiting (conditional when it has a validator). */
+  private refresh(client: RequestContext, cr: CacheRequest, entry: Entry, stamp: number, step: Step): void {
+    const ctx = this.background.context(client);
+    if (ctx === null) return;
+    const f = new Flight();
+    this.flights.set(cr.key, f);
+    const validator = validatorOf(entry.head.h);
+    if (validator !== null) ctx.addUpstreamHeader(validator[0], validator[1]);
+    const filler = new Filler(this, ctx, cr, stamp, null, f, validator === null ? null : entry, true);
+    ctx.observer = filler;
+    ctx.res.once('close', filler.onError);
+    this.background.run(ctx, step);
   }
 
   /** Vary'd values and credentials allow this entry for this request. */
@@ -310,13 +333,15 @@ class Filler implements ResponseObserver {
     private readonly flight: Flight,
     /** The entry whose validator the upstream request carries; its miss is counted once the answer is known. */
     private revalidating: Entry | null = null,
+    /** No client waits on this response (a stale-while-revalidate refresh): it only refreshes the entry. */
+    private readonly background = false,
   ) {}
 
   /** The answer to a revalidation is not a 304: the request was a miss. */
   private missed(): void {
     if (this.revalidating === null) return;
     this.revalidating = null;
-    this.cache.countMiss();
+    if (!this.background) this.cache.countMiss();
   }
 
   notModified(raw: Buffer[]): boolean {
@@ -329,7 +354,8 @@ class Filler implements ResponseObserver {
     // Stored headers went through the route's header rules: so do the ones that replace them.
     this.ctx.route.responseTransform?.(this.ctx, 304, h);
     const fresh = this.cache.revalidated(this.cr, e, h, this.stamp, this.flight, this.ctx);
-    this.cache.serve(this.ctx, fresh, 'revalidated', fresh.head.a * 1000);
+    if (this.background) this.ctx.res.end();
+    else this.cache.serve(this.ctx, fresh, 'revalidated', fresh.head.a * 1000);
     return true;
   }
 

@@ -46,7 +46,7 @@ export const RouteCacheSchema = Type.Object(
     }),
     staleWhileRevalidate: Type.Integer({
       description:
-        'Seconds past freshness during which, while one request refreshes the entry from the upstream, concurrent requests are answered from the stale entry (X-Cache: STALE). Never for must-revalidate / no-cache responses.',
+        'Seconds past freshness during which a request finding the entry stale is answered from it at once (X-Cache: STALE) while one background request per key refreshes it from the upstream (conditional when the entry has a validator), like nginx proxy_cache_background_update. Never for must-revalidate / no-cache responses.',
       default: 0,
       minimum: 0,
       maximum: MAX_TTL_S,

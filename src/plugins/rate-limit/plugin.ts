@@ -107,7 +107,7 @@ export class RateLimitStep implements Step {
     if (r === null) {
       if (!this.failClosed) {
         this.decisions.failed_open.inc();
-        return cr === null ? true : this.cache!.answer(ctx, cr, null);
+        return cr === null ? true : this.cache!.answer(ctx, cr, null, this);
       }
       this.decisions.failed_closed.inc();
       ctx.errorCode = 'STORE_UNAVAILABLE';
@@ -131,7 +131,7 @@ export class RateLimitStep implements Step {
         ctx.addResponseHeader('X-RateLimit-Remaining', String(b[at + F_REMAINING]));
         ctx.addResponseHeader('X-RateLimit-Reset', String(Math.ceil(b[at + F_RESET_MS] / 1000)));
       }
-      return cr === null ? true : this.cache!.answer(ctx, cr, r.cache);
+      return cr === null ? true : this.cache!.answer(ctx, cr, r.cache, this);
     }
     this.decisions.limited.inc();
     // The request needs a token in every bucket: it may come back when the slowest one has one.
