@@ -15,11 +15,15 @@
 -- A later section starts at KEYS[n+1], ARGV[2n+2] and reply[2+4n].
 --
 -- The response-cache section (optional; read-only):
---   ARGV[2n+2]              m, the number of cache keys: KEYS[n+1] the entry, KEYS[n+2] the
---                           generation clock, KEYS[n+3 .. n+m] the request's generation keys
---   reply[2+4n]             the entry, or nil
+--   ARGV[2n+2]              m, the number of cache keys: KEYS[n+1] the primary entry key, KEYS[n+2]
+--                           the generation clock, then the variant key when ARGV[2n+3] is 1, then
+--                           the request's generation keys up to KEYS[n+m]
+--   ARGV[2n+3]              1 when KEYS[n+3] is a variant key, else 0
+--   reply[2+4n]             the value at the primary key (an entry, or a vary marker naming the
+--                           request headers the URL varies on), or nil
 --   reply[3+4n]             the clock now (the stamp of an entry filled after this lookup)
 --   reply[4+4n]             the highest generation of the request (the entry is valid iff its stamp >= it)
+--   reply[5+4n]             the value at the variant key, or nil (absent, or none asked)
 
 if redis.replicate_commands then redis.replicate_commands() end
 
@@ -68,17 +72,21 @@ end
 local m = tonumber(ARGV[2 * n + 2] or '0')
 if m > 0 then
   local base = 2 + 4 * n
+  local v = tonumber(ARGV[2 * n + 3] or '0')
   reply[base] = redis.call('GET', KEYS[n + 1])
   reply[base + 1] = tonumber(redis.call('GET', KEYS[n + 2]) or '0')
   local maxGen = 0
-  if m > 2 then
-    local gens = redis.call('MGET', unpack(KEYS, n + 3, n + m))
+  if m > 2 + v then
+    local gens = redis.call('MGET', unpack(KEYS, n + 3 + v, n + m))
     for i = 1, #gens do
       local g = tonumber(gens[i])
       if g and g > maxGen then maxGen = g end
     end
   end
   reply[base + 2] = maxGen
+  -- false (not nil) keeps the reply's length fixed; Redis sends it as a nil bulk.
+  reply[base + 3] = false
+  if v == 1 then reply[base + 3] = redis.call('GET', KEYS[n + 3]) end
 end
 
 return reply

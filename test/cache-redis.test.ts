@@ -59,6 +59,36 @@ t.test('a write through one instance invalidates the entry on another', async (t
   t.equal(up.count('/inv/item'), 3);
 });
 
+t.test('Vary: a second instance learns the variants from the marker with one extra lookup', async (t) => {
+  const up = await startCacheUpstream();
+  const config = {
+    store: redisStore(),
+    upstreams: { up: { targets: [up.url] } },
+    routes: [{ name: 'var', match: { prefix: '/var' }, upstream: 'up', cache: {} }],
+  };
+  const [a, b] = await Promise.all([startGateway(config as never), startGateway(config as never)]);
+  t.teardown(async () => {
+    await Promise.all([a.close(), b.close()]);
+    await up.close();
+  });
+  const headers = (lang: string) => ({ host: 'api.example', 'accept-language': lang });
+  const path = '/var/x?vary=Accept-Language';
+  const en = await call(a.url, path, { headers: headers('en') });
+  const fr = await call(a.url, path, { headers: headers('fr') });
+  t.equal(up.count('/var/x'), 2);
+  const calls = async () => metric((await call(b.adminUrl, '/metrics')).body, 'gateway_redis_script_duration_seconds_count', {});
+  const before = await calls();
+  const bEn = await call(b.url, path, { headers: headers('en') });
+  t.equal(bEn.headers['x-cache'], 'HIT');
+  t.equal(bEn.body, en.body);
+  t.equal((await calls()) - before, 2, 'the primary lookup found the marker: one more lookup for the variant');
+  const bFr = await call(b.url, path, { headers: headers('fr') });
+  t.equal(bFr.headers['x-cache'], 'HIT');
+  t.equal(bFr.body, fr.body);
+  t.equal((await calls()) - before, 3, 'names known: the variant rides in the one lookup');
+  t.equal(up.count('/var/x'), 2);
+});
+
 t.test('Redis killed mid-traffic: requests pass through, never a 5xx; the cache comes back', async (t) => {
   const own = await startRedis();
   t.teardown(() => own.close());

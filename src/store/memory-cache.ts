@@ -33,19 +33,21 @@ export class MemoryCache {
       const g = this.gens.get(k);
       if (g !== undefined && g > maxGen) maxGen = g;
     }
-    const e = this.entries.get(req.entryKey);
-    let entry: Buffer | null = null;
-    if (e !== undefined) {
-      this.entries.delete(req.entryKey);
-      if (e.expiresAt > this.now()) {
-        this.entries.set(req.entryKey, e);
-        entry = e.value;
-      } else {
-        this.bytes -= e.value.length;
-        this.events?.bytes(this.bytes);
-      }
+    return { entry: this.get(req.entryKey), variant: req.variantKey === null ? null : this.get(req.variantKey), clock: this.clock, maxGen };
+  }
+
+  /** The live value at `key`, made most recently used; an expired one is dropped. */
+  private get(key: string): Buffer | null {
+    const e = this.entries.get(key);
+    if (e === undefined) return null;
+    this.entries.delete(key);
+    if (e.expiresAt > this.now()) {
+      this.entries.set(key, e);
+      return e.value;
     }
-    return { entry, clock: this.clock, maxGen };
+    this.bytes -= e.value.length;
+    this.events?.bytes(this.bytes);
+    return null;
   }
 
   put(key: string, value: Buffer, ttlMs: number): void {

@@ -258,8 +258,9 @@ export class RedisStore implements AsyncGateStore, Resource {
     }
     const { keys, specs, cache } = req;
     const n = keys.length;
-    const m = cache === undefined ? 0 : 2 + cache.genKeys.length;
-    const args: (string | number)[] = new Array<string | number>(4 + 3 * n + m);
+    const variant = cache !== undefined && cache.variantKey !== null;
+    const m = cache === undefined ? 0 : 2 + (variant ? 1 : 0) + cache.genKeys.length;
+    const args: (string | number)[] = new Array<string | number>(5 + 3 * n + m);
     args[0] = this.sha;
     args[1] = n + m;
     for (let i = 0; i < n; i++) args[2 + i] = keys[i];
@@ -267,6 +268,7 @@ export class RedisStore implements AsyncGateStore, Resource {
     if (cache !== undefined) {
       args[at++] = cache.entryKey;
       args[at++] = this.clockKey;
+      if (variant) args[at++] = cache.variantKey!;
       for (const g of cache.genKeys) args[at++] = g;
     }
     args[at++] = n;
@@ -275,6 +277,7 @@ export class RedisStore implements AsyncGateStore, Resource {
       args[at++] = specs[i].argBurst;
     }
     args[at++] = m;
+    if (m > 0) args[at++] = variant ? 1 : 0;
     args.length = at;
     return new Promise<GateResult | null>((resolvePromise) => new GateCall(this, args, n, m > 0, resolvePromise).start());
   }
@@ -385,7 +388,7 @@ class GateCall {
     if (this.timer !== null) clearTimeout(this.timer);
     const r = reply as unknown[];
     const nb = BUCKET_FIELDS * this.n;
-    if (!Array.isArray(r) || r.length !== 1 + nb + (this.withCache ? 3 : 0)) {
+    if (!Array.isArray(r) || r.length !== 1 + nb + (this.withCache ? 4 : 0)) {
       this.resolve(this.store.onFailure('reply', new Error('malformed gate reply')));
       return;
     }
@@ -395,7 +398,13 @@ class GateCall {
       return;
     }
     const entry = r[1 + nb];
-    const cache: CacheFound = { entry: Buffer.isBuffer(entry) ? entry : null, clock: Number(r[2 + nb]), maxGen: Number(r[3 + nb]) };
+    const variant = r[4 + nb];
+    const cache: CacheFound = {
+      entry: Buffer.isBuffer(entry) ? entry : null,
+      variant: Buffer.isBuffer(variant) ? variant : null,
+      clock: Number(r[2 + nb]),
+      maxGen: Number(r[3 + nb]),
+    };
     this.resolve({ admitted: r[0] === 1, buckets, cache });
   };
 

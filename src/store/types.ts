@@ -39,15 +39,25 @@ export interface GateRequest {
  * prefixes). An entry stored with stamp s is valid while every generation key of its request is
  * at most s, so a bump on any replica hides older entries at once, and an entry filled from a
  * response that raced a bump carries a stamp below it.
+ *
+ * Several variants of one URL (Vary): the primary key holds either the entry (the response does
+ * not vary) or a vary marker naming the request headers it varies on, and each variant lives at
+ * its own key (the primary key plus a hash of those headers' values). A caller that already knows
+ * the names asks for the variant key in the same call; one that does not learns them from the
+ * marker and looks again.
  */
 export interface CacheLookup {
   readonly entryKey: string;
+  /** The key of the variant for this request's values of the Vary'd headers, when the names are known. */
+  readonly variantKey: string | null;
   readonly genKeys: readonly string[];
 }
 
 export interface CacheFound {
-  /** The stored entry (see plugins/cache/entry.ts), or null. */
+  /** The value at the primary key: an entry or a vary marker (see plugins/cache/entry.ts), or null. */
   readonly entry: Buffer | null;
+  /** The value at the variant key, or null (absent, or no variant key asked). */
+  readonly variant: Buffer | null;
   /** The clock now: the stamp of an entry filled after this lookup. */
   readonly clock: number;
   /** Highest generation among the lookup's generation keys. */

@@ -85,6 +85,26 @@ export async function cacheBehaviour(t: Test, store: () => Record<string, unknow
     t.equal(up.count('/deflt/x'), 1);
   });
 
+  t.test('Vary: each variant of a URL has its own entry', async (t) => {
+    const path = '/plain/variants?vary=Accept-Language';
+    const lang = (a: Answer) => JSON.parse(a.body).lang as string;
+    const en = await get(path, { 'accept-language': 'en' });
+    const fr = await get(path, { 'accept-language': 'fr' });
+    const en2 = await get(path, { 'accept-language': 'en' });
+    const fr2 = await get(path, { 'accept-language': 'fr' });
+    t.same([xc(en), xc(fr), xc(en2), xc(fr2)], ['MISS', 'MISS', 'HIT', 'HIT']);
+    t.same([lang(en), lang(fr), lang(en2), lang(fr2)], ['en', 'fr', 'en', 'fr']);
+    t.equal(en2.body, en.body);
+    t.equal(fr2.body, fr.body);
+    t.equal(up.count('/plain/variants'), 2, 'fr did not overwrite en');
+    const none = await get(path);
+    t.equal(xc(none), 'MISS', 'no Accept-Language is a variant of its own');
+    t.equal(lang(none), null);
+    t.equal(xc(await get(path)), 'HIT');
+    t.equal(xc(await get(path, { 'accept-language': 'en' })), 'HIT');
+    t.equal(up.count('/plain/variants'), 3);
+  });
+
   t.test('Vary: the named request headers are part of the match', async (t) => {
     const en = await get('/plain/vary?vary=Accept-Language', { 'accept-language': 'en' });
     const en2 = await get('/plain/vary?vary=Accept-Language', { 'accept-language': 'en' });

@@ -1,4 +1,8 @@
-/** A stored response: a JSON head (status, headers, freshness facts) then the body bytes. */
+/**
+ * A stored value: either a response, a JSON head (status, headers, freshness facts) after its
+ * 4-byte length, then the body bytes; or a vary marker (at the primary key of a URL whose response
+ * varies), VARY_TAG then the Vary'd header names, lower case, sorted, comma-separated.
+ */
 export interface EntryHead {
   /** Status. */
   s: number;
@@ -12,7 +16,7 @@ export interface EntryHead {
   a: number;
   /** Generation stamp (see CacheLookup). */
   k: number;
-  /** Vary'd request header names and the values this entry was stored for. */
+  /** Vary'd request header names (lower case, sorted) and the values this entry was stored for. */
   v: [string, string][];
   /** May answer requests carrying credentials (the response said public or s-maxage). */
   p: boolean;
@@ -34,8 +38,24 @@ export function encodeEntry(head: EntryHead, body: Buffer): Buffer {
   return out;
 }
 
-/** null for bytes that are not an entry (another writer's key, a truncated value). */
-export function decodeEntry(buf: Buffer): Entry | null {
+/** The first byte of a vary marker: a response's head length would need to be 4 GB to start with it. */
+const VARY_TAG = 0xff;
+
+export interface VaryMarker {
+  /** The Vary'd header names, comma-separated (see EntryHead.v). */
+  readonly vary: string;
+}
+
+export function encodeMarker(vary: string): Buffer {
+  const out = Buffer.allocUnsafe(1 + Buffer.byteLength(vary, 'latin1'));
+  out[0] = VARY_TAG;
+  out.write(vary, 1, 'latin1');
+  return out;
+}
+
+/** null for bytes that are neither an entry nor a marker (another writer's key, a truncated value). */
+export function decodeEntry(buf: Buffer): Entry | VaryMarker | null {
+  if (buf.length > 0 && buf[0] === VARY_TAG) return { vary: buf.toString('latin1', 1) };
   if (buf.length < 4) return null;
   const n = buf.readUInt32BE(0);
   if (4 + n > buf.length) return null;

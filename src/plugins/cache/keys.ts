@@ -29,6 +29,13 @@ export class CacheKeys {
     return `${this.prefix}c:e:` + createHash('sha256').update(part(this.route) + part('G') + part(host) + part(path) + part(sortedQuery(query)) + part(consumer)).digest('base64url');
   }
 
+  /** The key of one variant of the entry at `primary`: the Vary'd header names and values, in name order. */
+  variant(primary: string, vary: readonly (readonly [string, string])[]): string {
+    const h = createHash('sha256');
+    for (const [name, value] of vary) h.update(part(name) + part(value));
+    return `${primary}:v:${h.digest('base64url')}`;
+  }
+
   /** Every generation key an entry for `path` depends on: its route, the exact path, and each path prefix at a segment boundary. */
   gens(path: string): string[] {
     const out = [this.routeGen, exactGen(this.prefix, path), prefixGen(this.prefix, '/')];

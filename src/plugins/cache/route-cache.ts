@@ -5,7 +5,7 @@ import type { BackgroundRelays } from '../../proxy/background';
 import { copyResponseHeaders } from '../../proxy/headers';
 import type { ResponseObserver } from '../../proxy/relay';
 import type { CacheFound, CacheLookup, GateStore } from '../../store/types';
-import { decodeEntry, encodeEntry, type Entry, type EntryHead } from './entry';
+import { decodeEntry, encodeEntry, encodeMarker, type Entry, type EntryHead, type VaryMarker } from './entry';
 import { explicitLifetime, headerOf, parseCacheControl } from './http';
 import { exactGen, type CacheKeys } from './keys';
 import type { RouteCacheConfig } from './schema';
@@ -16,7 +16,12 @@ const X_CACHE: Record<'hit' | 'stale' | 'revalidated', string> = { hit: 'HIT', s
 
 /** What the cache knows about one GET/HEAD request between its lookup and its answer. */
 export interface CacheRequest {
+  /** The primary key of the URL. */
   readonly key: string;
+  /** The Vary'd header names known for the URL (comma-separated), or null. */
+  readonly vary: string | null;
+  /** What concurrent requests share one upstream fill by: the variant key when known, else the primary key. */
+  readonly flight: string;
   readonly lookup: CacheLookup;
   /** Carries credentials that the key does not partition by (shared scope). */
   readonly credential: boolean;
@@ -29,6 +34,11 @@ export interface CacheRequest {
 const NOT_STORED = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'content-length', 'age', 'x-cache']);
 
 const UNSAFE = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+
+/** URLs whose Vary'd header names a route remembers; past it the oldest learned are forgotten (a forgotten one costs a second lookup). */
+const VARY_NAMES_KEPT = 10000;
+
+const asEntry = (v: Entry | VaryMarker | null): Entry | null => (v === null || 'vary' in v ? null : v);
 
 export interface CacheCells {
   readonly results: Record<CacheResult, CounterCell>;
@@ -104,6 +114,10 @@ export class RouteCache {
   private readonly statuses: ReadonlySet<number>;
   private readonly flights = new Map<string, Flight>();
   private readonly consumerScope: boolean;
+  /** Primary key → the Vary'd header names its marker listed, so a lookup asks for the variant in the same call. */
+  private readonly varies = new Map<string, string>();
+  /** How long a vary marker is kept: as long as any variant can be. */
+  private readonly markerTtlMs: number;
 
   constructor(
     private readonly cfg: RouteCacheConfig,
@@ -116,6 +130,7 @@ export class RouteCache {
   ) {
     this.statuses = new Set(cfg.statuses);
     this.consumerScope = cfg.scope === 'consumer';
+    this.markerTtlMs = (cfg.maxTtl + Math.max(cfg.staleIfError, cfg.staleWhileRevalidate, cfg.revalidationTtl)) * 1000;
   }
 
   /**
@@ -141,20 +156,45 @@ export class RouteCache {
     const scoped = this.consumerScope && ctx.identity !== null;
     const credential = !scoped && (ctx.req.headers.authorization !== undefined || ctx.req.headers[this.apiKeyHeader] !== undefined);
     const key = this.keys.entry((ctx.req.headers.host ?? '').toLowerCase(), ctx.path, ctx.query, scoped ? 'c' + ctx.identity!.consumerId : 's');
-    return { key, lookup: { entryKey: key, genKeys: this.keys.gens(ctx.path) }, credential, serve, head: method === 'HEAD' };
+    return this.request(ctx, key, this.varies.get(key) ?? null, this.keys.gens(ctx.path), credential, serve, method === 'HEAD');
+  }
+
+  private request(ctx: RequestContext, key: string, vary: string | null, genKeys: readonly string[], credential: boolean, serve: boolean, head: boolean): CacheRequest {
+    let variantKey: string | null = null;
+    if (vary !== null) variantKey = this.keys.variant(key, vary.split(',').map((name) => [name, headerValue(ctx, name)] as const));
+    return { key, vary, flight: variantKey ?? key, lookup: { entryKey: key, variantKey, genKeys }, credential, serve, head };
+  }
+
+  private learn(key: string, vary: string): void {
+    this.varies.delete(key);
+    this.varies.set(key, vary);
+    if (this.varies.size > VARY_NAMES_KEPT) this.varies.delete(this.varies.keys().next().value!);
+  }
+
+  /** The marker named other headers than the lookup asked with (or it asked with none): look again with them. */
+  private relook(ctx: RequestContext, cr: CacheRequest, vary: string, step: Step): StepResult {
+    this.learn(cr.key, vary);
+    const next = this.request(ctx, cr.key, vary, cr.lookup.genKeys, cr.credential, cr.serve, cr.head);
+    const req = { keys: [], specs: [], cache: next.lookup };
+    const store = this.store;
+    if (store.kind === 'memory') return this.answer(ctx, next, store.gate(req).cache, step, true);
+    return store.gate(req).then((r) => this.answer(ctx, next, r === null ? null : r.cache, step, true));
   }
 
   /**
    * Answers from the lookup's result: false when the cache answered, true to go upstream. `step`
    * is the step that made the lookup: a background refresh runs the route's steps after it.
    */
-  answer(ctx: RequestContext, cr: CacheRequest, found: CacheFound | undefined | null, step: Step): StepResult {
+  answer(ctx: RequestContext, cr: CacheRequest, found: CacheFound | undefined | null, step: Step, relooked = false): StepResult {
     if (found === undefined || found === null) {
       // The store did not answer: pass through, and store nothing (the generation is unknown).
       this.count(ctx, 'bypass');
       return true;
     }
-    const entry = found.entry === null ? null : decodeEntry(found.entry);
+    const primary = found.entry === null ? null : decodeEntry(found.entry);
+    // Once only: a marker that changes under a second lookup (writers racing) makes a miss.
+    if (primary !== null && 'vary' in primary && primary.vary !== cr.vary && !relooked) return this.relook(ctx, cr, primary.vary, step);
+    const entry = this.chosen(cr, primary, found.variant);
     const usable = entry !== null && entry.head.k >= found.maxGen && this.matches(ctx, cr, entry.head);
     const now = Date.now();
     let staleMs = Infinity;
@@ -163,7 +203,7 @@ export class RouteCache {
       if (cr.serve && ageMs < entry.head.l) return this.serve(ctx, entry, 'hit', ageMs);
       staleMs = entry.head.r ? Infinity : ageMs - entry.head.l;
     }
-    const flight = this.flights.get(cr.key);
+    const flight = this.flights.get(cr.flight);
     if (usable && cr.serve && staleMs <= this.cfg.staleWhileRevalidate * 1000) {
       // Answered at once; one refresh per key goes upstream behind it.
       if (flight === undefined) this.refresh(ctx, cr, entry, found.clock, step);
@@ -181,7 +221,7 @@ export class RouteCache {
       return true;
     }
     const f = new Flight();
-    this.flights.set(cr.key, f);
+    this.flights.set(cr.flight, f);
     const stale = usable && staleMs <= this.cfg.staleIfError * 1000 ? entry : null;
     // A client with validators of its own is answered by the upstream as it asked: its 304 passes through.
     const validator = usable && ctx.req.headers['if-none-match'] === undefined && ctx.req.headers['if-modified-since'] === undefined ? validatorOf(entry.head.h) : null;
@@ -200,13 +240,25 @@ export class RouteCache {
     const ctx = this.background.context(client);
     if (ctx === null) return;
     const f = new Flight();
-    this.flights.set(cr.key, f);
+    this.flights.set(cr.flight, f);
     const validator = validatorOf(entry.head.h);
     if (validator !== null) ctx.addUpstreamHeader(validator[0], validator[1]);
     const filler = new Filler(this, ctx, cr, stamp, null, f, validator === null ? null : entry, true);
     ctx.observer = filler;
     ctx.res.once('close', filler.onError);
     this.background.run(ctx, step);
+  }
+
+  /** The entry a lookup found for this request: the primary key's, or the variant's under a matching (or vanished) marker. */
+  private chosen(cr: CacheRequest, primary: Entry | VaryMarker | null, variant: Buffer | null): Entry | null {
+    if (primary !== null && !('vary' in primary)) {
+      // The URL no longer varies: stop asking for variants.
+      if (cr.vary !== null) this.varies.delete(cr.key);
+      return primary;
+    }
+    // A variant may outlive its marker (evicted): its own Vary'd values still decide. A marker naming other headers is news for the next request.
+    if (variant === null || (primary !== null && primary.vary !== cr.vary)) return null;
+    return asEntry(decodeEntry(variant));
   }
 
   /** Vary'd values and credentials allow this entry for this request. */
@@ -258,11 +310,14 @@ export class RouteCache {
     const varyHeader = headerOf(h, 'vary');
     const vary: [string, string][] = [];
     if (varyHeader !== undefined) {
+      const names = new Set<string>();
       for (const raw of varyHeader.split(',')) {
         const name = raw.trim().toLowerCase();
         if (name === '*') return null;
-        if (name !== '') vary.push([name, '']);
+        if (name !== '') names.add(name);
       }
+      // Sorted: a marker and a variant key read the same whatever order the upstream lists them in.
+      for (const name of [...names].sort()) vary.push([name, '']);
     }
     const now = Date.now();
     let life = cc.noCache ? 0 : explicitLifetime(cc, headerOf(h, 'expires'), headerOf(h, 'date'), now);
@@ -285,8 +340,20 @@ export class RouteCache {
     const entry = { head, body };
     this.cells.stores.inc();
     f.resolve(entry);
+    const ttlMs = Math.max(0, head.l - head.a * 1000) + keepS * 1000;
+    let written: Promise<unknown>;
+    if (head.v.length === 0) {
+      written = this.store.cachePut(cr.key, encodeEntry(head, body), ttlMs);
+    } else {
+      const vary = head.v.map((pair) => pair[0]).join(',');
+      this.learn(cr.key, vary);
+      written = Promise.all([
+        this.store.cachePut(this.keys.variant(cr.key, head.v), encodeEntry(head, body), ttlMs),
+        this.store.cachePut(cr.key, encodeMarker(vary), this.markerTtlMs),
+      ]);
+    }
     // Until the store has the entry, a lookup may still miss: such requests join the finished flight.
-    void this.store.cachePut(cr.key, encodeEntry(head, body), Math.max(0, head.l - head.a * 1000) + keepS * 1000).then(() => this.forget(cr, f));
+    void written.then(() => this.forget(cr, f));
     return entry;
   }
 
@@ -309,7 +376,7 @@ export class RouteCache {
   }
 
   private forget(cr: CacheRequest, f: Flight): void {
-    if (this.flights.get(cr.key) === f) this.flights.delete(cr.key);
+    if (this.flights.get(cr.flight) === f) this.flights.delete(cr.flight);
   }
 
   get maxBodyBytes(): number {
