@@ -118,6 +118,11 @@ export class RouteCache {
   private readonly varies = new Map<string, string>();
   /** How long a vary marker is kept: as long as any variant can be. */
   private readonly markerTtlMs: number;
+  /**
+   * Memory store only: the value each stored Buffer holds. That store hands back the very Buffer it
+   * was given, so a hit finds its entry here and parses no JSON; entries leave with their Buffers.
+   */
+  private readonly decoded: WeakMap<Buffer, Entry | VaryMarker> | null;
 
   constructor(
     private readonly cfg: RouteCacheConfig,
@@ -130,6 +135,7 @@ export class RouteCache {
   ) {
     this.statuses = new Set(cfg.statuses);
     this.consumerScope = cfg.scope === 'consumer';
+    this.decoded = store.kind === 'memory' ? new WeakMap() : null;
     this.markerTtlMs = (cfg.maxTtl + Math.max(cfg.staleIfError, cfg.staleWhileRevalidate, cfg.revalidationTtl)) * 1000;
   }
 
@@ -191,7 +197,7 @@ export class RouteCache {
       this.count(ctx, 'bypass');
       return true;
     }
-    const primary = found.entry === null ? null : decodeEntry(found.entry);
+    const primary = found.entry === null ? null : this.decode(found.entry);
     // Once only: a marker that changes under a second lookup (writers racing) makes a miss.
     if (primary !== null && 'vary' in primary && primary.vary !== cr.vary && !relooked) return this.relook(ctx, cr, primary.vary, step);
     const entry = this.chosen(cr, primary, found.variant);
@@ -249,6 +255,28 @@ export class RouteCache {
     this.background.run(ctx, step);
   }
 
+  private decode(buf: Buffer): Entry | VaryMarker | null {
+    const memo = this.decoded;
+    if (memo === null) return decodeEntry(buf);
+    const known = memo.get(buf);
+    if (known !== undefined) return known;
+    const value = decodeEntry(buf);
+    if (value !== null) memo.set(buf, value);
+    return value;
+  }
+
+  private encode(value: Entry | VaryMarker): Buffer {
+    if ('vary' in value) {
+      const marker = encodeMarker(value.vary);
+      this.decoded?.set(marker, value);
+      return marker;
+    }
+    const buf = encodeEntry(value.head, value.body);
+    // The body as a view of the stored bytes: the memo must not hold a second copy the byte bound does not count.
+    this.decoded?.set(buf, { head: value.head, body: buf.subarray(buf.length - value.body.length) });
+    return buf;
+  }
+
   /** The entry a lookup found for this request: the primary key's, or the variant's under a matching (or vanished) marker. */
   private chosen(cr: CacheRequest, primary: Entry | VaryMarker | null, variant: Buffer | null): Entry | null {
     if (primary !== null && !('vary' in primary)) {
@@ -258,7 +286,7 @@ export class RouteCache {
     }
     // A variant may outlive its marker (evicted): its own Vary'd values still decide. A marker naming other headers is news for the next request.
     if (variant === null || (primary !== null && primary.vary !== cr.vary)) return null;
-    return asEntry(decodeEntry(variant));
+    return asEntry(this.decode(variant));
   }
 
   /** Vary'd values and credentials allow this entry for this request. */
@@ -343,13 +371,13 @@ export class RouteCache {
     const ttlMs = Math.max(0, head.l - head.a * 1000) + keepS * 1000;
     let written: Promise<unknown>;
     if (head.v.length === 0) {
-      written = this.store.cachePut(cr.key, encodeEntry(head, body), ttlMs);
+      written = this.store.cachePut(cr.key, this.encode(entry), ttlMs);
     } else {
       const vary = head.v.map((pair) => pair[0]).join(',');
       this.learn(cr.key, vary);
       written = Promise.all([
-        this.store.cachePut(this.keys.variant(cr.key, head.v), encodeEntry(head, body), ttlMs),
-        this.store.cachePut(cr.key, encodeMarker(vary), this.markerTtlMs),
+        this.store.cachePut(this.keys.variant(cr.key, head.v), this.encode(entry), ttlMs),
+        this.store.cachePut(cr.key, this.encode({ vary }), this.markerTtlMs),
       ]);
     }
     // Until the store has the entry, a lookup may still miss: such requests join the finished flight.
