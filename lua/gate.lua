@@ -24,6 +24,10 @@
 --   reply[3+4n]             the clock now (the stamp of an entry filled after this lookup)
 --   reply[4+4n]             the highest generation of the request (the entry is valid iff its stamp >= it)
 --   reply[5+4n]             the value at the variant key, or nil (absent, or none asked)
+--
+-- On Redis Cluster the cache keys of a route carry the route's own hash tag (src/plugins/cache/keys.ts),
+-- not the buckets' one: the store then sends the two sections as two calls of this script at once, the
+-- buckets with no cache section and the cache section with n = 0 (src/store/redis.ts, ClusterRedisStore).
 
 if redis.replicate_commands then redis.replicate_commands() end
 

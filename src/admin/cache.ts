@@ -1,6 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import type { GatewayConfig } from '../config/schema';
-import { exactGen, prefixGen, routeGen } from '../plugins/cache/keys';
+import { CacheKeySpace } from '../plugins/cache/keys';
 import type { GateStore } from '../store/types';
 import { problem } from './server';
 
@@ -33,9 +33,11 @@ export function registerCacheRoutes(admin: FastifyInstance, deps: CacheRouteDeps
     if (kind !== 'route' && !value.startsWith('/')) return problem(reply, request, 'BAD_REQUEST', `${kind} must start with "/"`);
     const store = deps.store();
     if (store === null) return problem(reply, request, 'BAD_REQUEST', 'no route has a cache');
-    const prefix = cfg.store.redis.keyPrefix;
-    const key = kind === 'route' ? routeGen(prefix, value) : kind === 'path' ? exactGen(prefix, value) : prefixGen(prefix, value);
-    if (!(await store.cacheBump([key]))) return problem(reply, request, 'STORE_UNAVAILABLE', 'the store did not apply the purge; retry');
+    // One bump on standalone and Sentinel; on a Cluster one per route that may hold the entries (each route's keys are in its own slot).
+    const space = new CacheKeySpace(cfg);
+    const bumps = kind === 'route' ? space.route(value) : kind === 'path' ? space.path(value) : space.prefix(value);
+    const applied = await Promise.all(bumps.map((b) => store.cacheBump(b.clock, b.keys)));
+    if (applied.includes(false)) return problem(reply, request, 'STORE_UNAVAILABLE', 'the store did not apply the purge; retry');
     reply.header('cache-control', 'no-store');
     return { purged: { [kind]: value } };
   });

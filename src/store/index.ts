@@ -1,7 +1,7 @@
 import type { PluginContext } from '../plugins';
 import { MemoryStore } from './memory';
 import { MemoryCache } from './memory-cache';
-import { RedisStore } from './redis';
+import { ClusterRedisStore, RedisStore } from './redis';
 import type { GateStore } from './types';
 
 /**
@@ -17,7 +17,9 @@ export function createStore(ctx: PluginContext): GateStore {
     const cache = new MemoryCache(cfg.memory.cacheMaxBytes, { evicted: (n) => evictions.inc(n), bytes: (b) => bytes.set(b) });
     return new MemoryStore(cfg.memory.maxKeys, undefined, cache);
   }
-  const store = new RedisStore({ config: cfg.redis, log: ctx.log, metrics: ctx.metrics });
+  const opts = { config: cfg.redis, log: ctx.log, metrics: ctx.metrics };
+  // On a Cluster a request's buckets and its cache lookup are in different slots: two calls at once.
+  const store = cfg.redis.mode === 'cluster' ? new ClusterRedisStore(opts) : new RedisStore(opts);
   ctx.addResource(store);
   ctx.addReadinessCheck(store.readiness);
   return store;

@@ -56,7 +56,8 @@ export class MemoryStore implements SyncGateStore {
     return RESOLVED;
   }
 
-  cacheBump(genKeys: readonly string[]): Promise<boolean> {
+  /** One process, one clock: the key space's clock matters only to Redis Cluster. */
+  cacheBump(_clockKey: string, genKeys: readonly string[]): Promise<boolean> {
     this.cache.bump(genKeys);
     return Promise.resolve(true);
   }

@@ -9,7 +9,7 @@ import type { CounterCell, HistogramCell } from '../observability/fast-metrics';
 import type { GatewayMetrics } from '../observability/metrics';
 import type { Resource } from '../plugins';
 import type { RedisStoreConfig } from './schema';
-import { BUCKET_FIELDS, type AsyncGateStore, type CacheFound, type GateRequest, type GateResult } from './types';
+import { BUCKET_FIELDS, type AsyncGateStore, type BucketSpec, type CacheFound, type GateRequest, type GateResult } from './types';
 
 /**
  * Takes the next clock value and writes it to every generation key. Generation keys expire well
@@ -83,7 +83,6 @@ export class RedisStore implements AsyncGateStore, Resource {
   private readonly source: string;
   private readonly sha: string;
   private readonly timeoutMs: number;
-  private readonly clockKey: string;
   private readonly maxPending: number;
   private readonly connectTimeoutMs: number;
   private readonly log: FastifyBaseLogger;
@@ -103,7 +102,6 @@ export class RedisStore implements AsyncGateStore, Resource {
     this.source = opts.script ?? readLua('gate.lua');
     this.sha = createHash('sha1').update(this.source).digest('hex');
     this.timeoutMs = cfg.timeoutMs;
-    this.clockKey = `${cfg.keyPrefix}c:clock`;
     this.maxPending = cfg.maxPending;
     this.connectTimeoutMs = cfg.connectTimeoutMs;
 
@@ -267,7 +265,7 @@ export class RedisStore implements AsyncGateStore, Resource {
     let at = 2 + n;
     if (cache !== undefined) {
       args[at++] = cache.entryKey;
-      args[at++] = this.clockKey;
+      args[at++] = cache.clockKey;
       if (variant) args[at++] = cache.variantKey!;
       for (const g of cache.genKeys) args[at++] = g;
     }
@@ -304,9 +302,9 @@ export class RedisStore implements AsyncGateStore, Resource {
     return Promise.race([done, new Promise<void>((r) => setTimeout(r, this.timeoutMs).unref())]);
   }
 
-  cacheBump(genKeys: readonly string[]): Promise<boolean> {
+  cacheBump(clockKey: string, genKeys: readonly string[]): Promise<boolean> {
     if (this.client.status !== 'ready') return Promise.resolve(false);
-    const done = this.client.eval(BUMP_SCRIPT, 1 + genKeys.length, this.clockKey, ...genKeys, GENERATION_TTL_MS).then(
+    const done = this.client.eval(BUMP_SCRIPT, 1 + genKeys.length, clockKey, ...genKeys, GENERATION_TTL_MS).then(
       () => true,
       (err: unknown) => {
         this.onFailure(null, err);
@@ -351,6 +349,31 @@ export class RedisStore implements AsyncGateStore, Resource {
     const quit = this.client.status === 'ready' ? this.client.quit().catch(() => undefined) : Promise.resolve();
     await Promise.race([quit, new Promise((r) => setTimeout(r, 500).unref())]);
     this.client.disconnect();
+  }
+}
+
+const NO_KEYS: readonly string[] = [];
+const NO_SPECS: readonly BucketSpec[] = [];
+
+/**
+ * The store on Redis Cluster. A request's buckets share one hash tag (the route, or the route and
+ * caller: see plugins/rate-limit/limits.ts) and its cache keys another (the route's cache space:
+ * see plugins/cache/keys.ts), so a request with both sections is two calls of the one gate script,
+ * sent together (both in flight at once, so about one round trip) and joined into one result: the
+ * buckets with no cache section, and the cache section with n = 0 buckets. Each call has the whole
+ * budget and fails on its own: a failed bucket call fails the gate (the route's failMode decides,
+ * and the cache is bypassed, as when the single call fails on standalone); a failed cache call only
+ * bypasses the cache. The bucket call is made whatever the cache finds, so with countHits a hit
+ * still takes its token. A request with one section is one call, as on standalone, whose path this
+ * class leaves untouched.
+ */
+export class ClusterRedisStore extends RedisStore {
+  override gate(req: GateRequest): Promise<GateResult | null> {
+    const cache = req.cache;
+    if (cache === undefined || req.keys.length === 0) return super.gate(req);
+    const buckets = super.gate({ keys: req.keys, specs: req.specs });
+    const lookup = super.gate({ keys: NO_KEYS, specs: NO_SPECS, cache });
+    return Promise.all([buckets, lookup]).then(([b, l]) => (b === null || l === null ? b : { admitted: b.admitted, buckets: b.buckets, cache: l.cache }));
   }
 }
 

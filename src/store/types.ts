@@ -5,7 +5,9 @@
  *
  * The shapes are sections so that later steps can join the same call (the response cache adds an
  * optional `cache` section to the request and the result; the Redis store packs it after the
- * buckets in the same script call, so a request still costs one round trip).
+ * buckets in the same script call, so a request still costs one round trip). On Redis Cluster the
+ * buckets and the cache keys are in different slots: the store sends the two sections as two calls
+ * of the same script at once (about one round trip still) and joins their answers.
  */
 
 /**
@@ -25,7 +27,8 @@ export interface BucketSpec {
 export interface GateRequest {
   /**
    * Store keys of the buckets, parallel to `specs`. All keys of one request share one hash tag, so
-   * on Redis Cluster they live in one slot and one script call serves them.
+   * on Redis Cluster they live in one slot and one script call serves them. The cache section's
+   * keys share another (one per route; see plugins/cache/keys.ts).
    */
   readonly keys: readonly string[];
   readonly specs: readonly BucketSpec[];
@@ -48,6 +51,8 @@ export interface GateRequest {
  */
 export interface CacheLookup {
   readonly entryKey: string;
+  /** The clock the route's stamps and generations come from (one per key space: see plugins/cache/keys.ts). */
+  readonly clockKey: string;
   /** The key of the variant for this request's values of the Vary'd headers, when the names are known. */
   readonly variantKey: string | null;
   readonly genKeys: readonly string[];
@@ -68,8 +73,11 @@ export interface CacheFound {
 export interface CacheWrites {
   /** Resolves once the entry is readable by lookups (or the write failed). */
   cachePut(key: string, value: Buffer, ttlMs: number): Promise<void>;
-  /** Bumps generation keys past every entry stored so far. Resolves once applied (false: not applied). */
-  cacheBump(genKeys: readonly string[]): Promise<boolean>;
+  /**
+   * Bumps generation keys past every entry stored so far, with the next value of `clockKey` (the
+   * clock of their key space). Resolves once applied (false: not applied).
+   */
+  cacheBump(clockKey: string, genKeys: readonly string[]): Promise<boolean>;
 }
 
 /** Fields per bucket in `GateResult.buckets`. */

@@ -5,7 +5,7 @@ import type { CompiledRoute } from '../../routes';
 import type { GateStore } from '../../store/types';
 import type { Plugin, PluginContext } from '..';
 import { BackgroundRelays } from '../../proxy/background';
-import { CacheKeys } from './keys';
+import { CacheKeySpace } from './keys';
 import { RouteCache, type CacheCells, type CacheResult } from './route-cache';
 
 const RESULTS: readonly CacheResult[] = ['hit', 'miss', 'bypass', 'stale', 'revalidated'];
@@ -36,6 +36,7 @@ export class CachePlugin implements Plugin {
   private readonly storesFamily: CounterFamily;
   private readonly built = new Map<string, RouteCache>();
   private readonly background: BackgroundRelays;
+  private readonly space: CacheKeySpace;
 
   constructor(
     private readonly ctx: PluginContext,
@@ -54,6 +55,7 @@ export class CachePlugin implements Plugin {
       ctx.addResource(b);
       return b;
     });
+    this.space = new CacheKeySpace(ctx.config);
     this.storesFamily = ctx.shared('cache.stores', () => ctx.metrics.counter('gateway_cache_stores_total', 'Responses stored in the cache, by route.', ['route']));
   }
 
@@ -67,8 +69,7 @@ export class CachePlugin implements Plugin {
         results: Object.fromEntries(RESULTS.map((r) => [r, this.results.child(route.name, r)])) as CacheCells['results'],
         stores: this.storesFamily.child(route.name),
       };
-      const prefix = this.ctx.config.store.redis.keyPrefix;
-      c = new RouteCache(cfg, new CacheKeys(prefix, route.name), prefix, this.store, this.ctx.config.auth.apiKeys.header.toLowerCase(), cells, this.background);
+      c = new RouteCache(cfg, this.space.keys(route.name), this.space, this.store, this.ctx.config.auth.apiKeys.header.toLowerCase(), cells, this.background);
       this.built.set(route.name, c);
     }
     return c;

@@ -7,7 +7,7 @@ import type { ResponseObserver } from '../../proxy/relay';
 import type { CacheFound, CacheLookup, GateStore } from '../../store/types';
 import { decodeEntry, encodeEntry, encodeMarker, type Entry, type EntryHead, type VaryMarker } from './entry';
 import { explicitLifetime, headerOf, parseCacheControl } from './http';
-import { exactGen, type CacheKeys } from './keys';
+import type { Bump, CacheKeys, CacheKeySpace } from './keys';
 import type { RouteCacheConfig } from './schema';
 
 export type CacheResult = 'hit' | 'miss' | 'bypass' | 'stale' | 'revalidated';
@@ -127,7 +127,8 @@ export class RouteCache {
   constructor(
     private readonly cfg: RouteCacheConfig,
     private readonly keys: CacheKeys,
-    private readonly keyPrefix: string,
+    /** Where invalidations go: on a Cluster, every cached route's own key space. */
+    private readonly space: CacheKeySpace,
     readonly store: GateStore,
     private readonly apiKeyHeader: string,
     private readonly cells: CacheCells,
@@ -146,7 +147,7 @@ export class RouteCache {
   prepare(ctx: RequestContext): CacheRequest | null {
     const method = ctx.req.method;
     if (method !== 'GET' && method !== 'HEAD') {
-      if (method !== undefined && UNSAFE.has(method)) ctx.observer = new Invalidator(this.store, exactGen(this.keyPrefix, ctx.path));
+      if (method !== undefined && UNSAFE.has(method)) ctx.observer = new Invalidator(this.store, this.space.path(ctx.path));
       return null;
     }
     let serve = true;
@@ -168,7 +169,7 @@ export class RouteCache {
   private request(ctx: RequestContext, key: string, vary: string | null, genKeys: readonly string[], credential: boolean, serve: boolean, head: boolean): CacheRequest {
     let variantKey: string | null = null;
     if (vary !== null) variantKey = this.keys.variant(key, vary.split(',').map((name) => [name, headerValue(ctx, name)] as const));
-    return { key, vary, flight: variantKey ?? key, lookup: { entryKey: key, variantKey, genKeys }, credential, serve, head };
+    return { key, vary, flight: variantKey ?? key, lookup: { entryKey: key, clockKey: this.keys.clock, variantKey, genKeys }, credential, serve, head };
   }
 
   private learn(key: string, vary: string): void {
@@ -504,14 +505,14 @@ class Filler implements ResponseObserver {
   }
 }
 
-/** Bumps the path's generation once an unsafe request succeeded (RFC 9111 §4.4). */
+/** Bumps the path's generations once an unsafe request succeeded (RFC 9111 §4.4): one bump per key space that may hold the path. */
 class Invalidator implements ResponseObserver {
   constructor(
     private readonly store: GateStore,
-    private readonly genKey: string,
+    private readonly bumps: readonly Bump[],
   ) {}
   onHeaders(status: number): void {
-    if (status >= 200 && status < 400) void this.store.cacheBump([this.genKey]);
+    if (status >= 200 && status < 400) for (const b of this.bumps) void this.store.cacheBump(b.clock, b.keys);
   }
   onData(): void {}
   onComplete(): void {}
