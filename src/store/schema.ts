@@ -22,7 +22,8 @@ export const MemoryStoreSchema = Type.Object(
 export const RedisStoreSchema = Type.Object(
   {
     mode: Type.Union([Type.Literal('standalone'), Type.Literal('sentinel'), Type.Literal('cluster')], {
-      description: 'How Redis is deployed: one server (or a managed primary), Sentinel-managed primary, or Redis Cluster.',
+      description:
+        "How Redis is deployed: one server (or a managed primary), Sentinel-managed primary, or Redis Cluster. On a Cluster the response cache keeps each route's keys under one hash tag (a route's cache lives on one shard; routes spread over the shards), so a request with both a rate limit and a cache lookup makes two script calls at once instead of one, and a purge or write that spans routes updates each route's keys.",
       default: 'standalone',
     }),
     url: Type.Optional(

@@ -60,7 +60,7 @@ export const RouteCacheSchema = Type.Object(
     }),
     countHits: Type.Boolean({
       description:
-        'A hit consumes rate-limit tokens like any request (the lookup then rides in the same store call as the rate limit: one round trip). false: hits are free, at the cost of a second store call on a miss (cache lookup first, then the rate limit).',
+        'A hit consumes rate-limit tokens like any request (the lookup then rides in the same store call as the rate limit: one round trip; on Redis Cluster, two calls sent at once). false: hits are free, at the cost of a second store call on a miss (cache lookup first, then the rate limit).',
       default: true,
     }),
   },
