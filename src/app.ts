@@ -91,6 +91,9 @@ export class Gateway {
       // The chain writes its own access line (hijacked replies skip Fastify's).
       logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'reqId' }),
       requestIdHeader: false,
+      // No pino child per request (it cost more than the relay's own bookkeeping): the chain binds
+      // the request id lazily (RequestContext.log), and the error paths below name it themselves.
+      childLoggerFactory: (logger) => logger,
       genReqId: (req) => requestIdFor(req.headers['x-request-id']),
       // Header size and client timeouts, and problem+json for what Node answers on the socket.
       ...serverLimitOptions(config.policies.limits, () => this.log, requestIdFor),
@@ -131,7 +134,7 @@ export class Gateway {
     this.server.setErrorHandler((error: { statusCode?: number; message: string }, request, reply) => {
       const status = error.statusCode ?? 500;
       const code = fastifyErrorCode(status);
-      if (code === 'INTERNAL') request.log.error({ err: error }, 'unhandled error');
+      if (code === 'INTERNAL') request.log.error({ reqId: request.id, err: error }, 'unhandled error');
       this.answerFastify(request, reply, new GatewayError(code, { detail: code === 'INTERNAL' ? undefined : error.message }));
     });
 

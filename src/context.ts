@@ -47,13 +47,24 @@ export class RequestContext {
   /** Extra headers for the client response, as name/value pairs, added by chain steps. */
   responseHeaders: string[] | null = null;
 
+  private requestLog: FastifyBaseLogger | null = null;
+
   constructor(
     readonly req: IncomingMessage,
     readonly res: ServerResponse,
     readonly id: string,
-    readonly log: FastifyBaseLogger,
+    /** The gateway's logger; `log` binds the request id to it on first use. */
+    readonly baseLog: FastifyBaseLogger,
     readonly startedAt: number,
   ) {}
+
+  /**
+   * The request's logger (lines carry its reqId). Made on first use: most requests log nothing but
+   * their access line, and a pino child per request was a measurable share of the hot path.
+   */
+  get log(): FastifyBaseLogger {
+    return (this.requestLog ??= this.baseLog.child({ reqId: this.id }));
+  }
 
   addResponseHeader(name: string, value: string): void {
     (this.responseHeaders ??= []).push(name, value);

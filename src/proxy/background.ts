@@ -58,7 +58,7 @@ export class BackgroundRelays implements Resource {
     }
     // The client's request as the relay reads it (socket, headers for steps), seen as a plain GET.
     const req = Object.create(client.req, { method: { value: 'GET' }, rawHeaders: { value: rawHeaders } }) as IncomingMessage;
-    const ctx = new RequestContext(req, new Discard(req), `${client.id}-bg`, client.log, performance.now());
+    const ctx = new RequestContext(req, new Discard(req), `${client.id}-bg`, client.baseLog, performance.now());
     ctx.route = client.route;
     ctx.path = client.path;
     ctx.query = client.query;
