@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { startCacheUpstream } from './helpers/cache';
 import { cacheBehaviour } from './helpers/cache-behaviour';
 import { parseConfig } from '../src/config/load';
+import { MemoryCache } from '../src/store/memory-cache';
 import { startGateway, withTestDefaults } from './helpers/gateway';
 import { call } from './helpers/http';
 import { startUpstream } from './helpers/upstream';
@@ -88,6 +89,26 @@ t.test('closing the gateway cancels a background refresh in flight', async (t) =
   t.ok(took < 1000, `close did not wait for the refresh (${took} ms)`);
   for (let i = 0; i < 40 && !refreshClosed; i++) await sleep(25);
   t.ok(refreshClosed, "the refresh's upstream connection was closed");
+});
+
+t.test('eviction spares what was read since it was last passed over (second-chance LRU)', async (t) => {
+  const cache = new MemoryCache(100);
+  const lookup = (k: string): Buffer | null => cache.lookup({ entryKey: k, clockKey: 'c', variantKey: null, genKeys: [] }).entry;
+  for (const k of ['a', 'b', 'c', 'd']) cache.put(k, Buffer.alloc(25), 60000);
+  t.ok(lookup('a'), 'a is read');
+  cache.put('e', Buffer.alloc(25), 60000);
+  t.ok(lookup('a'), 'a, read before the store filled up, was kept');
+  t.equal(lookup('b'), null, 'b, the oldest unread entry, went instead');
+  cache.put('f', Buffer.alloc(25), 60000);
+  cache.put('g', Buffer.alloc(25), 60000);
+  t.equal(lookup('c'), null);
+  t.equal(lookup('d'), null);
+  t.ok(lookup('e') && lookup('f') && lookup('g'), 'the newest stay');
+  t.ok(lookup('a'), 'a was read again');
+  cache.put('h', Buffer.alloc(25), 60000);
+  t.ok(lookup('a'), 'a keeps its second chance');
+  t.equal(lookup('e'), null, 'e, now the oldest unread entry, went');
+  t.equal(cache.size, 4);
 });
 
 t.test('the memory store is bounded by bytes (LRU)', async (t) => {

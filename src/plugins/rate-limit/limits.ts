@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, hash } from 'node:crypto';
 import type { RequestContext } from '../../context';
 import type { BucketSpec } from '../../store/types';
 import type { LimitConfig } from './schema';
@@ -32,7 +32,7 @@ export function limitSignature(limit: LimitConfig): string {
 /** What a bucket is keyed by, computed per request. Values carry a kind prefix so an IP never equals a consumer id. */
 export type Partition = (ctx: RequestContext) => string;
 
-const digest = (s: string): string => createHash('sha256').update(s).digest('base64url').slice(0, 22);
+const digest = (s: string): string => hash('sha256', s, 'base64url').slice(0, 22);
 
 /** Header values longer than this are hashed so that keys stay small. */
 const MAX_RAW_VALUE = 128;
