@@ -104,7 +104,7 @@ function rateLimitedServer(name: string, store: 'memory' | 'redis', autoPipelini
  * The bench routes with a response cache (the bench upstream answers `public, max-age=60`, so after
  * the first request every request is a hit that never reaches the upstream).
  */
-function cachedServer(name: string, store: 'memory' | 'redis'): ServerSpec {
+function cachedServer(name: string, store: 'memory' | 'redis', autoPipelining = true): ServerSpec {
   return {
     name,
     start: async (env) => {
@@ -113,7 +113,7 @@ function cachedServer(name: string, store: 'memory' | 'redis'): ServerSpec {
         const cfg = gatewayConfig(env, port, adminPort) as { routes: Record<string, unknown>[] };
         return {
           ...cfg,
-          store: redis ? { type: 'redis', redis: { url: redis.url } } : { type: 'memory' },
+          store: redis ? { type: 'redis', redis: { url: redis.url, autoPipelining } } : { type: 'memory' },
           routes: cfg.routes.map((r) => ({ ...r, cache: {} })),
         };
       });
@@ -125,6 +125,7 @@ function cachedServer(name: string, store: 'memory' | 'redis'): ServerSpec {
 export const SERVERS: ServerSpec[] = [
   cachedServer('gateway-cache-memory', 'memory'),
   cachedServer('gateway-cache-redis', 'redis'),
+  cachedServer('gateway-cache-redis-no-autopipe', 'redis', false),
   rateLimitedServer('gateway-rl-memory', 'memory'),
   rateLimitedServer('gateway-rl-redis', 'redis'),
   rateLimitedServer('gateway-rl-redis-no-autopipe', 'redis', false),
@@ -190,4 +191,10 @@ export const SCENARIOS: Scenario[] = [
   },
   { name: 'cache-hit-memory', description: 'the bare route with a response cache, memory store: every request a hit (targets 3x the bare route)', server: 'gateway-cache-memory', path: '/api/users/123' },
   { name: 'cache-hit-redis', description: 'the bare route with a response cache, Redis store: every request a hit, one EVALSHA (targets 1.5x the bare route)', server: 'gateway-cache-redis', path: '/api/users/123' },
+  {
+    name: 'cache-hit-redis-no-autopipe',
+    description: 'the same with ioredis auto-pipelining off (store.redis.autoPipelining: false)',
+    server: 'gateway-cache-redis-no-autopipe',
+    path: '/api/users/123',
+  },
 ];

@@ -64,7 +64,8 @@ export class RequestChain {
     const res = reply.raw;
     const ctx = new RequestContext(req, res, request.id, request.log, performance.now());
     if (this.deps.isDraining()) res.shouldKeepAlive = false;
-    res.once('close', () => this.complete(ctx));
+    // 'close' comes once per response; `on` spares the once-wrapper per request.
+    res.on('close', () => this.complete(ctx));
 
     const url = req.url ?? '/';
     const q = url.indexOf('?');
@@ -138,17 +139,6 @@ export class RequestChain {
     if (ctx.cancel !== null && (!res.writableFinished || !ctx.req.complete)) ctx.cancel();
     const method = ctx.req.method ?? 'GET';
     (ctx.route ? ctx.route.metrics : this.deps.unrouted).record(method, status, totalMs, ctx.upstreamMs);
-    this.deps.accessLog?.write({
-      reqId: ctx.id,
-      route: ctx.route?.name,
-      method,
-      path: ctx.path,
-      status,
-      ms: totalMs,
-      upstreamMs: ctx.upstreamMs,
-      client: ctx.clientIp,
-      error: ctx.errorCode,
-      truncated: res.headersSent && !res.writableFinished,
-    });
+    this.deps.accessLog?.write(ctx, method, status, totalMs, res.headersSent && !res.writableFinished);
   }
 }

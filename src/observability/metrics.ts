@@ -11,7 +11,8 @@ const STATUS_CLASS = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx'];
  * Request counters are cached per method and status class as they appear.
  */
 export class RouteMetrics {
-  private readonly counters = new Map<string, CounterCell>();
+  /** Request counters by method, then by status class index: no key string per request. */
+  private readonly counters = new Map<string, (CounterCell | undefined)[]>();
   readonly total: HistogramCell;
   readonly upstream: HistogramCell;
   readonly added: HistogramCell;
@@ -26,12 +27,17 @@ export class RouteMetrics {
   }
 
   record(method: string, status: number, totalMs: number, upstreamMs: number): void {
-    const cls = STATUS_CLASS[(status / 100) | 0] ?? '5xx';
-    const key = method + cls;
-    let c = this.counters.get(key);
+    let cls = (status / 100) | 0;
+    if (!(cls >= 0 && cls < STATUS_CLASS.length)) cls = 5;
+    let byClass = this.counters.get(method);
+    if (byClass === undefined) {
+      byClass = [];
+      this.counters.set(method, byClass);
+    }
+    let c = byClass[cls];
     if (c === undefined) {
-      c = this.metrics.requests.child(this.route, method, cls);
-      this.counters.set(key, c);
+      c = this.metrics.requests.child(this.route, method, STATUS_CLASS[cls]);
+      byClass[cls] = c;
     }
     c.inc();
     this.total.observe(totalMs / 1000);
