@@ -259,8 +259,10 @@ export class Gateway {
   }
 
   /** Starts both listeners; resolves with the ports actually bound (useful with port 0). */
-  async listen(): Promise<{ port: number; adminPort: number | null }> {
+  async listen(opts: { beforeListen?: () => void } = {}): Promise<{ port: number; adminPort: number | null }> {
     await this.initPending();
+    // Everything is built and connected: the last moment before traffic (see lifecycle/startup-gc.ts).
+    opts.beforeListen?.();
     await this.server.listen({ host: this.config.listen.host, port: this.config.listen.port });
     let adminPort: number | null = null;
     if (this.admin) {

@@ -3,6 +3,7 @@ import pino from 'pino';
 import { Gateway } from './app';
 import { ConfigError, formatProblem, loadConfigFile } from './config/load';
 import { handleSignals } from './lifecycle/signals';
+import { collectStartupGarbage } from './lifecycle/startup-gc';
 import { keysCommand, KeysCommandError, KEYS_USAGE } from './plugins/auth/keys-cli';
 
 const USAGE = `usage:
@@ -40,7 +41,7 @@ async function start(file: string): Promise<void> {
     destination.flushSync();
     process.exit(code);
   });
-  const { port, adminPort } = await gateway.listen();
+  const { port, adminPort } = await gateway.listen({ beforeListen: collectStartupGarbage });
   gateway.log.info({ port, adminPort, routes: config.routes.length }, 'gateway listening');
 }
 

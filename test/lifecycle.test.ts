@@ -3,6 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
+import { runInNewContext } from 'node:vm';
+import { collectStartupGarbage } from '../src/lifecycle/startup-gc';
 import { startCli } from './helpers/cli';
 import { startGateway } from './helpers/gateway';
 import { call } from './helpers/http';
@@ -116,4 +118,16 @@ t.test('past shutdown.timeoutMs the process exits anyway and says so', async (t)
   t.ok(Date.now() - started < 5000, 'exits soon after the 300 ms shutdown timeout');
   t.match(cli.output(), /shutdown timed out/);
   await hanging;
+});
+
+t.test('the start-up collection runs a full GC and leaves gc unexposed', async (t) => {
+  const before = process.memoryUsage().heapUsed;
+  // Garbage the collection must reclaim (a full GC; a scavenge alone would not reach it all).
+  let junk: unknown[] | null = Array.from({ length: 200000 }, (_, i) => ({ i, s: `x${i}` }));
+  junk = null;
+  t.equal(junk, null);
+  collectStartupGarbage();
+  t.ok(process.memoryUsage().heapUsed < before + 5e6, 'the garbage was collected');
+  t.equal(typeof (globalThis as { gc?: unknown }).gc, 'undefined', 'gc is not a global of the gateway');
+  t.equal(runInNewContext('typeof gc'), 'undefined', 'the flag was turned back off');
 });
