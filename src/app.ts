@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { unwatchFile, watchFile } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import pino from 'pino';
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { registerCacheRoutes } from './admin/cache';
 import { registerKeyRoutes } from './admin/keys';
 import { buildAdminServer, type ReadinessCheck } from './admin/server';
@@ -86,14 +86,13 @@ export class Gateway {
   constructor(config: Readonly<GatewayConfig>, opts: GatewayOptions = {}) {
     this.configFile = opts.configFile ?? null;
     this.extraPlugins = opts.plugins;
+    // Our own logger, not Fastify's: with a logger Fastify adds per-request work even when request
+    // logging is off (a child logger, 'finish'/'error' listeners and their timestamps). The chain
+    // logs for the request (access line; RequestContext.log binds the request id on first use).
+    this.log = opts.logger ?? (pino({ level: config.log.level }) as unknown as FastifyBaseLogger);
     this.server = Fastify({
-      ...(opts.logger ? { loggerInstance: opts.logger } : { logger: { level: config.log.level } }),
-      // The chain writes its own access line (hijacked replies skip Fastify's).
-      logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'reqId' }),
+      logger: false,
       requestIdHeader: false,
-      // No pino child per request (it cost more than the relay's own bookkeeping): the chain binds
-      // the request id lazily (RequestContext.log), and the error paths below name it themselves.
-      childLoggerFactory: (logger) => logger,
       genReqId: (req) => requestIdFor(req.headers['x-request-id']),
       // Header size and client timeouts, and problem+json for what Node answers on the socket.
       ...serverLimitOptions(config.policies.limits, () => this.log, requestIdFor),
@@ -106,7 +105,6 @@ export class Gateway {
       return503OnClosing: true,
       routerOptions: { maxParamLength: 8192 },
     });
-    this.log = this.server.log;
     this.metrics = new GatewayMetrics({ processMetrics: opts.processMetrics ?? true });
     this.upstreamEvents = new UpstreamMetrics(this.metrics.registry, this.log, () => this.upstreams.all());
     this.upstreams = new UpstreamRegistry(config.upstreams, this.upstreamEvents);
@@ -119,6 +117,7 @@ export class Gateway {
       runtime: () => this.runtime,
       unrouted: this.metrics.forRoute('_unrouted'),
       accessLog: this.accessLog,
+      log: this.log,
       isDraining: () => this.draining,
     });
 
@@ -134,7 +133,7 @@ export class Gateway {
     this.server.setErrorHandler((error: { statusCode?: number; message: string }, request, reply) => {
       const status = error.statusCode ?? 500;
       const code = fastifyErrorCode(status);
-      if (code === 'INTERNAL') request.log.error({ reqId: request.id, err: error }, 'unhandled error');
+      if (code === 'INTERNAL') this.log.error({ reqId: request.id, err: error }, 'unhandled error');
       this.answerFastify(request, reply, new GatewayError(code, { detail: code === 'INTERNAL' ? undefined : error.message }));
     });
 

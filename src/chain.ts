@@ -1,6 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
 import { RequestContext } from './context';
 import { GatewayError, sendProblem } from './errors';
 import type { AccessLog } from './observability/access-log';
@@ -26,6 +26,8 @@ export interface ChainDeps {
   /** Metrics of requests that matched no route. */
   unrouted: RouteMetrics;
   accessLog: AccessLog | null;
+  /** The gateway's logger (Fastify's own is off). */
+  log: FastifyBaseLogger;
   isDraining(): boolean;
 }
 
@@ -62,7 +64,7 @@ export class RequestChain {
     reply.hijack();
     const req = request.raw;
     const res = reply.raw;
-    const ctx = new RequestContext(req, res, request.id, request.log, performance.now());
+    const ctx = new RequestContext(req, res, request.id, this.deps.log, performance.now());
     if (this.deps.isDraining()) res.shouldKeepAlive = false;
     // 'close' comes once per response; `on` spares the once-wrapper per request.
     res.on('close', () => this.complete(ctx));
