@@ -4,8 +4,8 @@ import type { GatewayConfig } from '../../config/schema';
 // One-shot hashing: a Hash object per call (createHash) cost a measurable share of a cache hit.
 const digest = (s: string): string => hash('sha256', s, 'base64url').slice(0, 22);
 
-/** Paths whose generation keys are remembered per route (then the memo starts over). */
-const GENS_MEMO = 4096;
+/** Paths (and URLs) whose generation keys (and entry keys) are remembered per route; then the memo starts over. */
+const MEMO_SIZE = 4096;
 
 /** Length-prefixed, so no value can end one part and start the next: no delimiter collisions. */
 const part = (s: string): string => `${s.length}:${s}`;
@@ -43,6 +43,8 @@ export class CacheKeys {
   private readonly genPrefix: string;
   /** gens() of recent paths: a hit on a hot path hashes nothing for its generation keys. */
   private readonly gensMemo = new Map<string, readonly string[]>();
+  /** entry() of recent requests: a hit on a hot URL hashes nothing. */
+  private readonly entryMemo = new Map<string, string>();
 
   constructor(
     private readonly space: string,
@@ -54,7 +56,15 @@ export class CacheKeys {
   }
 
   entry(host: string, path: string, query: string, consumer: string): string {
-    return `${this.space}e:` + hash('sha256', part(this.route) + part('G') + part(host) + part(path) + part(sortedQuery(query)) + part(consumer), 'base64url');
+    // Unambiguous without hashing: the consumer is length-prefixed, and a Host value cannot hold a
+    // line feed, which ends it. Raw query order: two orders are two memo slots for one key.
+    const memoKey = `${consumer.length}:${consumer}${host}\n${path}${query}`;
+    let key = this.entryMemo.get(memoKey);
+    if (key !== undefined) return key;
+    key = `${this.space}e:` + hash('sha256', part(this.route) + part('G') + part(host) + part(path) + part(sortedQuery(query)) + part(consumer), 'base64url');
+    if (this.entryMemo.size >= MEMO_SIZE) this.entryMemo.clear();
+    this.entryMemo.set(memoKey, key);
+    return key;
   }
 
   /** The key of one variant of the entry at `primary`: the Vary'd header names and values, in name order. */
@@ -72,7 +82,7 @@ export class CacheKeys {
     for (let i = path.indexOf('/', 1); i > 0; i = path.indexOf('/', i + 1)) keys.push(this.prefixGen(path.slice(0, i)));
     if (path.length > 1) keys.push(this.prefixGen(path));
     out = keys;
-    if (this.gensMemo.size >= GENS_MEMO) this.gensMemo.clear();
+    if (this.gensMemo.size >= MEMO_SIZE) this.gensMemo.clear();
     this.gensMemo.set(path, out);
     return out;
   }
