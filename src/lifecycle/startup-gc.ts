@@ -17,7 +17,9 @@ export function collectStartupGarbage(): void {
   // `gc` is only exposed to contexts created while the flag is set; the flag goes back off at once.
   setFlagsFromString('--expose-gc');
   try {
-    (runInNewContext('gc') as () => void)();
+    // A runtime that does not expose it this way only loses the speed-up, never the start.
+    const gc: unknown = runInNewContext('typeof gc === "function" ? gc : undefined');
+    if (typeof gc === 'function') gc();
   } finally {
     setFlagsFromString('--no-expose-gc');
   }
