@@ -11,7 +11,7 @@ export const MemoryStoreSchema = Type.Object(
       minimum: 1,
     }),
     cacheMaxBytes: Type.Integer({
-      description: 'Most bytes of cached responses (bodies and headers) kept; past it the least recently used entries are evicted.',
+      description: 'Most bytes of cached responses (bodies and headers) kept; past it entries are evicted oldest first, each entry read since it was last passed over getting a second chance (an approximation of least recently used that costs a hit nothing).',
       default: 67108864,
       minimum: 1024,
     }),
