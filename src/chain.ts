@@ -42,6 +42,39 @@ function matchPreflight(router: Router<CompiledRoute>, req: IncomingMessage, pat
   return m.kind === 'route' && m.route.answersPreflight ? m : null;
 }
 
+/** Where a run of steps goes: every step let the request through, or one threw or rejected. */
+export interface StepsOutcome {
+  passed(ctx: RequestContext): void;
+  failed(ctx: RequestContext, err: unknown): void;
+}
+
+/**
+ * Runs the route's steps from `from` on, in order: a step that answered ends the run there, an async
+ * step resumes it when it settles. Client requests and the gateway's own (background refreshes) share it.
+ */
+export function runSteps(ctx: RequestContext, from: number, outcome: StepsOutcome): void {
+  const steps = ctx.route.steps;
+  for (let i = from; i < steps.length; i++) {
+    let result: StepResult;
+    try {
+      result = steps[i].run(ctx);
+    } catch (err) {
+      return outcome.failed(ctx, err);
+    }
+    if (result === true) continue;
+    if (result === false) return;
+    const next = i + 1;
+    result.then(
+      (go) => {
+        if (go) runSteps(ctx, next, outcome);
+      },
+      (err: unknown) => outcome.failed(ctx, err),
+    );
+    return;
+  }
+  outcome.passed(ctx);
+}
+
 /** Status logged for a client that went away before it got an answer (nginx's convention). */
 const CLIENT_CLOSED = 499;
 
@@ -58,6 +91,13 @@ const CLIENT_CLOSED = 499;
  *   7. metrics + access log, when the response closes
  */
 export class RequestChain {
+  private readonly outcome: StepsOutcome = {
+    passed: (ctx) => {
+      if (!ctx.res.destroyed) relay(ctx);
+    },
+    failed: (ctx, err) => this.reject(ctx, err),
+  };
+
   constructor(private readonly deps: ChainDeps) {}
 
   readonly handle = (request: FastifyRequest, reply: FastifyReply): void => {
@@ -94,32 +134,8 @@ export class RequestChain {
       ? clientIp.resolve(req.socket.remoteAddress, req.headers['x-forwarded-for'])
       : req.socket.remoteAddress ?? '';
 
-    this.runSteps(ctx, 0);
+    runSteps(ctx, 0, this.outcome);
   };
-
-  private runSteps(ctx: RequestContext, from: number): void {
-    const steps = ctx.route.steps;
-    for (let i = from; i < steps.length; i++) {
-      let result: StepResult;
-      try {
-        result = steps[i].run(ctx);
-      } catch (err) {
-        return this.reject(ctx, err);
-      }
-      if (result === true) continue;
-      if (result === false) return;
-      const next = i + 1;
-      result.then(
-        (go) => {
-          if (go) this.runSteps(ctx, next);
-        },
-        (err: unknown) => this.reject(ctx, err),
-      );
-      return;
-    }
-    if (ctx.res.destroyed) return;
-    relay(ctx);
-  }
 
   private reject(ctx: RequestContext, err: unknown): void {
     if (err instanceof GatewayError) {

@@ -1,6 +1,6 @@
 import { ServerResponse, type IncomingMessage } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import type { Step, StepResult } from '../chain';
+import { runSteps, type Step, type StepsOutcome } from '../chain';
 import { RequestContext } from '../context';
 import type { Resource } from '../plugins';
 import { relay } from './relay';
@@ -43,6 +43,10 @@ export class BackgroundRelays implements Resource {
   readonly name = 'background-relays';
   private readonly active = new Set<RequestContext>();
   private closed = false;
+  private readonly outcome: StepsOutcome = {
+    passed: (ctx) => (this.closed ? void ctx.res.destroy() : relay(ctx)),
+    failed: (ctx, err) => this.drop(ctx, err),
+  };
 
   /**
    * A GET for the resource of `client`, without the client's validators (the caller sets its own)
@@ -73,32 +77,8 @@ export class BackgroundRelays implements Resource {
   run(ctx: RequestContext, after: Step): void {
     this.active.add(ctx);
     ctx.res.once('close', () => this.active.delete(ctx));
-    this.steps(ctx, ctx.route.steps.indexOf(after) + 1);
-  }
-
-  private steps(ctx: RequestContext, from: number): void {
-    const steps = ctx.route.steps;
-    for (let i = from; i < steps.length; i++) {
-      let result: StepResult;
-      try {
-        result = steps[i].run(ctx);
-      } catch (err) {
-        return this.drop(ctx, err);
-      }
-      if (result === true) continue;
-      // A step answered (to nobody): there is nothing to fetch.
-      if (result === false) return;
-      const next = i + 1;
-      result.then(
-        (go) => {
-          if (go) this.steps(ctx, next);
-        },
-        (err: unknown) => this.drop(ctx, err),
-      );
-      return;
-    }
-    if (this.closed) return void ctx.res.destroy();
-    relay(ctx);
+    // A step that answers (to nobody) leaves nothing to fetch.
+    runSteps(ctx, ctx.route.steps.indexOf(after) + 1, this.outcome);
   }
 
   private drop(ctx: RequestContext, err: unknown): void {
