@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { BENCH_API_KEY, BENCH_CONSUMER, BENCH_JWT_SECRET, benchJwt } from './auth';
 import { DIST, freePort, httpReady, startProcess, type Proc } from './harness';
 import { startRedisServer } from './redis';
+import { NODE_FLAGS } from '../src/lifecycle/node-flags';
 
 /** What every server of a bench run can rely on. */
 export interface BenchEnv {
@@ -71,7 +72,7 @@ async function startGatewayProcess(name: string, config: (port: number, adminPor
   writeFileSync(file, JSON.stringify(config(port, adminPort)));
   // --slow-gateway-us (bench:ci's self-test) reaches every gateway process through this variable.
   const preload = process.env.BENCH_SLOW_GATEWAY_US ? ['--require', join(DIST, 'bench/slowdown.js')] : [];
-  const proc = await startProcess(name, [...preload, join(DIST, 'src/main.js'), '--config', file], () => httpReady(`http://127.0.0.1:${adminPort}/readyz`), {
+  const proc = await startProcess(name, [...NODE_FLAGS, ...preload, join(DIST, 'src/main.js'), '--config', file], () => httpReady(`http://127.0.0.1:${adminPort}/readyz`), {
     PORT: '',
   });
   return { baseUrl: `http://127.0.0.1:${port}`, procs: [proc] };

@@ -1,12 +1,13 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
+import { NODE_FLAGS } from '../src/lifecycle/node-flags';
 import { startServices } from './services';
 
 /** `npm run demo`: the two example services plus the gateway CLI on examples/gateway.yaml. */
 async function main(): Promise<void> {
   const servers = await startServices();
   const root = join(__dirname, '..', '..');
-  const gateway = spawn(process.execPath, [join(root, 'dist/src/main.js'), '--config', join(root, 'examples/gateway.yaml')], {
+  const gateway = spawn(process.execPath, [...NODE_FLAGS, join(root, 'dist/src/main.js'), '--config', join(root, 'examples/gateway.yaml')], {
     stdio: 'inherit',
   });
   process.stdout.write(

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=64
 import pino from 'pino';
 import { Gateway } from './app';
 import { ConfigError, formatProblem, loadConfigFile } from './config/load';

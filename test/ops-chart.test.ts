@@ -7,6 +7,7 @@ import Ajv from 'ajv';
 import t from 'tap';
 import YAML from 'yaml';
 import { ConfigError, loadConfigFile, parseConfig } from '../src/config/load';
+import { NODE_FLAGS } from '../src/lifecycle/node-flags';
 import { call } from './helpers/http';
 import { freePort, startRedis } from './helpers/redis';
 
@@ -212,9 +213,13 @@ t.test('Dockerfile: Node 22 slim, multi-stage, production dependencies only, non
   t.ok(user && !/^USER (root|0)\b/.test(user), `runs as a non-root user (${user})`);
   t.ok(finalStage.findIndex((l) => /^USER /.test(l)) < finalStage.findIndex((l) => /^CMD /.test(l)));
   const cmd = JSON.parse(finalStage.find((l) => /^CMD /.test(l))!.slice(4)) as string[];
-  t.same(cmd, ['node', 'dist/src/main.js', '--config', '/etc/gateway/gateway.yaml']);
+  t.same(cmd, ['node', ...NODE_FLAGS, 'dist/src/main.js', '--config', '/etc/gateway/gateway.yaml'], 'the CLI with the gateway\'s Node flags');
   const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
-  t.equal(pkg.bin.gateway, cmd[1], 'the compiled CLI entry');
+  t.equal(pkg.bin.gateway, cmd[1 + NODE_FLAGS.length], 'the compiled CLI entry');
+  const flags = NODE_FLAGS.join(' ');
+  t.equal(readFileSync(join(ROOT, 'src', 'main.ts'), 'utf8').split('\n')[0], `#!/usr/bin/env -S node ${flags}`, 'the bin runs with the same flags');
+  t.match(pkg.scripts.start, `node ${flags} dist/src/main.js`, 'npm start too');
+  t.match(readFileSync(join(ROOT, 'bench', 'scenarios.ts'), 'utf8'), /\.\.\.NODE_FLAGS, \.\.\.preload, join\(DIST, 'src\/main\.js'\)/, 'and the bench');
   t.match(readFileSync(join(ROOT, 'bench', 'scenarios.ts'), 'utf8'), /join\(DIST, 'src\/main\.js'\), '--config'/, 'the command the bench starts');
   const configMap = templates.find((x) => x.file === 'configmap.yaml')!.text;
   t.match(configMap, /gateway\.yaml: \|/, 'the ConfigMap key the image reads, mounted at /etc/gateway');
