@@ -79,11 +79,11 @@ async function startGatewayProcess(name: string, config: (port: number, adminPor
 }
 
 /**
- * The bench route with a rate limit that never rejects (every request pays for a full decision and
- * its five headers), with the memory store or a private redis-server. The CPU per request is the
- * gateway's alone (Redis, like the upstream, is not counted).
+ * The bench routes with one more feature on every route (`extra`), with the memory store or a
+ * private redis-server. The CPU per request is the gateway's alone (Redis, like the upstream, is not
+ * counted).
  */
-function rateLimitedServer(name: string, store: 'memory' | 'redis', autoPipelining = true): ServerSpec {
+function storeServer(name: string, store: 'memory' | 'redis', extra: Record<string, unknown>, autoPipelining = true): ServerSpec {
   return {
     name,
     start: async (env) => {
@@ -93,7 +93,7 @@ function rateLimitedServer(name: string, store: 'memory' | 'redis', autoPipelini
         return {
           ...cfg,
           store: redis ? { type: 'redis', redis: { url: redis.url, autoPipelining } } : { type: 'memory' },
-          routes: cfg.routes.map((r) => ({ ...r, rateLimit: { limits: [{ rate: 1000000000, per: '1h' }] } })),
+          routes: cfg.routes.map((r) => ({ ...r, ...extra })),
         };
       });
       return { baseUrl: running.baseUrl, procs: running.procs, helpers: redis ? [redis.proc] : [] };
@@ -101,35 +101,18 @@ function rateLimitedServer(name: string, store: 'memory' | 'redis', autoPipelini
   };
 }
 
-/**
- * The bench routes with a response cache (the bench upstream answers `public, max-age=60`, so after
- * the first request every request is a hit that never reaches the upstream).
- */
-function cachedServer(name: string, store: 'memory' | 'redis', autoPipelining = true): ServerSpec {
-  return {
-    name,
-    start: async (env) => {
-      const redis = store === 'redis' ? await startRedisServer(`${name}-redis`) : null;
-      const running = await startGatewayProcess(name, (port, adminPort) => {
-        const cfg = gatewayConfig(env, port, adminPort) as { routes: Record<string, unknown>[] };
-        return {
-          ...cfg,
-          store: redis ? { type: 'redis', redis: { url: redis.url, autoPipelining } } : { type: 'memory' },
-          routes: cfg.routes.map((r) => ({ ...r, cache: {} })),
-        };
-      });
-      return { baseUrl: running.baseUrl, procs: running.procs, helpers: redis ? [redis.proc] : [] };
-    },
-  };
-}
+/** A rate limit that never rejects: every request pays for a full decision and its five headers. */
+const RATE_LIMITED = { rateLimit: { limits: [{ rate: 1000000000, per: '1h' }] } };
+/** A response cache: the bench upstream answers `public, max-age=60`, so after the first request every request is a hit. */
+const CACHED = { cache: {} };
 
 export const SERVERS: ServerSpec[] = [
-  cachedServer('gateway-cache-memory', 'memory'),
-  cachedServer('gateway-cache-redis', 'redis'),
-  cachedServer('gateway-cache-redis-no-autopipe', 'redis', false),
-  rateLimitedServer('gateway-rl-memory', 'memory'),
-  rateLimitedServer('gateway-rl-redis', 'redis'),
-  rateLimitedServer('gateway-rl-redis-no-autopipe', 'redis', false),
+  storeServer('gateway-cache-memory', 'memory', CACHED),
+  storeServer('gateway-cache-redis', 'redis', CACHED),
+  storeServer('gateway-cache-redis-no-autopipe', 'redis', CACHED, false),
+  storeServer('gateway-rl-memory', 'memory', RATE_LIMITED),
+  storeServer('gateway-rl-redis', 'redis', RATE_LIMITED),
+  storeServer('gateway-rl-redis-no-autopipe', 'redis', RATE_LIMITED, false),
   {
     name: 'upstream',
     start: async (env) => ({ baseUrl: env.upstreamUrl, procs: [] }),

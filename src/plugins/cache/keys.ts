@@ -7,6 +7,13 @@ const digest = (s: string): string => hash('sha256', s, 'base64url').slice(0, 22
 /** Paths (and URLs) whose generation keys (and entry keys) are remembered per route; then the memo starts over. */
 const MEMO_SIZE = 4096;
 
+/** Stores `value` in a bounded memo; a full memo starts over (the hot keys come straight back). */
+function remember<V>(memo: Map<string, V>, key: string, value: V): V {
+  if (memo.size >= MEMO_SIZE) memo.clear();
+  memo.set(key, value);
+  return value;
+}
+
 /** Length-prefixed, so no value can end one part and start the next: no delimiter collisions. */
 const part = (s: string): string => `${s.length}:${s}`;
 
@@ -59,12 +66,10 @@ export class CacheKeys {
     // Unambiguous without hashing: the consumer is length-prefixed, and a Host value cannot hold a
     // line feed, which ends it. Raw query order: two orders are two memo slots for one key.
     const memoKey = `${consumer.length}:${consumer}${host}\n${path}${query}`;
-    let key = this.entryMemo.get(memoKey);
-    if (key !== undefined) return key;
-    key = `${this.space}e:` + hash('sha256', part(this.route) + part('G') + part(host) + part(path) + part(sortedQuery(query)) + part(consumer), 'base64url');
-    if (this.entryMemo.size >= MEMO_SIZE) this.entryMemo.clear();
-    this.entryMemo.set(memoKey, key);
-    return key;
+    const known = this.entryMemo.get(memoKey);
+    if (known !== undefined) return known;
+    const key = `${this.space}e:` + hash('sha256', part(this.route) + part('G') + part(host) + part(path) + part(sortedQuery(query)) + part(consumer), 'base64url');
+    return remember(this.entryMemo, memoKey, key);
   }
 
   /** The key of one variant of the entry at `primary`: the Vary'd header names and values, in name order. */
@@ -76,15 +81,12 @@ export class CacheKeys {
 
   /** Every generation key an entry for `path` depends on: its route, the exact path, and each path prefix at a segment boundary. */
   gens(path: string): readonly string[] {
-    let out = this.gensMemo.get(path);
-    if (out !== undefined) return out;
+    const known = this.gensMemo.get(path);
+    if (known !== undefined) return known;
     const keys = [this.routeGen, this.exactGen(path), this.prefixGen('/')];
     for (let i = path.indexOf('/', 1); i > 0; i = path.indexOf('/', i + 1)) keys.push(this.prefixGen(path.slice(0, i)));
     if (path.length > 1) keys.push(this.prefixGen(path));
-    out = keys;
-    if (this.gensMemo.size >= MEMO_SIZE) this.gensMemo.clear();
-    this.gensMemo.set(path, out);
-    return out;
+    return remember(this.gensMemo, path, keys);
   }
 
   exactGen(path: string): string {
