@@ -129,10 +129,10 @@ export class RequestChain {
     ctx.route = m.route;
 
     const { clientIp } = runtime;
-    ctx.peerTrusted = clientIp.isTrusted(req.socket.remoteAddress);
-    ctx.clientIp = ctx.peerTrusted
-      ? clientIp.resolve(req.socket.remoteAddress, req.headers['x-forwarded-for'])
-      : req.socket.remoteAddress ?? '';
+    const peer = req.socket.remoteAddress ?? '';
+    ctx.peer = peer;
+    ctx.peerTrusted = clientIp.isTrusted(peer);
+    ctx.clientIp = ctx.peerTrusted ? clientIp.resolve(peer, req.headers['x-forwarded-for']) : peer;
 
     runSteps(ctx, 0, this.outcome);
   };
@@ -154,7 +154,7 @@ export class RequestChain {
     const status = res.headersSent ? res.statusCode : CLIENT_CLOSED;
     // An answer cut short, or given before the request body fully arrived (a 408 from the listener):
     // either way the upstream exchange cannot finish properly.
-    if (ctx.cancel !== null && (!res.writableFinished || !ctx.req.complete)) ctx.cancel();
+    if (ctx.exchange !== null && (!res.writableFinished || !ctx.req.complete)) ctx.exchange.abandon();
     const method = ctx.req.method ?? 'GET';
     (ctx.route ? ctx.route.metrics : this.deps.unrouted).record(method, status, totalMs, ctx.upstreamMs);
     this.deps.accessLog?.write(ctx, method, status, totalMs, res.headersSent && !res.writableFinished);

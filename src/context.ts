@@ -16,6 +16,12 @@ export interface Identity {
   headers?: readonly [string, string][];
 }
 
+/** The upstream exchange of a request, as the chain sees it (the relay's handler). */
+export interface UpstreamExchange {
+  /** The client went away or was answered otherwise: stop talking to the upstream. */
+  abandon(): void;
+}
+
 /**
  * Everything one request carries through the chain. A class (not an object literal) so that
  * every request has the same hidden class and the hot path stays monomorphic.
@@ -27,6 +33,8 @@ export class RequestContext {
   /** Raw query string including its leading '?', or ''. */
   query = '';
   clientIp = '';
+  /** Address of the socket peer (the client, or the proxy in front of the gateway). */
+  peer = '';
   /** The socket peer is a trusted proxy, so its X-Forwarded-* headers are believed. */
   peerTrusted = false;
   identity: Identity | null = null;
@@ -36,8 +44,8 @@ export class RequestContext {
   upstreamMs = -1;
   /** Code of the gateway error that answered this request, for the access log. */
   errorCode: string | null = null;
-  /** Stops the upstream exchange when the client goes away; set by the relay. */
-  cancel: (() => void) | null = null;
+  /** Stopped when the client goes away; set by the relay. */
+  exchange: UpstreamExchange | null = null;
   /** Sees the upstream response as it streams (the cache fill). */
   observer: ResponseObserver | null = null;
   /** Stands in for `req` as the upstream request body (the body-size limit counts bytes through it). */

@@ -18,7 +18,9 @@ class Discard extends ServerResponse {
   }
 
   override end(): this {
-    this.closeOnce();
+    // As with a real response, 'close' comes after end() has returned (the relay may end the
+    // response with the body's last chunk before it reports the exchange complete).
+    process.nextTick(() => this.closeOnce());
     return this;
   }
 
@@ -67,6 +69,7 @@ export class BackgroundRelays implements Resource {
     ctx.path = client.path;
     ctx.query = client.query;
     ctx.clientIp = client.clientIp;
+    ctx.peer = client.peer;
     ctx.peerTrusted = client.peerTrusted;
     ctx.identity = client.identity;
     ctx.upstreamHeaders = client.upstreamHeaders === null ? null : client.upstreamHeaders.slice();
@@ -89,7 +92,7 @@ export class BackgroundRelays implements Resource {
   async close(): Promise<void> {
     this.closed = true;
     for (const ctx of this.active) {
-      ctx.cancel?.();
+      ctx.exchange?.abandon();
       ctx.res.destroy();
     }
     this.active.clear();

@@ -35,6 +35,11 @@ export const RESPONSE_DROP: ReadonlySet<string> = new Set([...HOP_BY_HOP, 'x-req
 
 /** Extra header names listed in a Connection value, beyond the usual keep-alive/close. */
 export function connectionTokens(value: string): string[] | null {
+  // The usual values name no header: no split for them.
+  if (value.length <= 10) {
+    const v = value.toLowerCase();
+    if (v === 'keep-alive' || v === 'close') return null;
+  }
   let out: string[] | null = null;
   for (const raw of value.split(',')) {
     const t = raw.trim().toLowerCase();
@@ -108,12 +113,20 @@ function removeNamed(list: string[], names: ReadonlySet<string>): void {
   list.length = w;
 }
 
+/** What the relay learns about the upstream's response while copying its headers. */
+export interface ResponseHeaderFacts {
+  hasDate: boolean;
+  /** The announced Content-Length, or -1. */
+  contentLength: number;
+}
+
 /**
  * Turns undici's raw response headers (Buffers) into a flat list for res.writeHead, without
- * hop-by-hop headers. Reports whether the upstream sent a Date header.
+ * hop-by-hop headers; fills `facts` when given.
  */
-export function copyResponseHeaders(raw: Buffer[], out: string[]): boolean {
+export function copyResponseHeaders(raw: Buffer[], out: string[], facts: ResponseHeaderFacts | null = null): void {
   let hasDate = false;
+  let contentLength = -1;
   let extra: string[] | null = null;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i].toString('latin1');
@@ -125,9 +138,18 @@ export function copyResponseHeaders(raw: Buffer[], out: string[]): boolean {
       }
       continue;
     }
+    const value = raw[i + 1].toString('latin1');
     if (lower === 'date') hasDate = true;
-    out.push(name, raw[i + 1].toString('latin1'));
+    else if (lower === 'content-length') {
+      // undici has checked the value (digits only); a second Content-Length makes the length unknown here.
+      const n = Number(value);
+      contentLength = contentLength === -1 && Number.isSafeInteger(n) ? n : -2;
+    }
+    out.push(name, value);
   }
   if (extra) removeNamed(out, new Set(extra));
-  return hasDate;
+  if (facts !== null) {
+    facts.hasDate = hasDate;
+    facts.contentLength = contentLength < 0 ? -1 : contentLength;
+  }
 }

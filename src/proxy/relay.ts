@@ -1,9 +1,9 @@
 import { performance } from 'node:perf_hooks';
 import type { Dispatcher } from 'undici';
-import type { RequestContext } from '../context';
+import type { RequestContext, UpstreamExchange } from '../context';
 import { GatewayError, sendProblem } from '../errors';
 import { AttemptHandler, reject } from './attempts';
-import { copyRequestHeaders, copyResponseHeaders, type ClientHeaderFacts } from './headers';
+import { copyRequestHeaders, copyResponseHeaders, type ClientHeaderFacts, type ResponseHeaderFacts } from './headers';
 import { RequestTimeoutError, upstreamErrorCode } from './upstream-errors';
 
 /**
@@ -47,26 +47,33 @@ export interface BodyWrap {
  * wrapping) that streams the upstream response straight into the hijacked Node response.
  * Targets, breakers, queueing and retries are the AttemptHandler's (attempts.ts).
  */
-class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler {
+class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler, UpstreamExchange, ResponseHeaderFacts {
   private resumeUpstream: (() => void) | null = null;
   private timer: NodeJS.Timeout | null = null;
   /** Set when the request must stop before undici handed us its abort function. */
   private pendingAbort: Error | null = null;
   private wrap: BodyWrap | null = null;
   private bodySeen = false;
+  hasDate = false;
+  contentLength = -1;
+  /** Body bytes still to come of an announced Content-Length (-1: unknown length, or wrapped). */
+  private bodyLeft = -1;
+  /** The client's response was ended with the body's last chunk. */
+  private ended = false;
 
-  start(timeoutMs: number): void {
-    const remaining = timeoutMs - (performance.now() - this.ctx.startedAt);
-    this.timer = setTimeout(() => this.onTimeout(timeoutMs), Math.max(1, remaining));
-    this.ctx.cancel = () => this.onClientClose();
+  /** Arms the route's overall deadline (counted from the request's arrival) and the client-close hook. */
+  start(): void {
+    const remaining = this.ctx.route.requestTimeoutMs - (performance.now() - this.ctx.startedAt);
+    this.timer = setTimeout(onRequestTimeout, Math.max(1, remaining), this);
+    this.ctx.exchange = this;
   }
 
-  private onTimeout(timeoutMs: number): void {
+  timedOut(): void {
     this.timer = null;
-    this.cancel(new RequestTimeoutError(timeoutMs));
+    this.cancel(new RequestTimeoutError(this.ctx.route.requestTimeoutMs));
   }
 
-  private onClientClose(): void {
+  abandon(): void {
     if (this.done) return;
     this.finish();
     this.releaseUnsettled();
@@ -114,12 +121,13 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler 
     const res = ctx.res;
     this.resumeUpstream = resume;
     const headers: string[] = [];
-    const hasDate = copyResponseHeaders(rawHeaders, headers);
+    copyResponseHeaders(rawHeaders, headers, this);
     const transform = ctx.route.responseTransform;
     if (transform !== null) this.wrap = transform(ctx, statusCode, headers);
     headers.push('x-request-id', ctx.id);
     if (ctx.responseHeaders !== null) for (const h of ctx.responseHeaders) headers.push(h);
-    res.sendDate = !hasDate;
+    res.sendDate = !this.hasDate;
+    this.bodyLeft = this.wrap === null && ctx.req.method !== 'HEAD' ? this.contentLength : -1;
     try {
       res.writeHead(statusCode, headers);
     } catch {
@@ -141,6 +149,13 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler 
   onData(chunk: Buffer): boolean {
     if (this.wrap !== null) this.bodySeen = true;
     this.ctx.observer?.onData(chunk);
+    if (this.bodyLeft > 0 && (this.bodyLeft -= chunk.length) === 0) {
+      // The last bytes the upstream announced: the response ends with them, in one write. undici
+      // reports the exchange complete right after, in the same parse.
+      this.ended = true;
+      this.ctx.res.end(chunk);
+      return true;
+    }
     if (this.ctx.res.write(chunk)) return true;
     this.ctx.res.once('drain', this.resumeUpstream!);
     return false;
@@ -157,7 +172,7 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler 
     }
     this.settleAnswer(now);
     this.ctx.observer?.onComplete();
-    this.ctx.res.end();
+    if (!this.ended) this.ctx.res.end();
   }
 
   onError(err: Error): void {
@@ -190,6 +205,10 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler 
   }
 }
 
+function onRequestTimeout(handler: RelayHandler): void {
+  handler.timedOut();
+}
+
 /** Forwards the request of `ctx` to the next target of its route's upstream that takes traffic. */
 export function relay(ctx: RequestContext): void {
   const route = ctx.route;
@@ -215,7 +234,7 @@ export function relay(ctx: RequestContext): void {
   const headers: string[] = [];
   copyRequestHeaders(req.rawHeaders, route.dropRequestHeaders, headers, facts);
 
-  const peer = req.socket.remoteAddress ?? '';
+  const peer = ctx.peer;
   const trusted = ctx.peerTrusted;
   const proto = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
   const hostAt = route.config.preserveHost && facts.host ? -1 : headers.length + 1;
@@ -234,7 +253,7 @@ export function relay(ctx: RequestContext): void {
   if (trusted && facts.forwarded) headers.push('forwarded', facts.forwarded);
   if (ctx.upstreamHeaders !== null) for (const h of ctx.upstreamHeaders) headers.push(h);
 
-  handler.start(route.requestTimeoutMs);
+  handler.start();
   ctx.upstreamStartedAt = performance.now();
   handler.send(
     target,
