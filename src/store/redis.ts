@@ -287,8 +287,7 @@ export class RedisStore implements AsyncGateStore, Resource {
     // The Buffer variants (bulk replies as bytes) exist on every ioredis client but are not in its
     // typings; callBuffer loses its command name under auto-pipelining.
     const c = this.client as unknown as BufferScripts;
-    const [head, numKeys, ...rest] = args;
-    return command === 'evalsha' ? c.evalshaBuffer(head, numKeys, ...rest) : c.evalBuffer(head, numKeys, ...rest);
+    return command === 'evalsha' ? c.evalshaBuffer(...args) : c.evalBuffer(...args);
   }
 
   cachePut(key: string, value: Buffer, ttlMs: number): Promise<void> {
@@ -377,6 +376,10 @@ export class ClusterRedisStore extends RedisStore {
   }
 }
 
+function onGateTimeout(call: GateCall): void {
+  call.timedOut();
+}
+
 /** One script call racing its budget; whichever finishes first answers. */
 class GateCall {
   private done = false;
@@ -392,19 +395,22 @@ class GateCall {
   ) {}
 
   start(): void {
-    this.timer = setTimeout(this.onTimeout, this.store.budgetMs);
+    this.timer = setTimeout(onGateTimeout, this.store.budgetMs, this);
     this.startedAt = performance.now();
-    this.store.send('evalsha', this.args).then(this.onReply, this.onError);
+    this.store.send('evalsha', this.args).then(
+      (reply) => this.onReply(reply),
+      (err: unknown) => this.onError(err),
+    );
   }
 
-  private readonly onTimeout = (): void => {
+  timedOut(): void {
     this.timer = null;
     if (this.done) return;
     this.done = true;
     this.resolve(this.store.onFailure('timeout'));
-  };
+  }
 
-  private readonly onReply = (reply: unknown): void => {
+  private onReply(reply: unknown): void {
     this.store.settled(this.startedAt);
     if (this.done) return;
     this.done = true;
@@ -429,23 +435,24 @@ class GateCall {
       maxGen: Number(r[3 + nb]),
     };
     this.resolve({ admitted: r[0] === 1, buckets, cache });
-  };
+  }
 
-  private readonly onError = (err: unknown): void => {
+  private onError(err: unknown): void {
     this.store.settled(this.startedAt);
     if (this.done) return;
     if ((err as Error).message?.startsWith('NOSCRIPT')) {
       this.startedAt = performance.now();
-      this.store.onNoScript(this.args).then(this.onReply, this.onFinalError);
+      this.store.onNoScript(this.args).then(
+        (reply) => this.onReply(reply),
+        (final: unknown) => {
+          this.store.settled(this.startedAt);
+          this.fail(final);
+        },
+      );
       return;
     }
     this.fail(err);
-  };
-
-  private readonly onFinalError = (err: unknown): void => {
-    this.store.settled(this.startedAt);
-    this.fail(err);
-  };
+  }
 
   private fail(err: unknown): void {
     if (this.done) return;

@@ -106,6 +106,32 @@ function headerValue(ctx: RequestContext, name: string): string {
   return v === undefined ? '' : Array.isArray(v) ? v.join(', ') : v;
 }
 
+/** Bytes of entries a route's ReadMemo keeps (Redis store); past it the memo starts over. */
+const READ_MEMO_BYTES = 4 * 1024 * 1024;
+
+/** Per key, the last bytes read and their decoded value, within a byte bound. */
+class ReadMemo {
+  private readonly byKey = new Map<string, { raw: Buffer; value: Entry | VaryMarker }>();
+  private bytes = 0;
+
+  constructor(private readonly maxBytes: number) {}
+
+  decode(key: string, raw: Buffer): Entry | VaryMarker | null {
+    const last = this.byKey.get(key);
+    if (last !== undefined && last.raw.equals(raw)) return last.value;
+    const value = decodeEntry(raw);
+    if (value === null || raw.length > this.maxBytes / 16) return value;
+    if (this.bytes + raw.length > this.maxBytes) {
+      this.byKey.clear();
+      this.bytes = 0;
+    }
+    if (last !== undefined) this.bytes -= last.raw.length;
+    this.byKey.set(key, { raw, value });
+    this.bytes += raw.length;
+    return value;
+  }
+}
+
 /**
  * The response cache of one route: builds the lookup of a request (which rides in the gate call),
  * answers hits, and fills entries by observing the relayed response.
@@ -123,6 +149,11 @@ export class RouteCache {
    * was given, so a hit finds its entry here and parses no JSON; entries leave with their Buffers.
    */
   private readonly decoded: WeakMap<Buffer, Entry | VaryMarker> | null;
+  /**
+   * Redis store: the last bytes read at each key and what they decoded to. A hit brings a new Buffer
+   * every time; when its bytes are the same as last time (a compare) the head is not parsed again.
+   */
+  private readonly lastRead: ReadMemo | null;
 
   constructor(
     private readonly cfg: RouteCacheConfig,
@@ -137,6 +168,7 @@ export class RouteCache {
     this.statuses = new Set(cfg.statuses);
     this.consumerScope = cfg.scope === 'consumer';
     this.decoded = store.kind === 'memory' ? new WeakMap() : null;
+    this.lastRead = store.kind === 'memory' ? null : new ReadMemo(READ_MEMO_BYTES);
     this.markerTtlMs = (cfg.maxTtl + Math.max(cfg.staleIfError, cfg.staleWhileRevalidate, cfg.revalidationTtl)) * 1000;
   }
 
@@ -198,7 +230,7 @@ export class RouteCache {
       this.count(ctx, 'bypass');
       return true;
     }
-    const primary = found.entry === null ? null : this.decode(found.entry);
+    const primary = found.entry === null ? null : this.decode(found.entry, cr.key);
     // Once only: a marker that changes under a second lookup (writers racing) makes a miss.
     if (primary !== null && 'vary' in primary && primary.vary !== cr.vary && !relooked) return this.relook(ctx, cr, primary.vary, step);
     const entry = this.chosen(cr, primary, found.variant);
@@ -256,9 +288,9 @@ export class RouteCache {
     this.background.run(ctx, step);
   }
 
-  private decode(buf: Buffer): Entry | VaryMarker | null {
+  private decode(buf: Buffer, key: string): Entry | VaryMarker | null {
     const memo = this.decoded;
-    if (memo === null) return decodeEntry(buf);
+    if (memo === null) return this.lastRead!.decode(key, buf);
     const known = memo.get(buf);
     if (known !== undefined) return known;
     const value = decodeEntry(buf);
@@ -287,7 +319,7 @@ export class RouteCache {
     }
     // A variant may outlive its marker (evicted): its own Vary'd values still decide. A marker naming other headers is news for the next request.
     if (variant === null || (primary !== null && primary.vary !== cr.vary)) return null;
-    return asEntry(this.decode(variant));
+    return asEntry(this.decode(variant, cr.flight));
   }
 
   /** Vary'd values and credentials allow this entry for this request. */
