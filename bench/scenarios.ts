@@ -128,6 +128,16 @@ export const SERVERS: ServerSpec[] = [
     },
   },
   {
+    name: 'fastify-static',
+    start: async () => {
+      const port = await freePort();
+      const proc = await startProcess('fastify-static', [...NODE_FLAGS, join(DIST, 'bench/static.js'), String(port)], () =>
+        httpReady(`http://127.0.0.1:${port}/api/users/1`),
+      );
+      return { baseUrl: `http://127.0.0.1:${port}`, procs: [proc] };
+    },
+  },
+  {
     name: 'gateway',
     start: (env) => startGatewayProcess('gateway', (port, adminPort) => gatewayConfig(env, port, adminPort)),
   },
@@ -179,6 +189,12 @@ export const SCENARIOS: Scenario[] = [
     name: 'cache-hit-redis-no-autopipe',
     description: 'the same with ioredis auto-pipelining off (store.redis.autoPipelining: false)',
     server: 'gateway-cache-redis-no-autopipe',
+    path: '/api/users/123',
+  },
+  {
+    name: 'fastify-static',
+    description: 'Fastify alone answering the same response from memory: the ceiling of any cache hit (none of the gateway work)',
+    server: 'fastify-static',
     path: '/api/users/123',
   },
 ];
