@@ -175,3 +175,22 @@ t.test('Sentinel mode: the primary is found through a Sentinel', async (t) => {
   t.same(statuses, [200, 200, 429]);
   t.equal((await admin.keys('sn:*')).length, 1, 'the bucket lives on the primary');
 });
+
+t.test('gate calls made in one event-loop turn leave in one write, and each gets its own answer', async (t) => {
+  const store = new RedisStore({ config: redisConfig({ url: redis.url, keyPrefix: 'turn:', autoPipelining: false }), log: quietLog(), metrics: new GatewayMetrics({ processMetrics: false }) });
+  t.teardown(() => store.close());
+  await store.init();
+  const stream = (store.client as Redis).stream;
+  const spec = { burst: 5, intervalUs: 3600e6 / 5, argInterval: String(3600e6 / 5), argBurst: '5' };
+  const before = Number(/total_commands_processed:(\d+)/.exec(await admin.info('stats'))![1]);
+  const calls = Array.from({ length: 20 }, () => store.gate({ keys: ['turn:{k}:a'], specs: [spec] }));
+  t.ok(stream.writableCorked > 0, 'the connection holds its writes while the turn runs');
+  t.ok(stream.writableLength > 0, 'the calls are waiting in it');
+  await new Promise((r) => setImmediate(r));
+  t.equal(stream.writableCorked, 0, 'and lets them go once the turn is over');
+  const answers = await Promise.all(calls);
+  t.equal(answers.filter((a) => a?.admitted === true).length, 5, 'exactly the burst is admitted');
+  t.equal(answers.filter((a) => a?.admitted === false).length, 15);
+  const after = Number(/total_commands_processed:(\d+)/.exec(await admin.info('stats'))![1]);
+  t.ok(after - before >= 20, 'each call reached Redis as a command of its own');
+});

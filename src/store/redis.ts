@@ -89,6 +89,9 @@ export class RedisStore implements AsyncGateStore, Resource {
   private readonly errors: Record<ErrorKind, CounterCell>;
   private readonly latency: HistogramCell;
   private pending = 0;
+  /** One connection (standalone, Sentinel): its writes are gathered per event-loop turn. */
+  private readonly batchWrites: boolean;
+  private corked = false;
   private loading: Promise<void> | null = null;
   /** For logging state changes once instead of once per failed request. */
   private failing = false;
@@ -169,6 +172,7 @@ export class RedisStore implements AsyncGateStore, Resource {
     } else {
       this.client = new Redis(cfg.url!, { ...base, ...(/\/\d+$/.test(cfg.url!) ? {} : { db: cfg.db }) });
     }
+    this.batchWrites = cfg.mode !== 'cluster';
     this.client.on('error', (err: Error) => {
       if (!this.failing) {
         this.failing = true;
@@ -286,8 +290,25 @@ export class RedisStore implements AsyncGateStore, Resource {
     // Buffers for bulk replies: a cached body is bytes, not text.
     // The Buffer variants (bulk replies as bytes) exist on every ioredis client but are not in its
     // typings; callBuffer loses its command name under auto-pipelining.
+    if (this.batchWrites && !this.corked) this.corkUntilNextTurn();
     const c = this.client as unknown as BufferScripts;
     return command === 'evalsha' ? c.evalshaBuffer(...args) : c.evalBuffer(...args);
+  }
+
+  /**
+   * Holds the connection's writes until the event loop has run this turn's I/O callbacks, so the
+   * gate calls of all the requests read in one turn leave in one write (ioredis' auto-pipelining
+   * gathers only the commands of one tick, and every client connection's data is its own tick).
+   */
+  private corkUntilNextTurn(): void {
+    const stream = (this.client as Redis).stream;
+    if (stream === undefined || stream.destroyed) return;
+    this.corked = true;
+    stream.cork();
+    setImmediate(() => {
+      this.corked = false;
+      stream.uncork();
+    });
   }
 
   cachePut(key: string, value: Buffer, ttlMs: number): Promise<void> {
