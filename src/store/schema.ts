@@ -76,8 +76,8 @@ export const RedisStoreSchema = Type.Object(
     }),
     autoPipelining: Type.Boolean({
       description:
-        'ioredis auto-pipelining: gate calls issued in one event-loop turn go out in one write. On measured cheaper for the gateway and for Redis here (npm run bench: ratelimit-redis vs ratelimit-redis-no-autopipe).',
-      default: true,
+        'ioredis auto-pipelining (Cluster mode: commands of one tick to one node go out in one write). Standalone and Sentinel connections gather the gate calls of a whole event-loop turn into one write without it, which measured cheaper than with it here (npm run bench: ratelimit-redis vs ratelimit-redis-autopipe, cache-hit-redis vs cache-hit-redis-autopipe).',
+      default: false,
     }),
   },
   { additionalProperties: false, description: 'Redis connection of the shared store.', default: {} },

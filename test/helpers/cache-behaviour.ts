@@ -201,6 +201,13 @@ export async function cacheBehaviour(t: Test, store: () => Record<string, unknow
     t.equal(up.count('/plain/flight'), 1);
   });
 
+  t.test('a response to revalidate on every use (no-cache) is not shared with the requests that waited for it', async (t) => {
+    const answers = await Promise.all(Array.from({ length: 5 }, () => get('/plain/flight-nc?delay=200&cc=no-cache&etag=x')));
+    t.ok(answers.every((a) => a.status === 200));
+    t.same(answers.map(xc), answers.map(() => 'MISS'), 'none was answered from the cache');
+    t.equal(up.count('/plain/flight-nc'), 5, 'each went to the upstream');
+  });
+
   t.test('a truncated upstream body is not stored; a body over maxBodyBytes is not stored', async (t) => {
     await t.rejects(get('/plain/trunc?trunc=1'));
     await t.rejects(get('/plain/trunc?trunc=1'));
@@ -342,6 +349,8 @@ export async function cacheBehaviour(t: Test, store: () => Record<string, unknow
       stale.map(() => [200, 'STALE', a.body]),
       'every request got the stale entry',
     );
+    // The refresh left with the first stale answer; give it a moment to reach the upstream.
+    for (let i = 0; i < 40 && up.count('/swr/bg') < 2; i++) await new Promise((r) => setTimeout(r, 25));
     t.equal(up.count('/swr/bg'), 2, 'one background refresh reached the upstream');
     const fresh = await untilHit(path);
     t.equal(xc(fresh), 'HIT', 'the refresh landed');

@@ -48,11 +48,14 @@ export interface CacheCells {
 /** One request filling an entry; others for the same key wait on it (single-flight). */
 class Flight {
   readonly promise: Promise<Entry | null>;
+  /** What the flight brought, once it is over; it stays joinable until the store has the entry. */
+  entry: Entry | null = null;
   private resolveFn!: (e: Entry | null) => void;
   constructor() {
     this.promise = new Promise((r) => (this.resolveFn = r));
   }
   resolve(e: Entry | null): void {
+    this.entry = e;
     this.resolveFn(e);
   }
 }
@@ -242,7 +245,10 @@ export class RouteCache {
       if (cr.serve && ageMs < entry.head.l) return this.serve(ctx, entry, 'hit', ageMs);
       staleMs = entry.head.r ? Infinity : ageMs - entry.head.l;
     }
-    const flight = this.flights.get(cr.flight);
+    // A finished flight only stands in for the store until the store has its entry: a lookup that
+    // already found that entry (or a newer one) goes by what it found.
+    const inFlight = this.flights.get(cr.flight);
+    const flight = inFlight !== undefined && usable && inFlight.entry !== null && entry.head.t >= inFlight.entry.head.t ? undefined : inFlight;
     if (usable && cr.serve && staleMs <= this.cfg.staleWhileRevalidate * 1000) {
       // Answered at once; one refresh per key goes upstream behind it.
       if (flight === undefined) this.refresh(ctx, cr, entry, found.clock, step);
@@ -250,7 +256,9 @@ export class RouteCache {
     }
     if (flight !== undefined && cr.serve) {
       return flight.promise.then((e) => {
-        if (e !== null && !ctx.res.destroyed && this.matches(ctx, cr, e.head)) return this.serve(ctx, e, 'hit', e.head.a * 1000);
+        // Shared only while fresh: a response to revalidate on every use (no-cache) answers its own request alone.
+        const ageMs = e === null ? 0 : Date.now() - e.head.t + e.head.a * 1000;
+        if (e !== null && ageMs < e.head.l && !ctx.res.destroyed && this.matches(ctx, cr, e.head)) return this.serve(ctx, e, 'hit', ageMs);
         this.count(ctx, 'miss');
         return true;
       });
