@@ -118,7 +118,7 @@ export class RequestChain {
     ctx.query = q < 0 ? '' : url.slice(q);
 
     const runtime = this.deps.runtime();
-    const host = hostName(req.headers.host);
+    const host = runtime.router.usesHosts ? hostName(req.headers.host) : '';
     const method = req.method ?? 'GET';
     let m = runtime.router.match(path, host, method);
     if (m.kind === 'method-not-allowed' && method === 'OPTIONS') m = matchPreflight(runtime.router, req, path, host) ?? m;

@@ -12,6 +12,8 @@ export type RouteMatch<R> =
 
 interface Candidate<R> {
   route: R;
+  /** The answer when this candidate matches, made once. */
+  matched: RouteMatch<R>;
   exactHosts: Set<string> | null;
   wildcardHosts: string[];
   methods: Set<string> | null;
@@ -23,6 +25,8 @@ function hostMatches<R>(c: Candidate<R>, host: string): boolean {
   for (const suffix of c.wildcardHosts) if (host.endsWith(suffix)) return true;
   return false;
 }
+
+const NOT_FOUND: RouteMatch<never> = Object.freeze({ kind: 'not-found' });
 
 /** Lower-cased host name of a Host header, without the port. */
 export function hostName(header: string | undefined): string {
@@ -43,6 +47,8 @@ export function hostName(header: string | undefined): string {
  */
 export class Router<R extends Routable> {
   private readonly byPrefix = new Map<string, Candidate<R>[]>();
+  /** Some route matches on Host: without one, the Host header plays no part in routing. */
+  readonly usesHosts: boolean;
 
   constructor(routes: readonly R[]) {
     for (const route of routes) {
@@ -50,6 +56,7 @@ export class Router<R extends Routable> {
       const exact = hosts?.filter((h) => !h.startsWith('*.')).map((h) => h.toLowerCase());
       const cand: Candidate<R> = {
         route,
+        matched: Object.freeze({ kind: 'route', route }),
         exactHosts: hosts ? new Set(exact) : null,
         wildcardHosts: hosts?.filter((h) => h.startsWith('*.')).map((h) => h.slice(1).toLowerCase()) ?? [],
         methods: methods ? new Set(methods) : null,
@@ -60,6 +67,7 @@ export class Router<R extends Routable> {
       list.sort((a, b) => Number(b.exactHosts !== null) - Number(a.exactHosts !== null));
       this.byPrefix.set(prefix, list);
     }
+    this.usesHosts = routes.some((r) => r.config.match.hosts !== undefined);
   }
 
   /** `path` must be normalised and without its query string. */
@@ -71,7 +79,7 @@ export class Router<R extends Routable> {
         const found = this.pick(list, host, method);
         if (found) return found;
       }
-      if (candidate === '/') return { kind: 'not-found' };
+      if (candidate === '/') return NOT_FOUND;
       const cut = candidate.lastIndexOf('/');
       candidate = cut <= 0 ? '/' : candidate.slice(0, cut);
     }
@@ -83,7 +91,7 @@ export class Router<R extends Routable> {
     for (const c of list) {
       if (!hostMatches(c, host)) continue;
       hostSeen = true;
-      if (c.methods === null || c.methods.has(method)) return { kind: 'route', route: c.route };
+      if (c.methods === null || c.methods.has(method)) return c.matched;
       allowed ??= new Set();
       for (const m of c.methods) allowed.add(m);
     }
