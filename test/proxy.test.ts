@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { Agent, request } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -287,4 +288,47 @@ t.test('a client that hangs up mid-request aborts the upstream exchange', async 
   s.destroy();
   for (let i = 0; i < 40 && !upstreamClosed; i++) await sleep(25);
   t.ok(upstreamClosed, 'upstream connection released');
+});
+
+t.test('a response with Content-Length arrives whole over many chunks, HEAD gets its headers alone, and the client connection is reused', async (t) => {
+  const size = 4 * 1024 * 1024;
+  const up = await startUpstream((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(size) });
+    if (req.method === 'HEAD') return void res.end();
+    const piece = Buffer.alloc(256 * 1024, 'z');
+    let sent = 0;
+    const push = (): void => {
+      while (sent < size) {
+        sent += piece.length;
+        if (!res.write(piece)) return void res.once('drain', push);
+      }
+      res.end();
+    };
+    push();
+  });
+  const gw = await startGateway({ upstreams: { up: { targets: [up.url] } }, routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up' }] });
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(async () => {
+    agent.destroy();
+    await gw.close();
+    await up.close();
+  });
+  const port = (gw.gateway.server.server.address() as AddressInfo).port;
+  const fetchOn = (method: string) =>
+    new Promise<{ status: number; length: string | undefined; bytes: number; reused: boolean }>((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port, path: '/big', method, agent }, (res) => {
+        let bytes = 0;
+        res.on('data', (c: Buffer) => (bytes += c.length));
+        res.on('end', () => (res.complete ? resolve({ status: res.statusCode ?? 0, length: res.headers['content-length'], bytes, reused: req.reusedSocket }) : reject(new Error('incomplete'))));
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+  const a = await fetchOn('GET');
+  t.same(a, { status: 200, length: String(size), bytes: size, reused: false }, 'every byte, as announced');
+  const b = await fetchOn('HEAD');
+  t.same(b, { status: 200, length: String(size), bytes: 0, reused: true }, 'HEAD: the length, no body, same connection');
+  const c = await fetchOn('GET');
+  t.same(c, { status: 200, length: String(size), bytes: size, reused: true }, 'and the connection still serves whole responses');
 });
