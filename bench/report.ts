@@ -19,6 +19,9 @@ export interface ReportInput {
     /** Ratios of best rounds (absent in results written before they existed). */
     bestVsReference?: number | null;
     bestVsBare?: number | null;
+    /** Medians of same-round ratios (absent in results written before they existed). */
+    pairedVsReference?: number | null;
+    pairedVsBare?: number | null;
     cpuUsPerReq: number | null;
     errors: number;
     non2xx: number;
@@ -120,7 +123,7 @@ export function renderReport(r: ReportInput): string {
   const table = r.scenarios
     .map(
       (s) =>
-        `<tr><td>${esc(s.name)}</td><td>${esc(s.description)}</td><td>${fmt(s.rps)}</td><td>${s.p50}</td><td>${s.p99}</td><td>${s.vsReference?.toFixed(2) ?? '-'}</td><td>${s.vsBare?.toFixed(2) ?? '-'}</td><td>${s.bestVsReference?.toFixed(2) ?? '-'}</td><td>${s.bestVsBare?.toFixed(2) ?? '-'}</td><td>${s.cpuUsPerReq === null ? '-' : fmt(s.cpuUsPerReq)}</td><td>${s.errors}</td><td>${s.non2xx}</td></tr>`,
+        `<tr><td>${esc(s.name)}</td><td>${esc(s.description)}</td><td>${fmt(s.rps)}</td><td>${s.p50}</td><td>${s.p99}</td><td>${s.vsReference?.toFixed(2) ?? '-'}</td><td>${s.vsBare?.toFixed(2) ?? '-'}</td><td>${s.bestVsReference?.toFixed(2) ?? '-'}</td><td>${s.bestVsBare?.toFixed(2) ?? '-'}</td><td>${s.pairedVsReference?.toFixed(2) ?? '-'}</td><td>${s.pairedVsBare?.toFixed(2) ?? '-'}</td><td>${s.cpuUsPerReq === null ? '-' : fmt(s.cpuUsPerReq)}</td><td>${s.errors}</td><td>${s.non2xx}</td></tr>`,
     )
     .join('\n');
   const o = r.options ?? {};
@@ -142,7 +145,7 @@ ${ratio('vsBare', r.bare)}
 ${latency}
 ${cpu}
 <h2>Figures</h2>
-<table><tr><th>scenario</th><th>what</th><th>req/s (median)</th><th>p50 ms</th><th>p99 ms</th><th>× ${esc(r.reference)}</th><th>× ${esc(r.bare)}</th><th>best rounds × ${esc(r.reference)}</th><th>best × ${esc(r.bare)}</th><th>CPU µs/req</th><th>errors</th><th>non-2xx</th></tr>
+<table><tr><th>scenario</th><th>what</th><th>req/s (median)</th><th>p50 ms</th><th>p99 ms</th><th>× ${esc(r.reference)}</th><th>× ${esc(r.bare)}</th><th>best rounds × ${esc(r.reference)}</th><th>best × ${esc(r.bare)}</th><th>paired × ${esc(r.reference)}</th><th>paired × ${esc(r.bare)}</th><th>CPU µs/req</th><th>errors</th><th>non-2xx</th></tr>
 ${table}</table>
 </body></html>
 `;

@@ -95,12 +95,18 @@ export interface ScenarioSummary {
    */
   bestVsReference: number | null;
   bestVsBare: number | null;
+  /**
+   * Median over rounds of the ratio within each round (the scenario's req/s ÷ the baseline's in the
+   * same round, seconds apart): slow drifts of the machine cancel out of each pair.
+   */
+  pairedVsReference: number | null;
+  pairedVsBare: number | null;
   /** Median CPU time of the serving process per request, in µs (null for the bare upstream). */
   cpuUsPerReq: number | null;
   rounds: Measured[];
 }
 
-type Measured = LoadResult & { cpuUsPerReq: number | null };
+type Measured = LoadResult & { cpuUsPerReq: number | null; round: number };
 
 async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
@@ -154,7 +160,7 @@ async function main(): Promise<void> {
         body: s.body,
       });
       const after = cpuOf(s);
-      return { ...r, cpuUsPerReq: before !== null && after !== null && r.requests > 0 ? (after - before) / r.requests : null };
+      return { ...r, cpuUsPerReq: before !== null && after !== null && r.requests > 0 ? (after - before) / r.requests : null, round: -1 };
     };
 
     const slowUs = process.env.BENCH_SLOW_GATEWAY_US;
@@ -170,6 +176,7 @@ async function main(): Promise<void> {
         const order = list.map((_, i) => list[(i + round) % list.length]);
         for (const s of order) {
           const r = await load(s, opts.durationS);
+          r.round = roundNo;
           results.get(s.name)!.push(r);
           const cpu = r.cpuUsPerReq === null ? '' : `  cpu ${r.cpuUsPerReq.toFixed(0)} µs/req`;
           process.stdout.write(`  round ${roundNo + 1} ${s.name.padEnd(24)} ${r.rps.toFixed(0).padStart(7)} req/s  p99 ${r.p99} ms${cpu}\n`);
@@ -183,6 +190,14 @@ async function main(): Promise<void> {
       const bareRps = rpsOf(BARE);
       const refBest = bestOf(REFERENCE);
       const bareBest = bestOf(BARE);
+      const paired = (name: string, base: string): number | null => {
+        const byRound = new Map((results.get(base) ?? []).map((r) => [r.round, r.rps]));
+        const ratios = results
+          .get(name)!
+          .filter((r) => (byRound.get(r.round) ?? 0) > 0)
+          .map((r) => r.rps / byRound.get(r.round)!);
+        return ratios.length > 0 ? median(ratios) : null;
+      };
       return scenarios.map((s) => {
         const rs = results.get(s.name)!;
         const rps = median(rs.map((r) => r.rps));
@@ -198,6 +213,8 @@ async function main(): Promise<void> {
           vsBare: bareRps ? rps / bareRps : null,
           bestVsReference: refBest ? bestOf(s.name) / refBest : null,
           bestVsBare: bareBest ? bestOf(s.name) / bareBest : null,
+          pairedVsReference: paired(s.name, REFERENCE),
+          pairedVsBare: paired(s.name, BARE),
           cpuUsPerReq: rs.every((r) => r.cpuUsPerReq !== null) ? median(rs.map((r) => r.cpuUsPerReq!)) : null,
           rounds: rs,
         };
@@ -229,8 +246,8 @@ async function main(): Promise<void> {
     }
 
     const line = (cells: string[]) => `| ${cells.join(' | ')} |\n`;
-    let table = line(['scenario', 'req/s', 'p50 ms', 'p99 ms', `× ${REFERENCE}`, `× ${BARE}`, 'best rounds × ref', 'best × bare', 'CPU µs/req', 'errors', 'non-2xx']);
-    table += line(['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:']);
+    let table = line(['scenario', 'req/s', 'p50 ms', 'p99 ms', `× ${REFERENCE}`, `× ${BARE}`, 'best rounds × ref', 'best × bare', 'paired × ref', 'paired × bare', 'CPU µs/req', 'errors', 'non-2xx']);
+    table += line(['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:']);
     for (const s of summary) {
       table += line([
         s.name,
@@ -241,6 +258,8 @@ async function main(): Promise<void> {
         s.vsBare?.toFixed(2) ?? '-',
         s.bestVsReference?.toFixed(2) ?? '-',
         s.bestVsBare?.toFixed(2) ?? '-',
+        s.pairedVsReference?.toFixed(2) ?? '-',
+        s.pairedVsBare?.toFixed(2) ?? '-',
         s.cpuUsPerReq?.toFixed(0) ?? '-',
         String(s.errors),
         String(s.non2xx),
