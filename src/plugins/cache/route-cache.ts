@@ -122,15 +122,20 @@ class ReadMemo {
   decode(key: string, raw: Buffer): Entry | VaryMarker | null {
     const last = this.byKey.get(key);
     if (last !== undefined && last.raw.equals(raw)) return last.value;
-    const value = decodeEntry(raw);
-    if (value === null || raw.length > this.maxBytes / 16) return value;
-    if (this.bytes + raw.length > this.maxBytes) {
+    if (raw.length > this.maxBytes / 16) return decodeEntry(raw);
+    // Bytes of its own: `raw` is a view of a whole socket read, which the memo would keep alive.
+    const own = Buffer.allocUnsafeSlow(raw.length);
+    raw.copy(own);
+    const value = decodeEntry(own);
+    if (value === null) return null;
+    if (this.bytes + own.length > this.maxBytes) {
       this.byKey.clear();
       this.bytes = 0;
+    } else if (last !== undefined) {
+      this.bytes -= last.raw.length;
     }
-    if (last !== undefined) this.bytes -= last.raw.length;
-    this.byKey.set(key, { raw, value });
-    this.bytes += raw.length;
+    this.byKey.set(key, { raw: own, value });
+    this.bytes += own.length;
     return value;
   }
 }
