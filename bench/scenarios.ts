@@ -101,6 +101,18 @@ function storeServer(name: string, store: 'memory' | 'redis', extra: Record<stri
   };
 }
 
+/** A bench-only server (not the gateway) started with `args` on a free port, ready once it answers. */
+function benchServer(name: string, args: (port: number, env: BenchEnv) => string[]): ServerSpec {
+  return {
+    name,
+    start: async (env) => {
+      const port = await freePort();
+      const proc = await startProcess(name, args(port, env), () => httpReady(`http://127.0.0.1:${port}/api/users/1`));
+      return { baseUrl: `http://127.0.0.1:${port}`, procs: [proc] };
+    },
+  };
+}
+
 /** A rate limit that never rejects: every request pays for a full decision and its five headers. */
 const RATE_LIMITED = { rateLimit: { limits: [{ rate: 1000000000, per: '1h' }] } };
 /** A response cache: the bench upstream answers `public, max-age=60`, so after the first request every request is a hit. */
@@ -117,26 +129,8 @@ export const SERVERS: ServerSpec[] = [
     name: 'upstream',
     start: async (env) => ({ baseUrl: env.upstreamUrl, procs: [] }),
   },
-  {
-    name: 'http-proxy',
-    start: async (env) => {
-      const port = await freePort();
-      const proc = await startProcess('http-proxy', [join(DIST, 'bench/reference.js'), String(port), env.upstreamUrl], () =>
-        httpReady(`http://127.0.0.1:${port}/api/users/1`),
-      );
-      return { baseUrl: `http://127.0.0.1:${port}`, procs: [proc] };
-    },
-  },
-  {
-    name: 'fastify-static',
-    start: async () => {
-      const port = await freePort();
-      const proc = await startProcess('fastify-static', [...NODE_FLAGS, join(DIST, 'bench/static.js'), String(port)], () =>
-        httpReady(`http://127.0.0.1:${port}/api/users/1`),
-      );
-      return { baseUrl: `http://127.0.0.1:${port}`, procs: [proc] };
-    },
-  },
+  benchServer('http-proxy', (port, env) => [join(DIST, 'bench/reference.js'), String(port), env.upstreamUrl]),
+  benchServer('fastify-static', (port) => [...NODE_FLAGS, join(DIST, 'bench/static.js'), String(port)]),
   {
     name: 'gateway',
     start: (env) => startGatewayProcess('gateway', (port, adminPort) => gatewayConfig(env, port, adminPort)),

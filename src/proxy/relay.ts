@@ -58,8 +58,6 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
   contentLength = -1;
   /** Body bytes still to come of an announced Content-Length (-1: unknown length, or wrapped). */
   private bodyLeft = -1;
-  /** The client's response was ended with the body's last chunk. */
-  private ended = false;
 
   /** Arms the route's overall deadline (counted from the request's arrival) and the client-close hook. */
   start(): void {
@@ -127,7 +125,7 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
     headers.push('x-request-id', ctx.id);
     if (ctx.responseHeaders !== null) for (const h of ctx.responseHeaders) headers.push(h);
     res.sendDate = !this.hasDate;
-    this.bodyLeft = this.wrap === null && ctx.req.method !== 'HEAD' ? this.contentLength : -1;
+    this.bodyLeft = this.wrap === null ? this.contentLength : -1;
     try {
       res.writeHead(statusCode, headers);
     } catch {
@@ -152,7 +150,6 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
     if (this.bodyLeft > 0 && (this.bodyLeft -= chunk.length) === 0) {
       // The last bytes the upstream announced: the response ends with them, in one write. undici
       // reports the exchange complete right after, in the same parse.
-      this.ended = true;
       this.ctx.res.end(chunk);
       return true;
     }
@@ -172,7 +169,7 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
     }
     this.settleAnswer(now);
     this.ctx.observer?.onComplete();
-    if (!this.ended) this.ctx.res.end();
+    if (!this.ctx.res.writableEnded) this.ctx.res.end();
   }
 
   onError(err: Error): void {
