@@ -1,6 +1,6 @@
 import type { RouteConfig } from './config/schema';
 import type { Upstream } from './proxy/upstreams';
-import { REQUEST_DROP } from './proxy/headers';
+import { HeaderNames, REQUEST_DROP } from './proxy/headers';
 import type { Step } from './chain';
 import type { RouteMetrics } from './observability/metrics';
 import type { ResponseTransform } from './proxy/relay';
@@ -32,7 +32,7 @@ export class CompiledRoute {
   readonly rewrite: (path: string) => string;
   readonly requestTimeoutMs: number;
   /** Client headers never forwarded on this route. */
-  readonly dropRequestHeaders: Set<string>;
+  readonly dropRequestHeaders: HeaderNames;
   readonly metrics: RouteMetrics;
   /** The chain steps this route runs between routing and the relay, in order. */
   steps: Step[] = [];
@@ -48,7 +48,7 @@ export class CompiledRoute {
     this.upstream = upstream;
     this.rewrite = compileRewrite(config);
     this.requestTimeoutMs = upstream.config.timeouts.requestMs;
-    this.dropRequestHeaders = new Set(REQUEST_DROP);
+    this.dropRequestHeaders = new HeaderNames(REQUEST_DROP);
   }
 
   /** Chains `t` after the transforms already registered; the last body wrap returned wins. */

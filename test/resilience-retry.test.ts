@@ -35,6 +35,7 @@ t.test('a failed GET is retried on the other target: resets, gateway errors and 
     const res = await call(gw.url, `/reset/${i}`);
     t.equal(res.status, 200);
     t.equal(res.json().url, `/reset/${i}`);
+    t.equal(res.json().host, new URL(b.url).host, 'the retry carries the Host of the target it went to');
   }
   t.ok(a.hits >= 3, `a was tried (${a.hits})`);
   t.equal(b.hits, 6, 'every request ended on b');

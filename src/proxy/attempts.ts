@@ -21,11 +21,9 @@ export abstract class AttemptHandler implements Ticket {
   /** The current attempt was let through a half-open breaker (Ticket). */
   probe = false;
   protected target!: Target;
-  /** What each attempt sends; only the path and Host change from one target to the next. */
+  /** What each attempt sends; only the path changes from one target to the next (undici writes each target's Host). */
   private opts!: Dispatcher.DispatchOptions;
   private upstreamPath = '';
-  /** Index of the Host value in opts.headers, or -1 when the client's Host is preserved. */
-  private hostAt = -1;
   private hasBody = false;
   protected status = 0;
   /** The outcome of the current attempt reached the target's breaker. */
@@ -47,10 +45,9 @@ export abstract class AttemptHandler implements Ticket {
   protected abstract cancel(err: Error): void;
 
   /** The first attempt; `opts.path` is filled in per target. */
-  send(target: Target, opts: Dispatcher.DispatchOptions, upstreamPath: string, hostAt: number): void {
+  send(target: Target, opts: Dispatcher.DispatchOptions, upstreamPath: string): void {
     this.opts = opts;
     this.upstreamPath = upstreamPath;
-    this.hostAt = hostAt;
     this.hasBody = opts.body !== null;
     this.dispatch(target);
   }
@@ -67,7 +64,6 @@ export abstract class AttemptHandler implements Ticket {
     state.inFlight++;
     const opts = this.opts;
     opts.path = target.basePath + this.upstreamPath;
-    if (this.hostAt >= 0) (opts.headers as string[])[this.hostAt] = target.host;
     target.pool.dispatch(opts, this);
   }
 

@@ -3,6 +3,58 @@
  * header named in Connection stay on their hop. Names are compared in lower case.
  */
 
+/** Slot of a header name's shape (its length and first letter, in any case) in HeaderNames. */
+function shape(name: string): number {
+  const n = name.length;
+  return (n < 63 ? n : 63) * 32 + (name.charCodeAt(0) & 31);
+}
+
+/** `name` equals the lower-case `lower` but for the case of ASCII letters. */
+function sameName(name: string, lower: string): boolean {
+  if (name.length !== lower.length) return false;
+  for (let i = 0; i < lower.length; i++) {
+    const a = name.charCodeAt(i);
+    const b = lower.charCodeAt(i);
+    if (a !== b && !(b >= 0x61 && b <= 0x7a && (a | 0x20) === b)) return false;
+  }
+  return true;
+}
+
+/**
+ * A set of header names compared without regard to case, that finds a name without lowering or
+ * hashing it: only the members of the same length and first letter are compared, and on the
+ * relay's path nearly every header has none. (toLowerCase and a hash of a fresh string per header
+ * were a visible share of the hot path.)
+ */
+export class HeaderNames implements Iterable<string> {
+  private readonly slots: (string[] | undefined)[] = new Array(64 * 32).fill(undefined);
+  private readonly names: string[] = [];
+
+  constructor(names: Iterable<string> = []) {
+    for (const n of names) this.add(n);
+  }
+
+  add(name: string): this {
+    const lower = name.toLowerCase();
+    if (this.find(lower) !== null) return this;
+    this.names.push(lower);
+    (this.slots[shape(lower)] ??= []).push(lower);
+    return this;
+  }
+
+  /** The member `name` is (in lower case), or null. */
+  find(name: string): string | null {
+    const candidates = this.slots[shape(name)];
+    if (candidates === undefined) return null;
+    for (const c of candidates) if (sameName(name, c)) return c;
+    return null;
+  }
+
+  [Symbol.iterator](): Iterator<string> {
+    return this.names[Symbol.iterator]();
+  }
+}
+
 export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'connection',
   'keep-alive',
@@ -33,13 +85,14 @@ export const REQUEST_DROP: ReadonlySet<string> = new Set([
 /** Headers never copied back from the upstream: hop-by-hop ones and the request id the gateway owns. */
 export const RESPONSE_DROP: ReadonlySet<string> = new Set([...HOP_BY_HOP, 'x-request-id']);
 
+/** What copyResponseHeaders looks at: the dropped names, and the two it reports. */
+const RESPONSE_NOTED = new HeaderNames([...RESPONSE_DROP, 'date', 'content-length']);
+const CONTENT_LENGTH = new HeaderNames(['content-length']);
+
 /** Extra header names listed in a Connection value, beyond the usual keep-alive/close. */
 export function connectionTokens(value: string): string[] | null {
   // The usual values name no header: no split for them.
-  if (value.length <= 10) {
-    const v = value.toLowerCase();
-    if (v === 'keep-alive' || v === 'close') return null;
-  }
+  if (sameName(value, 'keep-alive') || sameName(value, 'close')) return null;
   let out: string[] | null = null;
   for (const raw of value.split(',')) {
     const t = raw.trim().toLowerCase();
@@ -64,39 +117,40 @@ export interface ClientHeaderFacts {
  * Copies a Node rawHeaders list ([name, value, name, value, ...]) into `out`, leaving out `drop` and
  * headers named in Connection; the values the relay sets itself are reported through `facts`.
  */
-export function copyRequestHeaders(raw: string[], drop: ReadonlySet<string>, out: string[], facts: ClientHeaderFacts): void {
+export function copyRequestHeaders(raw: string[], drop: HeaderNames, out: string[], facts: ClientHeaderFacts): void {
   let extra: string[] | null = null;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i];
-    const lower = name.toLowerCase();
-    if (!drop.has(lower)) {
-      if (lower === 'content-length' && raw[i + 1] !== '0') facts.hasBody = true;
-      out.push(name, raw[i + 1]);
+    const value = raw[i + 1];
+    const dropped = drop.find(name);
+    if (dropped === null) {
+      if (value !== '0' && CONTENT_LENGTH.find(name) !== null) facts.hasBody = true;
+      out.push(name, value);
       continue;
     }
-    switch (lower) {
+    switch (dropped) {
       case 'transfer-encoding':
         facts.hasBody = true;
         break;
       case 'connection': {
-        const tokens = connectionTokens(raw[i + 1]);
+        const tokens = connectionTokens(value);
         if (tokens) extra = extra ? extra.concat(tokens) : tokens;
         break;
       }
       case 'host':
-        facts.host ??= raw[i + 1];
+        facts.host ??= value;
         break;
       case 'x-forwarded-for':
-        facts.xForwardedFor = facts.xForwardedFor === undefined ? raw[i + 1] : `${facts.xForwardedFor}, ${raw[i + 1]}`;
+        facts.xForwardedFor = facts.xForwardedFor === undefined ? value : `${facts.xForwardedFor}, ${value}`;
         break;
       case 'x-forwarded-proto':
-        facts.xForwardedProto ??= raw[i + 1];
+        facts.xForwardedProto ??= value;
         break;
       case 'x-forwarded-host':
-        facts.xForwardedHost ??= raw[i + 1];
+        facts.xForwardedHost ??= value;
         break;
       case 'forwarded':
-        facts.forwarded = facts.forwarded === undefined ? raw[i + 1] : `${facts.forwarded}, ${raw[i + 1]}`;
+        facts.forwarded = facts.forwarded === undefined ? value : `${facts.forwarded}, ${value}`;
         break;
     }
   }
@@ -130,22 +184,24 @@ export function copyResponseHeaders(raw: Buffer[], out: string[], facts: Respons
   let extra: string[] | null = null;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i].toString('latin1');
-    const lower = name.toLowerCase();
-    if (RESPONSE_DROP.has(lower)) {
-      if (lower === 'connection') {
+    const noted = RESPONSE_NOTED.find(name);
+    if (noted === null) {
+      out.push(name, raw[i + 1].toString('latin1'));
+      continue;
+    }
+    if (noted === 'date') hasDate = true;
+    else if (noted === 'content-length') {
+      // undici has checked the value (digits only); a second Content-Length makes the length unknown here.
+      const n = Number(raw[i + 1].toString('latin1'));
+      contentLength = contentLength === -1 && Number.isSafeInteger(n) ? n : -2;
+    } else {
+      if (noted === 'connection') {
         const tokens = connectionTokens(raw[i + 1].toString('latin1'));
         if (tokens) extra = extra ? extra.concat(tokens) : tokens;
       }
       continue;
     }
-    const value = raw[i + 1].toString('latin1');
-    if (lower === 'date') hasDate = true;
-    else if (lower === 'content-length') {
-      // undici has checked the value (digits only); a second Content-Length makes the length unknown here.
-      const n = Number(value);
-      contentLength = contentLength === -1 && Number.isSafeInteger(n) ? n : -2;
-    }
-    out.push(name, value);
+    out.push(name, raw[i + 1].toString('latin1'));
   }
   if (extra) removeNamed(out, new Set(extra));
   if (facts !== null) {

@@ -234,10 +234,10 @@ export function relay(ctx: RequestContext): void {
   const peer = ctx.peer;
   const trusted = ctx.peerTrusted;
   const proto = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
-  const hostAt = route.config.preserveHost && facts.host ? -1 : headers.length + 1;
+  // Without a Host of ours, undici writes its pool's own (the target's host), made once per pool:
+  // one header less to validate per request, and a retry on another target gets that target's.
+  if (route.config.preserveHost && facts.host) headers.push('host', facts.host);
   headers.push(
-    'host',
-    route.config.preserveHost && facts.host ? facts.host : target.host,
     'x-forwarded-for',
     trusted && facts.xForwardedFor ? `${facts.xForwardedFor}, ${peer}` : peer,
     'x-forwarded-proto',
@@ -261,6 +261,5 @@ export function relay(ctx: RequestContext): void {
       body: facts.hasBody ? (ctx.body ?? req) : null,
     },
     route.rewrite(ctx.path) + ctx.query,
-    hostAt,
   );
 }

@@ -11,8 +11,6 @@ export class Target {
   readonly origin: string;
   /** Path of the target URL without its trailing slash ('' for the root). */
   readonly basePath: string;
-  /** Host header sent upstream unless the route preserves the client's. */
-  readonly host: string;
   readonly pool: Pool;
   /** TCP/TLS options of the pool, for the health checker's own connections. */
   readonly connectOptions: buildConnector.BuildOptions;
@@ -24,7 +22,6 @@ export class Target {
     this.url = url;
     this.origin = u.origin;
     this.basePath = u.pathname === '/' ? '' : u.pathname.replace(/\/$/, '');
-    this.host = u.host;
     this.state = new TargetState(upstream, url, cfg, events);
     const { pool, timeouts, tls } = cfg;
     this.connectOptions = {

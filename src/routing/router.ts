@@ -72,7 +72,9 @@ export class Router<R extends Routable> {
 
   /** `path` must be normalised and without its query string. */
   match(path: string, host: string, method: string): RouteMatch<R> {
-    let candidate = path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path;
+    // Character loops rather than endsWith/lastIndexOf, which V8 runs as calls into its runtime.
+    let end = path.length > 1 && path.charCodeAt(path.length - 1) === 47 /* / */ ? path.length - 1 : path.length;
+    let candidate = end === path.length ? path : path.slice(0, end);
     for (;;) {
       const list = this.byPrefix.get(candidate);
       if (list !== undefined) {
@@ -80,8 +82,9 @@ export class Router<R extends Routable> {
         if (found) return found;
       }
       if (candidate === '/') return NOT_FOUND;
-      const cut = candidate.lastIndexOf('/');
-      candidate = cut <= 0 ? '/' : candidate.slice(0, cut);
+      do end--;
+      while (end > 0 && path.charCodeAt(end) !== 47);
+      candidate = end <= 0 ? '/' : path.slice(0, end);
     }
   }
 

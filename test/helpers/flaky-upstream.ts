@@ -66,7 +66,7 @@ export async function startFlakyUpstream(opts: { healthPath?: string } = {}): Pr
     const b = bursts.shift() ?? behaviour;
     switch (b.kind) {
       case 'ok': {
-        const body = JSON.stringify({ ok: true, n: hits, method: req.method, url: req.url });
+        const body = JSON.stringify({ ok: true, n: hits, method: req.method, url: req.url, host: req.headers.host });
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
         res.end(body);
         return;

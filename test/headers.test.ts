@@ -1,0 +1,48 @@
+import t from 'tap';
+import { HeaderNames, REQUEST_DROP, copyRequestHeaders, copyResponseHeaders, type ClientHeaderFacts, type ResponseHeaderFacts } from '../src/proxy/headers';
+
+const noFacts = (): ClientHeaderFacts => ({ host: undefined, xForwardedFor: undefined, xForwardedProto: undefined, xForwardedHost: undefined, forwarded: undefined, hasBody: false });
+
+t.test('header name sets find names in any case, and only their members', async (t) => {
+  const set = new HeaderNames(['Connection', 'x-api-key', 'connection']);
+  for (const n of ['connection', 'CONNECTION', 'Connection']) t.equal(set.find(n), 'connection', n);
+  t.equal(set.find('X-Api-Key'), 'x-api-key');
+  t.equal(set.find('user-agent'), null, 'same length, other first letter');
+  t.equal(set.find('content-type'), null, 'other length');
+  t.equal(set.find('cookie-jar'), null, 'same shape as a member, another name');
+  t.equal(set.find('connectioN'), 'connection');
+  t.equal(set.find('connection\u0000'.slice(0, 10)), 'connection');
+  t.equal(set.find('c0nnection'), null);
+  const long = 'x-' + 'a'.repeat(80);
+  set.add(long.toUpperCase());
+  t.equal(set.find(long), long, 'names longer than the shape table');
+  t.equal(set.find(long + 'b'), null);
+  t.same([...set], ['connection', 'x-api-key', long], 'each name once, in lower case');
+});
+
+t.test('request headers: dropped in any case, the relay facts read, the body announced', async (t) => {
+  const out: string[] = [];
+  const facts = noFacts();
+  copyRequestHeaders(
+    ['Host', 'a.example', 'User-Agent', 'ua', 'CONNECTION', 'keep-alive, X-Hop', 'x-hop', '1', 'X-Forwarded-For', '10.0.0.1', 'x-forwarded-for', '10.0.0.2', 'Content-Length', '5', 'TE', 'trailers', 'Accept', '*/*'],
+    new HeaderNames(REQUEST_DROP),
+    out,
+    facts,
+  );
+  t.same(out, ['User-Agent', 'ua', 'Content-Length', '5', 'Accept', '*/*']);
+  t.equal(facts.host, 'a.example');
+  t.equal(facts.xForwardedFor, '10.0.0.1, 10.0.0.2');
+  t.equal(facts.hasBody, true);
+  const empty = noFacts();
+  copyRequestHeaders(['CONTENT-LENGTH', '0'], new HeaderNames(REQUEST_DROP), [], empty);
+  t.equal(empty.hasBody, false, 'Content-Length: 0 announces no body');
+});
+
+t.test('response headers: hop-by-hop and named ones dropped in any case, Date and Content-Length noted', async (t) => {
+  const raw = ['Content-Type', 'text/plain', 'DATE', 'x', 'Content-Length', '12', 'Keep-Alive', 'timeout=5', 'Connection', 'X-Gone', 'x-gone', '1', 'X-Request-Id', 'theirs'].map((s) => Buffer.from(s, 'latin1'));
+  const out: string[] = [];
+  const facts: ResponseHeaderFacts = { hasDate: false, contentLength: -1 };
+  copyResponseHeaders(raw, out, facts);
+  t.same(out, ['Content-Type', 'text/plain', 'DATE', 'x', 'Content-Length', '12']);
+  t.same(facts, { hasDate: true, contentLength: 12 });
+});
