@@ -1,5 +1,6 @@
 import t from 'tap';
-import { HeaderNames, REQUEST_DROP, copyRequestHeaders, copyResponseHeaders, type ClientHeaderFacts, type ResponseHeaderFacts } from '../src/proxy/headers';
+import { HeaderStrings } from '../src/proxy/header-strings';
+import { HeaderNames, REQUEST_DROP, copyRequestHeaders, copyResponseHeaders, responseHeaderKind, type ClientHeaderFacts, type ResponseHeaderFacts } from '../src/proxy/headers';
 
 const noFacts = (): ClientHeaderFacts => ({ host: undefined, xForwardedFor: undefined, xForwardedProto: undefined, xForwardedHost: undefined, forwarded: undefined, hasBody: false });
 
@@ -45,4 +46,41 @@ t.test('response headers: hop-by-hop and named ones dropped in any case, Date an
   copyResponseHeaders(raw, out, facts);
   t.same(out, ['Content-Type', 'text/plain', 'DATE', 'x', 'Content-Length', '12']);
   t.same(facts, { hasDate: true, contentLength: 12 });
+});
+
+t.test('response header strings kept per target give the same headers as fresh ones, whatever changes', async (t) => {
+  const strings = new HeaderStrings(responseHeaderKind);
+  const bytes = (pairs: string[]) => pairs.map((s) => Buffer.from(s, 'latin1'));
+  const responses: string[][] = [];
+  for (let i = 0; i < 300; i++) {
+    responses.push([
+      'Content-Type', i % 3 === 0 ? 'text/plain' : 'application/json',
+      'Content-Length', String(i % 7),
+      'Date', `Sat, 05 Dec 2026 09:00:${String(i % 60).padStart(2, '0')} GMT`,
+      'ETag', `"v${i}"`,
+      'Connection', i % 5 === 0 ? 'close, X-Gone' : 'keep-alive',
+      'X-Gone', 'hop',
+      'X-A', 'a', 'X-B', 'b', `X-N${i % 40}`, String(i),
+      'Set-Cookie', 'c='.padEnd(200 + (i % 3), 'x'),
+      'X-Caf\u00e9', '\u00e9t\u00e9',
+    ]);
+  }
+  for (const r of responses) {
+    const fresh: string[] = [];
+    const freshFacts: ResponseHeaderFacts = { hasDate: false, contentLength: -1 };
+    copyResponseHeaders(bytes(r), fresh, freshFacts);
+    const kept: string[] = [];
+    const keptFacts: ResponseHeaderFacts = { hasDate: false, contentLength: -1 };
+    copyResponseHeaders(bytes(r), kept, keptFacts, strings);
+    if (JSON.stringify(kept) !== JSON.stringify(fresh) || JSON.stringify(keptFacts) !== JSON.stringify(freshFacts)) {
+      t.same(kept, fresh, 'same headers');
+      t.same(keptFacts, freshFacts, 'same facts');
+      return;
+    }
+  }
+  t.pass('300 responses: identical headers and facts with and without kept strings');
+  const a = strings.name(Buffer.from('X-A'));
+  t.equal(strings.name(Buffer.from('X-A')), a, 'a name seen before is the same object');
+  t.equal(a.valueFor(Buffer.from('a')), 'a');
+  t.equal(a.valueFor(Buffer.from('b')), 'b', 'a changed value is read anew');
 });

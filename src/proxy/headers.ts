@@ -3,32 +3,23 @@
  * header named in Connection stay on their hop. Names are compared in lower case.
  */
 
+import type { HeaderStrings, KnownName } from './header-strings';
+
 /** Slot of a header name's shape (its length and first letter, in any case) in HeaderNames. */
 function shape(name: string): number {
   const n = name.length;
   return (n < 63 ? n : 63) * 32 + (name.charCodeAt(0) & 31);
 }
 
-/** `name` equals the lower-case `lower` but for the case of ASCII letters. */
-function sameName(name: string, lower: string): boolean {
-  if (name.length !== lower.length) return false;
-  for (let i = 0; i < lower.length; i++) {
-    const a = name.charCodeAt(i);
-    const b = lower.charCodeAt(i);
-    if (a !== b && !(b >= 0x61 && b <= 0x7a && (a | 0x20) === b)) return false;
-  }
-  return true;
-}
-
 /**
- * A set of header names compared without regard to case, that finds a name without lowering or
- * hashing it: only the members of the same length and first letter are compared, and on the
- * relay's path nearly every header has none. (toLowerCase and a hash of a fresh string per header
- * were a visible share of the hot path.)
+ * A set of header names compared without regard to case, that rules most names out without
+ * lowering or hashing them: a name is lowered and looked up only when some member has its length
+ * and first letter, and on the relay's path nearly every header has none. (toLowerCase and a hash
+ * of a fresh string per header were a visible share of the hot path.)
  */
 export class HeaderNames implements Iterable<string> {
-  private readonly slots: (string[] | undefined)[] = new Array(64 * 32).fill(undefined);
-  private readonly names: string[] = [];
+  private readonly shapes = new Uint8Array(64 * 32);
+  private readonly names = new Set<string>();
 
   constructor(names: Iterable<string> = []) {
     for (const n of names) this.add(n);
@@ -36,18 +27,16 @@ export class HeaderNames implements Iterable<string> {
 
   add(name: string): this {
     const lower = name.toLowerCase();
-    if (this.find(lower) !== null) return this;
-    this.names.push(lower);
-    (this.slots[shape(lower)] ??= []).push(lower);
+    this.names.add(lower);
+    this.shapes[shape(lower)] = 1;
     return this;
   }
 
   /** The member `name` is (in lower case), or null. */
   find(name: string): string | null {
-    const candidates = this.slots[shape(name)];
-    if (candidates === undefined) return null;
-    for (const c of candidates) if (sameName(name, c)) return c;
-    return null;
+    if (this.shapes[shape(name)] === 0) return null;
+    const lower = name.toLowerCase();
+    return this.names.has(lower) ? lower : null;
   }
 
   [Symbol.iterator](): Iterator<string> {
@@ -89,10 +78,18 @@ export const RESPONSE_DROP: ReadonlySet<string> = new Set([...HOP_BY_HOP, 'x-req
 const RESPONSE_NOTED = new HeaderNames([...RESPONSE_DROP, 'date', 'content-length']);
 const CONTENT_LENGTH = new HeaderNames(['content-length']);
 
+/** How copyResponseHeaders treats a response header name: its lower-case form when it looks at it, else null. */
+export function responseHeaderKind(name: string): string | null {
+  return RESPONSE_NOTED.find(name);
+}
+
 /** Extra header names listed in a Connection value, beyond the usual keep-alive/close. */
 export function connectionTokens(value: string): string[] | null {
   // The usual values name no header: no split for them.
-  if (sameName(value, 'keep-alive') || sameName(value, 'close')) return null;
+  if (value.length <= 10) {
+    const v = value.toLowerCase();
+    if (v === 'keep-alive' || v === 'close') return null;
+  }
   let out: string[] | null = null;
   for (const raw of value.split(',')) {
     const t = raw.trim().toLowerCase();
@@ -176,32 +173,40 @@ export interface ResponseHeaderFacts {
 
 /**
  * Turns undici's raw response headers (Buffers) into a flat list for res.writeHead, without
- * hop-by-hop headers; fills `facts` when given.
+ * hop-by-hop headers; fills `facts` when given. `strings` (the target's) reuses the strings of
+ * header bytes seen before.
  */
-export function copyResponseHeaders(raw: Buffer[], out: string[], facts: ResponseHeaderFacts | null = null): void {
+export function copyResponseHeaders(raw: Buffer[], out: string[], facts: ResponseHeaderFacts | null = null, strings: HeaderStrings | null = null): void {
   let hasDate = false;
   let contentLength = -1;
   let extra: string[] | null = null;
   for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i].toString('latin1');
-    const noted = RESPONSE_NOTED.find(name);
-    if (noted === null) {
-      out.push(name, raw[i + 1].toString('latin1'));
-      continue;
-    }
-    if (noted === 'date') hasDate = true;
-    else if (noted === 'content-length') {
-      // undici has checked the value (digits only); a second Content-Length makes the length unknown here.
-      const n = Number(raw[i + 1].toString('latin1'));
-      contentLength = contentLength === -1 && Number.isSafeInteger(n) ? n : -2;
+    let known: KnownName | null = null;
+    let name: string;
+    let kind: string | null;
+    if (strings !== null) {
+      known = strings.name(raw[i]);
+      name = known.text;
+      kind = known.kind;
     } else {
-      if (noted === 'connection') {
-        const tokens = connectionTokens(raw[i + 1].toString('latin1'));
+      name = raw[i].toString('latin1');
+      kind = RESPONSE_NOTED.find(name);
+    }
+    if (kind !== null && kind !== 'date' && kind !== 'content-length') {
+      if (kind === 'connection') {
+        const tokens = connectionTokens(known !== null ? known.valueFor(raw[i + 1]) : raw[i + 1].toString('latin1'));
         if (tokens) extra = extra ? extra.concat(tokens) : tokens;
       }
       continue;
     }
-    out.push(name, raw[i + 1].toString('latin1'));
+    const value = known !== null ? known.valueFor(raw[i + 1]) : raw[i + 1].toString('latin1');
+    if (kind === 'date') hasDate = true;
+    else if (kind === 'content-length') {
+      // undici has checked the value (digits only); a second Content-Length makes the length unknown here.
+      const n = Number(value);
+      contentLength = contentLength === -1 && Number.isSafeInteger(n) ? n : -2;
+    }
+    out.push(name, value);
   }
   if (extra) removeNamed(out, new Set(extra));
   if (facts !== null) {

@@ -119,7 +119,7 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
     const res = ctx.res;
     this.resumeUpstream = resume;
     const headers: string[] = [];
-    copyResponseHeaders(rawHeaders, headers, this);
+    copyResponseHeaders(rawHeaders, headers, this, this.target.headerStrings);
     const transform = ctx.route.responseTransform;
     if (transform !== null) this.wrap = transform(ctx, statusCode, headers);
     headers.push('x-request-id', ctx.id);

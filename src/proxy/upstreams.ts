@@ -2,6 +2,8 @@ import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { Pool, buildConnector } from 'undici';
 import type { UpstreamConfig } from '../config/schema';
+import { HeaderStrings } from './header-strings';
+import { responseHeaderKind } from './headers';
 import { RetryPolicy, watchSocket } from './retry';
 import { NO_EVENTS, TargetState, type ResilienceEvents, type Ticket } from './target-state';
 
@@ -16,6 +18,8 @@ export class Target {
   readonly connectOptions: buildConnector.BuildOptions;
   /** Breaker, health and load of this target: what decides whether it takes traffic. */
   readonly state: TargetState;
+  /** Strings of the response header bytes this target sent before (the relay's, on the hot path). */
+  readonly headerStrings = new HeaderStrings(responseHeaderKind);
 
   constructor(url: string, cfg: UpstreamConfig, upstream: string, events: ResilienceEvents) {
     const u = new URL(url);
