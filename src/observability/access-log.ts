@@ -7,6 +7,8 @@ const FLUSH_BYTES = 64 * 1024;
 /** Room past FLUSH_BYTES for the line that crosses it; a longer line is written on its own. */
 const LINE_ROOM = 16 * 1024;
 const FLUSH_MS = 200;
+/** Durations below this many hundredths of a millisecond (100 ms) keep their printed form. */
+const MILLIS_KEPT = 10000;
 
 const TWO_DIGITS: readonly string[] = Array.from({ length: 100 }, (_, i) => (i < 10 ? '0' : '') + String(i));
 
@@ -43,6 +45,8 @@ function plainPath(path: string): boolean {
 export class AccessLog {
   private readonly bytes = Buffer.allocUnsafe(FLUSH_BYTES + LINE_ROOM);
   private used = 0;
+  /** Every line in the batch is ASCII. */
+  private batchAscii = true;
   private readonly prefix: string;
   private readonly timer: NodeJS.Timeout;
   private readonly stream: { write(chunk: string): unknown };
@@ -52,6 +56,13 @@ export class AccessLog {
 
   /** The line's fixed opening is ASCII (a host name could be not). */
   private readonly asciiPrefix: boolean;
+  private readonly methodPieces = new Map<string, string>();
+  /** By status code (Node only sends 100-999). */
+  private readonly statusPieces: string[] = [];
+  /** By route name: routes come from the configuration, so these are few. */
+  private readonly routePieces = new Map<string, string>();
+  /** Durations as printed, by hundredths of a millisecond, below MILLIS_KEPT. */
+  private readonly millisText: string[] = [];
 
   constructor(logger: FastifyBaseLogger) {
     this.stream = (logger as unknown as Record<symbol, { write(chunk: string): unknown }>)[pino.symbols.streamSym];
@@ -71,11 +82,13 @@ export class AccessLog {
       this.head = `${this.prefix}${now},"reqId":"`;
     }
     const ascii = this.asciiPrefix && plainPath(ctx.path);
+    // The fixed parts around each value come from tables filled as they are first needed: fewer
+    // pieces to join per line (each join is an allocation), and no number printed twice.
     let line = ascii
-      ? `${this.head}${ctx.id}","method":"${method}","path":"${ctx.path}","status":${status},"ms":${millis(ms)}`
+      ? `${this.head}${ctx.id}${this.methodPiece(method)}${ctx.path}${this.statusPiece(status)}${this.millis(ms)}`
       : `${this.head}${ctx.id}","method":"${method}","path":${JSON.stringify(ctx.path)},"status":${status},"ms":${millis(ms)}`;
-    if (ctx.route !== undefined) line += `,"route":"${ctx.route.name}"`;
-    if (ctx.upstreamMs >= 0) line += `,"upstreamMs":${millis(ctx.upstreamMs)}`;
+    if (ctx.route !== undefined) line += this.routePiece(ctx.route.name);
+    if (ctx.upstreamMs >= 0) line += `,"upstreamMs":${this.millis(ctx.upstreamMs)}`;
     if (ctx.clientIp) line += `,"client":"${ctx.clientIp}"`;
     if (ctx.errorCode !== null) line += `,"error":"${ctx.errorCode}"`;
     if (truncated) line += ',"truncated":true';
@@ -86,14 +99,49 @@ export class AccessLog {
       this.stream.write(line);
       return;
     }
-    this.used += ascii ? this.bytes.write(line, this.used, 'latin1') : this.bytes.write(line, this.used);
+    if (ascii) this.used += this.bytes.write(line, this.used, 'latin1');
+    else {
+      this.used += this.bytes.write(line, this.used);
+      this.batchAscii = false;
+    }
     if (this.used >= FLUSH_BYTES) this.flush();
+  }
+
+  /** `","method":"GET","path":"`: from the end of the request id to the start of a plain path. */
+  private methodPiece(method: string): string {
+    let piece = this.methodPieces.get(method);
+    if (piece === undefined) {
+      piece = `","method":"${method}","path":"`;
+      if (this.methodPieces.size < 64) this.methodPieces.set(method, piece);
+    }
+    return piece;
+  }
+
+  /** `","status":200,"ms":`: from the end of a plain path to the duration. */
+  private statusPiece(status: number): string {
+    return (this.statusPieces[status] ??= `","status":${status},"ms":`);
+  }
+
+  private routePiece(name: string): string {
+    let piece = this.routePieces.get(name);
+    if (piece === undefined) {
+      piece = `,"route":"${name}"`;
+      if (this.routePieces.size < 4096) this.routePieces.set(name, piece);
+    }
+    return piece;
+  }
+
+  private millis(ms: number): string {
+    const x = Math.round(ms * 100);
+    return x >= 0 && x < MILLIS_KEPT ? (this.millisText[x] ??= millis(ms)) : millis(ms);
   }
 
   flush(): void {
     if (this.used === 0) return;
-    const chunk = this.bytes.toString('utf8', 0, this.used);
+    // Decoding ASCII as Latin-1 is a plain copy; as UTF-8 it is checked byte by byte.
+    const chunk = this.bytes.toString(this.batchAscii ? 'latin1' : 'utf8', 0, this.used);
     this.used = 0;
+    this.batchAscii = true;
     this.stream.write(chunk);
   }
 
