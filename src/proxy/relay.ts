@@ -3,6 +3,7 @@ import type { Dispatcher } from 'undici';
 import type { RequestContext, UpstreamExchange } from '../context';
 import { GatewayError, sendProblem } from '../errors';
 import { AttemptHandler, reject } from './attempts';
+import type { Timed } from './deadlines';
 import { copyRequestHeaders, copyResponseHeaders, type ClientHeaderFacts, type ResponseHeaderFacts } from './headers';
 import { RequestTimeoutError, upstreamErrorCode } from './upstream-errors';
 
@@ -47,9 +48,12 @@ export interface BodyWrap {
  * wrapping) that streams the upstream response straight into the hijacked Node response.
  * Targets, breakers, queueing and retries are the AttemptHandler's (attempts.ts).
  */
-class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler, UpstreamExchange, ResponseHeaderFacts {
+class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler, UpstreamExchange, ResponseHeaderFacts, Timed {
   private resumeUpstream: (() => void) | null = null;
-  private timer: NodeJS.Timeout | null = null;
+  deadlineAt = 0;
+  deadlineSlot = -1;
+  deadlinePrev: Timed | null = null;
+  deadlineNext: Timed | null = null;
   /** Set when the request must stop before undici handed us its abort function. */
   private pendingAbort: Error | null = null;
   private wrap: BodyWrap | null = null;
@@ -61,13 +65,12 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
 
   /** Arms the route's overall deadline (counted from the request's arrival) and the client-close hook. */
   start(): void {
-    const remaining = this.ctx.route.requestTimeoutMs - (performance.now() - this.ctx.startedAt);
-    this.timer = setTimeout(onRequestTimeout, Math.max(1, remaining), this);
+    const route = this.ctx.route;
+    route.upstream.deadlines.arm(this, this.ctx.startedAt + route.requestTimeoutMs);
     this.ctx.exchange = this;
   }
 
-  timedOut(): void {
-    this.timer = null;
+  deadlinePassed(): void {
     this.cancel(new RequestTimeoutError(this.ctx.route.requestTimeoutMs));
   }
 
@@ -195,15 +198,11 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
 
   protected finish(): number {
     this.done = true;
-    if (this.timer !== null) clearTimeout(this.timer);
+    this.ctx.route.upstream.deadlines.disarm(this);
     const now = performance.now();
     this.ctx.upstreamMs = now - this.ctx.upstreamStartedAt;
     return now;
   }
-}
-
-function onRequestTimeout(handler: RelayHandler): void {
-  handler.timedOut();
 }
 
 /** Forwards the request of `ctx` to the next target of its route's upstream that takes traffic. */

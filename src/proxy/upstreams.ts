@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { Pool, buildConnector } from 'undici';
 import type { UpstreamConfig } from '../config/schema';
+import { Deadlines } from './deadlines';
 import { HeaderStrings } from './header-strings';
 import { responseHeaderKind } from './headers';
 import { RetryPolicy, watchSocket } from './retry';
@@ -59,6 +60,8 @@ export class Upstream {
   readonly config: UpstreamConfig;
   readonly retry: RetryPolicy;
   readonly events: ResilienceEvents;
+  /** Overall deadlines (timeouts.requestMs) of the requests relayed to this upstream. */
+  readonly deadlines = new Deadlines();
   private cursor = 0;
 
   constructor(name: string, cfg: UpstreamConfig, events: ResilienceEvents = NO_EVENTS) {
@@ -95,6 +98,7 @@ export class Upstream {
 
   async close(): Promise<void> {
     await Promise.all(this.targets.map((t) => t.pool.close()));
+    this.deadlines.close();
   }
 }
 
