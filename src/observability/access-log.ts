@@ -3,9 +3,8 @@ import pino from 'pino';
 import type { FastifyBaseLogger } from 'fastify';
 import type { RequestContext } from '../context';
 
-const FLUSH_BYTES = 64 * 1024;
-/** Room past FLUSH_BYTES for the line that crosses it; a longer line is written on its own. */
-const LINE_ROOM = 16 * 1024;
+/** A batch is written once its lines hold this many characters. */
+const FLUSH_CHARS = 64 * 1024;
 const FLUSH_MS = 200;
 /** Durations below this many hundredths of a millisecond (100 ms) keep their printed form. */
 const MILLIS_KEPT = 10000;
@@ -25,7 +24,7 @@ function millis(ms: number): string {
   return frac === 0 ? String(whole) : `${whole}.${frac % 10 === 0 ? String((frac / 10) | 0) : TWO_DIGITS[frac]}`;
 }
 
-/** The path needs no JSON escape and is ASCII (so is the whole line: every other value is a token). */
+/** The path can go into the line as it is: printable ASCII without quotes or backslashes. */
 function plainPath(path: string): boolean {
   for (let i = 0; i < path.length; i++) {
     const c = path.charCodeAt(i);
@@ -38,15 +37,15 @@ function plainPath(path: string): boolean {
  * The per-request access line, in the same JSON shape as the gateway's pino lines and written to the
  * same destination. Built as a string and written in batches: going through pino per request cost a
  * measurable share of the gateway's CPU per request (see the bench's gateway-no-access-log scenario).
- * Each line is encoded into the batch's bytes while its pieces are still in the CPU cache: a batch
- * kept as one long string was flattened at flush, a visible share of the request path's CPU. A plain
- * ASCII line (nearly every one) is encoded as Latin-1, which spares measuring it for UTF-8 first.
+ * A batch is a list of lines joined once at flush (one copy of each line's characters): encoding
+ * each line into a byte buffer as it came, then decoding the batch back to a string for the
+ * destination, cost three copies (0.50 against 0.32 µs per line in isolation, same instruction count
+ * in the gateway).
  */
 export class AccessLog {
-  private readonly bytes = Buffer.allocUnsafe(FLUSH_BYTES + LINE_ROOM);
+  private lines: string[] = [];
+  /** Characters in `lines`. */
   private used = 0;
-  /** Every line in the batch is ASCII. */
-  private batchAscii = true;
   private readonly prefix: string;
   private readonly timer: NodeJS.Timeout;
   private readonly stream: { write(chunk: string): unknown };
@@ -54,8 +53,6 @@ export class AccessLog {
   private head = '';
   private headAt = -1;
 
-  /** The line's fixed opening is ASCII (a host name could be not). */
-  private readonly asciiPrefix: boolean;
   private readonly methodPieces = new Map<string, string>();
   /** By status code (Node only sends 100-999). */
   private readonly statusPieces: string[] = [];
@@ -67,7 +64,6 @@ export class AccessLog {
   constructor(logger: FastifyBaseLogger) {
     this.stream = (logger as unknown as Record<symbol, { write(chunk: string): unknown }>)[pino.symbols.streamSym];
     this.prefix = `{"level":30,"pid":${process.pid},"hostname":${JSON.stringify(hostname())},"time":`;
-    this.asciiPrefix = /^[\x00-\x7f]*$/.test(this.prefix);
     this.timer = setInterval(() => this.flush(), FLUSH_MS);
     this.timer.unref();
   }
@@ -81,10 +77,10 @@ export class AccessLog {
       this.headAt = now;
       this.head = `${this.prefix}${now},"reqId":"`;
     }
-    const ascii = this.asciiPrefix && plainPath(ctx.path);
+    const plain = plainPath(ctx.path);
     // The fixed parts around each value come from tables filled as they are first needed: fewer
     // pieces to join per line (each join is an allocation), and no number printed twice.
-    let line = ascii
+    let line = plain
       ? `${this.head}${ctx.id}${this.methodPiece(method)}${ctx.path}${this.statusPiece(status)}${this.millis(ms)}`
       : `${this.head}${ctx.id}","method":"${method}","path":${JSON.stringify(ctx.path)},"status":${status},"ms":${millis(ms)}`;
     if (ctx.route !== undefined) line += this.routePiece(ctx.route.name);
@@ -93,18 +89,9 @@ export class AccessLog {
     if (ctx.errorCode !== null) line += `,"error":"${ctx.errorCode}"`;
     if (truncated) line += ',"truncated":true';
     line += ',"msg":"request completed"}\n';
-    // UTF-8 takes at most 3 bytes per UTF-16 unit.
-    if (line.length * 3 > LINE_ROOM) {
-      this.flush();
-      this.stream.write(line);
-      return;
-    }
-    if (ascii) this.used += this.bytes.write(line, this.used, 'latin1');
-    else {
-      this.used += this.bytes.write(line, this.used);
-      this.batchAscii = false;
-    }
-    if (this.used >= FLUSH_BYTES) this.flush();
+    this.lines.push(line);
+    this.used += line.length;
+    if (this.used >= FLUSH_CHARS) this.flush();
   }
 
   /** `","method":"GET","path":"`: from the end of the request id to the start of a plain path. */
@@ -138,10 +125,9 @@ export class AccessLog {
 
   flush(): void {
     if (this.used === 0) return;
-    // Decoding ASCII as Latin-1 is a plain copy; as UTF-8 it is checked byte by byte.
-    const chunk = this.bytes.toString(this.batchAscii ? 'latin1' : 'utf8', 0, this.used);
+    const chunk = this.lines.join('');
+    this.lines = [];
     this.used = 0;
-    this.batchAscii = true;
     this.stream.write(chunk);
   }
 
