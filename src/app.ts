@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { unwatchFile, watchFile } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import pino from 'pino';
@@ -19,6 +18,7 @@ import { UpstreamRegistry } from './proxy/upstreams';
 import type { Plugin, PluginContext, Resource } from './plugins';
 import { serverLimitOptions } from './plugins/policies/server-limits';
 import { keyStoreFor } from './plugins/auth';
+import { RequestIds } from './request-ids';
 import { Runtime } from './runtime';
 import type { GateStore } from './store/types';
 import { diffRoutes, restartOnlyChanges, type ReloadResult } from './lifecycle/reload';
@@ -32,12 +32,6 @@ export interface GatewayOptions {
   configFile?: string;
   /** Extra plugins that run before the configured ones (embedding, and tests that need an identity). */
   plugins?: (ctx: PluginContext) => Plugin[];
-}
-
-const SANE_REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
-
-function requestIdFor(incoming: string | string[] | undefined): string {
-  return typeof incoming === 'string' && SANE_REQUEST_ID.test(incoming) ? incoming : randomUUID();
 }
 
 /** Every method Node's parser accepts is proxied; Fastify only needs to be told about the unusual ones. */
@@ -71,6 +65,7 @@ export class Gateway {
   private readonly upstreamEvents: UpstreamMetrics;
   private readonly healthChecks: HealthChecker;
   private readonly accessLog: AccessLog | null;
+  private readonly requestIds = new RequestIds();
   private readonly readiness: ReadinessCheck[] = [];
   private readonly resources: Resource[] = [];
   /** Resources registered but not yet initialised (init runs before they see traffic). */
@@ -93,9 +88,9 @@ export class Gateway {
     this.server = Fastify({
       logger: false,
       requestIdHeader: false,
-      genReqId: (req) => requestIdFor(req.headers['x-request-id']),
+      genReqId: (req) => this.requestIds.for(req.headers['x-request-id']),
       // Header size and client timeouts, and problem+json for what Node answers on the socket.
-      ...serverLimitOptions(config.policies.limits, () => this.log, requestIdFor),
+      ...serverLimitOptions(config.policies.limits, () => this.log, this.requestIds.for),
       exposeHeadRoutes: false,
       // Malformed URLs are rejected by Fastify's router before the chain runs: answer them in our shape.
       frameworkErrors: (error, request, reply) => {
