@@ -25,17 +25,25 @@ export interface Proc {
   stop(): Promise<void>;
 }
 
-/** Starts a node process and waits until `ready` says it is up (bounded: 20 s). */
+/** How startProcess runs a process: node itself by default, within 20 s. */
+export interface StartOptions {
+  /** The program to run, `args` being its arguments (a valgrind tool wrapping node, say). */
+  command?: string;
+  readyWithinMs?: number;
+}
+
+/** Starts a node process and waits until `ready` says it is up (bounded: 20 s unless told otherwise). */
 export async function startProcess(
   name: string,
   args: string[],
   ready: () => Promise<boolean>,
   env: NodeJS.ProcessEnv = {},
+  opts: StartOptions = {},
 ): Promise<Proc> {
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
+  const child = spawn(opts.command ?? process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-  const deadline = Date.now() + 20000;
+  const deadline = Date.now() + (opts.readyWithinMs ?? 20000);
   while (!(await ready().catch(() => false))) {
     if (child.exitCode !== null) throw new Error(`${name} exited early (${child.exitCode}): ${stderr}`);
     if (Date.now() > deadline) {

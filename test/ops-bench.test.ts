@@ -151,3 +151,26 @@ t.test('bench:ci fails when the gateway is slowed on purpose', async (t) => {
   t.same(result.scenarios.map((s) => s.name).sort(), ['gateway', 'http-proxy'], 'only the asked scenario and its baselines ran');
   t.match(readFileSync(html, 'utf8'), /bench:ci floors: FAILED/, 'the chart shows the failure too');
 });
+
+const valgrindMissing = spawnSync('valgrind', ['--version']).status !== 0;
+
+t.test('bench:instructions counts the instructions of a request of the bare route', { skip: valgrindMissing && 'valgrind not installed (apt-get install valgrind)' }, async (t) => {
+  const script = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).scripts['bench:instructions'] as string;
+  t.equal(script, 'npm run build && node dist/bench/instructions.js');
+  const built = join(ROOT, 'dist', 'bench', 'instructions.js');
+  if (!existsSync(built) || statSync(built).mtimeMs < newestSource(['src', 'bench'])) {
+    const tsc = spawnSync(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', 'tsconfig.json'], { cwd: ROOT, encoding: 'utf8', timeout: 110000 });
+    t.equal(tsc.status, 0, `build: ${tsc.stdout}${tsc.stderr}`);
+  }
+  // Few requests: the JIT has not settled, so the count is several times a warm one's; the tool's
+  // parts (valgrind, the counting switch, the dump) are what this checks.
+  const run = spawnSync(process.execPath, [built, '--warmup=300', '--requests=200', '--connections=5'], { cwd: ROOT, encoding: 'utf8', timeout: 150000 });
+  t.equal(run.status, 0, run.stderr);
+  const m = /^gateway: (\d+) instructions per request \(200 requests counted after 300 to warm up, 5 connections\)$/m.exec(run.stdout);
+  t.ok(m, run.stdout);
+  const perRequest = Number(m?.[1]);
+  t.ok(perRequest > 50000 && perRequest < 20000000, `a plausible count: ${perRequest}`);
+  const bad = spawnSync(process.execPath, [built, '--requests=0'], { cwd: ROOT, encoding: 'utf8' });
+  t.equal(bad.status, 1);
+  t.match(bad.stderr, /bad option --requests=0/);
+});

@@ -1,0 +1,139 @@
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DIST, freePort, httpReady, startProcess, type Proc } from './harness';
+import { NODE_FLAGS } from '../src/lifecycle/node-flags';
+
+/**
+ * Instructions per request of one server on the bench's bare route, counted by valgrind's callgrind.
+ * On this shared 2-core machine wall-clock and CPU figures of identical runs differ by tens of
+ * percent; instruction counts of the same build agree within about 1.5 %, which makes them the
+ * measure for before/after decisions on the hot path (they do not see cache and memory effects, so
+ * confirm a gain with `npm run bench`). The server runs under callgrind with counting off, takes
+ * `--warmup` requests (the JIT settles), then counts `--requests` requests; only user-space
+ * instructions of the server's process are counted.
+ *
+ *   npm run bench:instructions -- [--server=gateway|http-proxy] [--warmup=30000] [--requests=10000] [--connections=20]
+ */
+
+interface Options {
+  server: 'gateway' | 'http-proxy';
+  warmup: number;
+  requests: number;
+  connections: number;
+}
+
+function parseArgs(argv: string[]): Options {
+  const opts: Options = { server: 'gateway', warmup: 30000, requests: 10000, connections: 20 };
+  for (const arg of argv) {
+    const [k, v] = arg.replace(/^--/, '').split('=');
+    if (k === 'server' && (v === 'gateway' || v === 'http-proxy')) opts.server = v;
+    else if ((k === 'warmup' || k === 'requests' || k === 'connections') && Number(v) > 0) opts[k] = Number(v);
+    else throw new Error(`bad option ${arg} (known: --server=gateway|http-proxy --warmup=N --requests=N --connections=N)`);
+  }
+  return opts;
+}
+
+function hasCommand(cmd: string): boolean {
+  try {
+    execFileSync(cmd, ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Sends exactly `amount` requests (autocannon in its own process). */
+function load(url: string, amount: number, connections: number): Promise<void> {
+  const bin = require.resolve('autocannon/autocannon.js');
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [bin, '-c', String(connections), '-a', String(amount), '-j', url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.on('exit', () => {
+      try {
+        const r = JSON.parse(out) as { errors: number; non2xx: number; requests: { total: number } };
+        if (r.errors > 0 || r.non2xx > 0) reject(new Error(`${r.errors} errors and ${r.non2xx} non-2xx answers under load`));
+        else resolve();
+      } catch {
+        reject(new Error('autocannon failed'));
+      }
+    });
+  });
+}
+
+/** The instruction total of a callgrind dump, once the file is complete. */
+async function dumpedTotal(file: string): Promise<number> {
+  for (let i = 0; i < 600; i++) {
+    if (existsSync(file)) {
+      const m = /^totals: (\d+)/m.exec(readFileSync(file, 'utf8'));
+      if (m) return Number(m[1]);
+    }
+    await sleep(100);
+  }
+  throw new Error(`callgrind wrote no dump to ${file}`);
+}
+
+async function main(): Promise<void> {
+  const opts = parseArgs(process.argv.slice(2));
+  for (const cmd of ['valgrind', 'callgrind_control']) {
+    if (!hasCommand(cmd)) throw new Error(`${cmd} is not installed (Debian: apt-get install valgrind)`);
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'gw-instructions-'));
+  const procs: Proc[] = [];
+  try {
+    const upPort = await freePort();
+    const upstreamUrl = `http://127.0.0.1:${upPort}`;
+    procs.push(await startProcess('upstream', [join(DIST, 'bench/upstream.js'), String(upPort)], () => httpReady(`${upstreamUrl}/api/users/1`)));
+
+    const port = await freePort();
+    let serverArgs: string[];
+    if (opts.server === 'gateway') {
+      const file = join(dir, 'gateway.json');
+      writeFileSync(
+        file,
+        JSON.stringify({
+          listen: { host: '127.0.0.1', port },
+          admin: { host: '127.0.0.1', port: await freePort() },
+          shutdown: { drainDelayMs: 0 },
+          upstreams: { users: { targets: [upstreamUrl] } },
+          routes: [{ name: 'users', match: { prefix: '/api/users' }, upstream: 'users' }],
+        }),
+      );
+      serverArgs = [...NODE_FLAGS, join(DIST, 'src/main.js'), '--config', file];
+    } else {
+      serverArgs = [join(DIST, 'bench/reference.js'), String(port), upstreamUrl];
+    }
+    const out = join(dir, 'callgrind.out');
+    const url = `http://127.0.0.1:${port}/api/users/123`;
+    const server = await startProcess(
+      opts.server,
+      ['--tool=callgrind', '--instr-atstart=no', '--smc-check=all-non-file', `--callgrind-out-file=${out}`, process.execPath, ...serverArgs],
+      () => httpReady(url),
+      { PORT: '' },
+      { command: 'valgrind', readyWithinMs: 180000 },
+    );
+    procs.push(server);
+    const pid = String(server.child.pid);
+
+    await load(url, opts.warmup, opts.connections);
+    execFileSync('callgrind_control', ['--instr=on', pid], { stdio: 'ignore' });
+    await load(url, opts.requests, opts.connections);
+    execFileSync('callgrind_control', ['--dump', pid], { stdio: 'ignore' });
+    const total = await dumpedTotal(`${out}.1`);
+    const perRequest = Math.round(total / opts.requests);
+    process.stdout.write(
+      `${opts.server}: ${perRequest} instructions per request (${opts.requests} requests counted after ${opts.warmup} to warm up, ${opts.connections} connections)\n`,
+    );
+  } finally {
+    for (const p of procs.reverse()) await p.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});
