@@ -12,7 +12,6 @@ t.test('header name sets find names in any case, and only their members', async 
   t.equal(set.find('content-type'), null, 'other length');
   t.equal(set.find('cookie-jar'), null, 'same shape as a member, another name');
   t.equal(set.find('connectioN'), 'connection');
-  t.equal(set.find('connection\u0000'.slice(0, 10)), 'connection');
   t.equal(set.find('c0nnection'), null);
   const long = 'x-' + 'a'.repeat(80);
   set.add(long.toUpperCase());
@@ -43,12 +42,12 @@ t.test('response headers: hop-by-hop and named ones dropped in any case, Date an
   const raw = ['Content-Type', 'text/plain', 'DATE', 'x', 'Content-Length', '12', 'Keep-Alive', 'timeout=5', 'Connection', 'X-Gone', 'x-gone', '1', 'X-Request-Id', 'theirs'].map((s) => Buffer.from(s, 'latin1'));
   const out: string[] = [];
   const facts: ResponseHeaderFacts = { hasDate: false, contentLength: -1 };
-  copyResponseHeaders(raw, out, facts);
+  copyResponseHeaders(raw, out, new HeaderStrings(responseHeaderKind), facts);
   t.same(out, ['Content-Type', 'text/plain', 'DATE', 'x', 'Content-Length', '12']);
   t.same(facts, { hasDate: true, contentLength: 12 });
 });
 
-t.test('response header strings kept per target give the same headers as fresh ones, whatever changes', async (t) => {
+t.test('response header strings kept per target give the same headers as a new table, whatever changes', async (t) => {
   const strings = new HeaderStrings(responseHeaderKind);
   const bytes = (pairs: string[]) => pairs.map((s) => Buffer.from(s, 'latin1'));
   const responses: string[][] = [];
@@ -68,17 +67,18 @@ t.test('response header strings kept per target give the same headers as fresh o
   for (const r of responses) {
     const fresh: string[] = [];
     const freshFacts: ResponseHeaderFacts = { hasDate: false, contentLength: -1 };
-    copyResponseHeaders(bytes(r), fresh, freshFacts);
+    // A new table knows no bytes: every name and value is made into a string anew.
+    copyResponseHeaders(bytes(r), fresh, new HeaderStrings(responseHeaderKind), freshFacts);
     const kept: string[] = [];
     const keptFacts: ResponseHeaderFacts = { hasDate: false, contentLength: -1 };
-    copyResponseHeaders(bytes(r), kept, keptFacts, strings);
+    copyResponseHeaders(bytes(r), kept, strings, keptFacts);
     if (JSON.stringify(kept) !== JSON.stringify(fresh) || JSON.stringify(keptFacts) !== JSON.stringify(freshFacts)) {
       t.same(kept, fresh, 'same headers');
       t.same(keptFacts, freshFacts, 'same facts');
       return;
     }
   }
-  t.pass('300 responses: identical headers and facts with and without kept strings');
+  t.pass('300 responses: identical headers and facts with the kept table and a new one');
   const a = strings.name(Buffer.from('X-A'));
   t.equal(strings.name(Buffer.from('X-A')), a, 'a name seen before is the same object');
   t.equal(a.valueFor(Buffer.from('a')), 'a');

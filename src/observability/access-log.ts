@@ -59,7 +59,7 @@ export class AccessLog {
   /** By route name: routes come from the configuration, so these are few. */
   private readonly routePieces = new Map<string, string>();
   /** Durations as printed, by hundredths of a millisecond, below MILLIS_KEPT. */
-  private readonly millisText: string[] = [];
+  private readonly printedMillis: string[] = [];
 
   constructor(logger: FastifyBaseLogger) {
     this.stream = (logger as unknown as Record<symbol, { write(chunk: string): unknown }>)[pino.symbols.streamSym];
@@ -81,10 +81,10 @@ export class AccessLog {
     // The fixed parts around each value come from tables filled as they are first needed: fewer
     // pieces to join per line (each join is an allocation), and no number printed twice.
     let line = plain
-      ? `${this.head}${ctx.id}${this.methodPiece(method)}${ctx.path}${this.statusPiece(status)}${this.millis(ms)}`
+      ? `${this.head}${ctx.id}${this.methodPiece(method)}${ctx.path}${this.statusPiece(status)}${this.duration(ms)}`
       : `${this.head}${ctx.id}","method":"${method}","path":${JSON.stringify(ctx.path)},"status":${status},"ms":${millis(ms)}`;
     if (ctx.route !== undefined) line += this.routePiece(ctx.route.name);
-    if (ctx.upstreamMs >= 0) line += `,"upstreamMs":${this.millis(ctx.upstreamMs)}`;
+    if (ctx.upstreamMs >= 0) line += `,"upstreamMs":${this.duration(ctx.upstreamMs)}`;
     if (ctx.clientIp) line += `,"client":"${ctx.clientIp}"`;
     if (ctx.errorCode !== null) line += `,"error":"${ctx.errorCode}"`;
     if (truncated) line += ',"truncated":true';
@@ -118,9 +118,10 @@ export class AccessLog {
     return piece;
   }
 
-  private millis(ms: number): string {
+  /** millis(ms), from the table when the duration is a common one. */
+  private duration(ms: number): string {
     const x = Math.round(ms * 100);
-    return x >= 0 && x < MILLIS_KEPT ? (this.millisText[x] ??= millis(ms)) : millis(ms);
+    return x >= 0 && x < MILLIS_KEPT ? (this.printedMillis[x] ??= millis(ms)) : millis(ms);
   }
 
   flush(): void {

@@ -3,7 +3,7 @@
  * header named in Connection stay on their hop. Names are compared in lower case.
  */
 
-import type { HeaderStrings, KnownName } from './header-strings';
+import type { HeaderStrings } from './header-strings';
 
 /** Slot of a header name's shape (its length and first letter, in any case) in HeaderNames. */
 function shape(name: string): number {
@@ -173,40 +173,31 @@ export interface ResponseHeaderFacts {
 
 /**
  * Turns undici's raw response headers (Buffers) into a flat list for res.writeHead, without
- * hop-by-hop headers; fills `facts` when given. `strings` (the target's) reuses the strings of
- * header bytes seen before.
+ * hop-by-hop headers; fills `facts` when given. The strings come from `strings`, the target's table
+ * of the header bytes it sent before.
  */
-export function copyResponseHeaders(raw: Buffer[], out: string[], facts: ResponseHeaderFacts | null = null, strings: HeaderStrings | null = null): void {
+export function copyResponseHeaders(raw: Buffer[], out: string[], strings: HeaderStrings, facts: ResponseHeaderFacts | null = null): void {
   let hasDate = false;
   let contentLength = -1;
   let extra: string[] | null = null;
   for (let i = 0; i < raw.length; i += 2) {
-    let known: KnownName | null = null;
-    let name: string;
-    let kind: string | null;
-    if (strings !== null) {
-      known = strings.name(raw[i]);
-      name = known.text;
-      kind = known.kind;
-    } else {
-      name = raw[i].toString('latin1');
-      kind = RESPONSE_NOTED.find(name);
-    }
+    const known = strings.name(raw[i]);
+    const kind = known.kind;
     if (kind !== null && kind !== 'date' && kind !== 'content-length') {
       if (kind === 'connection') {
-        const tokens = connectionTokens(known !== null ? known.valueFor(raw[i + 1]) : raw[i + 1].toString('latin1'));
+        const tokens = connectionTokens(known.valueFor(raw[i + 1]));
         if (tokens) extra = extra ? extra.concat(tokens) : tokens;
       }
       continue;
     }
-    const value = known !== null ? known.valueFor(raw[i + 1]) : raw[i + 1].toString('latin1');
+    const value = known.valueFor(raw[i + 1]);
     if (kind === 'date') hasDate = true;
     else if (kind === 'content-length') {
       // undici has checked the value (digits only); a second Content-Length makes the length unknown here.
       const n = Number(value);
       contentLength = contentLength === -1 && Number.isSafeInteger(n) ? n : -2;
     }
-    out.push(name, value);
+    out.push(known.text, value);
   }
   if (extra) removeNamed(out, new Set(extra));
   if (facts !== null) {

@@ -122,7 +122,7 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
     const res = ctx.res;
     this.resumeUpstream = resume;
     const headers: string[] = [];
-    copyResponseHeaders(rawHeaders, headers, this, this.target.headerStrings);
+    copyResponseHeaders(rawHeaders, headers, this.target.headerStrings, this);
     const transform = ctx.route.responseTransform;
     if (transform !== null) this.wrap = transform(ctx, statusCode, headers);
     headers.push('x-request-id', ctx.id);

@@ -491,7 +491,8 @@ class Filler implements ResponseObserver {
     this.revalidating = null;
     this.settled = true;
     const h: string[] = [];
-    copyResponseHeaders(raw, h);
+    // The 304 came from the target the relay sent the request to.
+    copyResponseHeaders(raw, h, this.ctx.target!.headerStrings);
     // Stored headers went through the route's header rules: so do the ones that replace them.
     this.ctx.route.responseTransform?.(this.ctx, 304, h);
     const fresh = this.cache.revalidated(this.cr, e, h, this.stamp, this.flight, this.ctx);
