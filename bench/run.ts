@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import { ROOT, DIST, autocannon, cpuMicros, freePort, httpReady, median, startProcess, type LoadResult, type Proc } from './harness';
 import { checkFloors, readFloors, type FloorsFile, type Verdict } from './guard';
 import { renderReport } from './report';
-import { BARE, REFERENCE, SCENARIOS, SERVERS, type BenchEnv, type RunningServer } from './scenarios';
+import { BARE, REFERENCE, SCENARIOS, SERVERS, roundOrder, type BenchEnv, type RunningServer } from './scenarios';
 
 interface Options {
   durationS: number;
@@ -172,9 +172,7 @@ async function main(): Promise<void> {
     let roundNo = 0;
     const measure = async (list: typeof scenarios): Promise<void> => {
       for (let round = 0; round < opts.rounds; round++, roundNo++) {
-        // Rotate the order each round so no scenario always runs right after the same neighbour.
-        const order = list.map((_, i) => list[(i + round) % list.length]);
-        for (const s of order) {
+        for (const s of roundOrder(list, round)) {
           const r = await load(s, opts.durationS);
           r.round = roundNo;
           results.get(s.name)!.push(r);

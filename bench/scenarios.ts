@@ -192,3 +192,19 @@ export const SCENARIOS: Scenario[] = [
     path: '/api/users/123',
   },
 ];
+
+/**
+ * The order of the scenarios in round `round`. The order rotates from round to round so no scenario
+ * always follows the same neighbour, but the two baselines (reference and bare route) always run
+ * back to back, taking turns at going first: their ratio is the headline figure, and on a shared
+ * machine whose speed drifts over minutes, two measures a minute apart differ by more than the
+ * gateway's changes do. The pair moves through the round with the rotation.
+ */
+export function roundOrder<T extends { name: string }>(list: readonly T[], round: number): T[] {
+  const named = (name: string) => list.filter((s) => s.name === name);
+  const pair = round % 2 === 0 ? [...named(REFERENCE), ...named(BARE)] : [...named(BARE), ...named(REFERENCE)];
+  const rest = list.filter((s) => s.name !== REFERENCE && s.name !== BARE);
+  const rotated = rest.map((_, i) => rest[(i + round) % rest.length]);
+  const at = round % (rotated.length + 1);
+  return [...rotated.slice(0, at), ...pair, ...rotated.slice(at)];
+}

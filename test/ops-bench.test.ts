@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { checkFloors, readFloors, type RatioSummary } from '../bench/guard';
 import { renderReport, type ReportInput } from '../bench/report';
-import { BARE, REFERENCE, SCENARIOS } from '../bench/scenarios';
+import { BARE, REFERENCE, SCENARIOS, roundOrder } from '../bench/scenarios';
 
 const ROOT = join(__dirname, '..');
 const FLOORS = join(ROOT, 'bench', 'floors.json');
@@ -35,6 +35,28 @@ t.test('checkFloors: ratios against floors, errors, unknown and skipped scenario
   );
   const [verdict] = checkFloors(floors, [summary('a', 0.5, 1)], known, ['a']);
   t.equal(verdict.message, 'a vsReference 0.50 < floor 1.00');
+});
+
+t.test('roundOrder: every scenario once per round, the two baselines back to back and taking turns', async (t) => {
+  const names = SCENARIOS.map((s) => s.name);
+  const firsts = new Set<string>();
+  const pairAt = new Set<number>();
+  for (let round = 0; round < names.length + 2; round++) {
+    const order = roundOrder(SCENARIOS, round).map((s) => s.name);
+    t.same([...order].sort(), [...names].sort(), `round ${round}: each scenario exactly once`);
+    const i = Math.min(order.indexOf(REFERENCE), order.indexOf(BARE));
+    t.same(order.slice(i, i + 2).sort(), [BARE, REFERENCE].sort(), `round ${round}: the baselines run back to back`);
+    t.equal(order[i], round % 2 === 0 ? REFERENCE : BARE, `round ${round}: the baselines take turns at going first`);
+    firsts.add(order.find((n) => n !== REFERENCE && n !== BARE)!);
+    pairAt.add(i);
+  }
+  t.ok(firsts.size > 1, 'the other scenarios rotate');
+  t.ok(pairAt.size > 1, 'the pair moves through the round');
+  t.same(
+    roundOrder([{ name: BARE }, { name: REFERENCE }], 1).map((s) => s.name),
+    [BARE, REFERENCE],
+    'a run of the baselines alone (bare route first in odd rounds)',
+  );
 });
 
 t.test('the committed floors file: says how it was derived, names real scenarios, guards the bare route', async (t) => {
