@@ -31,12 +31,12 @@
 
 if redis.replicate_commands then redis.replicate_commands() end
 
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local n = tonumber(ARGV[1])
 local reply = { 1 }
 
 if n > 0 then
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
   local tats = redis.call('MGET', unpack(KEYS, 1, n))
   local debts = {}
   local admitted = true
@@ -77,20 +77,21 @@ local m = tonumber(ARGV[2 * n + 2] or '0')
 if m > 0 then
   local base = 2 + 4 * n
   local v = tonumber(ARGV[2 * n + 3] or '0')
-  reply[base] = redis.call('GET', KEYS[n + 1])
-  reply[base + 1] = tonumber(redis.call('GET', KEYS[n + 2]) or '0')
+  -- One read for the whole section (each redis.call costs the server about as much as a small
+  -- command): the entry, the clock, the variant when asked, then the generations. An absent key
+  -- reads as false, which Redis sends back as a nil bulk.
+  local vals = redis.call('MGET', unpack(KEYS, n + 1, n + m))
+  reply[base] = vals[1]
+  reply[base + 1] = tonumber(vals[2]) or 0
   local maxGen = 0
-  if m > 2 + v then
-    local gens = redis.call('MGET', unpack(KEYS, n + 3 + v, n + m))
-    for i = 1, #gens do
-      local g = tonumber(gens[i])
-      if g and g > maxGen then maxGen = g end
-    end
+  for i = 3 + v, m do
+    local g = tonumber(vals[i])
+    if g and g > maxGen then maxGen = g end
   end
   reply[base + 2] = maxGen
-  -- false (not nil) keeps the reply's length fixed; Redis sends it as a nil bulk.
+  -- false (not nil) keeps the reply's length fixed.
   reply[base + 3] = false
-  if v == 1 then reply[base + 3] = redis.call('GET', KEYS[n + 3]) end
+  if v == 1 then reply[base + 3] = vals[3] end
 end
 
 return reply
