@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import Redis from 'ioredis';
 import t from 'tap';
 import YAML from 'yaml';
-import { bytes, headerValues, mint, now } from './helpers/auth';
+import { bytes, headerValues, makeKey, mint, now } from './helpers/auth';
 import { startGateway, type TestConfig, type TestGateway } from './helpers/gateway';
 import { call } from './helpers/http';
 import { startRedis } from './helpers/redis';
@@ -16,14 +16,6 @@ import { keysCommand } from '../src/plugins/auth/keys-cli';
 
 const ADMIN_TOKEN = 'admin-token-for-tests-0123456789';
 const SECRET = 'jwt-secret-for-api-key-tests-0123456789';
-
-/** A key in the gateway's format, made here (not by the code under test), with its SHA-256. */
-function makeKey(): { key: string; prefix: string; sha256: string } {
-  const alphabet = 'abcdefghijklmnopqrstuvwxyz234567';
-  const prefix = 'gk_' + Array.from(randomBytes(8), (b) => alphabet[b & 31]).join('');
-  const key = `${prefix}_${randomBytes(32).toString('base64url')}`;
-  return { key, prefix, sha256: createHash('sha256').update(key).digest('hex') };
-}
 
 const admin = (extra: Record<string, string> = {}) => ({ authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json', ...extra });
 

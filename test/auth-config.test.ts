@@ -41,6 +41,8 @@ t.test('defaults: memory key store, X-API-Key, exp required, identity header nam
   t.same(cfg.auth.identityHeaders, { consumerId: 'X-Consumer-Id', userId: 'X-User-Id', roles: 'X-User-Roles', maxLength: 1024 });
   t.equal(cfg.routes[0].auth!.required, true);
   t.equal(cfg.routes[0].auth!.forwardCredentials, false);
+  t.equal(cfg.auth.jwt!.maxTokenBytes, undefined, "maxTokenBytes unset: the listener's header limit applies");
+  t.equal(cfg.routes[0].auth!.tokenTypes, undefined, 'any token type by default');
 });
 
 t.test('an empty or missing secret stops start-up', async (t) => {
@@ -101,6 +103,12 @@ t.test('routes, consumers and keys are cross-checked', async (t) => {
   has(t, p, 'consumers[1].roles: cannot be sent upstream: a role is not a valid header list item');
   has(t, p, 'auth.jwt.claimHeaders["x-user-id"]: collides with an identity or credential header');
   has(t, problems({}), 'routes[0].auth.methods: jwt needs auth.jwt to be configured');
+  const types = (auth: Record<string, unknown>) =>
+    problems({ auth: { jwt: { algorithms: ['HS256'], secret: SECRET } }, routes: [{ name: 'a', match: { prefix: '/a' }, upstream: 'up', auth }] });
+  has(t, types({ methods: ['apiKey'], tokenTypes: ['at+jwt'] }), 'routes[0].auth.tokenTypes: token types apply to JWTs: add jwt to methods or remove tokenTypes');
+  t.ok(types({ methods: ['jwt'], tokenTypes: ['at+jwt, JWT'] }).some((x) => x.startsWith('routes[0].auth.tokenTypes[0]')), 'a list in one string is not a type');
+  t.ok(types({ methods: ['jwt'], tokenTypes: [] }).some((x) => x.startsWith('routes[0].auth.tokenTypes')), 'an empty list is refused');
+  t.same(types({ methods: ['jwt', 'apiKey'], tokenTypes: ['at+jwt', 'application/JWT'] }), []);
   t.ok(problems({ consumers: [{ id: 'c', apiKeys: [{ prefix: 'gk_UPPER', sha256: 'x' }] }] }).some((x) => x.startsWith('consumers[0].apiKeys[0].prefix')));
 });
 

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { UnsecuredJWT } from 'jose';
 import t, { type Test } from 'tap';
 import type { JwtAlgorithm } from '../src/plugins/auth/schema';
-import { b64url, bytes, headerValues, mint, now, rawExchange } from './helpers/auth';
+import { b64url, bytes, headerValues, mint, mintRaw, now, rawExchange } from './helpers/auth';
 import { parseConfig } from '../src/config/load';
 import { startGateway, withTestDefaults, type TestConfig, type TestGateway } from './helpers/gateway';
 import { call, type Answer } from './helpers/http';
@@ -155,6 +155,126 @@ t.test('clock tolerance: expired or not-yet-valid inside the tolerance still pas
   t.equal((await call(gw.url, '/api/x', { headers: bearer(await hs({ exp: now() - 10 })) })).status, 200, 'exp 10 s ago, tolerance 30 s');
   t.equal((await call(gw.url, '/api/x', { headers: bearer(await hs({ nbf: now() + 10 })) })).status, 200, 'nbf in 10 s, tolerance 30 s');
   t.equal((await call(gw.url, '/api/x', { headers: bearer(await hs({ aud: ['x', 'other-api'] })) })).status, 200, 'aud array with an accepted value');
+});
+
+t.test('time claims (exp, nbf, iat) are NumericDates: finite numbers from 1970 to the year 9999', async (t) => {
+  const raw = (payload: string) => mintRaw(payload, bytes(SECRET));
+  const base = `"sub":"user-1","iss":"${ISS}","aud":"${AUD}"`;
+  const cases: [string, string][] = [
+    ['exp 1e308', await hs({ exp: 1e308 })],
+    ['exp 1e400 (read as Infinity)', await raw(`{${base},"exp":1e400}`)],
+    ['exp one second past 9999-12-31T23:59:59Z', await hs({ exp: 253402300800 })],
+    ['exp as a boolean', await hs({ exp: true })],
+    ['exp null', await hs({ exp: null })],
+    ['nbf -1e308', await hs({ nbf: -1e308 })],
+    ['nbf -1e400 (read as -Infinity)', await raw(`{${base},"exp":${now() + 600},"nbf":-1e400}`)],
+    ['nbf before 1970', await hs({ nbf: -1 })],
+    ['nbf as a string', await hs({ nbf: String(now() - 10) })],
+    ['iat an object', await hs({ iat: {} })],
+    ['iat an array', await hs({ iat: [now()] })],
+    ['iat as a string', await hs({ iat: String(now()) })],
+    ['iat as a boolean', await hs({ iat: false })],
+    ['iat null', await hs({ iat: null })],
+    ['iat 1e308', await hs({ iat: 1e308 })],
+    ['iat before 1970', await hs({ iat: -86400 })],
+  ];
+  for (const [what, token] of cases) {
+    const res = await refused(t, '/api/x', bearer(token), 401, what);
+    t.match(res.json().detail, /^the token (claim "(exp|nbf|iat)" is not a date|issuer, audience or a time claim is not accepted)/, `${what}: detail`);
+  }
+  const iat = await refused(t, '/api/x', bearer(await hs({ iat: {} })), 401, 'iat an object');
+  t.equal(iat.json().detail, 'the token claim "iat" is not a date (seconds since 1970, up to the year 9999)');
+
+  const fine: [string, string][] = [
+    ['exp at the last second of 9999', await hs({ exp: 253402300799 })],
+    ['fractional exp, nbf and iat', await hs({ exp: now() + 600.5, nbf: now() - 0.25, iat: now() - 0.75 })],
+    ['iat and nbf at the epoch', await hs({ iat: 0, nbf: 0 })],
+  ];
+  for (const [what, token] of fine) t.equal((await call(gw.url, '/api/x', { headers: bearer(token) })).status, 200, what);
+});
+
+t.test('default maxTokenBytes: any token that fits in the request head is read', async (t) => {
+  const g = await startGateway({
+    upstreams: { up: { targets: [up.url] } },
+    auth: { jwt: { algorithms: ['HS256'], secret: SECRET } },
+    routes: [{ name: 'api', match: { prefix: '/api' }, upstream: 'up', auth: { methods: ['jwt'] } }],
+  });
+  t.teardown(() => g.close());
+  const big = await mint({ sub: 'big-claims', exp: now() + 600, profile: 'p'.repeat(8192) }, bytes(SECRET));
+  t.ok(big.length > 10900 && big.length < 11100, `an 8 KB claim makes an 11 KB token (${big.length})`);
+  const res = await call(g.url, '/api/x', { headers: bearer(big) });
+  t.equal(res.status, 200, 'accepted end to end under the default 16 KiB header limit');
+  t.same(headerValues(up.seen.at(-1)!.rawHeaders, 'x-consumer-id'), ['big-claims']);
+
+  const huge = await mint({ sub: 'huge', exp: now() + 600, profile: 'p'.repeat(14000) }, bytes(SECRET));
+  t.equal((await call(g.url, '/api/x', { headers: bearer(huge) })).status, 431, 'past the header limit: the listener refuses it');
+
+  const wide = await startGateway({
+    upstreams: { up: { targets: [up.url] } },
+    policies: { limits: { maxHeaderBytes: 65536 } },
+    auth: { jwt: { algorithms: ['HS256'], secret: SECRET } },
+    routes: [{ name: 'api', match: { prefix: '/api' }, upstream: 'up', auth: { methods: ['jwt'] } }],
+  });
+  t.teardown(() => wide.close());
+  t.equal((await call(wide.url, '/api/x', { headers: bearer(huge) })).status, 200, 'a larger header limit admits larger tokens');
+
+  const capped = await startGateway({
+    upstreams: { up: { targets: [up.url] } },
+    policies: { limits: { maxHeaderBytes: 65536 } },
+    auth: { jwt: { algorithms: ['HS256'], secret: SECRET, maxTokenBytes: 4096 } },
+    routes: [{ name: 'api', match: { prefix: '/api' }, upstream: 'up', auth: { methods: ['jwt'] } }],
+  });
+  t.teardown(() => capped.close());
+  const over = await call(capped.url, '/api/x', { headers: bearer(big) });
+  t.equal(over.status, 401, 'an explicit maxTokenBytes still applies');
+  t.equal(over.json().detail, 'the token is too large');
+  t.equal((await call(capped.url, '/api/x', { headers: bearer(await hs()) })).status, 200, 'a small token passes');
+});
+
+t.test('tokenTypes: a route can accept only some token types (typ), compared as media types', async (t) => {
+  const g = await startGateway({
+    upstreams: { up: { targets: [up.url] } },
+    auth: { jwt: { algorithms: ['HS256'], secret: SECRET } },
+    routes: [
+      { name: 'access', match: { prefix: '/access' }, upstream: 'up', auth: { methods: ['jwt'], tokenTypes: ['at+jwt'] } },
+      { name: 'long', match: { prefix: '/long' }, upstream: 'up', auth: { methods: ['jwt', 'apiKey'], tokenTypes: ['Application/AT+JWT'] } },
+      { name: 'any', match: { prefix: '/any' }, upstream: 'up', auth: { methods: ['jwt'] } },
+    ],
+  });
+  t.teardown(() => g.close());
+  const typed = (typ: unknown) => mint({ sub: 'typed', exp: now() + 600 }, bytes(SECRET), (typ === undefined ? { alg: 'HS256' } : { alg: 'HS256', typ }) as never);
+  const accepted = ['at+jwt', 'application/at+jwt', 'AT+JWT', 'Application/At+Jwt'];
+  const refusedTypes: [string, unknown][] = [
+    ['typ JWT', 'JWT'],
+    ['typ application/jwt', 'application/jwt'],
+    ['no typ', undefined],
+    ['typ at+jwt with a parameter', 'at+jwt; v=1'],
+    ['typ text/at+jwt', 'text/at+jwt'],
+    ['typ refresh+jwt', 'refresh+jwt'],
+    ['typ empty', ''],
+  ];
+  for (const path of ['/access/x', '/long/x']) {
+    for (const typ of accepted) t.equal((await call(g.url, path, { headers: bearer(await typed(typ)) })).status, 200, `${path}: typ ${typ}`);
+    for (const [what, typ] of refusedTypes) {
+      const before = up.seen.length;
+      const res = await call(g.url, path, { headers: bearer(await typed(typ)) });
+      t.equal(res.status, 401, `${path}: ${what} refused`);
+      t.equal(up.seen.length, before, `${path}: ${what} never reached the upstream`);
+      t.equal(res.json().detail, 'the token type (typ) is not accepted on this route', `${path}: ${what}: detail`);
+      t.match(res.headers['www-authenticate'], /^Bearer realm="gateway", error="invalid_token"/, `${path}: ${what}: challenge`);
+    }
+  }
+  for (const [what, typ] of [['JWT', 'JWT'], ['none', undefined], ['at+jwt', 'at+jwt']] as const) {
+    t.equal((await call(g.url, '/any/x', { headers: bearer(await typed(typ)) })).status, 200, `a route without tokenTypes accepts typ ${what}`);
+  }
+  for (const path of ['/access/x', '/any/x']) {
+    const res = await call(g.url, path, { headers: bearer(await typed(5)) });
+    t.equal(res.status, 401, `${path}: a typ that is not a string is malformed`);
+    t.equal(res.json().detail, 'the token typ must be a string');
+  }
+  const again = await typed('JWT');
+  t.equal((await call(g.url, '/any/x', { headers: bearer(again) })).status, 200, 'cached on one route');
+  t.equal((await call(g.url, '/access/x', { headers: bearer(again) })).status, 401, 'a cached verification is still checked against the route');
 });
 
 t.test('a cached verification never outlives the token', async (t) => {

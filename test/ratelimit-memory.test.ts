@@ -4,9 +4,10 @@ import t from 'tap';
 import { parseConfig, ConfigError } from '../src/config/load';
 import { MemoryStore } from '../src/store/memory';
 import { BUCKET_FIELDS, F_REMAINING, type BucketSpec } from '../src/store/types';
+import { makeKey } from './helpers/auth';
 import { startGateway, withTestDefaults } from './helpers/gateway';
 import { call } from './helpers/http';
-import { metric } from './helpers/ratelimit';
+import { identityFromHeader, metric } from './helpers/ratelimit';
 import { rateLimitBehaviour } from './helpers/ratelimit-behaviour';
 import { startUpstream, type TestUpstream } from './helpers/upstream';
 
@@ -145,4 +146,56 @@ t.test('a reload keeps the buckets of unchanged limits; a changed limit starts f
   t.equal(r.headers['x-ratelimit-remaining'], '2');
   const m = (await call(gw.adminUrl, '/metrics')).body;
   t.equal(metric(m, 'gateway_ratelimit_decisions_total', { route: 'rl', result: 'limited' }), 2, 'one counter across reloads');
+});
+
+t.test('by: apiKey reads the configured API key header, not X-API-Key', async (t) => {
+  const k1 = makeKey();
+  const k2 = makeKey();
+  const gw = await startGateway({
+    upstreams: { up: { targets: [up.url] } },
+    auth: { apiKeys: { header: 'X-Client-Key' } },
+    consumers: [{ id: 'alice', apiKeys: [{ prefix: k1.prefix, sha256: k1.sha256 }, { prefix: k2.prefix, sha256: k2.sha256 }] }],
+    routes: [
+      { name: 'keyed', match: { prefix: '/keyed' }, upstream: 'up', auth: { methods: ['apiKey'] }, rateLimit: { limits: [{ rate: 2, per: '1h', by: 'apiKey' }] } },
+      { name: 'open', match: { prefix: '/open' }, upstream: 'up', rateLimit: { limits: [{ rate: 2, per: '1h', by: 'apiKey' }] } },
+    ],
+  });
+  t.teardown(() => gw.close());
+  const st = async (path: string, headers: Record<string, string>) => (await call(gw.url, path, { headers })).status;
+
+  const one = { 'x-client-key': k1.key };
+  t.same([await st('/keyed', one), await st('/keyed', one), await st('/keyed', one)], [200, 200, 429], 'one bucket per key');
+  t.equal(await st('/keyed', { 'x-client-key': k2.key }), 200, "the consumer's other key has its own bucket");
+
+  // X-API-Key means nothing here: changing it does not change the bucket, the configured header does.
+  t.same(
+    [await st('/open', { 'x-client-key': 'a', 'x-api-key': '1' }), await st('/open', { 'x-client-key': 'a', 'x-api-key': '2' }), await st('/open', { 'x-client-key': 'a', 'x-api-key': '3' })],
+    [200, 200, 429],
+  );
+  t.equal(await st('/open', { 'x-client-key': 'b' }), 200, 'another value of the configured header, another bucket');
+  t.same([await st('/open', { 'x-api-key': '4' }), await st('/open', { 'x-api-key': '5' }), await st('/open', {})], [200, 200, 429], 'without the configured header: keyed by IP');
+});
+
+t.test("a consumer's own limits are named consumer-<rate>per<per>, marked once", async (t) => {
+  const gw = await startGateway(
+    {
+      upstreams: { up: { targets: [up.url] } },
+      consumers: [{ id: 'alice', rateLimits: [{ rate: 3, per: '1m' }, { rate: 10, per: '1h', by: 'ip' }, { rate: 5, per: '1h', name: 'gold' }] }],
+      routes: [{ name: 'named', match: { prefix: '/named' }, upstream: 'up', rateLimit: { limits: [{ rate: 100, per: '1m' }] } }],
+    },
+    {},
+    { plugins: identityFromHeader },
+  );
+  t.teardown(() => gw.close());
+  const alice = { 'x-test-consumer': 'alice' };
+  const first = await call(gw.url, '/named', { headers: alice });
+  t.equal(first.status, 200);
+  t.equal(first.headers['ratelimit-policy'], '"ip-100per1m";q=100;w=60, "consumer-3per1m";q=3;w=60, "consumer-ip-10per1h";q=10;w=3600, "gold";q=5;w=3600');
+  t.match(first.headers.ratelimit, /^"ip-100per1m";r=99;t=\d+, "consumer-3per1m";r=2;t=\d+, "consumer-ip-10per1h";r=9;t=\d+, "gold";r=4;t=\d+$/);
+  await call(gw.url, '/named', { headers: alice });
+  await call(gw.url, '/named', { headers: alice });
+  const limited = await call(gw.url, '/named', { headers: alice });
+  t.equal(limited.status, 429);
+  t.equal(limited.json().detail, 'Rate limit "consumer-3per1m" exceeded');
+  t.equal((await call(gw.url, '/named')).headers['ratelimit-policy'], '"ip-100per1m";q=100;w=60', 'anonymous: the route limit only');
 });

@@ -1,5 +1,6 @@
+import { createHash, randomBytes } from 'node:crypto';
 import { connect } from 'node:net';
-import { SignJWT, type JWTPayload, type JWTHeaderParameters, type CryptoKey, type KeyObject } from 'jose';
+import { CompactSign, SignJWT, type JWTPayload, type JWTHeaderParameters, type CryptoKey, type KeyObject } from 'jose';
 
 /** Test tokens are minted with jose, never with the code under test. */
 export async function mint(
@@ -11,11 +12,27 @@ export async function mint(
   return new SignJWT(claims).setProtectedHeader(header as JWTHeaderParameters).sign(key, crit ? { crit } : undefined);
 }
 
+/**
+ * Signs a payload given as JSON text, for values JSON.stringify cannot write (such as 1e400, which
+ * a JSON parser reads as Infinity).
+ */
+export async function mintRaw(payloadJson: string, key: Uint8Array, header: Record<string, unknown> = { alg: 'HS256' }): Promise<string> {
+  return new CompactSign(bytes(payloadJson)).setProtectedHeader(header as JWTHeaderParameters).sign(key);
+}
+
 export const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
 
 export const now = (): number => Math.floor(Date.now() / 1000);
 
 export const b64url = (v: unknown): string => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
+
+/** A key in the gateway's format, made here (not by the code under test), with its SHA-256. */
+export function makeKey(): { key: string; prefix: string; sha256: string } {
+  const alphabet = 'abcdefghijklmnopqrstuvwxyz234567';
+  const prefix = 'gk_' + Array.from(randomBytes(8), (b) => alphabet[b & 31]).join('');
+  const key = `${prefix}_${randomBytes(32).toString('base64url')}`;
+  return { key, prefix, sha256: createHash('sha256').update(key).digest('hex') };
+}
 
 /** Values of every header whose name folds to `name` (any case, "_" for "-"), in arrival order. */
 export function headerValues(rawHeaders: string[], name: string): string[] {

@@ -134,7 +134,7 @@ export function rateLimitBehaviour(t: Test, up: () => TestUpstream, store: () =>
     // alice has her own 1/h on top of the route's 2/h per consumer; bob only the route's.
     t.same([await st('/cons', { 'x-test-consumer': 'alice' }), await st('/cons', { 'x-test-consumer': 'alice' })], [200, 429]);
     const rej = await call(gw.url, '/cons', { headers: { 'x-test-consumer': 'alice' } });
-    t.match(rej.headers['ratelimit-policy'], /"consumer-2per1h";q=2;w=3600, "consumer-consumer-1per1h";q=1;w=3600/);
+    t.match(rej.headers['ratelimit-policy'], /^"consumer-2per1h";q=2;w=3600, "consumer-1per1h";q=1;w=3600$/);
     t.same([await st('/cons', { 'x-test-consumer': 'bob' }), await st('/cons', { 'x-test-consumer': 'bob' }), await st('/cons', { 'x-test-consumer': 'bob' })], [200, 200, 429]);
     t.same([await st('/cons'), await st('/cons'), await st('/cons')], [200, 200, 429], 'anonymous: the consumer key falls back to the IP');
 

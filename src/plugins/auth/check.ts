@@ -122,6 +122,9 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
     if (!auth) return;
     const at = `routes[${i}].auth`;
     if (auth.methods.includes('jwt') && !jwt) problems.push({ path: `${at}.methods`, message: 'jwt needs auth.jwt to be configured' });
+    if (auth.tokenTypes && !auth.methods.includes('jwt')) {
+      problems.push({ path: `${at}.tokenTypes`, message: 'token types apply to JWTs: add jwt to methods or remove tokenTypes' });
+    }
     if (new Set(auth.methods).size !== auth.methods.length) problems.push({ path: `${at}.methods`, message: 'lists a method twice' });
     if (!auth.required && (auth.roles || auth.scopes)) {
       problems.push({ path: `${at}.required`, message: 'roles and scopes need required: true (an anonymous caller has neither)' });

@@ -7,6 +7,8 @@ export interface Verified {
   identity: Identity;
   /** Routes the consumer may use, or null for all. */
   routes: ReadonlySet<string> | null;
+  /** A JWT's `typ` as a media type (see tokenMediaType), null when it has none; absent for API keys. */
+  tokenType?: string | null;
 }
 
 export interface KnownConsumer {

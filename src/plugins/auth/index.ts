@@ -67,7 +67,9 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
   const auth = cfg.auth;
   const names: IdentityHeaderNames = { ...auth.identityHeaders };
   const consumers = new ConsumerDirectory(cfg.consumers, names);
-  const jwt = auth.jwt ? new JwtAuthenticator(auth.jwt, jwtKeySource(auth.jwt, ctx), consumers, names) : null;
+  // Node refuses a longer head (431) before any of this runs, so the listener's limit is the natural default.
+  const maxTokenBytes = auth.jwt?.maxTokenBytes ?? cfg.policies.limits.maxHeaderBytes;
+  const jwt = auth.jwt ? new JwtAuthenticator(auth.jwt, jwtKeySource(auth.jwt, ctx), consumers, names, maxTokenBytes) : null;
 
   const sources: CredentialSources = {
     jwt,

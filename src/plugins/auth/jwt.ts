@@ -7,8 +7,14 @@ import type { JwksKeySource } from './jwks';
 import type { JwtAlgorithm, JwtConfig } from './schema';
 import { TtlCache } from './ttl-cache';
 
-/** A fast-jwt verifier bound to one key: returns the payload or throws a TokenError. */
-export type KeyVerifier = (token: string) => Record<string, unknown>;
+/** A verified token's decoded parts. */
+export interface VerifiedToken {
+  header: Record<string, unknown>;
+  payload: Record<string, unknown>;
+}
+
+/** A fast-jwt verifier bound to one key: returns the decoded token or throws a TokenError. */
+export type KeyVerifier = (token: string) => VerifiedToken;
 
 /** The options every key's verifier shares: the claim rules of the configuration. */
 export interface ClaimRules {
@@ -41,6 +47,8 @@ export function keyVerifier(key: string, algorithms: readonly JwtAlgorithm[], ru
     key,
     algorithms: algorithms as Algorithm[],
     cache: false,
+    // The header too: a route may accept only some token types (`typ`).
+    complete: true,
     requiredClaims: rules.requiredClaims,
     allowedIss: rules.allowedIss,
     allowedAud: rules.allowedAud,
@@ -145,6 +153,47 @@ function claimHeaderValue(value: unknown, max: number): string | undefined {
   return isHeaderValue(s, max) ? s : undefined;
 }
 
+/**
+ * The largest NumericDate accepted: 9999-12-31T23:59:59Z. RFC 7519 §2 defines the type but no
+ * range; anything later is a forged or broken token rather than a real expiry, and this bound keeps
+ * `value * 1000` a valid JavaScript date.
+ */
+export const MAX_NUMERIC_DATE = 253402300799;
+
+const TIME_CLAIMS = ['exp', 'nbf', 'iat'] as const;
+
+/**
+ * RFC 7519 §2: exp, nbf and iat are NumericDates, finite JSON numbers of seconds since the epoch.
+ * fast-jwt checks only that exp and nbf are numbers (so `1e308` or `1e400`, read as Infinity, never
+ * expire) and ignores iat; anything outside [0, MAX_NUMERIC_DATE] is refused here.
+ */
+function checkTimeClaims(payload: Record<string, unknown>): void {
+  for (const claim of TIME_CLAIMS) {
+    if (!(claim in payload)) continue;
+    const v = payload[claim];
+    if (typeof v !== 'number' || !(v >= 0 && v <= MAX_NUMERIC_DATE)) {
+      throw new AuthFailure(`the token claim "${claim}" is not a date (seconds since 1970, up to the year 9999)`);
+    }
+  }
+}
+
+/**
+ * A `typ` value as a comparable media type (RFC 7515 §4.1.9): lower-case (media types are
+ * case-insensitive), and `application/` prepended when it has no `/`, so at+jwt, AT+JWT and
+ * application/at+jwt are one type.
+ */
+export function tokenMediaType(typ: string): string {
+  const t = typ.toLowerCase();
+  return t.includes('/') ? t : `application/${t}`;
+}
+
+function tokenTypeOf(header: Record<string, unknown>): string | null {
+  const typ = header.typ;
+  if (typ === undefined) return null;
+  if (typeof typ !== 'string') throw new AuthFailure('the token typ must be a string');
+  return tokenMediaType(typ);
+}
+
 /** Where the key of a token comes from: one configured key, or a JWKS with a key per `kid`. */
 export type KeySource = { kind: 'static'; verify: KeyVerifier } | { kind: 'jwks'; jwks: JwksKeySource };
 
@@ -165,6 +214,8 @@ export class JwtAuthenticator {
     private readonly keys: KeySource,
     private readonly consumers: ConsumerDirectory,
     private readonly names: IdentityHeaderNames,
+    /** `cfg.maxTokenBytes`, or the listener's header limit when it is not set. */
+    private readonly maxTokenBytes: number,
   ) {
     this.cache = new TtlCache(cfg.cache.maxEntries);
     this.claimHeaders = Object.entries(cfg.claimHeaders);
@@ -172,7 +223,7 @@ export class JwtAuthenticator {
 
   /** The identity a token proves; throws AuthFailure. Synchronous unless a JWKS refetch is needed. */
   authenticate(token: string): Verified | Promise<Verified> {
-    if (token.length > this.cfg.maxTokenBytes) throw new AuthFailure('the token is too large');
+    if (token.length > this.maxTokenBytes) throw new AuthFailure('the token is too large');
     const now = Date.now();
     const hit = this.cache.get(token, now);
     if (hit !== undefined) return hit.verified;
@@ -185,13 +236,15 @@ export class JwtAuthenticator {
   }
 
   private verifyWith(verify: KeyVerifier, token: string, now: number): Verified {
-    let payload: Record<string, unknown>;
+    let decoded: VerifiedToken;
     try {
-      payload = verify(token);
+      decoded = verify(token);
     } catch (err) {
       throw new AuthFailure(tokenMessage(err));
     }
-    const verified = this.identityOf(payload);
+    const payload = decoded.payload;
+    checkTimeClaims(payload);
+    const verified = this.identityOf(payload, tokenTypeOf(decoded.header));
     const exp = payload.exp;
     let until = now + this.cfg.cache.ttlMs;
     if (typeof exp === 'number') until = Math.min(until, exp * 1000);
@@ -199,7 +252,7 @@ export class JwtAuthenticator {
     return verified;
   }
 
-  private identityOf(payload: Record<string, unknown>): Verified {
+  private identityOf(payload: Record<string, unknown>, tokenType: string | null): Verified {
     const { claims } = this.cfg;
     const consumerId = payload[claims.consumer];
     if (typeof consumerId !== 'string' || consumerId === '') {
@@ -229,6 +282,7 @@ export class JwtAuthenticator {
     return {
       identity: { consumerId, roles, scopes, method: 'jwt', headers },
       routes: known ? known.routes : null,
+      tokenType,
     };
   }
 }

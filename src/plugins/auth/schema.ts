@@ -6,6 +6,8 @@ const Obj = <T extends TProperties>(props: T, opts: ObjectOptions & { descriptio
   Type.Object(props, { additionalProperties: false, ...opts });
 
 const HEADER_NAME = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+/** A media type (RFC 6838 names), with or without its `application/` part. */
+const MEDIA_TYPE = '^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*(/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*)?$';
 
 /** Signature algorithms a token may use. `none` is deliberately not one of them. */
 export const JWT_ALGORITHMS = [
@@ -61,7 +63,13 @@ export const JwtSchema = Obj(
       minimum: 0,
       maximum: 300,
     }),
-    maxTokenBytes: Type.Integer({ description: 'Longer tokens are refused without being parsed.', default: 8192, minimum: 256 }),
+    maxTokenBytes: Type.Optional(
+      Type.Integer({
+        description:
+          "Longer tokens are refused without being parsed. Unset (the default): the listener's header limit (`policies.limits.maxHeaderBytes`), so any token that fits in the request head is read.",
+        minimum: 256,
+      }),
+    ),
     cookie: Type.Optional(Type.String({ description: 'Also read the token from this cookie (off by default).', pattern: HEADER_NAME })),
     query: Type.Optional(
       Type.String({ description: 'Also read the token from this query parameter (off by default: URLs end up in logs).', minLength: 1 }),
@@ -176,6 +184,13 @@ export const RouteAuthSchema = Obj(
         Type.Array(Type.String({ description: 'A scope.' }), { description: 'Scopes that are all required.' }),
         { description: 'Scopes the caller needs, by HTTP method; `*` covers the methods not listed (403 otherwise).' },
       ),
+    ),
+    tokenTypes: Type.Optional(
+      Type.Array(Type.String({ description: 'A token type, such as at+jwt.', pattern: MEDIA_TYPE }), {
+        description:
+          'Accepted JWT `typ` header values, such as at+jwt (RFC 9068 access tokens) to refuse ID or refresh tokens here. Compared as media types: case-insensitive, `application/` implied (at+jwt = application/at+jwt). A token of another type or without `typ` is refused (401). Unset (the default): any type, or none. API keys are not affected.',
+        minItems: 1,
+      }),
     ),
     forwardCredentials: Type.Boolean({
       description: 'Forward the Authorization / API key header (and token cookie or query parameter) upstream.',

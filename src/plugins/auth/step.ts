@@ -7,7 +7,7 @@ import type { ApiKeyAuthenticator } from './api-keys';
 import type { Verified } from './consumers';
 import { bearerToken, cookieValue, queryValue, withoutCookies, withoutQueryParams } from './credentials';
 import { AuthFailure } from './failure';
-import type { JwtAuthenticator } from './jwt';
+import { tokenMediaType, type JwtAuthenticator } from './jwt';
 import type { RouteAuthConfig } from './schema';
 
 /** Where credentials come from: fixed by the configuration, shared by every route. */
@@ -34,6 +34,8 @@ export class AuthStep implements Step {
   private readonly required: boolean;
   private readonly roles: ReadonlySet<string> | null;
   private readonly scopes: ReadonlyMap<string, readonly string[]> | null;
+  /** Accepted JWT types as media types, or null for any. */
+  private readonly tokenTypes: ReadonlySet<string> | null;
   /** Token cookie / query parameters to take out of what is forwarded, or null. */
   private readonly stripCookies: ReadonlySet<string> | null;
   private readonly stripQuery: ReadonlySet<string> | null;
@@ -55,6 +57,7 @@ export class AuthStep implements Step {
     this.required = auth.required;
     this.roles = auth.roles ? new Set(auth.roles) : null;
     this.scopes = auth.scopes ? new Map(Object.entries(auth.scopes)) : null;
+    this.tokenTypes = auth.tokenTypes ? new Set(auth.tokenTypes.map(tokenMediaType)) : null;
 
     const cookies = auth.forwardCredentials || !src.jwtCookie ? [] : [src.jwtCookie];
     this.stripCookies = cookies.length ? new Set(cookies) : null;
@@ -145,6 +148,10 @@ export class AuthStep implements Step {
 
   private admit(ctx: RequestContext, v: Verified): true {
     const id = v.identity;
+    if (this.tokenTypes !== null && v.tokenType !== undefined && (v.tokenType === null || !this.tokenTypes.has(v.tokenType))) {
+      this.counts.unauthenticated.inc();
+      throw new GatewayError('UNAUTHENTICATED', { detail: 'the token type (typ) is not accepted on this route', headers: this.badToken });
+    }
     if (v.routes !== null && !v.routes.has(this.routeName)) throw this.forbidden('the consumer may not use this route');
     if (this.roles !== null && !id.roles.some((r) => this.roles!.has(r))) throw this.forbidden('the caller lacks the role this route requires');
     if (this.scopes !== null) {

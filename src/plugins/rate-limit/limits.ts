@@ -37,7 +37,8 @@ const digest = (s: string): string => hash('sha256', s, 'base64url').slice(0, 22
 /** Header values longer than this are hashed so that keys stay small. */
 const MAX_RAW_VALUE = 128;
 
-export function partitionFor(by: string): Partition {
+/** `apiKeyHeader` is the lower-case name of the API key header (auth.apiKeys.header). */
+export function partitionFor(by: string, apiKeyHeader: string): Partition {
   switch (by) {
     case 'ip':
       return (ctx) => 'i:' + ctx.clientIp;
@@ -46,7 +47,7 @@ export function partitionFor(by: string): Partition {
     case 'apiKey':
       // Keyed by a digest: API keys are secrets and must not appear in Redis key names.
       return (ctx) => {
-        const key = ctx.req.headers['x-api-key'];
+        const key = ctx.req.headers[apiKeyHeader];
         return typeof key === 'string' && key !== '' ? 'k:' + digest(key) : 'i:' + ctx.clientIp;
       };
     case 'route':
@@ -78,6 +79,8 @@ export interface CompiledLimit extends BucketSpec {
 export interface KeyLayout {
   keyPrefix: string;
   route: string;
+  /** Lower-case name of the header `by: apiKey` reads. */
+  apiKeyHeader: string;
   /**
    * Every limit that can apply on the route is keyed the same way, so the hash tag can include
    * the caller: buckets spread over Cluster shards instead of one shard per route.
@@ -87,6 +90,15 @@ export interface KeyLayout {
 
 export function defaultName(limit: LimitConfig): string {
   return `${limit.by}-${limit.rate}per${limit.per}`;
+}
+
+/**
+ * The default name of a consumer's own limit: marked as the consumer's, without saying so twice
+ * when the limit is keyed by the consumer anyway (consumer-3per1m, consumer-ip-3per1m).
+ */
+export function defaultConsumerName(limit: LimitConfig): string {
+  const name = defaultName(limit);
+  return limit.by === 'consumer' ? name : `consumer-${name}`;
 }
 
 /**
@@ -108,7 +120,7 @@ export function compileLimit(limit: LimitConfig, layout: KeyLayout, name: string
   return {
     name,
     by: limit.by,
-    partition: partitionFor(limit.by),
+    partition: partitionFor(limit.by, layout.apiKeyHeader),
     head,
     tail,
     burst,

@@ -7,7 +7,7 @@ import type { CounterCell, CounterFamily } from '../../observability/fast-metric
 import type { CompiledRoute } from '../../routes';
 import { BUCKET_FIELDS, F_NEXT_MS, F_REMAINING, F_RESET_MS, F_RETRY_MS, type GateResult, type GateStore } from '../../store/types';
 import type { Plugin, PluginContext } from '..';
-import { compileLimit, defaultName, type CompiledLimit, type KeyLayout } from './limits';
+import { compileLimit, defaultConsumerName, defaultName, type CompiledLimit, type KeyLayout } from './limits';
 import type { LimitConfig, RouteRateLimitConfig } from './schema';
 
 /** The limits one caller is subject to on one route, with the header text that never changes. */
@@ -54,6 +54,7 @@ export class RateLimitStep implements Step {
     consumerLimits: ReadonlyMap<string, readonly LimitConfig[]>,
     private readonly store: GateStore,
     keyPrefix: string,
+    apiKeyHeader: string,
     decisions: CounterFamily,
     /** The route's cache when its lookup rides in this step's gate call. */
     private readonly cache: RouteCache | null = null,
@@ -61,7 +62,7 @@ export class RateLimitStep implements Step {
     const applied = cfg.consumerLimits ? consumerLimits : new Map<string, readonly LimitConfig[]>();
     const bys = new Set<string>(cfg.limits.map((l) => l.by));
     for (const limits of applied.values()) for (const l of limits) bys.add(l.by);
-    const layout: KeyLayout = { keyPrefix, route: route.name, perCaller: bys.size === 1 && !bys.has('route') };
+    const layout: KeyLayout = { keyPrefix, route: route.name, apiKeyHeader, perCaller: bys.size === 1 && !bys.has('route') };
     this.perCaller = layout.perCaller;
 
     const routeNames = new Set<string>();
@@ -73,7 +74,7 @@ export class RateLimitStep implements Step {
       this.consumers = new Map();
       for (const [id, limits] of applied) {
         const names = new Set(routeNames);
-        const own = limits.map((l) => compileLimit(l, layout, uniqueName(l.name ?? `consumer-${defaultName(l)}`, names), id));
+        const own = limits.map((l) => compileLimit(l, layout, uniqueName(l.name ?? defaultConsumerName(l), names), id));
         this.consumers.set(id, limitSet([...routeLimits, ...own]));
       }
     }
@@ -185,6 +186,7 @@ export class RateLimitPlugin implements Plugin {
   private readonly decisions: CounterFamily;
   private readonly consumerLimits: Map<string, readonly LimitConfig[]>;
   private readonly keyPrefix: string;
+  private readonly apiKeyHeader: string;
 
   constructor(
     ctx: PluginContext,
@@ -200,12 +202,13 @@ export class RateLimitPlugin implements Plugin {
     );
     this.consumerLimits = new Map(ctx.config.consumers.filter((c) => c.rateLimits.length > 0).map((c) => [c.id, c.rateLimits]));
     this.keyPrefix = ctx.config.store.redis.keyPrefix;
+    this.apiKeyHeader = ctx.config.auth.apiKeys.header.toLowerCase();
   }
 
   stepFor(route: CompiledRoute): Step | null {
     const cfg = route.config.rateLimit;
     if (cfg === undefined) return null;
     const cache = this.cache !== null && this.cache.joinsRateLimit(route) ? this.cache.forRoute(route) : null;
-    return new RateLimitStep(route, cfg, this.consumerLimits, this.store, this.keyPrefix, this.decisions, cache);
+    return new RateLimitStep(route, cfg, this.consumerLimits, this.store, this.keyPrefix, this.apiKeyHeader, this.decisions, cache);
   }
 }

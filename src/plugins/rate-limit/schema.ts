@@ -5,7 +5,7 @@ export const DURATION_PATTERN = '^[1-9][0-9]*(ms|s|m|h|d)$';
 
 const BY_PATTERN = '^(ip|consumer|apiKey|route|header:[!#$%&\'*+.^_`|~0-9A-Za-z-]+)$';
 
-const limitFields = (byDefault: string, byDescription: string) => ({
+const limitFields = (byDefault: string, byDescription: string, nameDescription: string) => ({
   rate: Type.Integer({ description: 'Tokens added to the bucket every `per`.', minimum: 1 }),
   per: Type.String({ description: 'Refill period: 500ms, 1s, 1m, 1h or 1d.', pattern: DURATION_PATTERN }),
   burst: Type.Optional(
@@ -14,26 +14,34 @@ const limitFields = (byDefault: string, byDescription: string) => ({
   by: Type.String({ description: byDescription, pattern: BY_PATTERN, default: byDefault }),
   name: Type.Optional(
     Type.String({
-      description:
-        'Policy name shown in the RateLimit-Policy and RateLimit headers. Defaults to a name built from the limit, such as ip-100per1m.',
+      description: nameDescription,
       pattern: '^[A-Za-z0-9_.:-]{1,64}$',
     }),
   ),
 });
 
 const BY_DESCRIPTION =
-  'What the bucket is keyed by: ip, consumer (falls back to the client IP without an identity), apiKey (the X-API-Key header, hashed; falls back to the client IP), header:<name> (falls back to the client IP when absent), or route (one bucket shared by everyone).';
+  'What the bucket is keyed by: ip, consumer (falls back to the client IP without an identity), apiKey (the API key header named by auth.apiKeys.header, X-API-Key by default, hashed; falls back to the client IP), header:<name> (falls back to the client IP when absent), or route (one bucket shared by everyone).';
 
-export const LimitSchema = Type.Object(limitFields('ip', BY_DESCRIPTION), {
+const NAME_DESCRIPTION = 'Policy name shown in the RateLimit-Policy and RateLimit headers. Defaults to a name built from the limit, such as ip-100per1m.';
+
+export const LimitSchema = Type.Object(limitFields('ip', BY_DESCRIPTION, NAME_DESCRIPTION), {
   additionalProperties: false,
   description: 'A token bucket: `rate` tokens per `per`, holding at most `burst`.',
 });
 
 /** A consumer's own limit: the same bucket, keyed by the consumer unless told otherwise. */
-export const ConsumerLimitSchema = Type.Object(limitFields('consumer', BY_DESCRIPTION), {
-  additionalProperties: false,
-  description: 'A token bucket: `rate` tokens per `per`, holding at most `burst`.',
-});
+export const ConsumerLimitSchema = Type.Object(
+  limitFields(
+    'consumer',
+    BY_DESCRIPTION,
+    "Policy name shown in the RateLimit-Policy and RateLimit headers. Defaults to a name built from the limit and marked as the consumer's: consumer-100per1m when keyed by consumer, consumer-ip-100per1m when keyed by ip.",
+  ),
+  {
+    additionalProperties: false,
+    description: 'A token bucket: `rate` tokens per `per`, holding at most `burst`.',
+  },
+);
 
 export const RouteRateLimitSchema = Type.Object(
   {
