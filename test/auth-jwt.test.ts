@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { UnsecuredJWT } from 'jose';
 import t, { type Test } from 'tap';
 import type { JwtAlgorithm } from '../src/plugins/auth/schema';
-import { b64url, bytes, headerValues, mint, mintRaw, now, rawExchange } from './helpers/auth';
+import { b64url, bytes, headerValues, makeKey, mint, mintRaw, now, rawExchange } from './helpers/auth';
 import { parseConfig } from '../src/config/load';
 import { startGateway, withTestDefaults, type TestConfig, type TestGateway } from './helpers/gateway';
 import { call, type Answer } from './helpers/http';
@@ -232,9 +232,11 @@ t.test('default maxTokenBytes: any token that fits in the request head is read',
 });
 
 t.test('tokenTypes: a route can accept only some token types (typ), compared as media types', async (t) => {
+  const key = makeKey();
   const g = await startGateway({
     upstreams: { up: { targets: [up.url] } },
     auth: { jwt: { algorithms: ['HS256'], secret: SECRET } },
+    consumers: [{ id: 'keyed', apiKeys: [{ prefix: key.prefix, sha256: key.sha256 }] }],
     routes: [
       { name: 'access', match: { prefix: '/access' }, upstream: 'up', auth: { methods: ['jwt'], tokenTypes: ['at+jwt'] } },
       { name: 'long', match: { prefix: '/long' }, upstream: 'up', auth: { methods: ['jwt', 'apiKey'], tokenTypes: ['Application/AT+JWT'] } },
@@ -264,6 +266,7 @@ t.test('tokenTypes: a route can accept only some token types (typ), compared as 
       t.match(res.headers['www-authenticate'], /^Bearer realm="gateway", error="invalid_token"/, `${path}: ${what}: challenge`);
     }
   }
+  t.equal((await call(g.url, '/long/x', { headers: { 'x-api-key': key.key } })).status, 200, 'API keys are not token types: unaffected');
   for (const [what, typ] of [['JWT', 'JWT'], ['none', undefined], ['at+jwt', 'at+jwt']] as const) {
     t.equal((await call(g.url, '/any/x', { headers: bearer(await typed(typ)) })).status, 200, `a route without tokenTypes accepts typ ${what}`);
   }

@@ -158,7 +158,7 @@ function claimHeaderValue(value: unknown, max: number): string | undefined {
  * range; anything later is a forged or broken token rather than a real expiry, and this bound keeps
  * `value * 1000` a valid JavaScript date.
  */
-export const MAX_NUMERIC_DATE = 253402300799;
+const MAX_NUMERIC_DATE = 253402300799;
 
 const TIME_CLAIMS = ['exp', 'nbf', 'iat'] as const;
 
