@@ -1,4 +1,5 @@
 import { unwatchFile, watchFile } from 'node:fs';
+import { METHODS } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import pino from 'pino';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -34,8 +35,11 @@ export interface GatewayOptions {
   plugins?: (ctx: PluginContext) => Plugin[];
 }
 
-/** Every method Node's parser accepts is proxied; Fastify only needs to be told about the unusual ones. */
-const PROXIED_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS', 'TRACE', 'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'SEARCH', 'REPORT', 'PURGE'];
+/**
+ * Every method Node's parser accepts is proxied (M-SEARCH, LINK, QUERY, ...); Fastify only needs to
+ * be told about the unusual ones. CONNECT never reaches a request handler (Node emits it apart).
+ */
+const PROXIED_METHODS = METHODS.filter((m) => m !== 'CONNECT');
 
 function fastifyErrorCode(status: number): ErrorCode {
   switch (status) {
