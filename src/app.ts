@@ -10,6 +10,7 @@ import { upstreamStatus } from './admin/upstreams';
 import { RequestChain } from './chain';
 import { ConfigError, formatProblem, loadConfigFile } from './config/load';
 import type { GatewayConfig } from './config/schema';
+import { configWarnings } from './config/warnings';
 import { GatewayError, sendProblem, type ErrorCode } from './errors';
 import { AccessLog } from './observability/access-log';
 import { GatewayMetrics } from './observability/metrics';
@@ -111,6 +112,7 @@ export class Gateway {
     this.resources.push(this.healthChecks);
     this.pendingInit.push(this.healthChecks);
     this.runtime = new Runtime(config, this.upstreams, this.metrics, this.pluginContext(config), this.extraPlugins);
+    this.warn(config);
     this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log) : null;
     const chain = new RequestChain({
       runtime: () => this.runtime,
@@ -167,6 +169,11 @@ export class Gateway {
       },
       addReadinessCheck: (c) => this.readiness.push(c),
     };
+  }
+
+  /** Logs what the configuration does that is likely not what was meant (see config/warnings.ts). */
+  private warn(config: Readonly<GatewayConfig>): void {
+    for (const w of configWarnings(config)) this.log.warn({ path: w.path }, `configuration warning: ${w.message}`);
   }
 
   private async initPending(): Promise<void> {
@@ -229,6 +236,7 @@ export class Gateway {
     }
     this.runtime = runtime;
     this.upstreams = upstreams;
+    this.warn(next);
     await this.healthChecks.sync(upstreams);
     for (const up of upstreams.changes.retired) {
       up.close().catch((err: unknown) => this.log.warn({ err, upstream: up.name }, 'closing a retired upstream failed'));

@@ -164,7 +164,8 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
     const links: string[] = [];
     for (let i = 0; i < list.length; i += 2) {
       const name = list[i].toLowerCase();
-      if (name === 'link') links.push(list[i + 1]);
+      // Node takes one link per element: a field value may list several.
+      if (name === 'link') for (const l of list[i + 1].split(/,\s*(?=<)/)) links.push(l);
       else hints[name] = hints[name] === undefined ? list[i + 1] : `${hints[name] as string}, ${list[i + 1]}`;
     }
     hints.link = links;
