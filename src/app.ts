@@ -1,4 +1,5 @@
 import { unwatchFile, watchFile } from 'node:fs';
+import { METHODS } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import pino from 'pino';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -9,6 +10,7 @@ import { upstreamStatus } from './admin/upstreams';
 import { RequestChain } from './chain';
 import { ConfigError, formatProblem, loadConfigFile } from './config/load';
 import type { GatewayConfig } from './config/schema';
+import { configWarnings } from './config/warnings';
 import { GatewayError, sendProblem, type ErrorCode } from './errors';
 import { AccessLog } from './observability/access-log';
 import { GatewayMetrics } from './observability/metrics';
@@ -34,8 +36,11 @@ export interface GatewayOptions {
   plugins?: (ctx: PluginContext) => Plugin[];
 }
 
-/** Every method Node's parser accepts is proxied; Fastify only needs to be told about the unusual ones. */
-const PROXIED_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS', 'TRACE', 'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'SEARCH', 'REPORT', 'PURGE'];
+/**
+ * Every method Node's parser accepts is proxied (M-SEARCH, LINK, QUERY, ...); Fastify only needs to
+ * be told about the unusual ones. CONNECT never reaches a request handler (Node emits it apart).
+ */
+const PROXIED_METHODS = METHODS.filter((m) => m !== 'CONNECT');
 
 function fastifyErrorCode(status: number): ErrorCode {
   switch (status) {
@@ -107,6 +112,7 @@ export class Gateway {
     this.resources.push(this.healthChecks);
     this.pendingInit.push(this.healthChecks);
     this.runtime = new Runtime(config, this.upstreams, this.metrics, this.pluginContext(config), this.extraPlugins);
+    this.warn(config);
     this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log) : null;
     const chain = new RequestChain({
       runtime: () => this.runtime,
@@ -163,6 +169,11 @@ export class Gateway {
       },
       addReadinessCheck: (c) => this.readiness.push(c),
     };
+  }
+
+  /** Logs what the configuration does that is likely not what was meant (see config/warnings.ts). */
+  private warn(config: Readonly<GatewayConfig>): void {
+    for (const w of configWarnings(config)) this.log.warn({ path: w.path }, `configuration warning: ${w.message}`);
   }
 
   private async initPending(): Promise<void> {
@@ -225,6 +236,7 @@ export class Gateway {
     }
     this.runtime = runtime;
     this.upstreams = upstreams;
+    this.warn(next);
     await this.healthChecks.sync(upstreams);
     for (const up of upstreams.changes.retired) {
       up.close().catch((err: unknown) => this.log.warn({ err, upstream: up.name }, 'closing a retired upstream failed'));

@@ -2,6 +2,7 @@
 import pino from 'pino';
 import { Gateway } from './app';
 import { ConfigError, formatProblem, loadConfigFile } from './config/load';
+import { configWarnings } from './config/warnings';
 import { handleSignals } from './lifecycle/signals';
 import { collectStartupGarbage } from './lifecycle/startup-gc';
 import { keysCommand, KeysCommandError, KEYS_USAGE } from './plugins/auth/keys-cli';
@@ -52,6 +53,8 @@ async function main(argv: string[]): Promise<void> {
     try {
       const cfg = loadConfigFile(rest[0]);
       process.stdout.write(`${rest[0]}: valid (${cfg.routes.length} routes, ${Object.keys(cfg.upstreams).length} upstreams)\n`);
+      const warnings = configWarnings(cfg);
+      if (warnings.length > 0) process.stderr.write(`warnings:\n${warnings.map((w) => `  ${formatProblem(w)}`).join('\n')}\n`);
     } catch (err) {
       printProblems(err);
     }

@@ -144,6 +144,7 @@ t.test('config: defaults are filled; a cache on a Redis Cluster store is accepte
     revalidationTtl: 300,
     staleWhileRevalidate: 0,
     staleIfError: 0,
+    targetedFields: ['CDN-Cache-Control'],
     countHits: true,
   });
   const cluster = parseConfig(withTestDefaults({ ...base, store: { type: 'redis', redis: { mode: 'cluster', nodes: ['127.0.0.1:7000'] } } } as never), { env: {} });

@@ -13,7 +13,8 @@ import { RequestTimeoutError, upstreamErrorCode } from './upstream-errors';
  * the route's response transform (header rules, envelope).
  */
 export interface ResponseObserver {
-  onHeaders(status: number, headers: readonly string[]): void;
+  /** Called just before the head is written: the observer may still change the values of the gateway's own headers (X-Cache). */
+  onHeaders(status: number, headers: string[]): void;
   onData(chunk: Buffer): void;
   onComplete(): void;
   onError(): void;
@@ -105,7 +106,10 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
-    if (statusCode < 200) return true;
+    if (statusCode < 200) {
+      if (statusCode === 103 || statusCode === 102) this.interim(statusCode, rawHeaders);
+      return true;
+    }
     this.status = statusCode;
     if (statusCode >= 500 && this.retryAnswer(statusCode)) return false;
     const { ctx } = this;
@@ -129,6 +133,7 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
     if (ctx.responseHeaders !== null) for (const h of ctx.responseHeaders) headers.push(h);
     res.sendDate = !this.hasDate;
     this.bodyLeft = this.wrap === null ? this.contentLength : -1;
+    this.ctx.observer?.onHeaders(statusCode, headers);
     try {
       res.writeHead(statusCode, headers);
     } catch {
@@ -136,9 +141,39 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
       this.abortUpstream?.(Object.assign(new Error('unrelayable upstream response'), { code: 'UND_ERR_INFO' }));
       return false;
     }
-    this.ctx.observer?.onHeaders(statusCode, headers);
     if (this.wrap !== null) this.write(this.wrap.head);
     return true;
+  }
+
+  /**
+   * Forwards an interim response (RFC 9110 §15.2) to an HTTP/1.1 client before the final one: 103
+   * Early Hints with its headers (Node writes it only when it carries a valid Link), 102 Processing.
+   * undici hands over every 1xx but 100 (it drops the connection on an unsolicited 100 Continue; the
+   * client's own Expect: 100-continue is answered by Node and never forwarded). Other 1xx are dropped.
+   */
+  private interim(statusCode: number, rawHeaders: Buffer[]): void {
+    const res = this.ctx.res;
+    if (res.headersSent || this.ctx.req.httpVersionMinor < 1 || this.ctx.req.httpVersionMajor !== 1) return;
+    if (statusCode === 102) {
+      res.writeProcessing();
+      return;
+    }
+    const list: string[] = [];
+    copyResponseHeaders(rawHeaders, list, this.target.headerStrings);
+    const hints: Record<string, string | string[]> = {};
+    const links: string[] = [];
+    for (let i = 0; i < list.length; i += 2) {
+      const name = list[i].toLowerCase();
+      // Node takes one link per element: a field value may list several.
+      if (name === 'link') for (const l of list[i + 1].split(/,\s*(?=<)/)) links.push(l);
+      else hints[name] = hints[name] === undefined ? list[i + 1] : `${hints[name] as string}, ${list[i + 1]}`;
+    }
+    hints.link = links;
+    try {
+      res.writeEarlyHints(hints);
+    } catch {
+      // A Link Node will not write: the hint is only a hint.
+    }
   }
 
   /** Writes gateway-made body bytes (a wrap); they are small, so backpressure is left to the next chunk. */

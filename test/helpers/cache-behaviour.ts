@@ -13,7 +13,7 @@ export async function cacheBehaviour(t: Test, store: () => Record<string, unknow
   const gw: TestGateway = await startGateway({
     admin: { token: ADMIN_TOKEN },
     store: store(),
-    upstreams: { up: { targets: [up.url] } },
+    upstreams: { up: { targets: [up.url] }, slow: { targets: [up.url], timeouts: { requestMs: 300 }, retries: { maxRetries: 0 } }, failing: { targets: [up.url] } },
     auth: { jwt: { algorithms: ['HS256'], secret: SECRET } },
     consumers: [{ id: 'alice' }, { id: 'bob' }],
     routes: [
@@ -24,6 +24,11 @@ export async function cacheBehaviour(t: Test, store: () => Record<string, unknow
       { name: 'small', match: { prefix: '/small' }, upstream: 'up', cache: { maxBodyBytes: 10 } },
       { name: 'swr', match: { prefix: '/swr' }, upstream: 'up', cache: { staleWhileRevalidate: 30 } },
       { name: 'norev', match: { prefix: '/norev' }, upstream: 'up', cache: { revalidationTtl: 0 } },
+      // An upstream of its own: the failures it is made to answer trip its breaker, not the other routes'.
+      { name: 'sie', match: { prefix: '/sie' }, upstream: 'failing', cache: { staleIfError: 60 } },
+      { name: 'tgt', match: { prefix: '/tgt' }, upstream: 'up', cache: { targetedFields: ['Gateway-Cache-Control', 'CDN-Cache-Control'] } },
+      { name: 'tmo', match: { prefix: '/tmo' }, upstream: 'slow', cache: { defaultTtl: 30 } },
+      { name: 'authd', match: { prefix: '/authd' }, upstream: 'up', cache: {}, auth: { methods: ['jwt'] } },
     ],
   } as never);
   t.teardown(async () => {
@@ -65,7 +70,8 @@ export async function cacheBehaviour(t: Test, store: () => Record<string, unknow
     ['private', 'cc=private,max-age=60'],
     ['Set-Cookie', 'sc=s%3D1'],
     ['Vary: *', 'vary=*'],
-    ['a 500', 'status=500'],
+    ['a 500 without explicit freshness', 'status=500&cc=public'],
+    ['a 206', 'status=206'],
     ['no freshness on a strict route', 'cc=public'],
   ]) {
     t.test(`${name} is never stored`, async (t) => {
@@ -121,7 +127,7 @@ export async function cacheBehaviour(t: Test, store: () => Record<string, unknow
     const b = await get('/plain/auth', { authorization: 'Bearer B' });
     t.equal(JSON.parse(a.body).auth, 'Bearer A');
     t.equal(JSON.parse(b.body).auth, 'Bearer B');
-    t.equal(xc(b), 'MISS');
+    t.equal(xc(b), 'BYPASS', 'a response the shared cache may not store for a request with credentials');
     t.equal(up.count('/plain/auth'), 2);
     // An anonymous entry is not served to a request with credentials either.
     await get('/plain/auth2');
@@ -396,11 +402,184 @@ export async function cacheBehaviour(t: Test, store: () => Record<string, unknow
     t.not(d.body, a.body);
   });
 
+  t.test('HTTP dates are strict: an Expires in any other form is already expired', async (t) => {
+    const cases: [string, string, string][] = [
+      ['imf', 'Thu, 18 Aug 2050 02:01:18 GMT', 'HIT'],
+      ['rfc850', 'Thursday, 18-Aug-50 02:01:18 GMT', 'HIT'],
+      ['asctime', 'Thu Aug 18 02:01:18 2050', 'HIT'],
+      ['nocomma', 'Thu 18 Aug 2050 02:01:18 GMT', 'MISS'],
+      ['utc', 'Thu, 18 Aug 2050 02:01:18 UTC', 'MISS'],
+      ['offset', 'Thu, 18 Aug 2050 02:01:18 +0000', 'MISS'],
+      ['iso', '2050-08-18T02:01:18Z', 'MISS'],
+      ['rfc850past', 'Thursday, 18-Aug-77 02:01:18 GMT', 'MISS'],
+    ];
+    for (const [name, date, want] of cases) {
+      const path = `/plain/date-${name}?cc=&hdr=${encodeURIComponent(`Expires:${date}`)}`;
+      await get(path);
+      t.equal(xc(await get(path)), want, `${name}: ${date}`);
+    }
+    // A malformed Date is ignored (now stands in): the Expires of a valid one still counts from it.
+    const bad = `/plain/date-baddate?cc=&hdr=${encodeURIComponent('Expires:Thu, 18 Aug 2050 02:01:18 GMT')}&hdr=${encodeURIComponent('Date:Thu 18 Aug 2050 02:01:17 GMT')}`;
+    await get(bad);
+    t.equal(xc(await get(bad)), 'HIT', 'a Date in a lenient form does not make the Expires a one-second lifetime');
+  });
+
+  t.test('Age is delta-seconds: the first of a list counts, anything else is ignored', async (t) => {
+    const list = `/plain/age-list?cc=max-age=60&hdr=${encodeURIComponent('Age:30, 5')}`;
+    await get(list);
+    const a = await get(list);
+    t.equal(xc(a), 'HIT');
+    t.ok(Number(a.headers.age) >= 30 && Number(a.headers.age) < 40, `age counts from the first value (${a.headers.age})`);
+    const frac = `/plain/age-frac?cc=max-age=60&hdr=${encodeURIComponent('Age:70.5')}`;
+    await get(frac);
+    const b = await get(frac);
+    t.equal(xc(b), 'HIT', 'a non-integer Age is ignored, not read as 70 s (which would be stale)');
+    t.ok(Number(b.headers.age) < 10);
+  });
+
+  t.test('explicit freshness makes any final status storable; cache.statuses governs the rest', async (t) => {
+    for (const status of [500, 418]) {
+      const path = `/plain/st-${status}?status=${status}&cc=max-age=60`;
+      const a = await get(path);
+      const b = await get(path);
+      t.equal(a.status, status);
+      t.same([xc(a), xc(b), b.status, b.body], ['MISS', 'HIT', status, a.body], `${status} with max-age is stored`);
+    }
+    const d = '/deflt/st-418?status=418&cc=public';
+    await get(d);
+    t.equal(xc(await get(d)), 'MISS', 'defaultTtl stores only the statuses listed');
+    const ok = '/deflt/st-410?status=410&cc=public';
+    await get(ok);
+    t.equal(xc(await get(ok)), 'HIT', 'a listed status is stored by defaultTtl');
+  });
+
+  t.test("the gateway's own errors are never stored", async (t) => {
+    const a = await get('/tmo/x?delay=600');
+    t.equal(a.status, 504);
+    const b = await get('/tmo/x?delay=600');
+    t.equal(b.status, 504);
+    t.not(xc(b), 'HIT');
+    t.equal(up.count('/tmo/x'), 2);
+  });
+
+  t.test('any unsafe or unknown method invalidates the target and its same-host Location / Content-Location', async (t) => {
+    const seed = async (p: string) => {
+      await get(p);
+      t.equal(xc(await get(p)), 'HIT', `${p} cached`);
+    };
+    for (const method of ['LINK', 'M-SEARCH', 'PROPPATCH']) {
+      const p = `/plain/m-${method}`;
+      await seed(p);
+      t.equal((await call(gw.url, p, { method })).status, 200, `${method} reaches the upstream`);
+      t.equal(xc(await get(p)), 'MISS', `a 2xx ${method} invalidated the entry`);
+    }
+    await seed('/plain/m-OPTIONS');
+    await call(gw.url, '/plain/m-OPTIONS', { method: 'OPTIONS' });
+    t.equal(xc(await get('/plain/m-OPTIONS')), 'HIT', 'a safe method does not');
+    const host = { host: 'api.example' };
+    const getH = (p: string) => call(gw.url, p, { headers: host });
+    for (const p of ['/plain/loc/item', '/plain/loc/cl', '/plain/loc/abs', '/plain/loc/other']) await getH(p);
+    const loc = (v: string) => `hdr=${encodeURIComponent(v)}`;
+    const post = `/plain/loc?${loc('Location:/plain/loc/item')}&${loc('Content-Location:loc/cl')}`;
+    t.equal((await call(gw.url, post, { method: 'POST', body: '{}', headers: host })).status, 200);
+    t.equal(xc(await getH('/plain/loc/item')), 'MISS', 'the Location path');
+    t.equal(xc(await getH('/plain/loc/cl')), 'MISS', 'the Content-Location path (relative reference)');
+    const abs = `/plain/loc?${loc('Location:http://api.example/plain/loc/abs')}&${loc('Content-Location:http://elsewhere.example/plain/loc/other')}`;
+    await call(gw.url, abs, { method: 'PUT', body: '{}', headers: host });
+    t.equal(xc(await getH('/plain/loc/abs')), 'MISS', 'an absolute Location on the same host');
+    t.equal(xc(await getH('/plain/loc/other')), 'HIT', 'another host is not ours to invalidate');
+  });
+
+  t.test('CDN-Cache-Control and a route-named targeted field come before Cache-Control', async (t) => {
+    const cases: [string, string, string][] = [
+      ['/plain/cdn-store', `cc=no-store&hdr=${encodeURIComponent('CDN-Cache-Control:max-age=60')}`, 'HIT'],
+      ['/plain/cdn-nostore', `cc=max-age=60&hdr=${encodeURIComponent('CDN-Cache-Control:no-store')}`, 'MISS'],
+      ['/plain/cdn-invalid', `cc=no-store&hdr=${encodeURIComponent('CDN-Cache-Control:MAX-AGE=60')}`, 'MISS'],
+      ['/plain/cdn-own', `cc=max-age=60&hdr=${encodeURIComponent('Gateway-Cache-Control:no-store')}`, 'HIT'],
+      ['/tgt/own', `cc=no-store&hdr=${encodeURIComponent('Gateway-Cache-Control:max-age=60')}&hdr=${encodeURIComponent('CDN-Cache-Control:no-store')}`, 'HIT'],
+      ['/tgt/own-nostore', `cc=max-age=60&hdr=${encodeURIComponent('Gateway-Cache-Control:no-store')}&hdr=${encodeURIComponent('CDN-Cache-Control:max-age=60')}`, 'MISS'],
+      ['/tgt/own-invalid', `cc=no-store&hdr=${encodeURIComponent('Gateway-Cache-Control:max-age=60;;')}&hdr=${encodeURIComponent('CDN-Cache-Control:max-age=60')}`, 'HIT'],
+    ];
+    for (const [path, q, want] of cases) {
+      const a = await get(`${path}?${q}`);
+      t.equal(xc(await get(`${path}?${q}`)), want, `${path}`);
+      t.ok(a.headers['cdn-cache-control'] !== undefined || !q.includes('CDN'), 'the targeted field reaches the client');
+    }
+  });
+
+  t.test('stale-while-revalidate and stale-if-error directives, capped by the route; must-revalidate, proxy-revalidate and s-maxage never stale', async (t) => {
+    const swr = (cc: string) => `/swr/d-${cc.replace(/\W/g, '')}?cc=${encodeURIComponent(cc)}`;
+    const sie = (cc: string) => `/sie/d-${cc.replace(/\W/g, '')}?cc=${encodeURIComponent(cc)}`;
+    const swrCases: [string, string][] = [
+      ['max-age=1', 'STALE'],
+      ['max-age=1, stale-while-revalidate=0', 'MISS'],
+      ['max-age=1, stale-while-revalidate=600', 'STALE'],
+      ['max-age=1, must-revalidate', 'MISS'],
+      ['max-age=1, proxy-revalidate', 'MISS'],
+      ['s-maxage=1', 'MISS'],
+    ];
+    const sieCases: [string, boolean][] = [
+      ['max-age=1', true],
+      ['max-age=1, stale-if-error=0', false],
+      ['max-age=1, must-revalidate', false],
+      ['max-age=1, proxy-revalidate', false],
+      ['s-maxage=1', false],
+    ];
+    for (const [cc] of swrCases) await get(swr(cc));
+    for (const [cc] of sieCases) await get(sie(cc));
+    await new Promise((r) => setTimeout(r, 1100));
+    for (const [cc, want] of swrCases) t.equal(xc(await get(swr(cc))), want, `swr route, ${cc}`);
+    for (const [cc] of sieCases) up.broken.add(sie(cc).slice(0, sie(cc).indexOf('?')));
+    for (const [cc, stale] of sieCases) {
+      const a = await get(sie(cc));
+      // Not stale: the upstream failure as usual (502, or 503 once the failures opened the breaker).
+      t.same([a.status === 200, xc(a) === 'STALE'], [stale, stale], `sie route, upstream down, ${cc}: ${a.status} ${xc(a)}`);
+    }
+  });
+
+  t.test('a single Range of a stored 200 is answered 206 from the cache', async (t) => {
+    const path = '/plain/range?etag=r&lm=' + encodeURIComponent('Wed, 21 Oct 2015 07:28:00 GMT');
+    const full = await get(path);
+    const len = Buffer.byteLength(full.body);
+    const range = (r: string, extra: Record<string, string> = {}) => get(path, { range: r, ...extra });
+    const a = await range('bytes=0-4');
+    t.same([a.status, xc(a), a.body, a.headers['content-range'], a.headers['content-length']], [206, 'HIT', full.body.slice(0, 5), `bytes 0-4/${len}`, '5']);
+    const b = await range('bytes=-3');
+    t.same([b.status, b.body, b.headers['content-range']], [206, full.body.slice(-3), `bytes ${len - 3}-${len - 1}/${len}`]);
+    const c = await range(`bytes=5-${len + 100}`);
+    t.same([c.status, c.body, c.headers['content-range']], [206, full.body.slice(5), `bytes 5-${len - 1}/${len}`]);
+    const d = await range(`bytes=${len}-`);
+    t.same([d.status, d.body, d.headers['content-range']], [416, '', `bytes */${len}`]);
+    for (const whole of ['bytes=0-1,3-4', 'bytes=x-', 'bytes=5-2', 'items=0-4']) {
+      const w = await range(whole);
+      t.same([w.status, w.body], [200, full.body], `${whole}: the whole response`);
+    }
+    t.equal((await range('bytes=0-4', { 'if-range': '"r"' })).status, 206, 'If-Range: the stored strong ETag');
+    t.equal((await range('bytes=0-4', { 'if-range': '"other"' })).status, 200, 'If-Range: another ETag gets the whole response');
+    t.equal((await range('bytes=0-4', { 'if-range': 'W/"r"' })).status, 200, 'If-Range: a weak tag never matches');
+    t.equal((await range('bytes=0-4', { 'if-range': 'Wed, 21 Oct 2015 07:28:00 GMT' })).status, 206, 'If-Range: the Last-Modified date');
+    t.equal((await range('bytes=0-4', { 'if-range': 'Wed, 21 Oct 2015 07:28:01 GMT' })).status, 200);
+    t.equal(up.count('/plain/range'), 1);
+  });
+
+  t.test('a shared cache on an authenticated route: requests with credentials count as bypass (credentials)', async (t) => {
+    const token = `Bearer ${await mint({ sub: 'alice', exp: now() + 600 }, bytes(SECRET))}`;
+    const a = await get('/authd/x', { authorization: token });
+    const b = await get('/authd/x', { authorization: token });
+    t.same([a.status, xc(a), xc(b)], [200, 'BYPASS', 'BYPASS']);
+    const p = await get('/authd/pub?cc=public,max-age=60', { authorization: token });
+    t.equal(xc(p), 'MISS', 'a public response is stored');
+    t.equal(xc(await get('/authd/pub?cc=public,max-age=60', { authorization: token })), 'HIT');
+    const m = (await call(gw.adminUrl, '/metrics', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).body;
+    t.match(m, /gateway_cache_requests_total\{route="authd",result="bypass",reason="credentials"\} 2\n/);
+    t.match(m, /gateway_cache_requests_total\{route="authd",result="miss",reason=""\} 1\n/);
+  });
+
   t.test('metrics count results and stores by route', async (t) => {
     const m = (await call(gw.adminUrl, '/metrics', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).body;
-    t.match(m, /gateway_cache_requests_total\{route="plain",result="hit"\} [1-9]/);
-    t.match(m, /gateway_cache_requests_total\{route="plain",result="bypass"\} [1-9]/);
+    t.match(m, /gateway_cache_requests_total\{route="plain",result="hit",reason=""\} [1-9]/);
+    t.match(m, /gateway_cache_requests_total\{route="plain",result="bypass",reason="client"\} [1-9]/);
     t.match(m, /gateway_cache_stores_total\{route="plain"\} [1-9]/);
-    t.match(m, /gateway_cache_requests_total\{route="plain",result="revalidated"\} [1-9]/);
+    t.match(m, /gateway_cache_requests_total\{route="plain",result="revalidated",reason=""\} [1-9]/);
   });
 }

@@ -14,7 +14,8 @@ export interface CacheUpstream extends TestUpstream {
 
 /**
  * An upstream whose answer is steered by the query (which is part of the cache key, so each
- * variant is its own entry): cc → Cache-Control, sc → Set-Cookie, vary → Vary, status, delay (ms),
+ * variant is its own entry): cc → Cache-Control (empty: none), hdr → one more header "Name:value"
+ * (repeatable), sc → Set-Cookie, vary → Vary, status, delay (ms),
  * trunc → announce 100 bytes and cut the connection after a few, etag → ETag "<value>", lm →
  * Last-Modified; a request whose If-None-Match (or, without one, If-Modified-Since) matches gets a
  * 304 with Cache-Control cc304 (else cc). The body tells which request made it (a per-upstream
@@ -53,6 +54,8 @@ export async function startCacheUpstream(): Promise<CacheUpstream> {
       return;
     }
     const headers: Record<string, string> = { 'content-type': 'application/json', 'cache-control': q.get('cc') ?? 'max-age=60' };
+    if (headers['cache-control'] === '') delete headers['cache-control'];
+    for (const h of q.getAll('hdr')) headers[h.slice(0, h.indexOf(':')).toLowerCase()] = h.slice(h.indexOf(':') + 1);
     if (etag !== null) headers.etag = `"${etag}"`;
     if (lm !== null) headers['last-modified'] = lm;
     if (q.has('sc')) headers['set-cookie'] = q.get('sc')!;

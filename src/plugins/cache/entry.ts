@@ -20,8 +20,11 @@ export interface EntryHead {
   v: [string, string][];
   /** May answer requests carrying credentials (the response said public or s-maxage). */
   p: boolean;
-  /** Must not be served stale (must-revalidate, no-cache). */
+  /** Must not be served stale (must-revalidate, proxy-revalidate, s-maxage, no-cache). */
   r: boolean;
+  /** Seconds it may be served stale while revalidating, and when the upstream fails (RFC 5861); absent in entries of earlier versions (the route's settings then). */
+  w?: number;
+  e?: number;
 }
 
 export interface Entry {

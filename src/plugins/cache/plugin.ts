@@ -6,9 +6,10 @@ import type { GateStore } from '../../store/types';
 import type { Plugin, PluginContext } from '..';
 import { BackgroundRelays } from '../../proxy/background';
 import { CacheKeySpace } from './keys';
-import { RouteCache, type CacheCells, type CacheResult } from './route-cache';
+import { RouteCache, type BypassReason, type CacheCells } from './route-cache';
 
-const RESULTS: readonly CacheResult[] = ['hit', 'miss', 'bypass', 'stale', 'revalidated'];
+const RESULTS = ['hit', 'miss', 'stale', 'revalidated'] as const;
+const BYPASS_REASONS: readonly BypassReason[] = ['client', 'store', 'credentials'];
 
 /** The cache step of a route whose lookup does not ride with a rate limit: its own gate call, with no buckets. */
 class CacheStep implements Step {
@@ -45,8 +46,8 @@ export class CachePlugin implements Plugin {
     this.results = ctx.shared('cache.results', () =>
       ctx.metrics.counter(
         'gateway_cache_requests_total',
-        'Response cache outcomes by route: hit, miss (went upstream), bypass (not cacheable by request, or the store did not answer), stale (answered from a stale entry), revalidated (the upstream answered a conditional request 304: answered from the refreshed entry).',
-        ['route', 'result'],
+        'Response cache outcomes by route: hit, miss (went upstream), bypass (went upstream without the cache; reason: client = the request said no-store, store = the store did not answer, credentials = a shared cache met a request with credentials and a response not marked public or s-maxage), stale (answered from a stale entry), revalidated (the upstream answered a conditional request 304: answered from the refreshed entry). reason is empty except for bypass.',
+        ['route', 'result', 'reason'],
       ),
     );
     // Refreshes may outlive a reload's runtime, not the gateway.
@@ -66,7 +67,8 @@ export class CachePlugin implements Plugin {
     let c = this.built.get(route.name);
     if (c === undefined) {
       const cells: CacheCells = {
-        results: Object.fromEntries(RESULTS.map((r) => [r, this.results.child(route.name, r)])) as CacheCells['results'],
+        results: Object.fromEntries(RESULTS.map((r) => [r, this.results.child(route.name, r, '')])) as CacheCells['results'],
+        bypass: Object.fromEntries(BYPASS_REASONS.map((r) => [r, this.results.child(route.name, 'bypass', r)])) as CacheCells['bypass'],
         stores: this.storesFamily.child(route.name),
       };
       c = new RouteCache(cfg, this.space.keys(route.name), this.space, this.store, this.ctx.config.auth.apiKeys.header.toLowerCase(), cells, this.background);

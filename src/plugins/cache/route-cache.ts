@@ -6,11 +6,18 @@ import { copyResponseHeaders } from '../../proxy/headers';
 import type { ResponseObserver } from '../../proxy/relay';
 import type { CacheFound, CacheLookup, GateStore } from '../../store/types';
 import { decodeEntry, encodeEntry, encodeMarker, type Entry, type EntryHead, type VaryMarker } from './entry';
-import { explicitLifetime, headerOf, parseCacheControl } from './http';
-import type { Bump, CacheKeys, CacheKeySpace } from './keys';
+import { explicitLifetime, headerOf, parseAge, parseCacheControl, parseHttpDate, parseTargeted, type Directives } from './http';
+import type { CacheKeys, CacheKeySpace } from './keys';
 import type { RouteCacheConfig } from './schema';
 
 export type CacheResult = 'hit' | 'miss' | 'bypass' | 'stale' | 'revalidated';
+
+/**
+ * Why a request bypassed the cache (the `reason` label of a bypass): the client's no-store, the store
+ * did not answer, or a shared cache met a request with credentials whose response did not say
+ * public or s-maxage (so it could not be stored).
+ */
+export type BypassReason = 'client' | 'store' | 'credentials';
 
 const X_CACHE: Record<'hit' | 'stale' | 'revalidated', string> = { hit: 'HIT', stale: 'STALE', revalidated: 'REVALIDATED' };
 
@@ -33,15 +40,22 @@ export interface CacheRequest {
 /** Headers never stored: hop-by-hop, recomputed (length, age), or the cache's own. */
 const NOT_STORED = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'content-length', 'age', 'x-cache']);
 
-const UNSAFE = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+/** Safe methods (RFC 9110 §9.2.1); any other method, known or not, invalidates on success (RFC 9111 §4.4). */
+const SAFE = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 
 /** URLs whose Vary'd header names a route remembers; past it the oldest learned are forgotten (a forgotten one costs a second lookup). */
 const VARY_NAMES_KEPT = 10000;
 
+const EMPTY = Buffer.alloc(0);
+
+/** A response's RFC 5861 window, capped by the route's: the route's own when the response names none. */
+const window = (directive: number, route: number): number => (directive < 0 ? route : Math.min(directive, route));
+
 const asEntry = (v: Entry | VaryMarker | null): Entry | null => (v === null || 'vary' in v ? null : v);
 
 export interface CacheCells {
-  readonly results: Record<CacheResult, CounterCell>;
+  readonly results: Record<Exclude<CacheResult, 'bypass'>, CounterCell>;
+  readonly bypass: Record<BypassReason, CounterCell>;
   readonly stores: CounterCell;
 }
 
@@ -86,8 +100,8 @@ function clientNotModified(ctx: RequestContext, h: readonly string[]): boolean {
   const ims = ctx.req.headers['if-modified-since'];
   const lm = headerOf(h, 'last-modified');
   if (ims === undefined || lm === undefined) return false;
-  const since = Date.parse(ims);
-  const modified = Date.parse(lm);
+  const since = parseHttpDate(ims);
+  const modified = parseHttpDate(lm);
   return !Number.isNaN(since) && !Number.isNaN(modified) && modified <= since;
 }
 
@@ -102,6 +116,37 @@ function mergeHeaders(stored: readonly string[], fresh: readonly string[]): stri
   for (let i = 0; i < stored.length; i += 2) if (!names.has(stored[i].toLowerCase())) out.push(stored[i], stored[i + 1]);
   for (let i = 0; i < fresh.length; i += 2) if (names.has(fresh[i].toLowerCase())) out.push(fresh[i], fresh[i + 1]);
   return out;
+}
+
+/** The one byte range a Range header asks of `length` bytes: [first, last], 'unsatisfiable', or null to send the whole (RFC 9110 §14.2). */
+function byteRange(value: string, length: number): [number, number] | 'unsatisfiable' | null {
+  const m = /^bytes[ \t]*=[ \t]*([0-9]{0,15})-([0-9]{0,15})[ \t]*$/i.exec(value);
+  // Several ranges, another unit, or no range at all: the full response is a valid answer.
+  if (m === null || (m[1] === '' && m[2] === '')) return null;
+  if (m[1] === '') {
+    const suffix = Number(m[2]);
+    return suffix === 0 || length === 0 ? 'unsatisfiable' : [Math.max(0, length - suffix), length - 1];
+  }
+  const first = Number(m[1]);
+  if (m[2] !== '' && Number(m[2]) < first) return null;
+  if (first >= length) return 'unsatisfiable';
+  return [first, m[2] === '' ? length - 1 : Math.min(Number(m[2]), length - 1)];
+}
+
+/** If-Range (RFC 9110 §13.1.5): absent, or a strong match of the stored ETag or Last-Modified. */
+function ifRangeHolds(ctx: RequestContext, h: readonly string[]): boolean {
+  const v = ctx.req.headers['if-range'];
+  if (v === undefined) return true;
+  if (typeof v !== 'string') return false;
+  if (v.startsWith('"') || v.startsWith('W/')) {
+    const etag = headerOf(h, 'etag');
+    return etag !== undefined && !v.startsWith('W/') && !etag.startsWith('W/') && v === etag;
+  }
+  const since = parseHttpDate(v);
+  const lm = parseHttpDate(headerOf(h, 'last-modified'));
+  // A Last-Modified is a strong validator only when it is at least a second older than the response's Date (RFC 9110 §8.8.2.2).
+  const date = parseHttpDate(headerOf(h, 'date'));
+  return !Number.isNaN(since) && since === lm && date - lm >= 1000;
 }
 
 function headerValue(ctx: RequestContext, name: string): string {
@@ -162,6 +207,8 @@ export class RouteCache {
    * every time; when its bytes are the same as last time (a compare) the head is not parsed again.
    */
   private readonly lastRead: ReadMemo | null;
+  /** The route's targeted cache-control fields (RFC 9213), lower case, in order of precedence. */
+  private readonly targeted: readonly string[];
 
   constructor(
     private readonly cfg: RouteCacheConfig,
@@ -178,6 +225,18 @@ export class RouteCache {
     this.decoded = store.kind === 'memory' ? new WeakMap() : null;
     this.lastRead = store.kind === 'memory' ? null : new ReadMemo(READ_MEMO_BYTES);
     this.markerTtlMs = (cfg.maxTtl + Math.max(cfg.staleIfError, cfg.staleWhileRevalidate, cfg.revalidationTtl)) * 1000;
+    this.targeted = cfg.targetedFields.map((f) => f.toLowerCase());
+  }
+
+  /** The directives this cache obeys: the first valid targeted field's (RFC 9213 §2.1), else Cache-Control's. */
+  private directives(h: readonly string[]): Directives {
+    for (const name of this.targeted) {
+      const v = headerOf(h, name);
+      if (v === undefined) continue;
+      const d = parseTargeted(v);
+      if (d !== null) return d;
+    }
+    return parseCacheControl(headerOf(h, 'cache-control'));
   }
 
   /**
@@ -187,7 +246,7 @@ export class RouteCache {
   prepare(ctx: RequestContext): CacheRequest | null {
     const method = ctx.req.method;
     if (method !== 'GET' && method !== 'HEAD') {
-      if (method !== undefined && UNSAFE.has(method)) ctx.observer = new Invalidator(this.store, this.space.path(ctx.path));
+      if (method !== undefined && !SAFE.has(method)) ctx.observer = new Invalidator(this.store, this.space, ctx.path, ctx.req.headers.host);
       return null;
     }
     let serve = true;
@@ -195,7 +254,7 @@ export class RouteCache {
       const cc = ctx.req.headers['cache-control'];
       const d = parseCacheControl(cc);
       if (d.noStore) {
-        this.count(ctx, 'bypass');
+        this.bypass(ctx, 'client');
         return null;
       }
       serve = !d.noCache && !(cc === undefined && ctx.req.headers.pragma?.toLowerCase().includes('no-cache'));
@@ -235,7 +294,7 @@ export class RouteCache {
   answer(ctx: RequestContext, cr: CacheRequest, found: CacheFound | undefined | null, step: Step, relooked = false): StepResult {
     if (found === undefined || found === null) {
       // The store did not answer: pass through, and store nothing (the generation is unknown).
-      this.count(ctx, 'bypass');
+      this.bypass(ctx, 'store');
       return true;
     }
     const primary = found.entry === null ? null : this.decode(found.entry, cr.key);
@@ -254,7 +313,7 @@ export class RouteCache {
     // already found that entry (or a newer one) goes by what it found.
     const inFlight = this.flights.get(cr.flight);
     const flight = inFlight !== undefined && usable && inFlight.entry !== null && entry.head.t >= inFlight.entry.head.t ? undefined : inFlight;
-    if (usable && cr.serve && staleMs <= this.cfg.staleWhileRevalidate * 1000) {
+    if (usable && cr.serve && staleMs <= (entry.head.w ?? this.cfg.staleWhileRevalidate) * 1000) {
       // Answered at once; one refresh per key goes upstream behind it.
       if (flight === undefined) this.refresh(ctx, cr, entry, found.clock, step);
       return this.serve(ctx, entry, 'stale', staleMs + entry.head.l);
@@ -274,13 +333,14 @@ export class RouteCache {
     }
     const f = new Flight();
     this.flights.set(cr.flight, f);
-    const stale = usable && staleMs <= this.cfg.staleIfError * 1000 ? entry : null;
+    const stale = usable && staleMs <= (entry.head.e ?? this.cfg.staleIfError) * 1000 ? entry : null;
     // A client with validators of its own is answered by the upstream as it asked: its 304 passes through.
     const validator = usable && ctx.req.headers['if-none-match'] === undefined && ctx.req.headers['if-modified-since'] === undefined ? validatorOf(entry.head.h) : null;
     if (validator !== null) ctx.addUpstreamHeader(validator[0], validator[1]);
     // A revalidation is counted when the upstream answers: a 304 makes it 'revalidated', anything else a miss.
-    this.count(ctx, 'miss', validator === null);
-    const filler = new Filler(this, ctx, cr, found.clock, stale, f, validator === null ? null : entry);
+    // So is a request with credentials on a shared cache: a response it may not store makes it a bypass.
+    this.count(ctx, 'miss', validator === null && !cr.credential);
+    const filler = new Filler(this, ctx, cr, found.clock, stale, f, validator === null ? null : entry, false, validator !== null || cr.credential);
     ctx.observer = filler;
     // The relay may answer without calling the observer (no target takes traffic): the flight ends with the response anyway.
     ctx.res.once('close', filler.onError);
@@ -295,7 +355,7 @@ export class RouteCache {
     this.flights.set(cr.flight, f);
     const validator = validatorOf(entry.head.h);
     if (validator !== null) ctx.addUpstreamHeader(validator[0], validator[1]);
-    const filler = new Filler(this, ctx, cr, stamp, null, f, validator === null ? null : entry, true);
+    const filler = new Filler(this, ctx, cr, stamp, null, f, validator === null ? null : entry, true, false);
     ctx.observer = filler;
     ctx.res.once('close', filler.onError);
     this.background.run(ctx, step);
@@ -344,14 +404,28 @@ export class RouteCache {
 
   /** @internal Writes a cached response to the client: 304 when the client's own validators match it. */
   serve(ctx: RequestContext, entry: Entry, result: 'hit' | 'stale' | 'revalidated', ageMs: number): false {
-    const { head, body } = entry;
+    const { head } = entry;
+    let body = entry.body;
     const notModified = head.s === 200 && clientNotModified(ctx, head.h);
+    let status = notModified ? 304 : head.s;
+    // A single range of a stored complete 200 is cut from it; anything else gets the whole response.
+    const range = status === 200 && ctx.req.method === 'GET' ? ctx.req.headers.range : undefined;
+    const r = range === undefined || !ifRangeHolds(ctx, head.h) ? null : byteRange(range, body.length);
     let h: string[];
-    if (notModified) {
+    if (notModified || r === 'unsatisfiable') {
       h = [];
       for (let i = 0; i < head.h.length; i += 2) if (NOT_MODIFIED_KEPT.has(head.h[i].toLowerCase())) h.push(head.h[i], head.h[i + 1]);
     } else {
       h = head.h.slice();
+    }
+    if (r === 'unsatisfiable') {
+      status = 416;
+      h.push('content-range', `bytes */${body.length}`);
+      body = EMPTY;
+    } else if (r !== null) {
+      status = 206;
+      h.push('content-range', `bytes ${r[0]}-${r[1]}/${body.length}`);
+      body = body.subarray(r[0], r[1] + 1);
     }
     h.push('age', String(Math.max(0, Math.floor(ageMs / 1000))), 'x-cache', X_CACHE[result], 'x-request-id', ctx.id);
     const bodiless = notModified || head.s === 204 || head.s === 304;
@@ -359,25 +433,43 @@ export class RouteCache {
     const extra = ctx.responseHeaders;
     if (extra !== null) for (let i = 0; i < extra.length; i += 2) if (extra[i] !== 'X-Cache') h.push(extra[i], extra[i + 1]);
     this.cells.results[result].inc();
-    ctx.res.writeHead(notModified ? 304 : head.s, h);
+    ctx.res.writeHead(status, h);
     ctx.res.end(ctx.req.method === 'HEAD' || bodiless ? undefined : body);
     return false;
   }
 
-  private count(ctx: RequestContext, result: 'miss' | 'bypass', now = true): void {
+  private count(ctx: RequestContext, result: 'miss', now = true): void {
     if (now) this.cells.results[result].inc();
-    ctx.addResponseHeader('X-Cache', result === 'miss' ? 'MISS' : 'BYPASS');
+    ctx.addResponseHeader('X-Cache', 'MISS');
   }
 
-  /** @internal A revalidation's answer was not a 304 after all: it was a miss. */
+  private bypass(ctx: RequestContext, reason: BypassReason): void {
+    this.cells.bypass[reason].inc();
+    ctx.addResponseHeader('X-Cache', 'BYPASS');
+  }
+
+  /** @internal A request counted once its response is known (a revalidation that got no 304, a request with credentials that could be stored): a miss. */
   countMiss(): void {
     this.cells.results.miss.inc();
   }
 
+  /** @internal A request with credentials on the shared cache whose response may not be stored: a bypass. */
+  countCredentialBypass(): void {
+    this.cells.bypass.credentials.inc();
+  }
+
+  /** @internal The response may not be stored only because the request carried credentials and the response is not public / s-maxage. */
+  refusedForCredentials(cr: CacheRequest, h: readonly string[]): boolean {
+    if (!cr.credential) return false;
+    const cc = this.directives(h);
+    return !cc.public && cc.sMaxAge < 0;
+  }
+
   /** @internal The head of an entry for this response, or null when it must not be stored. */
   storable(cr: CacheRequest, status: number, h: readonly string[], stamp: number): EntryHead | null {
-    if (!this.statuses.has(status)) return null;
-    const cc = parseCacheControl(headerOf(h, 'cache-control'));
+    // A partial response or a 304 to the client's own conditional request is no stored response.
+    if (status === 206 || status === 304) return null;
+    const cc = this.directives(h);
     if (cc.noStore || cc.private || headerOf(h, 'set-cookie') !== undefined) return null;
     const authOk = cc.public || cc.sMaxAge >= 0;
     if (cr.credential && !authOk) return null;
@@ -394,22 +486,28 @@ export class RouteCache {
       for (const name of [...names].sort()) vary.push([name, '']);
     }
     const now = Date.now();
-    let life = cc.noCache ? 0 : explicitLifetime(cc, headerOf(h, 'expires'), headerOf(h, 'date'), now);
+    const explicit = explicitLifetime(cc, headerOf(h, 'expires'), headerOf(h, 'date'), now);
+    // Explicit freshness makes any final status storable (RFC 9111 §3); the route's list governs the rest.
+    if (explicit < 0 && !this.statuses.has(status)) return null;
+    let life = cc.noCache ? 0 : explicit;
     if (life < 0) life = this.cfg.defaultTtl;
     life = Math.min(life, this.cfg.maxTtl);
-    const age = Number(headerOf(h, 'age') ?? '0');
-    const initialAge = Number.isFinite(age) && age > 0 ? Math.floor(age) : 0;
+    const initialAge = parseAge(headerOf(h, 'age'));
     // A response that is not fresh now is of use later only as the base of a conditional request.
     if (life - initialAge <= 0 && (this.cfg.revalidationTtl === 0 || validatorOf(h) === null)) return null;
     const kept: string[] = [];
     for (let i = 0; i < h.length; i += 2) if (!NOT_STORED.has(h[i].toLowerCase())) kept.push(h[i], h[i + 1]);
-    return { s: status, h: kept, t: now, l: life * 1000, a: initialAge, k: stamp, v: vary, p: authOk, r: cc.mustRevalidate || cc.noCache };
+    // s-maxage implies proxy-revalidate for a shared cache (RFC 9111 §5.2.2.10).
+    const r = cc.mustRevalidate || cc.noCache || cc.sMaxAge >= 0;
+    const w = r ? 0 : window(cc.staleWhileRevalidate, this.cfg.staleWhileRevalidate);
+    const e = r ? 0 : window(cc.staleIfError, this.cfg.staleIfError);
+    return { s: status, h: kept, t: now, l: life * 1000, a: initialAge, k: stamp, v: vary, p: authOk, r, w, e };
   }
 
   /** @internal */
   stored(cr: CacheRequest, head: EntryHead, body: Buffer, f: Flight, ctx: RequestContext): Entry {
     for (const pair of head.v) pair[1] = headerValue(ctx, pair[0]);
-    const staleS = head.r ? 0 : Math.max(this.cfg.staleIfError, this.cfg.staleWhileRevalidate);
+    const staleS = head.r ? 0 : Math.max(head.e ?? this.cfg.staleIfError, head.w ?? this.cfg.staleWhileRevalidate);
     const keepS = Math.max(staleS, validatorOf(head.h) === null ? 0 : this.cfg.revalidationTtl);
     const entry = { head, body };
     this.cells.stores.inc();
@@ -476,19 +574,23 @@ class Filler implements ResponseObserver {
     private revalidating: Entry | null = null,
     /** No client waits on this response (a stale-while-revalidate refresh): it only refreshes the entry. */
     private readonly background = false,
+    /** The request's result is counted once the upstream answers (see RouteCache.answer). */
+    private pending = false,
   ) {}
 
-  /** The answer to a revalidation is not a 304: the request was a miss. */
+  /** The upstream failed: a request still uncounted was a miss. */
   private missed(): void {
-    if (this.revalidating === null) return;
     this.revalidating = null;
-    if (!this.background) this.cache.countMiss();
+    if (!this.pending) return;
+    this.pending = false;
+    this.cache.countMiss();
   }
 
   notModified(raw: Buffer[]): boolean {
     const e = this.revalidating;
     if (e === null || this.settled) return false;
     this.revalidating = null;
+    this.pending = false;
     this.settled = true;
     const h: string[] = [];
     // The 304 came from the target the relay sent the request to.
@@ -501,11 +603,21 @@ class Filler implements ResponseObserver {
     return true;
   }
 
-  onHeaders(status: number, headers: readonly string[]): void {
-    this.missed();
+  onHeaders(status: number, headers: string[]): void {
+    this.revalidating = null;
     // The relay appends x-request-id and the steps' headers after the upstream's own.
     const own = headers.length - 2 - (this.ctx.responseHeaders?.length ?? 0);
-    this.head = this.settled ? null : this.cache.storable(this.cr, status, headers.slice(0, own), this.stamp);
+    const upstream = headers.slice(0, own);
+    if (this.pending) {
+      this.pending = false;
+      if (this.cache.refusedForCredentials(this.cr, upstream)) {
+        this.cache.countCredentialBypass();
+        for (let i = own; i < headers.length; i += 2) if (headers[i] === 'X-Cache') headers[i + 1] = 'BYPASS';
+      } else {
+        this.cache.countMiss();
+      }
+    }
+    this.head = this.settled ? null : this.cache.storable(this.cr, status, upstream, this.stamp);
     if (this.head === null) this.settle(null);
   }
 
@@ -539,6 +651,7 @@ class Filler implements ResponseObserver {
     const e = this.stale;
     if (e === null || this.ctx.res.headersSent) return false;
     this.revalidating = null;
+    this.pending = false;
     this.settle(null);
     this.cache.serve(this.ctx, e, 'stale', Date.now() - e.head.t + e.head.a * 1000);
     return true;
@@ -551,14 +664,43 @@ class Filler implements ResponseObserver {
   }
 }
 
-/** Bumps the path's generations once an unsafe request succeeded (RFC 9111 §4.4): one bump per key space that may hold the path. */
+/**
+ * The path of a Location / Content-Location value when it names the request's own host (a relative
+ * reference always does), else null: another origin's entries are not this request's to invalidate.
+ */
+function sameHostPath(value: string | undefined, host: string, path: string): string | null {
+  if (value === undefined || value === '') return null;
+  try {
+    const base = new URL(`http://${host}${path}`);
+    const u = new URL(value, base);
+    return u.host === base.host && (u.protocol === 'http:' || u.protocol === 'https:') ? u.pathname : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Bumps the generations of the target path once an unsafe (or unknown) method succeeded, and of the
+ * paths its Location and Content-Location name on the same host (RFC 9111 §4.4): one bump per key
+ * space that may hold each path.
+ */
 class Invalidator implements ResponseObserver {
   constructor(
     private readonly store: GateStore,
-    private readonly bumps: readonly Bump[],
+    private readonly space: CacheKeySpace,
+    private readonly path: string,
+    private readonly host: string | undefined,
   ) {}
-  onHeaders(status: number): void {
-    if (status >= 200 && status < 400) for (const b of this.bumps) void this.store.cacheBump(b.clock, b.keys);
+  onHeaders(status: number, headers: readonly string[]): void {
+    if (status < 200 || status >= 400) return;
+    const paths = new Set([this.path]);
+    if (this.host !== undefined) {
+      for (const name of ['location', 'content-location']) {
+        const p = sameHostPath(headerOf(headers, name), this.host, this.path);
+        if (p !== null) paths.add(p);
+      }
+    }
+    for (const p of paths) for (const b of this.space.path(p)) void this.store.cacheBump(b.clock, b.keys);
   }
   onData(): void {}
   onComplete(): void {}

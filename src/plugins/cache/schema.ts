@@ -23,8 +23,9 @@ export const RouteCacheSchema = Type.Object(
       default: 1048576,
       minimum: 0,
     }),
-    statuses: Type.Array(Type.Integer({ minimum: 200, maximum: 499, description: 'A cacheable status (5xx is never stored).' }), {
-      description: 'Statuses that may be stored.',
+    statuses: Type.Array(Type.Integer({ minimum: 200, maximum: 499, description: 'A status stored without explicit freshness.' }), {
+      description:
+        'Statuses that may be stored when the response carries no explicit freshness (kept for defaultTtl, or as the base of a revalidation). A response with s-maxage, max-age or Expires is stored whatever its final status (RFC 9111 §3), except 206 and 304; errors the gateway makes itself are never stored.',
       default: [200, 203, 204, 300, 301, 404, 410],
       minItems: 1,
     }),
@@ -46,17 +47,22 @@ export const RouteCacheSchema = Type.Object(
     }),
     staleWhileRevalidate: Type.Integer({
       description:
-        'Seconds past freshness during which a request finding the entry stale is answered from it at once (X-Cache: STALE) while one background request per key refreshes it from the upstream (conditional when the entry has a validator), like nginx proxy_cache_background_update. Never for must-revalidate / no-cache responses.',
+        'Seconds past freshness during which a request finding the entry stale is answered from it at once (X-Cache: STALE) while one background request per key refreshes it from the upstream (conditional when the entry has a validator), like nginx proxy_cache_background_update. A response\'s own stale-while-revalidate directive (RFC 5861) replaces it, capped by it. Never for must-revalidate, proxy-revalidate, s-maxage or no-cache responses.',
       default: 0,
       minimum: 0,
       maximum: MAX_TTL_S,
     }),
     staleIfError: Type.Integer({
       description:
-        'Seconds past freshness during which a stale entry answers when the upstream fails (connection error, timeout, 5xx). Never for must-revalidate / no-cache responses.',
+        'Seconds past freshness during which a stale entry answers when the upstream fails (connection error, timeout, 5xx). A response\'s own stale-if-error directive (RFC 5861) replaces it, capped by it. Never for must-revalidate, proxy-revalidate, s-maxage or no-cache responses.',
       default: 0,
       minimum: 0,
       maximum: MAX_TTL_S,
+    }),
+    targetedFields: Type.Array(Type.String({ pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", description: 'A response header field name.' }), {
+      description:
+        'Targeted cache-control fields (RFC 9213) in order of precedence: the first one the response carries that parses as a Structured Fields Dictionary is read instead of Cache-Control for this cache (an invalid one is ignored). Put a field of your own first (such as Gateway-Cache-Control) to steer the gateway alone. The fields reach the client unchanged (a CDN in front may read CDN-Cache-Control too); a header rule that removes one hides it from the cache as well.',
+      default: ['CDN-Cache-Control'],
     }),
     countHits: Type.Boolean({
       description:
