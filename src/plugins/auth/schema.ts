@@ -6,6 +6,7 @@ const Obj = <T extends TProperties>(props: T, opts: ObjectOptions & { descriptio
   Type.Object(props, { additionalProperties: false, ...opts });
 
 const HEADER_NAME = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+const HEADER_NAME_WORDS = "a header name such as X-API-Key (letters, digits and !#$%&'*+.^_`|~-)";
 
 /** Signature algorithms a token may use. `none` is deliberately not one of them. */
 export const JWT_ALGORITHMS = [
@@ -62,7 +63,7 @@ export const JwtSchema = Obj(
       maximum: 300,
     }),
     maxTokenBytes: Type.Integer({ description: 'Longer tokens are refused without being parsed.', default: 8192, minimum: 256 }),
-    cookie: Type.Optional(Type.String({ description: 'Also read the token from this cookie (off by default).', pattern: HEADER_NAME })),
+    cookie: Type.Optional(Type.String({ description: 'Also read the token from this cookie (off by default).', pattern: HEADER_NAME, expected: HEADER_NAME_WORDS })),
     query: Type.Optional(
       Type.String({ description: 'Also read the token from this query parameter (off by default: URLs end up in logs).', minLength: 1 }),
     ),
@@ -103,7 +104,7 @@ export const KeyRedisSchema = Obj(
 
 export const ApiKeysSchema = Obj(
   {
-    header: Type.String({ description: 'Request header carrying the API key.', default: 'X-API-Key', pattern: HEADER_NAME }),
+    header: Type.String({ description: 'Request header carrying the API key.', default: 'X-API-Key', pattern: HEADER_NAME, expected: HEADER_NAME_WORDS }),
     query: Type.Optional(
       Type.String({ description: 'Also read the key from this query parameter (off by default: URLs end up in logs).', minLength: 1 }),
     ),
@@ -127,9 +128,9 @@ export const ApiKeysSchema = Obj(
 
 export const IdentityHeadersSchema = Obj(
   {
-    consumerId: Type.String({ description: 'Upstream header carrying the consumer id.', default: 'X-Consumer-Id', pattern: HEADER_NAME }),
-    userId: Type.String({ description: 'Upstream header carrying the user id (JWT only).', default: 'X-User-Id', pattern: HEADER_NAME }),
-    roles: Type.String({ description: 'Upstream header carrying the roles, comma-separated.', default: 'X-User-Roles', pattern: HEADER_NAME }),
+    consumerId: Type.String({ description: 'Upstream header carrying the consumer id.', default: 'X-Consumer-Id', pattern: HEADER_NAME, expected: HEADER_NAME_WORDS }),
+    userId: Type.String({ description: 'Upstream header carrying the user id (JWT only).', default: 'X-User-Id', pattern: HEADER_NAME, expected: HEADER_NAME_WORDS }),
+    roles: Type.String({ description: 'Upstream header carrying the roles, comma-separated.', default: 'X-User-Roles', pattern: HEADER_NAME, expected: HEADER_NAME_WORDS }),
     maxLength: Type.Integer({
       description: 'Longest identity header value; a longer identity is refused (401).',
       default: 1024,
@@ -146,7 +147,7 @@ export const IdentityHeadersSchema = Obj(
 
 export const AuthSchema = Obj(
   {
-    realm: Type.String({ description: 'Realm announced in WWW-Authenticate.', default: 'gateway', pattern: '^[ !#-\\[\\]-~]{1,64}$' }),
+    realm: Type.String({ description: 'Realm announced in WWW-Authenticate.', default: 'gateway', pattern: '^[ !#-\\[\\]-~]{1,64}$', expected: 'at most 64 printable ASCII characters without " or \\' }),
     jwt: Type.Optional(JwtSchema),
     apiKeys: ApiKeysSchema,
     identityHeaders: IdentityHeadersSchema,
