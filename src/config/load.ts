@@ -15,10 +15,13 @@ export interface ConfigProblem {
 
 export class ConfigError extends Error {
   readonly problems: ConfigProblem[];
+  /** The file (or other source) the configuration came from; empty when it has none. */
+  readonly source: string;
   constructor(source: string, problems: ConfigProblem[]) {
     super(`invalid configuration${source ? ` in ${source}` : ''}:\n${problems.map(formatProblem).join('\n')}`);
     this.name = 'ConfigError';
     this.problems = problems;
+    this.source = source;
   }
 }
 
