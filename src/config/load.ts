@@ -78,11 +78,16 @@ function joinPath(base: string, key: string): string {
 
 /** Turns ajv's /routes/2/upstream into routes[2].upstream. */
 function pointerToPath(pointer: string): string {
+  return segsToPath(segsOf(pointer));
+}
+
+function segsOf(pointer: string): string[] {
+  return pointer.split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+}
+
+function segsToPath(segs: readonly string[]): string {
   let out = '';
-  for (const raw of pointer.split('/').slice(1)) {
-    const seg = raw.replace(/~1/g, '/').replace(/~0/g, '~');
-    out = /^\d+$/.test(seg) ? `${out}[${seg}]` : joinPath(out, seg);
-  }
+  for (const seg of segs) out = /^\d+$/.test(seg) ? `${out}[${seg}]` : joinPath(out, seg);
   return out;
 }
 
@@ -370,16 +375,6 @@ function schemaAt(segs: readonly string[]): SchemaNode | undefined {
   return node;
 }
 
-function segsOf(pointer: string): string[] {
-  return pointer.split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
-}
-
-function segsToPath(segs: readonly string[]): string {
-  let out = '';
-  for (const seg of segs) out = /^\d+$/.test(seg) ? `${out}[${seg}]` : joinPath(out, seg);
-  return out;
-}
-
 /** A path string (routes[2].match, auth.jwt.claimHeaders["X-A"]) back into segments; null when it is not one. */
 function pathToSegs(path: string): string[] | null {
   const segs: string[] = [];
@@ -460,6 +455,7 @@ class WellFormedParts {
     const all = [...this.targets.values()];
     const keys = all.map((t) => t.segs.join('\u0000'));
     this.removed.length = 0;
+    this.removedNames.clear();
     this.shifted = new Map();
     all.forEach(({ segs, unknown }, i) => {
       // Inside a part that goes anyway.
@@ -558,9 +554,8 @@ export function parseConfig(input: unknown, opts: { env?: NodeJS.ProcessEnv; sou
       port = undefined;
     }
   }
-  const original = structuredClone(data);
   if (!validateSchema(data) || problems.length) {
-    throw new ConfigError(opts.source ?? '', allProblems(original, [...(validateSchema.errors ?? [])], problems));
+    throw new ConfigError(opts.source ?? '', allProblems(data, [...(validateSchema.errors ?? [])], problems));
   }
   if (port !== undefined) cfg.listen.port = port;
   crossCheck(cfg, problems);
