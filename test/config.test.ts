@@ -89,6 +89,10 @@ t.test('schema problems and cross-field problems are reported together', async (
     'admin.token: environment variable ADMIN_TOKEN is not set and has no default',
     'routes[0].upstream: unknown upstream "usres"',
   ], 'an unset variable does not hide the rest either');
+  t.same(problems({ upstreams: [{ users: { targets: ['http://a'] } }], routes: [base.routes[0], { ...base.routes[0], name: 'r2' }] }), [
+    'upstreams: expected a mapping (got a list)',
+    'routes[1].match: overlaps routes[0] (same prefix, host and method)',
+  ], 'a malformed map leaves references into it unjudged');
 });
 
 t.test('problems say what is expected in words, never as a regular expression', async (t) => {

@@ -398,6 +398,8 @@ class WellFormedParts {
   readonly removed: string[] = [];
   /** Names of removed list items and map entries: a reference to one is not "unknown", it is malformed. */
   readonly removedNames = new Set<string>();
+  /** A whole list or map was malformed, so no reference into one can be judged. */
+  collectionRemoved = false;
   private readonly targets = new Map<string, { segs: string[]; unknown: boolean }>();
   private shifted = new Map<string, number[]>();
 
@@ -456,6 +458,7 @@ class WellFormedParts {
     const keys = all.map((t) => t.segs.join('\u0000'));
     this.removed.length = 0;
     this.removedNames.clear();
+    this.collectionRemoved = false;
     this.shifted = new Map();
     all.forEach(({ segs, unknown }, i) => {
       // Inside a part that goes anyway.
@@ -473,6 +476,8 @@ class WellFormedParts {
           if (typeof name === 'string') this.removedNames.add(name);
         }
         if (schema?.patternProperties && !schema.properties?.[last]) this.removedNames.add(last);
+        const own = schemaAt(segs);
+        if (own && (own.items || isMap(own))) this.collectionRemoved = true;
       }
       if (Array.isArray(parent)) {
         parent[Number(last)] = gone;
@@ -532,6 +537,7 @@ function allProblems(original: unknown, errors: ErrorObject[], early: ConfigProb
   for (const p of cross) {
     if (quiet.some((q) => related(q, p.path))) continue;
     if ([...parts.removedNames].some((n) => p.message.includes(JSON.stringify(n)))) continue;
+    if (parts.collectionRemoved && /^unknown [a-z ]+ "/.test(p.message)) continue;
     if (!out.some((o) => o.path === p.path && o.message === p.message)) out.push(p);
   }
   return out;
