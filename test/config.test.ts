@@ -234,6 +234,7 @@ t.test('YAML files: a syntax error is reported once, with its line and a caret',
     ].join('\n'),
   ]);
   t.same(yamlProblems('listen:\n  host: a: b\n'), ['line 2, column 9: YAML syntax error: Nested mappings are not allowed in compact mappings\n2 |   host: a: b\n  |         ^']);
+  t.same(yamlProblems('log:\n  level: "info\nlisten:\n  port: 1\n'), ['line 2, column 10: YAML syntax error: Missing closing "quote\n2 |   level: "info\n  |          ^'], 'an unclosed quote is shown where it opens');
   t.same(yamlProblems('listen:\n  port: 1\n  port: 2\nlog:\n  level: info\n  level: warn\n'), [
     'line 3, column 3: duplicate key "port"\n3 |   port: 2\n  |   ^',
     'line 6, column 3: duplicate key "level"\n6 |   level: warn\n  |   ^',

@@ -600,7 +600,15 @@ function yamlProblems(text: string, errors: YAML.YAMLError[]): ConfigProblem[] {
     const col = (lines[line - 1] ?? '').indexOf('\t') + 1;
     return [problem(line, Math.max(col, 1), 'tabs are not allowed in YAML indentation; use spaces')];
   }
-  return [problem(first.line, first.col, `YAML syntax error: ${errors[0].message.replace(/ at line \d+, column \d+[\s\S]*$/, '')}`)];
+  const message = `YAML syntax error: ${errors[0].message.replace(/ at line \d+, column \d+[\s\S]*$/, '')}`;
+  // The parser notices an unclosed quote at the end of the file; the quote that opened it is the last one.
+  const quote = errors[0].code === 'MISSING_CHAR' ? /closing (["'])quote/.exec(message)?.[1] : undefined;
+  const opened = quote ? text.lastIndexOf(quote, errors[0].pos[0]) : -1;
+  if (opened >= 0) {
+    const before = text.slice(0, opened).split(/\r?\n/);
+    return [problem(before.length, before[before.length - 1].length + 1, message)];
+  }
+  return [problem(first.line, first.col, message)];
 }
 
 /** The key a duplicate-key error points at. */
