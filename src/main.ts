@@ -111,6 +111,9 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   if (cmd === 'keys') {
+    const valued = ['--config', '-c', '--expires'];
+    const flag = rest.find((a, i) => a.startsWith('-') && !valued.includes(a) && !valued.includes(rest[i - 1]));
+    if (flag) usageError(`unknown option ${flag}`);
     try {
       await keysCommand(rest, (s) => process.stdout.write(s));
     } catch (err) {

@@ -20,6 +20,7 @@ t.test('a usage error exits 2 and names what was wrong', async (t) => {
     [['--config', 'examples/gateway.yaml', '--verbose'], 'gateway: unknown option --verbose'],
     [['validate'], 'gateway: validate needs a file'],
     [['strat'], 'gateway: unknown command strat'],
+    [['keys', 'list', 'alice', '--config', 'examples/gateway.yaml', '--all'], 'gateway: unknown option --all'],
   ] as const) {
     const r = cli(...args);
     t.equal(r.status, 2, args.join(' '));
