@@ -33,7 +33,7 @@ function usageError(message: string): never {
 
 /** Rejects what is left of the command line once a command took its arguments. */
 function noMore(args: string[]): void {
-  const flag = args.find((a) => a.startsWith('-') && a !== '-');
+  const flag = args.find((a) => a.startsWith('-'));
   if (flag) usageError(`unknown option ${flag}`);
   if (args.length) usageError(`unexpected argument ${args[0]}`);
 }
