@@ -1,6 +1,9 @@
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readdirSync, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import Ajv from 'ajv';
 import t from 'tap';
+import YAML from 'yaml';
+import { renderJsonSchema } from '../src/config/json-schema';
 import { ConfigSchema } from '../src/config/schema';
 import { readmeWithReference } from '../src/config/reference';
 
@@ -27,4 +30,30 @@ t.test('every schema field has a description, and a default unless it is require
   const isOptionalByDesign = (s: Record<string, unknown>) => Object.getOwnPropertySymbols(s).some((sym) => String(sym) === 'Symbol(TypeBox.Optional)');
   visit(ConfigSchema as unknown as Record<string, unknown>, '', true);
   t.same(missing, []);
+});
+
+const SCHEMA_FILE = join(__dirname, '..', 'schema', 'gateway.schema.json');
+
+t.test('the committed JSON Schema is the one generated from the schema', async (t) => {
+  t.equal(readFileSync(SCHEMA_FILE, 'utf8'), renderJsonSchema(), 'run `npm run docs` after changing the configuration schema');
+});
+
+t.test('every example names the JSON Schema for editors, and passes it', async (t) => {
+  // Strict ajv refuses keywords that are not JSON Schema, which editors would not understand either.
+  const validate = new Ajv({ allErrors: true, strict: true, strictTypes: false }).compile(JSON.parse(readFileSync(SCHEMA_FILE, 'utf8')) as object);
+  const examples = readdirSync(join(__dirname, '..', 'examples')).filter((f) => /\.ya?ml$/.test(f));
+  t.ok(examples.length > 0);
+  for (const name of examples) {
+    const file = join(__dirname, '..', 'examples', name);
+    const text = readFileSync(file, 'utf8');
+    const first = /^# yaml-language-server: \$schema=(\S+)\n/.exec(text);
+    t.ok(first, `${name} starts with a yaml-language-server line`);
+    if (!first) continue;
+    t.equal(resolve(dirname(file), first[1]), SCHEMA_FILE, `${name} points at the committed schema`);
+    t.ok(validate(YAML.parse(text)), `${name} passes the schema as an editor sees it (\${ENV} not yet substituted): ${JSON.stringify(validate.errors)}`);
+  }
+  t.notOk(validate({ listen: { port: 'eighty' } }), 'a wrong value is flagged');
+  t.notOk(validate({ routes: [{ name: 'r', match: { prefix: '/r' } }] }), 'a missing field without a default is flagged');
+  t.notOk(validate({ listen: { prot: 80 } }), 'an unknown key is flagged');
+  t.ok(validate({ listen: { port: '${PORT:-8080}' }, log: { level: '${LOG_LEVEL}' } }), 'a ${ENV} reference stands in for any value');
 });

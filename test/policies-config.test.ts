@@ -95,7 +95,7 @@ t.test('IP rules, CORS, limits and deprecation', async (t) => {
     'policies.ipRules.deny[0]: "2001:db8::/129" is not an IP address or CIDR',
     'policies.ipRules.deny[1]: "localhost" is not an IP address or CIDR',
     'policies.cors.origins: list at least one origin (or "*" for any)',
-    'policies.limits.maxHeaderBytes: must be >= 1024',
+    'policies.limits.maxHeaderBytes: expected at least 1024 (got 100)',
     'routes[0].policies.ipRules.deny[2]: "nope/8" is not an IP address or CIDR',
     'routes[0].policies.cors.origins[1]: "https://app.example.com/path" is not an origin (scheme://host[:port], no path) or a pattern such as https://*.example.com or http://localhost:*',
     'routes[0].policies.cors.origins[2]: "ftp://x.example" is not an origin (scheme://host[:port], no path) or a pattern such as https://*.example.com or http://localhost:*',
@@ -105,7 +105,7 @@ t.test('IP rules, CORS, limits and deprecation', async (t) => {
     'routes[0].policies.deprecation.date: "2025-06-30" is not an ISO 8601 date-time with a zone, such as 2025-06-30T23:59:59Z',
     'routes[0].policies.deprecation.link: "javascript:alert(1)" is not an http(s) URL',
     'routes[1].policies.deprecation.sunset: must not be earlier than the deprecation date (RFC 9745)',
-    'routes[1].policies.limits.maxBodyBytes: must be >= 0',
+    'routes[1].policies.limits.maxBodyBytes: expected at least 0 (got -1)',
   ];
   for (const e of expect) t.ok(p.includes(e), `${e}\n  in\n${p.join('\n')}`);
   t.notOk(p.some((x) => x.includes('192.168.1.1') || x.includes('fe80') || x.includes('::1"')), 'plain addresses and IPv6 ranges are fine');

@@ -106,12 +106,12 @@ t.test('config: limits and store are validated with precise paths', async (t) =>
     store: { type: 'redis', redis: { keyPrefix: 'a{b}' } },
   });
   const expect = [
-    'routes[0].rateLimit.limits[4].per: must match pattern "^[1-9][0-9]*(ms|s|m|h|d)$"',
-    'routes[0].rateLimit.limits[5].by: must match pattern',
-    'routes[0].rateLimit.failMode: must be one of "open", "closed"',
+    'routes[0].rateLimit.limits[4].per: expected a duration like 500ms, 1s, 5m, 1h, 1d (got "1x")',
+    'routes[0].rateLimit.limits[5].by: expected ip, consumer, apiKey, route or header:<name> (got "cookie")',
+    'routes[0].rateLimit.failMode: expected one of open or closed (got "sideways")',
     'routes[0].rateLimit.extra: unknown key',
-    'consumers[0].rateLimits[0].rate: must be >= 1',
-    'store.redis.keyPrefix: must match pattern',
+    'consumers[0].rateLimits[0].rate: expected at least 1 (got 0)',
+    'store.redis.keyPrefix: expected at most 64 characters without braces or whitespace (got "a{b}")',
   ];
   for (const e of expect) t.ok(p.some((x) => x.startsWith(e)), `${e}\n  in ${p.join('\n  ')}`);
 

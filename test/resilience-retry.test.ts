@@ -169,8 +169,8 @@ t.test('config: resilience defaults and checks', async (t) => {
 
   t.same(problems({ retries: { methods: ['GET', 'POST'] } }), ['upstreams.up.retries.methods[1]: POST is not idempotent and is never retried']);
   t.same(problems({ breaker: { openMs: 10000, maxOpenMs: 5000 } }), ['upstreams.up.breaker.maxOpenMs: must be at least breaker.openMs (10000)']);
-  t.same(problems({ breaker: { failureOn: ['connect', 'teapot'] } }), ['upstreams.up.breaker.failureOn[1]: must be one of "connect", "timeout", "reset", "bad-response", "gateway-error", "5xx"']);
+  t.same(problems({ breaker: { failureOn: ['connect', 'teapot'] } }), ['upstreams.up.breaker.failureOn[1]: expected one of connect, timeout, reset, bad-response, gateway-error or 5xx (got "teapot")']);
   t.ok(problems({ healthCheck: { expectedStatuses: ['2xx', '6xx'] } }).every((p) => p.startsWith('upstreams.up.healthCheck.expectedStatuses[1]: ')));
   t.same(problems({ healthCheck: { expectedStatuses: ['2xx', 301] } }), []);
-  t.same(problems({ queue: { timeoutMs: 0 } }), ['upstreams.up.queue.timeoutMs: must be >= 1']);
+  t.same(problems({ queue: { timeoutMs: 0 } }), ['upstreams.up.queue.timeoutMs: expected at least 1 (got 0)']);
 });

@@ -1,4 +1,5 @@
 import { readFileSync, writeFileSync } from 'node:fs';
+import { renderJsonSchema } from './json-schema';
 import { ConfigSchema } from './schema';
 
 interface JsonSchema {
@@ -68,4 +69,5 @@ export function readmeWithReference(readme: string): string {
 if (require.main === module) {
   const file = process.argv[2] ?? 'README.md';
   writeFileSync(file, readmeWithReference(readFileSync(file, 'utf8')));
+  writeFileSync(process.argv[3] ?? 'schema/gateway.schema.json', renderJsonSchema());
 }

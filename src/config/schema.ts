@@ -50,7 +50,7 @@ export const AdminSchema = Obj(
     tokens: Type.Array(
       Obj(
         {
-          id: Type.String({ description: 'Who holds the token; written to audit lines.', pattern: '^[A-Za-z0-9_.@-]{1,64}$' }),
+          id: Type.String({ description: 'Who holds the token; written to audit lines.', pattern: '^[A-Za-z0-9_.@-]{1,64}$', expected: 'an id of 1 to 64 letters, digits and _ . @ -' }),
           token: Type.String({ description: 'The bearer token (use ${ENV} substitution).', minLength: 16 }),
         },
         { description: 'A named admin token.' },
@@ -195,15 +195,15 @@ export const BreakerSchema = Obj(
 const StatusPattern = Type.Union(
   [
     Type.Integer({ description: 'A status code.', minimum: 100, maximum: 599 }),
-    Type.String({ description: 'A status class such as 2xx.', pattern: '^[1-5]xx$' }),
+    Type.String({ description: 'A status class such as 2xx.', pattern: '^[1-5]xx$', expected: 'a status class such as 2xx' }),
   ],
-  { description: 'A status code or class.' },
+  { description: 'A status code or class.', expected: 'a status code from 100 to 599 or a class such as 2xx' },
 );
 
 export const HealthCheckSchema = Obj(
   {
     enabled: Type.Boolean({ description: 'Probe every target actively.', default: false }),
-    path: Type.String({ description: "Path probed with GET on each target (after the target's base path).", default: '/health', pattern: '^/' }),
+    path: Type.String({ description: "Path probed with GET on each target (after the target's base path).", default: '/health', pattern: '^/', expected: 'a path starting with /' }),
     intervalMs: Ms('Time between the end of one probe and the start of the next', 5000, 50),
     timeoutMs: Ms('Time a probe may take, headers and body, before it counts as failed', 2000, 1),
     healthyThreshold: Type.Integer({ description: 'Passing probes in a row that bring an unhealthy target back.', default: 2, minimum: 1 }),
@@ -224,7 +224,7 @@ export const HealthCheckSchema = Obj(
 export const RetriesSchema = Obj(
   {
     maxRetries: Type.Integer({ description: 'Retries per request after the first attempt. 0 turns retries off.', default: 1, minimum: 0, maximum: 10 }),
-    methods: Type.Array(Type.String({ pattern: '^[A-Z]+$', description: 'An idempotent HTTP method in upper case.' }), {
+    methods: Type.Array(Type.String({ pattern: '^[A-Z]+$', expected: 'an HTTP method in upper case, such as GET', description: 'An idempotent HTTP method in upper case.' }), {
       description: 'Methods that may be retried. Only idempotent ones: POST and PATCH are refused. Requests with a body are never retried.',
       default: ['GET', 'HEAD', 'OPTIONS'],
       uniqueItems: true,
@@ -290,9 +290,10 @@ export const MatchSchema = Obj(
       description:
         'Path prefix, matched at segment boundaries after normalisation (/api/users matches /api/users and /api/users/1, never /api/users-admin).',
       pattern: '^/',
+      expected: 'a path starting with /',
     }),
     methods: Type.Optional(
-      Type.Array(Type.String({ pattern: '^[A-Z]+$', description: 'An HTTP method in upper case.' }), {
+      Type.Array(Type.String({ pattern: '^[A-Z]+$', expected: 'an HTTP method in upper case, such as GET', description: 'An HTTP method in upper case.' }), {
         description: 'Methods the route accepts; other methods get 405 with Allow. All methods when omitted.',
         minItems: 1,
       }),
@@ -302,6 +303,7 @@ export const MatchSchema = Obj(
         Type.String({
           description: 'A host name, or *.example.com for any subdomain.',
           pattern: '^(\\*\\.)?[A-Za-z0-9.-]+$',
+          expected: 'a host name such as api.example.com, or *.example.com',
         }),
         { description: 'Host names the route answers for. Any host when omitted.', minItems: 1 },
       ),
@@ -320,6 +322,7 @@ export const RewriteSchema = Obj(
       Type.String({
         description: 'Replace the matched prefix with this one before forwarding (/api/users/1 → /v2/users/1).',
         pattern: '^/',
+        expected: 'a path starting with /',
       }),
     ),
   },
@@ -331,6 +334,7 @@ export const RouteSchema = Obj(
     name: Type.String({
       description: 'Unique route name; used in metrics labels and logs (never raw paths).',
       pattern: '^[A-Za-z0-9_.-]+$',
+      expected: 'a name of letters, digits and _ . -',
       maxLength: 64,
     }),
     match: MatchSchema,
@@ -364,6 +368,8 @@ export const ConfigSchema = Obj(
     shutdown: ShutdownSchema,
     upstreams: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), UpstreamSchema, {
       description: 'Backends by name.',
+      expectedKey: 'a name of letters, digits and _ . -',
+      additionalProperties: false,
       default: {},
     }),
     routes: Type.Array(RouteSchema, { description: 'Routes; the longest matching prefix wins.', default: [] }),

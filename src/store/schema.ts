@@ -1,6 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 
 const HOST_PORT = '^[^\\s:]+:[0-9]{1,5}$|^\\[[0-9A-Fa-f:.]+\\]:[0-9]{1,5}$';
+const HOST_PORT_WORDS = 'host:port, such as redis-1:6379 or [::1]:6379';
 
 export const MemoryStoreSchema = Type.Object(
   {
@@ -31,13 +32,14 @@ export const RedisStoreSchema = Type.Object(
         description:
           'Standalone server, redis://[user:password@]host:port[/db] or rediss:// for TLS. Required in standalone mode; use ${ENV} for the password.',
         pattern: '^rediss?://',
+        expected: 'a redis:// or rediss:// URL',
       }),
     ),
-    nodes: Type.Array(Type.String({ description: 'A cluster node, host:port.', pattern: HOST_PORT }), {
+    nodes: Type.Array(Type.String({ description: 'A cluster node, host:port.', pattern: HOST_PORT, expected: HOST_PORT_WORDS }), {
       description: 'Cluster mode: some nodes to discover the cluster from (one is enough; more survive a node being down).',
       default: [],
     }),
-    sentinels: Type.Array(Type.String({ description: 'A Sentinel, host:port.', pattern: HOST_PORT }), {
+    sentinels: Type.Array(Type.String({ description: 'A Sentinel, host:port.', pattern: HOST_PORT, expected: HOST_PORT_WORDS }), {
       description: 'Sentinel mode: the Sentinels to ask for the current primary.',
       default: [],
     }),
@@ -51,6 +53,7 @@ export const RedisStoreSchema = Type.Object(
       description: 'Prefix of every key the gateway writes, so several gateways (or other apps) can share a Redis.',
       default: 'gw:',
       pattern: '^[^{}\\s]{0,64}$',
+      expected: 'at most 64 characters without braces or whitespace',
     }),
     timeoutMs: Type.Integer({
       description:

@@ -3,8 +3,8 @@ import { ConsumerLimitSchema } from '../rate-limit/schema';
 
 export const StoredKeySchema = Type.Object(
   {
-    prefix: Type.String({ description: 'The visible start of the key, for support and revocation.', pattern: '^gk_[a-z2-7]{8}$' }),
-    sha256: Type.String({ description: 'SHA-256 of the whole key, hex. The key itself is never stored.', pattern: '^[0-9a-f]{64}$' }),
+    prefix: Type.String({ description: 'The visible start of the key, for support and revocation.', pattern: '^gk_[a-z2-7]{8}$', expected: 'a key prefix like gk_abcdefgh' }),
+    sha256: Type.String({ description: 'SHA-256 of the whole key, hex. The key itself is never stored.', pattern: '^[0-9a-f]{64}$', expected: '64 lower-case hex digits' }),
     created: Type.Optional(Type.String({ description: 'When the key was created (ISO 8601).' })),
     expires: Type.Optional(Type.String({ description: 'When the key stops working (ISO 8601). Never when omitted.' })),
   },
@@ -13,7 +13,7 @@ export const StoredKeySchema = Type.Object(
 
 export const ConsumerSchema = Type.Object(
   {
-    id: Type.String({ description: 'Stable consumer id; sent upstream as the consumer identity.', pattern: '^[A-Za-z0-9_.@:-]{1,128}$' }),
+    id: Type.String({ description: 'Stable consumer id; sent upstream as the consumer identity.', pattern: '^[A-Za-z0-9_.@:-]{1,128}$', expected: 'an id of 1 to 128 letters, digits and _ . @ : -' }),
     roles: Type.Array(Type.String({ description: 'A role name.' }), { description: 'Roles granted to the consumer.', default: [] }),
     scopes: Type.Array(Type.String({ description: 'A scope name.' }), { description: 'Scopes granted to the consumer.', default: [] }),
     routes: Type.Optional(

@@ -6,6 +6,7 @@ const Obj = <T extends TProperties>(props: T, opts: ObjectOptions & { descriptio
   Type.Object(props, { additionalProperties: false, ...opts });
 
 const HEADER_NAME = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+const HEADER_NAME_WORDS = "a header name such as X-API-Key (letters, digits and !#$%&'*+.^_`|~-)";
 /** A media type (RFC 6838 names), with or without its `application/` part. */
 const MEDIA_TYPE = '^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*(/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*)?$';
 
@@ -70,7 +71,7 @@ export const JwtSchema = Obj(
         minimum: 256,
       }),
     ),
-    cookie: Type.Optional(Type.String({ description: 'Also read the token from this cookie (off by default).', pattern: HEADER_NAME })),
+    cookie: Type.Optional(Type.String({ description: 'Also read the token from this cookie (off by default).', pattern: HEADER_NAME, expected: HEADER_NAME_WORDS })),
     query: Type.Optional(
       Type.String({ description: 'Also read the token from this query parameter (off by default: URLs end up in logs).', minLength: 1 }),
     ),
@@ -111,7 +112,7 @@ export const KeyRedisSchema = Obj(
 
 export const ApiKeysSchema = Obj(
   {
-    header: Type.String({ description: 'Request header carrying the API key.', default: 'X-API-Key', pattern: HEADER_NAME }),
+    header: Type.String({ description: 'Request header carrying the API key.', default: 'X-API-Key', pattern: HEADER_NAME, expected: HEADER_NAME_WORDS }),
     query: Type.Optional(
       Type.String({ description: 'Also read the key from this query parameter (off by default: URLs end up in logs).', minLength: 1 }),
     ),
@@ -135,9 +136,9 @@ export const ApiKeysSchema = Obj(
 
 export const IdentityHeadersSchema = Obj(
   {
-    consumerId: Type.String({ description: 'Upstream header carrying the consumer id.', default: 'X-Consumer-Id', pattern: HEADER_NAME }),
-    userId: Type.String({ description: 'Upstream header carrying the user id (JWT only).', default: 'X-User-Id', pattern: HEADER_NAME }),
-    roles: Type.String({ description: 'Upstream header carrying the roles, comma-separated.', default: 'X-User-Roles', pattern: HEADER_NAME }),
+    consumerId: Type.String({ description: 'Upstream header carrying the consumer id.', default: 'X-Consumer-Id', pattern: HEADER_NAME, expected: HEADER_NAME_WORDS }),
+    userId: Type.String({ description: 'Upstream header carrying the user id (JWT only).', default: 'X-User-Id', pattern: HEADER_NAME, expected: HEADER_NAME_WORDS }),
+    roles: Type.String({ description: 'Upstream header carrying the roles, comma-separated.', default: 'X-User-Roles', pattern: HEADER_NAME, expected: HEADER_NAME_WORDS }),
     maxLength: Type.Integer({
       description: 'Longest identity header value; a longer identity is refused (401).',
       default: 1024,
@@ -154,7 +155,7 @@ export const IdentityHeadersSchema = Obj(
 
 export const AuthSchema = Obj(
   {
-    realm: Type.String({ description: 'Realm announced in WWW-Authenticate.', default: 'gateway', pattern: '^[ !#-\\[\\]-~]{1,64}$' }),
+    realm: Type.String({ description: 'Realm announced in WWW-Authenticate.', default: 'gateway', pattern: '^[ !#-\\[\\]-~]{1,64}$', expected: 'at most 64 printable ASCII characters without " or \\' }),
     jwt: Type.Optional(JwtSchema),
     apiKeys: ApiKeysSchema,
     identityHeaders: IdentityHeadersSchema,
@@ -186,7 +187,7 @@ export const RouteAuthSchema = Obj(
       ),
     ),
     tokenTypes: Type.Optional(
-      Type.Array(Type.String({ description: 'A token type, such as at+jwt.', pattern: MEDIA_TYPE }), {
+      Type.Array(Type.String({ description: 'A token type, such as at+jwt.', pattern: MEDIA_TYPE, expected: 'a media type such as at+jwt or application/at+jwt' }), {
         description:
           'Accepted JWT `typ` header values, such as at+jwt (RFC 9068 access tokens) to refuse ID or refresh tokens here. Compared as media types: case-insensitive, `application/` implied (at+jwt = application/at+jwt). A token of another type or without `typ` is refused (401). Unset (the default): any type, or none. API keys are not affected.',
         minItems: 1,

@@ -59,7 +59,7 @@ export const RouteCacheSchema = Type.Object(
       minimum: 0,
       maximum: MAX_TTL_S,
     }),
-    targetedFields: Type.Array(Type.String({ pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", description: 'A response header field name.' }), {
+    targetedFields: Type.Array(Type.String({ pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", description: 'A response header field name.', expected: 'a header field name such as CDN-Cache-Control' }), {
       description:
         'Targeted cache-control fields (RFC 9213) in order of precedence: the first one the response carries that parses as a Structured Fields Dictionary is read instead of Cache-Control for this cache (an invalid one is ignored). Put a field of your own first (such as Gateway-Cache-Control) to steer the gateway alone. The fields reach the client unchanged (a CDN in front may read CDN-Cache-Control too); a header rule that removes one hides it from the cache as well.',
       default: ['CDN-Cache-Control'],

@@ -66,7 +66,7 @@ export const CorsSchema = Obj(
       }),
       { description: 'Origins allowed to call the route from a browser.', default: [] },
     ),
-    methods: Type.Array(Type.String({ pattern: '^[A-Z]+$', description: 'An HTTP method in upper case.' }), {
+    methods: Type.Array(Type.String({ pattern: '^[A-Z]+$', expected: 'an HTTP method in upper case, such as GET', description: 'An HTTP method in upper case.' }), {
       description: "Methods announced to preflights. Empty: the route's methods, or the usual ones when the route takes any.",
       default: [],
     }),

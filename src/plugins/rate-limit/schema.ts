@@ -7,15 +7,16 @@ const BY_PATTERN = '^(ip|consumer|apiKey|route|header:[!#$%&\'*+.^_`|~0-9A-Za-z-
 
 const limitFields = (byDefault: string, byDescription: string, nameDescription: string) => ({
   rate: Type.Integer({ description: 'Tokens added to the bucket every `per`.', minimum: 1 }),
-  per: Type.String({ description: 'Refill period: 500ms, 1s, 1m, 1h or 1d.', pattern: DURATION_PATTERN }),
+  per: Type.String({ description: 'Refill period: 500ms, 1s, 1m, 1h or 1d.', pattern: DURATION_PATTERN, expected: 'a duration like 500ms, 1s, 5m, 1h, 1d' }),
   burst: Type.Optional(
     Type.Integer({ description: 'Bucket capacity (the largest burst). Defaults to `rate`.', minimum: 1 }),
   ),
-  by: Type.String({ description: byDescription, pattern: BY_PATTERN, default: byDefault }),
+  by: Type.String({ description: byDescription, pattern: BY_PATTERN, expected: 'ip, consumer, apiKey, route or header:<name>', default: byDefault }),
   name: Type.Optional(
     Type.String({
       description: nameDescription,
       pattern: '^[A-Za-z0-9_.:-]{1,64}$',
+      expected: 'a name of 1 to 64 letters, digits and _ . : -',
     }),
   ),
 });
