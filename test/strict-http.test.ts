@@ -109,6 +109,8 @@ t.test('request lines other than HTTP/1.0 and HTTP/1.1 are refused and never for
     'a raw LF inside the target (it would inject a header line)',
   );
   await refusedRaw(t, 'GET /nowhere\r\n\r\n', 400, 'BAD_REQUEST_LINE', 'HTTP/0.9 line on a path no route matches');
+  await refusedRaw(t, 'M-SEARCH /open/a\r\n\r\n', 400, 'BAD_REQUEST_LINE', 'HTTP/0.9 line with a method the router does not list');
+  await refusedRaw(t, 'GET /open/%zz\r\n\r\n', 400, 'BAD_REQUEST_LINE', 'HTTP/0.9 line with a malformed target');
   await refusedRaw(t, 'GET /open/a HTTP/2.0\r\nHost: x\r\n\r\n', 505, 'HTTP_VERSION_NOT_SUPPORTED', 'HTTP/2.0 on a 1.x connection');
   await refusedRaw(t, 'GET /open/a HTTP/1.2\r\nHost: x\r\n\r\n', 505, 'HTTP_VERSION_NOT_SUPPORTED', 'HTTP/1.2');
   await refusedRaw(t, 'GET /open/a HTTP/3.0\r\nHost: x\r\n\r\n', 505, 'HTTP_VERSION_NOT_SUPPORTED', 'HTTP/3.0 as text');
