@@ -17,7 +17,7 @@ import { HealthChecker } from './proxy/health';
 import { UpstreamRegistry } from './proxy/upstreams';
 import type { Plugin, PluginContext, Resource } from './plugins';
 import { closeSilentConnections, serverLimitOptions } from './plugins/policies/server-limits';
-import { versionError } from './net/strict-http';
+import { speaksHttp1, versionError } from './net/strict-http';
 import { keyStoreFor } from './plugins/auth';
 import { RequestIds } from './request-ids';
 import { Runtime } from './runtime';
@@ -242,7 +242,7 @@ export class Gateway {
 
   private answerFastify(request: FastifyRequest, reply: FastifyReply, err: GatewayError): void {
     reply.hijack();
-    if (request.raw.httpVersionMajor !== 1) {
+    if (!speaksHttp1(request.raw)) {
       reply.raw.shouldKeepAlive = false;
       err = versionError(request.raw);
     }

@@ -7,7 +7,7 @@ import type { AccessLog } from './observability/access-log';
 import type { RouteMetrics } from './observability/metrics';
 import { relay } from './proxy/relay';
 import type { CompiledRoute } from './routes';
-import { versionError } from './net/strict-http';
+import { speaksHttp1, versionError } from './net/strict-http';
 import { hasPathParameters, normalizePath } from './routing/normalize';
 import { hostName, type RouteMatch, type Router } from './routing/router';
 import type { Runtime } from './runtime';
@@ -114,7 +114,7 @@ export class RequestChain {
     // 'close' comes once per response; `on` spares the once-wrapper per request.
     res.on('close', () => this.complete(ctx));
 
-    if (req.httpVersionMajor !== 1) {
+    if (!speaksHttp1(req)) {
       res.shouldKeepAlive = false;
       return this.reject(ctx, versionError(req));
     }

@@ -3,12 +3,17 @@ import { GatewayError } from '../errors';
 import { headerVariants } from '../plugins/auth/identity-headers';
 
 /**
- * The request line must be HTTP/1.0 or HTTP/1.1 (RFC 9112 §2.3). Node's parser refuses other 1.x
- * versions itself (server-limits.ts answers those 505), but lets through a line without a version
- * as HTTP/0.9, which is also what a raw LF inside the target turns a request into (the rest of the
- * line then reads as a header line), and `HTTP/2.0` as major version 2. Called only once the major
- * version is known not to be 1: the bare route pays one integer compare.
+ * The request line is HTTP/1.0 or HTTP/1.1 (RFC 9112 §2.3). Node 20's parser (llhttp) refuses other
+ * versions itself except 0.9 and 2.0 (server-limits.ts answers those 505), and lets through a line
+ * without a version as HTTP/0.9, which is also what a raw LF inside the target turns a request into
+ * (the rest of the line then reads as a header line). The minor version is checked too, in case a
+ * later parser lets more through. Two integer compares: all the bare route pays.
  */
+export function speaksHttp1(req: IncomingMessage): boolean {
+  return req.httpVersionMajor === 1 && req.httpVersionMinor <= 1;
+}
+
+/** The refusal of a request line that is not HTTP/1.0 or HTTP/1.1: 400 without a version, 505 for another one. */
 export function versionError(req: IncomingMessage): GatewayError {
   if (req.httpVersionMajor === 0) {
     return new GatewayError('BAD_REQUEST_LINE', { detail: 'The request line has no HTTP version, or a bare LF inside its target' });
