@@ -18,7 +18,8 @@ import { UpstreamMetrics } from './observability/upstream-metrics';
 import { HealthChecker } from './proxy/health';
 import { UpstreamRegistry } from './proxy/upstreams';
 import type { Plugin, PluginContext, Resource } from './plugins';
-import { serverLimitOptions } from './plugins/policies/server-limits';
+import { closeSilentConnections, serverLimitOptions } from './plugins/policies/server-limits';
+import { speaksHttp1, versionError } from './net/strict-http';
 import { keyStoreFor } from './plugins/auth';
 import { RequestIds } from './request-ids';
 import { Runtime } from './runtime';
@@ -105,6 +106,7 @@ export class Gateway {
       return503OnClosing: true,
       routerOptions: { maxParamLength: 8192 },
     });
+    closeSilentConnections(this.server.server, config.policies.limits.firstByteTimeoutMs);
     this.metrics = new GatewayMetrics({ processMetrics: opts.processMetrics ?? true });
     this.upstreamEvents = new UpstreamMetrics(this.metrics.registry, this.log, () => this.upstreams.all());
     this.upstreams = new UpstreamRegistry(config.upstreams, this.upstreamEvents);
@@ -252,6 +254,10 @@ export class Gateway {
 
   private answerFastify(request: FastifyRequest, reply: FastifyReply, err: GatewayError): void {
     reply.hijack();
+    if (!speaksHttp1(request.raw)) {
+      reply.raw.shouldKeepAlive = false;
+      err = versionError(request.raw);
+    }
     sendProblem(reply.raw, request.id, err.code, { detail: err.message, headers: err.headers });
   }
 

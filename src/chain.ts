@@ -7,7 +7,8 @@ import type { AccessLog } from './observability/access-log';
 import type { RouteMetrics } from './observability/metrics';
 import { relay } from './proxy/relay';
 import type { CompiledRoute } from './routes';
-import { normalizePath } from './routing/normalize';
+import { speaksHttp1, versionError } from './net/strict-http';
+import { hasPathParameters, normalizePath } from './routing/normalize';
 import { hostName, type RouteMatch, type Router } from './routing/router';
 import type { Runtime } from './runtime';
 
@@ -75,6 +76,8 @@ export function runSteps(ctx: RequestContext, from: number, outcome: StepsOutcom
   outcome.passed(ctx);
 }
 
+const PATH_PARAMETERS_REFUSED = 'The path has ";" parameters, which this route does not accept (match.allowPathParameters)';
+
 /** Status logged for a client that went away before it got an answer (nginx's convention). */
 const CLIENT_CLOSED = 499;
 
@@ -82,13 +85,15 @@ const CLIENT_CLOSED = 499;
  * The request chain, in order, in one place:
  *
  *   1. request id      (Fastify genReqId, see app.ts: kept when sane, generated otherwise)
- *   2. normalise path  → 400 when it cannot be made safe
- *   3. route           → 404 / 405 with Allow
- *   4. client IP       (trusted proxies honoured)
- *   5. route steps     (IP rules, CORS, auth, rate limit + cache lookup, header rules, body limit:
+ *   2. HTTP version    → 400 / 505 unless HTTP/1.0 or HTTP/1.1
+ *   3. normalise path  → 400 when it cannot be made safe
+ *   4. route           → 400 for a repeated Host or credential header, 404 / 405 with Allow,
+ *                        400 for ";" parameters the route does not accept
+ *   5. client IP       (trusted proxies honoured)
+ *   6. route steps     (IP rules, CORS, auth, rate limit + cache lookup, header rules, body limit:
  *                       see createPlugins)
- *   6. relay           (undici, streaming both ways; cache fill observes the response)
- *   7. metrics + access log, when the response closes
+ *   7. relay           (undici, streaming both ways; cache fill observes the response)
+ *   8. metrics + access log, when the response closes
  */
 export class RequestChain {
   private readonly outcome: StepsOutcome = {
@@ -109,6 +114,10 @@ export class RequestChain {
     // 'close' comes once per response; `on` spares the once-wrapper per request.
     res.on('close', () => this.complete(ctx));
 
+    if (!speaksHttp1(req)) {
+      res.shouldKeepAlive = false;
+      return this.reject(ctx, versionError(req));
+    }
     const url = req.url ?? '/';
     const q = url.indexOf('?');
     const rawPath = q < 0 ? url : url.slice(0, q);
@@ -122,11 +131,21 @@ export class RequestChain {
     const method = req.method ?? 'GET';
     let m = runtime.router.match(path, host, method);
     if (m.kind === 'method-not-allowed' && method === 'OPTIONS') m = matchPreflight(runtime.router, req, path, host) ?? m;
+    // A refusal names the route the path matched, in metrics and logs, also when the method did not.
+    if (m.kind !== 'not-found') ctx.route = m.route;
+    const repeated = runtime.singleHeaders.check(req.rawHeaders);
+    if (repeated !== null) {
+      // Proxies in front may have read the request differently: nothing more on this connection.
+      res.shouldKeepAlive = false;
+      return this.reject(ctx, repeated);
+    }
     if (m.kind === 'not-found') return this.reject(ctx, new GatewayError('ROUTE_NOT_FOUND'));
     if (m.kind === 'method-not-allowed') {
       return this.reject(ctx, new GatewayError('METHOD_NOT_ALLOWED', { headers: { allow: m.allow } }));
     }
-    ctx.route = m.route;
+    if (!m.route.allowsPathParameters && hasPathParameters(path)) {
+      return this.reject(ctx, new GatewayError('BAD_PATH', { detail: PATH_PARAMETERS_REFUSED }));
+    }
 
     const { clientIp } = runtime;
     const peer = req.socket.remoteAddress ?? '';

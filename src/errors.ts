@@ -1,4 +1,4 @@
-import type { ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 
 /**
  * Every error the gateway itself answers with, in one registry. The code is stable (clients and
@@ -7,6 +7,8 @@ import type { ServerResponse } from 'node:http';
 export const ERRORS = {
   BAD_REQUEST: { status: 400, title: 'Bad request' },
   BAD_PATH: { status: 400, title: 'The request path is not valid' },
+  BAD_REQUEST_LINE: { status: 400, title: 'The request line is not HTTP/1.0 or HTTP/1.1' },
+  DUPLICATE_HEADER: { status: 400, title: 'A header that must appear once appears several times' },
   UNAUTHENTICATED: { status: 401, title: 'Authentication required' },
   FORBIDDEN: { status: 403, title: 'Forbidden' },
   ROUTE_NOT_FOUND: { status: 404, title: 'No route matches the request' },
@@ -27,6 +29,7 @@ export const ERRORS = {
   SHUTTING_DOWN: { status: 503, title: 'The gateway is shutting down' },
   UPSTREAM_TIMEOUT: { status: 504, title: 'The upstream did not answer in time' },
   UPSTREAM_CONNECT_TIMEOUT: { status: 504, title: 'Connecting to the upstream timed out' },
+  HTTP_VERSION_NOT_SUPPORTED: { status: 505, title: 'HTTP version not supported; use HTTP/1.1' },
   INTERNAL: { status: 500, title: 'Internal gateway error' },
 } as const satisfies Record<string, { status: number; title: string }>;
 
@@ -71,6 +74,19 @@ export function problemBody(code: ErrorCode, requestId: string, detail?: string)
 }
 
 /**
+ * The request announced a body that has not fully arrived. An answer given now ends the connection
+ * (Connection: close): otherwise Node reads and discards the rest of the body, however large, to
+ * reuse the connection. A body small enough to arrive with the head is not parsed yet either when
+ * the chain answers synchronously, so such a request loses its connection too; only error answers
+ * pay for that.
+ */
+function bodyPending(req: IncomingMessage): boolean {
+  if (req.complete) return false;
+  const length = req.headers['content-length'];
+  return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
+}
+
+/**
  * Writes a problem answer straight to the socket-level response (the relay hijacks Fastify's reply).
  * When headers already went out the only honest thing left is to cut the connection so the client
  * cannot mistake a partial body for a complete one.
@@ -86,6 +102,7 @@ export function sendProblem(
     return;
   }
   if (res.destroyed) return;
+  if (res.req !== undefined && bodyPending(res.req)) res.shouldKeepAlive = false;
   const body = problemBody(code, requestId, opts.detail);
   const headers: Record<string, string | number> = {
     'content-type': PROBLEM_CONTENT_TYPE,

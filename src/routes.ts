@@ -40,6 +40,8 @@ export class CompiledRoute {
   responseTransform: ResponseTransform | null = null;
   /** A step answers CORS preflights, so an OPTIONS preflight is routed by the method it asks about. */
   answersPreflight = false;
+  /** Paths with ";" parameters in ordinary segments are forwarded (match.allowPathParameters). */
+  readonly allowsPathParameters: boolean;
 
   constructor(config: RouteConfig, upstream: Upstream, metrics: RouteMetrics) {
     this.metrics = metrics;
@@ -47,6 +49,7 @@ export class CompiledRoute {
     this.config = config;
     this.upstream = upstream;
     this.rewrite = compileRewrite(config);
+    this.allowsPathParameters = config.match.allowPathParameters;
     this.requestTimeoutMs = upstream.config.timeouts.requestMs;
     this.dropRequestHeaders = new HeaderNames(REQUEST_DROP);
   }

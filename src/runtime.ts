@@ -1,5 +1,6 @@
 import type { GatewayConfig } from './config/schema';
 import { ClientIpResolver } from './net/client-ip';
+import { SingleHeaders } from './net/strict-http';
 import type { GatewayMetrics } from './observability/metrics';
 import { createPlugins, type Plugin, type PluginContext } from './plugins';
 import type { UpstreamRegistry } from './proxy/upstreams';
@@ -15,6 +16,8 @@ export class Runtime {
   readonly routes: readonly CompiledRoute[];
   readonly router: Router<CompiledRoute>;
   readonly clientIp: ClientIpResolver;
+  /** Host and credential headers a request may carry only once. */
+  readonly singleHeaders: SingleHeaders;
 
   constructor(
     readonly config: Readonly<GatewayConfig>,
@@ -34,5 +37,6 @@ export class Runtime {
     });
     this.router = new Router(this.routes);
     this.clientIp = new ClientIpResolver(config.trustedProxies);
+    this.singleHeaders = new SingleHeaders(config.auth.apiKeys.header);
   }
 }

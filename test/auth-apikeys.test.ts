@@ -59,7 +59,9 @@ t.test('memory store: keys from the configuration, expiry, rotation, stripping, 
     await up.close();
   });
 
-  let res = await call(gw.url, '/keys/x', { headers: { 'X-API-Key': alice1.key, X_API_Key: 'spoofed-copy', 'x-consumer-id': 'mallory' } });
+  const twoSpellings = await call(gw.url, '/keys/x', { headers: { 'X-API-Key': alice1.key, X_API_Key: 'spoofed-copy' } });
+  t.equal(twoSpellings.status, 400, 'the key header in two spellings is refused before authentication');
+  let res = await call(gw.url, '/keys/x', { headers: { 'X-API-Key': alice1.key, 'x-consumer-id': 'mallory' } });
   t.equal(res.status, 200);
   const raw = up.seen.at(-1)!.rawHeaders;
   t.same(headerValues(raw, 'x-consumer-id'), ['alice'], 'the consumer of the key, once');

@@ -19,7 +19,7 @@ t.test('defaults: no policy is on unless configured', async (t) => {
   const cfg = parseConfig({ upstreams, routes: [{ name: 'r', match: { prefix: '/r' }, upstream: 'up' }] }, { env: {} });
   t.same(cfg.policies.ipRules, { allow: [], deny: [] });
   t.equal(cfg.policies.cors, undefined);
-  t.same(cfg.policies.limits, { maxHeaderBytes: 16384, headersTimeoutMs: 30000, requestTimeoutMs: 300000 });
+  t.same(cfg.policies.limits, { maxHeaderBytes: 16384, headersTimeoutMs: 30000, requestTimeoutMs: 300000, firstByteTimeoutMs: 10000 });
   const p = cfg.routes[0].policies;
   t.equal(p.envelope, false);
   t.same(p.headers, { request: { remove: [], rename: {}, set: {}, add: {} }, response: { remove: [], rename: {}, set: {}, add: {} } });

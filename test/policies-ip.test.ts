@@ -127,4 +127,6 @@ t.test('policies follow a hot reload; listener limits are reported as needing a 
   const denied = await reload({ ipRules: { deny: ['127.0.0.0/8'] }, limits: { maxBodyBytes: 10, headersTimeoutMs: 1000 } });
   t.equal((await call(gw.url, '/r/x')).status, 403, 'the new IP rules apply to the next request');
   t.same(denied.restartRequired, ['policies.limits'], 'the head timeout is a listener option');
+  const silent = await reload({ ipRules: { deny: ['127.0.0.0/8'] }, limits: { maxBodyBytes: 10, headersTimeoutMs: 1000, firstByteTimeoutMs: 500 } });
+  t.same(silent.restartRequired, ['policies.limits'], 'so is the silent-connection timeout');
 });

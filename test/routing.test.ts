@@ -1,5 +1,5 @@
 import t from 'tap';
-import { normalizePath } from '../src/routing/normalize';
+import { hasPathParameters, normalizePath } from '../src/routing/normalize';
 import { Router, hostName } from '../src/routing/router';
 import type { RouteConfig } from '../src/config/schema';
 import { startGateway } from './helpers/gateway';
@@ -28,8 +28,23 @@ t.test('normalisation resolves dot segments, encoded dots and slashes, and empty
     ['/a/%00b', null],
     ['api/users', null],
     ['/', '/'],
+    ['/api/..;x/admin', null],
+    ['/api/..;/admin', null],
+    ['/api/.;x/admin', null],
+    ['/api/.;/x', null],
+    ['/api/%2e%2e;/admin', null],
+    ['/api/%2E%2e;x/admin', null],
+    ['/api/..%3bx/admin', null],
+    ['/api/.%3B/admin', null],
+    ['/api/a;x/b', '/api/a;x/b'],
+    ['/api/...;x', '/api/...;x'],
+    ['/api/..x;y', '/api/..x;y'],
+    ['/api/;x/..', '/api/'],
   ];
   for (const [input, expected] of cases) t.equal(normalizePath(input), expected, input);
+  t.ok(hasPathParameters('/a;b'));
+  t.ok(hasPathParameters('/a%3Bb'));
+  t.notOk(hasPathParameters('/a/b%3C'));
 });
 
 const route = (name: string, prefix: string, extra: Partial<RouteConfig['match']> = {}) =>
@@ -60,7 +75,7 @@ t.test('router: longest prefix at segment boundaries, hosts, methods', async (t)
   t.equal(name('/api/users/1', 'other.example.com'), 'users');
   t.equal(name('/ro/x', '', 'GET'), 'ro');
   const m = r.match('/ro/x', '', 'DELETE');
-  t.same(m, { kind: 'method-not-allowed', allow: 'GET, HEAD' });
+  t.same(m, { kind: 'method-not-allowed', allow: 'GET, HEAD', route: readOnly }, 'a 405 names the route the path matched');
   const withRoot = new Router([users, root]);
   t.equal(withRoot.match('/anything/else', '', 'GET').kind, 'route');
   t.equal(hostName('Example.COM:8080'), 'example.com');

@@ -308,6 +308,11 @@ export const MatchSchema = Obj(
         { description: 'Host names the route answers for. Any host when omitted.', minItems: 1 },
       ),
     ),
+    allowPathParameters: Type.Boolean({
+      description:
+        'Forward paths with ";" parameters in their segments (matrix parameters, ;jsessionid=...). Off, such a path (";" or %3B) gets 400: Tomcat, Jetty and Spring upstreams strip parameters before matching, so /admin;x/ routed by a catch-all route would reach /admin/ there. Dot segments with parameters (..;x) get 400 either way.',
+      default: false,
+    }),
   },
   { description: 'Which requests the route takes.' },
 );

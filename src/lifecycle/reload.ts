@@ -12,8 +12,8 @@ const RESTART_ONLY = ['listen', 'admin', 'log', 'store'] as const;
 
 /** Header size and client timeouts are options of the listening server; the body limit is per route and reloads. */
 function listenerLimits(cfg: Readonly<GatewayConfig>): string {
-  const { maxHeaderBytes, headersTimeoutMs, requestTimeoutMs } = cfg.policies.limits;
-  return JSON.stringify([maxHeaderBytes, headersTimeoutMs, requestTimeoutMs]);
+  const { maxHeaderBytes, headersTimeoutMs, requestTimeoutMs, firstByteTimeoutMs } = cfg.policies.limits;
+  return JSON.stringify([maxHeaderBytes, headersTimeoutMs, requestTimeoutMs, firstByteTimeoutMs]);
 }
 
 export function restartOnlyChanges(before: Readonly<GatewayConfig>, after: Readonly<GatewayConfig>): string[] {

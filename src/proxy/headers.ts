@@ -111,6 +111,16 @@ export interface ClientHeaderFacts {
 }
 
 /**
+ * The value the nearest proxy added to a list header: the last item of the last line. A proxy that
+ * appends (HAProxy add-header, Envoy append_x_forwarded_host) puts its own value last, behind
+ * whatever the client sent, so an earlier copy may be forged; a single value is what goes upstream.
+ */
+function nearestListItem(value: string): string {
+  const comma = value.lastIndexOf(',');
+  return comma < 0 ? value : value.slice(comma + 1).trim();
+}
+
+/**
  * Copies a Node rawHeaders list ([name, value, name, value, ...]) into `out`, leaving out `drop` and
  * headers named in Connection; the values the relay sets itself are reported through `facts`.
  */
@@ -141,10 +151,10 @@ export function copyRequestHeaders(raw: string[], drop: HeaderNames, out: string
         facts.xForwardedFor = facts.xForwardedFor === undefined ? value : `${facts.xForwardedFor}, ${value}`;
         break;
       case 'x-forwarded-proto':
-        facts.xForwardedProto ??= value;
+        facts.xForwardedProto = nearestListItem(value);
         break;
       case 'x-forwarded-host':
-        facts.xForwardedHost ??= value;
+        facts.xForwardedHost = nearestListItem(value);
         break;
       case 'forwarded':
         facts.forwarded = facts.forwarded === undefined ? value : `${facts.forwarded}, ${value}`;

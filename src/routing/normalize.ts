@@ -5,10 +5,27 @@
  * - percent-encoded unreserved characters are decoded (%2e → .), other escapes are upper-cased;
  * - encoded slashes and backslashes (%2F, %5C, \) become segment separators, as the upstream might treat them;
  * - empty segments (//) and dot segments are resolved; ".." never climbs above the root;
- * - NUL and malformed escapes make the path invalid (null).
+ * - NUL and malformed escapes make the path invalid (null);
+ * - so do dot segments with parameters (..;x, .;x, %2e%2e;, ..%3Bx): Tomcat, Jetty and Spring strip
+ *   the parameters and then resolve the `..`, which would climb out of the route's prefix upstream.
  */
 
-const NEEDS_WORK = /%|\\|\/\/|\/\.(?:\/|\.|$)/;
+const NEEDS_WORK = /%|\\|\/\/|\/\.(?:\/|\.|;|$)/;
+
+/** A decoded segment is `.` or `..` followed by parameters (`;`, or `%3B` which some servers decode first). */
+function isDotWithParameters(seg: string): boolean {
+  if (seg.charCodeAt(0) !== 46 /* . */) return false;
+  const start = seg.charCodeAt(1) === 46 ? 2 : 1;
+  return seg.charCodeAt(start) === 59 /* ; */ || seg.startsWith('%3B', start);
+}
+
+/**
+ * The normalised path has `;` parameters (or an escaped `;`, which servers that decode before they
+ * split parameters read as one). Checked after routing, for routes that do not accept them.
+ */
+export function hasPathParameters(path: string): boolean {
+  return path.indexOf(';') >= 0 || path.indexOf('%3B') >= 0;
+}
 
 const UNRESERVED = new Uint8Array(128);
 for (const c of 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~') UNRESERVED[c.charCodeAt(0)] = 1;
@@ -48,6 +65,7 @@ export function normalizePath(path: string): string | null {
   const parts = decoded.split('/');
   for (const seg of parts) {
     if (seg === '' || seg === '.') continue;
+    if (isDotWithParameters(seg)) return null;
     if (seg === '..') out.pop();
     else out.push(seg);
   }

@@ -8,7 +8,8 @@ export interface Routable {
 export type RouteMatch<R> =
   | { kind: 'route'; route: R }
   | { kind: 'not-found' }
-  | { kind: 'method-not-allowed'; allow: string };
+  /** `route` is the route the path and host matched (the first of several): it names the refusal. */
+  | { kind: 'method-not-allowed'; allow: string; route: R };
 
 interface Candidate<R> {
   route: R;
@@ -90,15 +91,15 @@ export class Router<R extends Routable> {
 
   private pick(list: Candidate<R>[], host: string, method: string): RouteMatch<R> | null {
     let allowed: Set<string> | null = null;
-    let hostSeen = false;
+    let first: R | null = null;
     for (const c of list) {
       if (!hostMatches(c, host)) continue;
-      hostSeen = true;
+      first ??= c.route;
       if (c.methods === null || c.methods.has(method)) return c.matched;
       allowed ??= new Set();
       for (const m of c.methods) allowed.add(m);
     }
-    if (!hostSeen) return null;
-    return { kind: 'method-not-allowed', allow: [...(allowed ?? [])].sort().join(', ') };
+    if (first === null) return null;
+    return { kind: 'method-not-allowed', allow: [...(allowed ?? [])].sort().join(', '), route: first };
   }
 }

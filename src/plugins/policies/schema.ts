@@ -126,6 +126,12 @@ export const LimitsSchema = Obj(
       default: 300000,
       minimum: 0,
     }),
+    firstByteTimeoutMs: Type.Integer({
+      description:
+        'Time a new connection may stay silent (milliseconds): one that has not sent a byte by then is closed without an answer, so idle connections cannot pile up file descriptors. 0 leaves them to headersTimeoutMs.',
+      default: 10000,
+      minimum: 0,
+    }),
   },
   'Size limits and client timeouts of the public listener.',
   {},

@@ -1,4 +1,4 @@
-import { STATUS_CODES, type ServerOptions, type ServerResponse } from 'node:http';
+import { STATUS_CODES, type Server, type ServerOptions, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyBaseLogger } from 'fastify';
 import { ERRORS, PROBLEM_CONTENT_TYPE, problemBody, sendProblem, type ErrorCode } from '../../errors';
@@ -11,12 +11,19 @@ export interface ServerLimitOptions {
   clientErrorHandler: (err: Error & { code?: string }, socket: Socket) => void;
 }
 
-function errorCode(err: { code?: string }): ErrorCode {
+function errorCode(err: { code?: string; message?: string }): ErrorCode {
   switch (err.code) {
     case 'HPE_HEADER_OVERFLOW':
       return 'HEADERS_TOO_LARGE';
     case 'ERR_HTTP_REQUEST_TIMEOUT':
       return 'REQUEST_TIMEOUT';
+    case 'HPE_INVALID_VERSION':
+      // A well-formed version Node does not speak (HTTP/1.2, HTTP/3.0); llhttp says "Invalid major /
+      // minor version" for a malformed one and "Expected CRLF after version" for a bad line end.
+      return err.message?.includes('Invalid HTTP version') ? 'HTTP_VERSION_NOT_SUPPORTED' : 'BAD_REQUEST';
+    case 'HPE_PAUSED_H2_UPGRADE':
+      // The HTTP/2 connection preface (PRI * HTTP/2.0) on this HTTP/1.1 listener.
+      return 'HTTP_VERSION_NOT_SUPPORTED';
     default:
       return 'BAD_REQUEST';
   }
@@ -74,4 +81,24 @@ export function serverLimitOptions(
       socket.destroy();
     },
   };
+}
+
+/**
+ * Closes connections that have not sent a byte `ms` after they opened, without an answer (as nginx
+ * does at client_header_timeout). Node's headersTimeout closes them too, but with a 408 and only
+ * after the head deadline, which is sized for slow clients rather than silent ones. A connection
+ * that has sent anything is left to headersTimeout and requestTimeout: the timer looks at nothing
+ * per request, only once per connection.
+ */
+export function closeSilentConnections(server: Server, ms: number): void {
+  if (ms === 0) return;
+  server.on('connection', (socket: Socket) => {
+    const timer = setTimeout(closeIfSilent, ms, socket);
+    timer.unref();
+    socket.once('close', () => clearTimeout(timer));
+  });
+}
+
+function closeIfSilent(socket: Socket): void {
+  if (socket.bytesRead === 0) socket.destroy();
 }

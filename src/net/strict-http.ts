@@ -1,0 +1,85 @@
+import type { IncomingMessage } from 'node:http';
+import { GatewayError } from '../errors';
+import { headerVariants } from '../plugins/auth/identity-headers';
+
+/**
+ * The request line is HTTP/1.0 or HTTP/1.1 (RFC 9112 §2.3). Node 20's parser (llhttp) refuses other
+ * versions itself except 0.9 and 2.0 (server-limits.ts answers those 505), and lets through a line
+ * without a version as HTTP/0.9, which is also what a raw LF inside the target turns a request into
+ * (the rest of the line then reads as a header line). The minor version is checked too, in case a
+ * later parser lets more through. Two integer compares: all the bare route pays.
+ */
+export function speaksHttp1(req: IncomingMessage): boolean {
+  return req.httpVersionMajor === 1 && req.httpVersionMinor <= 1;
+}
+
+/** The refusal of a request line that is not HTTP/1.0 or HTTP/1.1: 400 without a version, 505 for another one. */
+export function versionError(req: IncomingMessage): GatewayError {
+  if (req.httpVersionMajor === 0) {
+    return new GatewayError('BAD_REQUEST_LINE', { detail: 'The request line has no HTTP version, or a bare LF inside its target' });
+  }
+  return new GatewayError('HTTP_VERSION_NOT_SUPPORTED', { detail: `HTTP/${req.httpVersion} is not spoken on this connection; use HTTP/1.1` });
+}
+
+const HOST = 1;
+const AUTHORIZATION = 2;
+const API_KEY = 3;
+
+/** Slot of a header name's shape (its length and first letter, in any case), as in proxy/headers.ts. */
+function shape(name: string): number {
+  const n = name.length;
+  return (n < 63 ? n : 63) * 32 + (name.charCodeAt(0) & 31);
+}
+
+/**
+ * Headers a request may carry once: Host (RFC 9112 §3.2) and the credentials, Authorization and the
+ * API-key header in any of its spellings. Node keeps the first Host and Authorization and drops the
+ * others without a word, and keeps X-API-Key and X_API_Key as two headers; a route that forwards
+ * credentials would forward every copy, and an upstream reading another copy than the one verified
+ * would see a forged identity. So the copies are counted in rawHeaders, on every route.
+ *
+ * Every request has a Host, so the scan cannot be skipped; it rules most names out by their length
+ * and first letter (one table load per header) and looks the rest up by the spelling they came in.
+ */
+export class SingleHeaders {
+  private readonly shapes = new Uint8Array(64 * 32);
+  private readonly kinds = new Map<string, number>();
+  private readonly apiKeyHeader: string;
+
+  constructor(apiKeyHeader: string) {
+    this.apiKeyHeader = apiKeyHeader;
+    this.add('host', HOST);
+    this.add('authorization', AUTHORIZATION);
+    for (const v of headerVariants(apiKeyHeader)) this.add(v, API_KEY);
+    // The spellings clients send, so that the usual request needs no toLowerCase.
+    this.add('Host', HOST);
+    this.add('Authorization', AUTHORIZATION);
+    this.add(apiKeyHeader, API_KEY);
+  }
+
+  private add(name: string, kind: number): void {
+    if (!this.kinds.has(name)) this.kinds.set(name, kind);
+    this.shapes[shape(name)] = 1;
+  }
+
+  /** The refusal of a request whose raw headers repeat one of them, or null. */
+  check(raw: readonly string[]): GatewayError | null {
+    let hosts = 0;
+    let authorizations = 0;
+    let apiKeys = 0;
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = raw[i];
+      if (this.shapes[shape(name)] === 0) continue;
+      const kind = this.kinds.get(name) ?? this.kinds.get(name.toLowerCase());
+      if (kind === HOST) hosts++;
+      else if (kind === AUTHORIZATION) authorizations++;
+      else if (kind === API_KEY) apiKeys++;
+    }
+    if (hosts > 1) return new GatewayError('DUPLICATE_HEADER', { detail: 'The request has several Host headers' });
+    if (authorizations > 1) return new GatewayError('DUPLICATE_HEADER', { detail: 'The request has several Authorization headers' });
+    if (apiKeys > 1) {
+      return new GatewayError('DUPLICATE_HEADER', { detail: `The request has several ${this.apiKeyHeader} headers (any case, "_" for "-")` });
+    }
+    return null;
+  }
+}
