@@ -1,30 +1,15 @@
 import { readFileSync } from 'node:fs';
 import { BlockList, isIP } from 'node:net';
+import { dirname, resolve } from 'node:path';
 import Ajv, { type ErrorObject } from 'ajv';
 import YAML from 'yaml';
-import { checkPolicies } from '../plugins/policies/check';
-import { checkRateLimitConfig } from '../plugins/rate-limit/check';
+import { PLUGINS } from '../plugins';
+import type { CheckContext } from '../plugins/types';
+import { ConfigError, type ConfigProblem } from './problem';
 import { ConfigSchema, type GatewayConfig } from './schema';
-import { checkAuthConfig } from '../plugins/auth/check';
 
-/** One problem in a configuration, with the path of the offending field. */
-export interface ConfigProblem {
-  path: string;
-  message: string;
-}
+export { ConfigError, formatProblem, type ConfigProblem } from './problem';
 
-export class ConfigError extends Error {
-  readonly problems: ConfigProblem[];
-  constructor(source: string, problems: ConfigProblem[]) {
-    super(`invalid configuration${source ? ` in ${source}` : ''}:\n${problems.map(formatProblem).join('\n')}`);
-    this.name = 'ConfigError';
-    this.problems = problems;
-  }
-}
-
-export function formatProblem(p: ConfigProblem): string {
-  return p.path ? `${p.path}: ${p.message}` : p.message;
-}
 
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, coerceTypes: false, verbose: true });
 const validateSchema = ajv.compile<GatewayConfig>(ConfigSchema);
@@ -126,8 +111,23 @@ function checkCidr(entry: string, path: string, problems: ConfigProblem[], list:
 /** Methods whose requests may have effects that a replay would repeat. */
 const NEVER_RETRIED: ReadonlySet<string> = new Set(['POST', 'PATCH', 'CONNECT']);
 
-/** Rules that span fields, which JSON Schema cannot express. */
-function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[]): void {
+/** Validates a plugin's own part of the configuration (user plugin options) against its schema, defaults applied. */
+function validateAt(schema: object, value: unknown, at: string): ConfigProblem[] {
+  let validate;
+  try {
+    validate = ajv.compile(schema);
+  } catch (err) {
+    return [{ path: at, message: `cannot be checked: the plugin's schema is invalid (${(err as Error).message})` }];
+  }
+  if (validate(value)) return [];
+  return ajvProblems(validate.errors ?? []).map((p) => ({
+    path: p.path === '' ? at : p.path.startsWith('[') ? `${at}${p.path}` : `${at}.${p.path}`,
+    message: p.message,
+  }));
+}
+
+/** Rules that span fields, which JSON Schema cannot express. `source` is the file, for relative paths. */
+function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[], source?: string): void {
   const list = new BlockList();
   cfg.trustedProxies.forEach((p, i) => checkCidr(p, `trustedProxies[${i}]`, problems, list));
 
@@ -195,9 +195,8 @@ function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[]): void {
       }
     }
   });
-  checkPolicies(cfg, problems);
-  checkAuthConfig(cfg, problems);
-  checkRateLimitConfig(cfg, problems);
+  const load: CheckContext = { baseDir: source ? dirname(resolve(source)) : process.cwd(), validate: validateAt };
+  for (const p of PLUGINS) p.check?.(cfg, problems, load);
 }
 
 function deepFreeze<T>(value: T): T {
@@ -224,7 +223,7 @@ export function parseConfig(input: unknown, opts: { env?: NodeJS.ProcessEnv; sou
     // cross-checks may trip over missing parts, and then the schema errors alone are reported.
     try {
       const extra: ConfigProblem[] = [];
-      crossCheck(cfg, extra);
+      crossCheck(cfg, extra, opts.source);
       for (const p of extra) if (!all.some((a) => a.path === p.path)) all.push(p);
     } catch {
       // The schema errors already describe the malformed shape.
@@ -237,7 +236,7 @@ export function parseConfig(input: unknown, opts: { env?: NodeJS.ProcessEnv; sou
       problems.push({ path: 'listen.port', message: `environment variable PORT="${env.PORT}" is not a port number` });
     } else cfg.listen.port = port;
   }
-  crossCheck(cfg, problems);
+  crossCheck(cfg, problems, opts.source);
   if (problems.length) throw new ConfigError(opts.source ?? '', problems);
   return deepFreeze(cfg);
 }
