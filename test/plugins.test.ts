@@ -261,3 +261,20 @@ t.test('a plugin no route names is not built', async (t) => {
   await gw.close();
   t.equal(readFileSync(log, 'utf8'), '', 'no resource opened, none closed');
 });
+
+t.test('a step that throws gets a 500 problem, and a plugin without a schema takes no options', async (t) => {
+  const thrower = pluginFile(
+    'thrower.js',
+    "module.exports = { name: 'thrower', create: () => ({ stepFor: () => ({ name: 'thrower', run() { throw new Error('plugin bug'); } }) }) };\n",
+  );
+  t.same(problemsOf(() => parse({ plugins: [{ module: thrower, options: { a: 1 } }] })), ['plugins[0].options: plugin "thrower" takes no options']);
+  const upstream = await startUpstream();
+  t.teardown(() => upstream.close());
+  const gw = await startGateway(config({ plugins: [{ module: thrower }], routes: [{ name: 'r', match: { prefix: '/r' }, upstream: 'up', plugins: ['thrower'] }] }, upstream.url));
+  t.teardown(() => gw.close());
+  const res = await call(gw.url, '/r');
+  t.equal(res.status, 500);
+  t.equal(res.headers['content-type'], 'application/problem+json');
+  t.equal(res.json().code, 'INTERNAL');
+  t.equal(upstream.seen.length, 0, 'the request never reached the upstream');
+});
