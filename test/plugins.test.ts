@@ -1,6 +1,6 @@
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import t from 'tap';
 import { ConfigError, loadConfigFile, parseConfig } from '../src/config/load';
 import { ConfigSchema, RouteSchema } from '../src/config/schema';
@@ -92,6 +92,69 @@ t.test('config/ imports no plugin by name, and no plugin imports the config load
       const back = importsOf(join(ROOT, 'src', 'plugins', folder, f)).filter((s) => /config\/(load|schema)$/.test(s));
       t.same(back, [], `src/plugins/${folder}/${f}`);
     }
+  }
+});
+
+/** The strongly connected components (import cycles) of src/, type-only imports included. */
+function importCycles(): string[][] {
+  const files: string[] = [];
+  const walk = (d: string): void => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (p.endsWith('.ts')) files.push(p);
+    }
+  };
+  walk(join(ROOT, 'src'));
+  const edges = new Map<string, string[]>();
+  for (const f of files) {
+    const out: string[] = [];
+    for (const m of readFileSync(f, 'utf8').matchAll(/^(?:import|export)\b[^'";]*?from '(\.[^']*)'/gms)) {
+      const base = join(dirname(f), m[1]);
+      const hit = [`${base}.ts`, join(base, 'index.ts')].find((c) => files.includes(c));
+      if (hit) out.push(hit);
+    }
+    edges.set(f, out);
+  }
+  // Tarjan's algorithm.
+  let next = 0;
+  const index = new Map<string, number>();
+  const low = new Map<string, number>();
+  const stack: string[] = [];
+  const onStack = new Set<string>();
+  const cycles: string[][] = [];
+  const visit = (v: string): void => {
+    index.set(v, next);
+    low.set(v, next++);
+    stack.push(v);
+    onStack.add(v);
+    for (const w of edges.get(v)!) {
+      if (!index.has(w)) {
+        visit(w);
+        low.set(v, Math.min(low.get(v)!, low.get(w)!));
+      } else if (onStack.has(w)) low.set(v, Math.min(low.get(v)!, index.get(w)!));
+    }
+    if (low.get(v) === index.get(v)) {
+      const scc: string[] = [];
+      let w: string;
+      do {
+        w = stack.pop()!;
+        onStack.delete(w);
+        scc.push(relative(ROOT, w));
+      } while (w !== v);
+      if (scc.length > 1) cycles.push(scc.sort());
+    }
+  };
+  for (const f of files) if (!index.has(f)) visit(f);
+  return cycles;
+}
+
+t.test('no import cycle runs through config/ or between plugins and the rest of the gateway', async (t) => {
+  for (const scc of importCycles()) {
+    t.notOk(scc.some((f) => f.startsWith('src/config/')), `a cycle through config/: ${scc.join(' ')}`);
+    const folders = new Set(scc.filter((f) => f.startsWith('src/plugins/')).map((f) => f.split('/').slice(0, 3).join('/')));
+    const outside = scc.some((f) => !f.startsWith('src/plugins/'));
+    t.ok(folders.size === 0 || (folders.size === 1 && !outside), `a cycle stays inside one plugin folder: ${scc.join(' ')}`);
   }
 });
 

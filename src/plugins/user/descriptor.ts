@@ -53,11 +53,11 @@ function under(base: string, path: string): string {
  * applied), runs its own checks, and records the resolved module file and name in the configuration
  * so each runtime loads the same file. Routes may only name plugins that are listed.
  */
-function checkUserPlugins(cfg: GatewayConfig, problems: ConfigProblem[], load_: CheckContext): void {
+function checkUserPlugins(cfg: GatewayConfig, problems: ConfigProblem[], env: CheckContext): void {
   const names = new Map<string, number>();
   cfg.plugins.forEach((entry: UserPluginConfig, i) => {
     const at = `plugins[${i}]`;
-    const loaded = load(entry.module, load_.baseDir);
+    const loaded = load(entry.module, env.baseDir);
     if (typeof loaded === 'string') {
       problems.push({ path: `${at}.module`, message: loaded });
       if (entry.name !== undefined) names.set(entry.name, i);
@@ -75,7 +75,7 @@ function checkUserPlugins(cfg: GatewayConfig, problems: ConfigProblem[], load_: 
       if (Object.keys(entry.options).length > 0) problems.push({ path: `${at}.options`, message: `plugin "${entry.name}" takes no options` });
       return;
     }
-    const invalid = load_.validate(schema, entry.options, `${at}.options`);
+    const invalid = env.validate(schema, entry.options, `${at}.options`);
     problems.push(...invalid);
     if (invalid.length > 0 || plugin.check === undefined) return;
     const own: ConfigProblem[] = [];
@@ -124,15 +124,21 @@ function createUserPlugins(ctx: PluginContext): { access: Plugin[]; request: Plu
     const name = entry.name!;
     // A plugin no route enables costs nothing: it is not built.
     if (!used.has(name)) continue;
+    // The loader recorded the resolved file: the base directory no longer matters.
     const loaded = load(entry.module, process.cwd());
     if (typeof loaded === 'string') throw new Error(`plugin "${name}": ${loaded}`);
-    const plugin = loaded.plugin.create({
-      name,
-      options: entry.options,
-      config: ctx.config,
-      log: ctx.log.child({ plugin: name }),
-      addResource: (r) => ctx.addRuntimeResource(r),
-    });
+    let plugin: UserPlugin;
+    try {
+      plugin = loaded.plugin.create({
+        name,
+        options: entry.options,
+        config: ctx.config,
+        log: ctx.log.child({ plugin: name }),
+        addResource: (r) => ctx.addRuntimeResource(r),
+      });
+    } catch (err) {
+      throw new Error(`plugin "${name}" (${entry.module}): create() failed: ${firstLine(err)}`, { cause: err });
+    }
     if (plugin === null || typeof plugin !== 'object' || typeof plugin.stepFor !== 'function') {
       throw new Error(`plugin "${name}" (${entry.module}): create() must return an object with stepFor(route)`);
     }
