@@ -10,7 +10,6 @@ import { ConfigSchema, type GatewayConfig } from './schema';
 
 export { ConfigError, formatProblem, type ConfigProblem } from './problem';
 
-
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, coerceTypes: false, verbose: true });
 const validateSchema = ajv.compile<GatewayConfig>(ConfigSchema);
 
