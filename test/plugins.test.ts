@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import t from 'tap';
@@ -13,6 +13,7 @@ import { startUpstream } from './helpers/upstream';
 const ROOT = join(__dirname, '..');
 const EXAMPLE = join(ROOT, 'examples', 'plugins', 'add-header.js');
 const dir = mkdtempSync(join(tmpdir(), 'gw-plugins-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
 /** Writes a plugin module into the test directory and returns its path. */
 function pluginFile(name: string, source: string): string {
