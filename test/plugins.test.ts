@@ -3,7 +3,9 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import t from 'tap';
 import { ConfigError, loadConfigFile, parseConfig } from '../src/config/load';
-import { ConfigSchema, RouteSchema } from '../src/config/schema';
+import { ConfigSchema, RouteSchema, type GatewayConfig, type RouteConfig } from '../src/config/schema';
+import type { RouteCacheConfig } from '../src/plugins/cache/schema';
+import type { UserPluginConfig } from '../src/plugins/user/schema';
 import { PLUGINS } from '../src/plugins';
 import { PLUGIN_FIELDS } from '../src/plugins/fields';
 import { startGateway, withTestDefaults, type TestConfig } from './helpers/gateway';
@@ -74,6 +76,10 @@ t.test('the configuration schema is assembled from every plugin in the list', as
     for (const key of Object.keys(p.schema.top)) t.equal(ConfigSchema.properties[key as keyof typeof ConfigSchema.properties], p.schema.top[key as never], `${p.name}: top-level ${key}`);
     for (const key of Object.keys(p.schema.route)) t.equal(RouteSchema.properties[key as keyof typeof RouteSchema.properties], p.schema.route[key as never], `${p.name}: route ${key}`);
   });
+  // The assembled types stay precise (checked by the compiler: `npm test` type-checks the tests first).
+  type Equals<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
+  const precise: [Equals<RouteConfig['cache'], RouteCacheConfig | undefined>, Equals<GatewayConfig['plugins'], UserPluginConfig[]>, Equals<RouteConfig['plugins'], string[]>] = [true, true, true];
+  t.ok(precise);
   // Every built-in plugin owns at least one field, so none was left out by accident.
   t.same(PLUGINS.filter((p) => Object.keys(p.schema.top).length + Object.keys(p.schema.route).length === 0).map((p) => p.name), []);
 });

@@ -8,9 +8,9 @@ import type { GatewayMetrics } from '../observability/metrics';
 import type { CompiledRoute } from '../routes';
 
 /**
- * The plugin interfaces, types only: plugins import them from here, so a plugin's code depends on
- * the chain and the config's types but nothing on the plugin side points back at a module that
- * lists plugins (plugins/index.ts) or loads the configuration (config/load.ts).
+ * The plugin interfaces, types only. Plugins import them from here rather than from the modules that
+ * list plugins (plugins/index.ts) or load the configuration (config/load.ts), which import the
+ * plugins: no import cycle joins plugin code to the config loader.
  */
 
 export type { ConfigProblem, GatewayConfig };
@@ -55,8 +55,8 @@ export interface Plugin {
 }
 
 /**
- * Where steps sit in the chain. Phases run in this order (PHASES in plugins/index.ts); within a phase, plugins run in the order
- * of the plugin list (plugins/index.ts), user plugins last.
+ * Where steps sit in the chain. Phases run in this order (PHASES in plugins/index.ts); within a
+ * phase, plugins run in the order of the plugin list, user plugins last.
  *
  *   access        before authentication: IP rules, CORS (preflights need no credentials)
  *   authenticate  auth
@@ -78,9 +78,9 @@ export interface CheckContext {
 }
 
 /**
- * A chain capability: one object per plugin folder, listed in plugins/index.ts. The config loader
- * builds the schema from `schema`, runs `check` after validation, and each runtime calls `create`;
- * config/ knows no plugin by name.
+ * A chain capability: one object per plugin folder, listed in plugins/index.ts. config/ assembles
+ * the schema from the plugins' `schema` (through plugins/fields.ts) and runs `check` after
+ * validation; each runtime calls `create`. config/ knows no plugin by name.
  */
 export interface PluginDescriptor<Top extends TProperties = TProperties, Route extends TProperties = TProperties> {
   readonly name: string;
