@@ -17,7 +17,8 @@ import { GatewayMetrics } from './observability/metrics';
 import { UpstreamMetrics } from './observability/upstream-metrics';
 import { HealthChecker } from './proxy/health';
 import { UpstreamRegistry } from './proxy/upstreams';
-import type { Plugin, PluginContext, Resource } from './plugins';
+import { createPlugins } from './plugins';
+import type { Plugin, PluginContext, Resource } from './plugins/types';
 import { closeSilentConnections, serverLimitOptions } from './plugins/policies/server-limits';
 import { speaksHttp1, versionError } from './net/strict-http';
 import { keyStoreFor } from './plugins/auth';
@@ -56,6 +57,15 @@ function fastifyErrorCode(status: number): ErrorCode {
   }
 }
 
+/** Closes a resource a plugin registered; its failure is logged, never thrown at the caller. */
+async function closeQuietly(r: Resource, log: FastifyBaseLogger): Promise<void> {
+  try {
+    await r.close();
+  } catch (err) {
+    log.warn({ err, resource: r.name }, 'closing a plugin resource failed');
+  }
+}
+
 /**
  * One gateway instance built from a frozen config: the public listener, the admin listener, the
  * upstream pools and the metrics registry. Nothing is shared between instances; close() releases
@@ -74,6 +84,8 @@ export class Gateway {
   private readonly requestIds = new RequestIds();
   private readonly readiness: ReadinessCheck[] = [];
   private readonly resources: Resource[] = [];
+  /** Resources the current runtime owns (user plugins'): closed once a reload replaces it. */
+  private runtimeResources: Resource[] = [];
   /** Resources registered but not yet initialised (init runs before they see traffic). */
   private pendingInit: Resource[] = [];
   private readonly shared = new Map<string, unknown>();
@@ -113,7 +125,7 @@ export class Gateway {
     this.healthChecks = new HealthChecker(this.upstreams, this.upstreamEvents, this.log);
     this.resources.push(this.healthChecks);
     this.pendingInit.push(this.healthChecks);
-    this.runtime = new Runtime(config, this.upstreams, this.metrics, this.pluginContext(config), this.extraPlugins);
+    this.runtime = new Runtime(config, this.upstreams, this.metrics, this.plugins(this.pluginContext(config, this.runtimeResources)));
     this.warn(config);
     this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log) : null;
     const chain = new RequestChain({
@@ -156,7 +168,14 @@ export class Gateway {
     if (this.admin) registerCacheRoutes(this.admin, { config: () => this.config, store: () => (this.shared.get('store') as GateStore | undefined) ?? null });
   }
 
-  private pluginContext(config: Readonly<GatewayConfig>): PluginContext {
+  /** The plugins of one runtime in chain order: the embedder's first, then the configured ones. */
+  private plugins(ctx: PluginContext): Plugin[] {
+    return [...(this.extraPlugins?.(ctx) ?? []), ...createPlugins(ctx)];
+  }
+
+  /** What plugins see while a runtime is built; `owned` collects the resources that runtime owns. */
+  private pluginContext(config: Readonly<GatewayConfig>, owned: Resource[] = []): PluginContext {
+    const local = new Map<string, unknown>();
     return {
       config,
       metrics: this.metrics,
@@ -165,8 +184,16 @@ export class Gateway {
         if (!this.shared.has(key)) this.shared.set(key, create());
         return this.shared.get(key) as T;
       },
+      local: <T>(key: string, create: () => T): T => {
+        if (!local.has(key)) local.set(key, create());
+        return local.get(key) as T;
+      },
       addResource: (r) => {
         this.resources.push(r);
+        this.pendingInit.push(r);
+      },
+      addRuntimeResource: (r) => {
+        owned.push(r);
         this.pendingInit.push(r);
       },
       addReadinessCheck: (c) => this.readiness.push(c),
@@ -228,16 +255,22 @@ export class Gateway {
     const previous = this.runtime;
     const upstreams = new UpstreamRegistry(next.upstreams, this.upstreamEvents, this.upstreams);
     let runtime: Runtime;
+    const owned: Resource[] = [];
     try {
-      runtime = new Runtime(next, upstreams, this.metrics, this.pluginContext(next), this.extraPlugins);
+      runtime = new Runtime(next, upstreams, this.metrics, this.plugins(this.pluginContext(next, owned)));
       await this.initPending();
     } catch (err) {
-      await Promise.all(upstreams.changes.created.map((name) => upstreams.get(name).close()));
+      // Whatever the failed runtime opened goes with it; gateway-lifetime resources stay registered.
+      this.pendingInit = this.pendingInit.filter((r) => !owned.includes(r));
+      await Promise.all([...upstreams.changes.created.map((name) => upstreams.get(name).close()), ...owned.map((r) => closeQuietly(r, this.log))]);
       this.log.error({ audit: true, actor, action: 'reload', result: 'failed', err }, 'reload failed; the old configuration keeps serving');
       throw err;
     }
     this.runtime = runtime;
     this.upstreams = upstreams;
+    const replaced = this.runtimeResources;
+    this.runtimeResources = owned;
+    for (const r of replaced) void closeQuietly(r, this.log);
     this.warn(next);
     await this.healthChecks.sync(upstreams);
     for (const up of upstreams.changes.retired) {
@@ -305,7 +338,7 @@ export class Gateway {
       if (this.watching && this.configFile) unwatchFile(this.configFile);
       await this.server.close();
       await this.reloading;
-      await Promise.all([this.upstreams.close(), this.admin?.close(), ...this.resources.map((r) => r.close())]);
+      await Promise.all([this.upstreams.close(), this.admin?.close(), ...this.resources.map((r) => r.close()), ...this.runtimeResources.map((r) => closeQuietly(r, this.log))]);
       this.accessLog?.close();
     })();
     return this.closed;

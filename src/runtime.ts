@@ -1,8 +1,8 @@
+import type { Step } from './chain';
 import type { GatewayConfig } from './config/schema';
 import { ClientIpResolver } from './net/client-ip';
 import { SingleHeaders } from './net/strict-http';
 import type { GatewayMetrics } from './observability/metrics';
-import { createPlugins, type Plugin, type PluginContext } from './plugins';
 import type { UpstreamRegistry } from './proxy/upstreams';
 import { CompiledRoute } from './routes';
 import { Router } from './routing/router';
@@ -23,10 +23,9 @@ export class Runtime {
     readonly config: Readonly<GatewayConfig>,
     upstreams: UpstreamRegistry,
     metrics: GatewayMetrics,
-    plugins: PluginContext,
-    extra?: (ctx: PluginContext) => Plugin[],
+    /** This runtime's plugins in chain order (createPlugins), each asked once per route. */
+    active: readonly { stepFor(route: CompiledRoute): Step | null }[],
   ) {
-    const active = [...(extra?.(plugins) ?? []), ...createPlugins(plugins)];
     this.routes = config.routes.map((r) => {
       const route = new CompiledRoute(r, upstreams.get(r.upstream), metrics.forRoute(r.name));
       for (const p of active) {

@@ -1,6 +1,6 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Registry } from 'prom-client';
-import { ConfigError } from '../config/load';
+import { ConfigError } from '../config/problem';
 import type { GatewayConfig } from '../config/schema';
 import { ERRORS, problemBody, PROBLEM_CONTENT_TYPE, type ErrorCode } from '../errors';
 import type { ReloadResult } from '../lifecycle/reload';

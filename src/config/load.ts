@@ -1,33 +1,14 @@
 import { readFileSync } from 'node:fs';
 import { BlockList, isIP } from 'node:net';
+import { dirname, resolve } from 'node:path';
 import Ajv, { type ErrorObject } from 'ajv';
 import YAML from 'yaml';
-import { checkPolicies } from '../plugins/policies/check';
-import { checkRateLimitConfig } from '../plugins/rate-limit/check';
+import { PLUGINS } from '../plugins';
+import type { CheckContext } from '../plugins/types';
+import { ConfigError, type ConfigProblem } from './problem';
 import { ConfigSchema, type GatewayConfig } from './schema';
-import { checkAuthConfig } from '../plugins/auth/check';
 
-/** One problem in a configuration, with the path of the offending field. */
-export interface ConfigProblem {
-  path: string;
-  message: string;
-}
-
-export class ConfigError extends Error {
-  readonly problems: ConfigProblem[];
-  /** The file (or other source) the configuration came from; empty when it has none. */
-  readonly source: string;
-  constructor(source: string, problems: ConfigProblem[]) {
-    super(`invalid configuration${source ? ` in ${source}` : ''}:\n${problems.map(formatProblem).join('\n')}`);
-    this.name = 'ConfigError';
-    this.problems = problems;
-    this.source = source;
-  }
-}
-
-export function formatProblem(p: ConfigProblem): string {
-  return p.path ? `${p.path}: ${p.message}` : p.message;
-}
+export { ConfigError, formatProblem, type ConfigProblem } from './problem';
 
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, coerceTypes: false, verbose: true });
 const validateSchema = ajv.compile<GatewayConfig>(ConfigSchema);
@@ -280,8 +261,23 @@ function checkCidr(entry: string, path: string, problems: ConfigProblem[], list:
 /** Methods whose requests may have effects that a replay would repeat. */
 const NEVER_RETRIED: ReadonlySet<string> = new Set(['POST', 'PATCH', 'CONNECT']);
 
-/** Rules that span fields, which JSON Schema cannot express. */
-function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[]): void {
+/** Validates a plugin's own part of the configuration (user plugin options) against its schema, defaults applied. */
+function validateAt(schema: object, value: unknown, at: string): ConfigProblem[] {
+  let validate;
+  try {
+    validate = ajv.compile(schema);
+  } catch (err) {
+    return [{ path: at, message: `cannot be checked: the plugin's schema is invalid (${(err as Error).message})` }];
+  }
+  if (validate(value)) return [];
+  return ajvProblems(validate.errors ?? []).map((p) => ({
+    path: p.path === '' ? at : p.path.startsWith('[') ? `${at}${p.path}` : `${at}.${p.path}`,
+    message: p.message,
+  }));
+}
+
+/** Rules that span fields, which JSON Schema cannot express. `source` is the file, for relative paths. */
+function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[], source?: string): void {
   const list = new BlockList();
   cfg.trustedProxies.forEach((p, i) => checkCidr(p, `trustedProxies[${i}]`, problems, list));
 
@@ -349,9 +345,8 @@ function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[]): void {
       }
     }
   });
-  checkPolicies(cfg, problems);
-  checkAuthConfig(cfg, problems);
-  checkRateLimitConfig(cfg, problems);
+  const load: CheckContext = { baseDir: source ? dirname(resolve(source)) : process.cwd(), validate: validateAt };
+  for (const p of PLUGINS) p.check?.(cfg, problems, load);
 }
 
 function deepFreeze<T>(value: T): T {
@@ -406,7 +401,7 @@ class WellFormedParts {
   constructor(private readonly original: unknown) {}
 
   /** Runs the cross-checks on the well-formed parts; null when no well-formed shape is left to check. */
-  crossCheck(errors: ErrorObject[]): ConfigProblem[] | null {
+  crossCheck(errors: ErrorObject[], source?: string): ConfigProblem[] | null {
     for (let round = 0; round < 20; round++) {
       let grew = false;
       for (const e of errors) {
@@ -426,7 +421,7 @@ class WellFormedParts {
       if (validateSchema(copy)) {
         const found: ConfigProblem[] = [];
         try {
-          crossCheck(copy as GatewayConfig, found);
+          crossCheck(copy as GatewayConfig, found, source);
         } catch {
           return null;
         }
@@ -528,11 +523,11 @@ function related(a: string, b: string): boolean {
  * parts that are well-formed. A cross-check about a malformed part (or a reference to a removed one)
  * is left out: the schema problem already names it, and the check saw a default or nothing there.
  */
-function allProblems(original: unknown, errors: ErrorObject[], early: ConfigProblem[]): ConfigProblem[] {
+function allProblems(original: unknown, errors: ErrorObject[], early: ConfigProblem[], source?: string): ConfigProblem[] {
   const earlyPaths = early.map((p) => p.path);
   const out = [...early, ...ajvProblems(errors).filter((p) => !earlyPaths.includes(p.path))];
   const parts = new WellFormedParts(original);
-  const cross = parts.crossCheck(errors) ?? [];
+  const cross = parts.crossCheck(errors, source) ?? [];
   const quiet = [...earlyPaths, ...parts.removed];
   for (const p of cross) {
     if (quiet.some((q) => related(q, p.path))) continue;
@@ -561,10 +556,10 @@ export function parseConfig(input: unknown, opts: { env?: NodeJS.ProcessEnv; sou
     }
   }
   if (!validateSchema(data) || problems.length) {
-    throw new ConfigError(opts.source ?? '', allProblems(data, [...(validateSchema.errors ?? [])], problems));
+    throw new ConfigError(opts.source ?? '', allProblems(data, [...(validateSchema.errors ?? [])], problems, opts.source));
   }
   if (port !== undefined) cfg.listen.port = port;
-  crossCheck(cfg, problems);
+  crossCheck(cfg, problems, opts.source);
   if (problems.length) throw new ConfigError(opts.source ?? '', problems);
   return deepFreeze(cfg);
 }

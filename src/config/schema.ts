@@ -1,9 +1,5 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
-import { ConsumerSchema } from '../plugins/auth/consumers-schema';
-import { PoliciesSchema, RoutePoliciesSchema } from '../plugins/policies/schema';
-import { AuthSchema, RouteAuthSchema } from '../plugins/auth/schema';
-import { RouteRateLimitSchema } from '../plugins/rate-limit/schema';
-import { RouteCacheSchema } from '../plugins/cache/schema';
+import { PLUGIN_FIELDS } from '../plugins/fields';
 import { StoreSchema } from '../store/schema';
 
 /**
@@ -15,6 +11,24 @@ import { StoreSchema } from '../store/schema';
 /** A closed object: unknown keys are configuration errors. */
 const Obj = <T extends TProperties>(props: T, opts: ObjectOptions & { description: string }) =>
   Type.Object(props, { additionalProperties: false, ...opts });
+
+type UnionToIntersection<U> = (U extends unknown ? (u: U) => void : never) extends (i: infer I) => void ? I : never;
+type PluginFields<K extends 'top' | 'route'> = UnionToIntersection<(typeof PLUGIN_FIELDS)[number][K]>;
+
+/**
+ * The fields every plugin adds at one level, merged. Their types come from the typed plugin list, so
+ * GatewayConfig and RouteConfig stay precise; a field claimed twice is a programming error.
+ */
+function pluginFields<K extends 'top' | 'route'>(level: K, core: TProperties): PluginFields<K> {
+  const out: TProperties = {};
+  for (const fields of PLUGIN_FIELDS) {
+    for (const [key, schema] of Object.entries(fields[level])) {
+      if (Object.hasOwn(core, key) || Object.hasOwn(out, key)) throw new Error(`two plugins define the ${level} config field "${key}"`);
+      out[key] = schema;
+    }
+  }
+  return out as PluginFields<K>;
+}
 
 const Ms = (description: string, def: number, minimum = 0) =>
   Type.Integer({ description: `${description} (milliseconds).`, default: def, minimum });
@@ -334,8 +348,7 @@ export const RewriteSchema = Obj(
   { description: 'How the path is rewritten before it is forwarded.', default: {} },
 );
 
-export const RouteSchema = Obj(
-  {
+const routeCore = {
     name: Type.String({
       description: 'Unique route name; used in metrics labels and logs (never raw paths).',
       pattern: '^[A-Za-z0-9_.-]+$',
@@ -349,16 +362,14 @@ export const RouteSchema = Obj(
       description: "Forward the client's Host header instead of the target's.",
       default: false,
     }),
-    rateLimit: Type.Optional(RouteRateLimitSchema),
-    cache: Type.Optional(RouteCacheSchema),
-    auth: Type.Optional(RouteAuthSchema),
-    policies: RoutePoliciesSchema,
-  },
+};
+
+export const RouteSchema = Obj(
+  { ...routeCore, ...pluginFields('route', routeCore) },
   { description: 'A route: which requests go to which upstream, and how.' },
 );
 
-export const ConfigSchema = Obj(
-  {
+const configCore = {
     listen: ListenSchema,
     trustedProxies: Type.Array(
       Type.String({ description: 'An IPv4 or IPv6 address or CIDR, such as 10.0.0.0/8.' }),
@@ -379,7 +390,6 @@ export const ConfigSchema = Obj(
     }),
     routes: Type.Array(RouteSchema, { description: 'Routes; the longest matching prefix wins.', default: [] }),
     store: StoreSchema,
-    auth: AuthSchema,
     reload: Obj(
       {
         watch: Type.Boolean({
@@ -390,11 +400,9 @@ export const ConfigSchema = Obj(
       },
       { description: 'Hot reload. SIGHUP and POST /admin/reload always reload; watching the file is optional.', default: {} },
     ),
-    consumers: Type.Array(ConsumerSchema, { description: 'API consumers known to the gateway.', default: [] }),
-    policies: PoliciesSchema,
-  },
-  { description: 'Gateway configuration.' },
-);
+};
+
+export const ConfigSchema = Obj({ ...configCore, ...pluginFields('top', configCore) }, { description: 'Gateway configuration.' });
 
 export type GatewayConfig = Static<typeof ConfigSchema>;
 export type RouteConfig = Static<typeof RouteSchema>;

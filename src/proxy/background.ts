@@ -2,7 +2,7 @@ import { ServerResponse, type IncomingMessage } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { runSteps, type Step, type StepsOutcome } from '../chain';
 import { RequestContext } from '../context';
-import type { Resource } from '../plugins';
+import type { Resource } from '../plugins/types';
 import { relay } from './relay';
 
 /**

@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { FastifyBaseLogger } from 'fastify';
 import { Client } from 'undici';
 import type { UpstreamConfig } from '../config/schema';
-import type { Resource } from '../plugins';
+import type { Resource } from '../plugins/types';
 import type { ResilienceEvents } from './target-state';
 import type { Target, Upstream, UpstreamRegistry } from './upstreams';
 

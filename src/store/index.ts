@@ -1,4 +1,4 @@
-import type { PluginContext } from '../plugins';
+import type { PluginContext } from '../plugins/types';
 import { MemoryStore } from './memory';
 import { MemoryCache } from './memory-cache';
 import { ClusterRedisStore, RedisStore } from './redis';

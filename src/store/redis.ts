@@ -7,7 +7,7 @@ import Redis, { Cluster, Command, type ClusterOptions, type RedisOptions } from 
 import type { ReadinessCheck } from '../admin/server';
 import type { CounterCell, HistogramCell } from '../observability/fast-metrics';
 import type { GatewayMetrics } from '../observability/metrics';
-import type { Resource } from '../plugins';
+import type { Resource } from '../plugins/types';
 import type { RedisStoreConfig } from './schema';
 import { BUCKET_FIELDS, type AsyncGateStore, type BucketSpec, type CacheFound, type GateRequest, type GateResult } from './types';
 

@@ -1,6 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { ConfigProblem } from '../../config/load';
-import type { GatewayConfig } from '../../config/schema';
+import type { ConfigProblem, GatewayConfig } from '../types';
 import { identityHeaderPairs } from './identity-headers';
 import { loadPublicKey } from './jwt';
 

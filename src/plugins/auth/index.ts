@@ -1,5 +1,5 @@
 import { createPublicKey } from 'node:crypto';
-import type { Plugin, PluginContext } from '..';
+import type { Plugin, PluginContext } from '../types';
 import type { CounterFamily } from '../../observability/fast-metrics';
 import type { CompiledRoute } from '../../routes';
 import { ApiKeyAuthenticator, MemoryKeyStore, type KeyStore } from './api-keys';

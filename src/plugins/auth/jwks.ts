@@ -2,7 +2,7 @@ import { createPublicKey, type JsonWebKey } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { FastifyBaseLogger } from 'fastify';
 import { Agent } from 'undici';
-import type { Resource } from '..';
+import type { Resource } from '../types';
 import type { CounterFamily } from '../../observability/fast-metrics';
 import { AuthFailure } from './failure';
 import { algorithmsForKey, keyVerifier, type ClaimRules, type KeyVerifier } from './jwt';

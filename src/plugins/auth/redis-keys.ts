@@ -1,6 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify';
 import Redis from 'ioredis';
-import type { Resource } from '..';
+import type { Resource } from '../types';
 import { generateKey, type KeyRecord, type KeyStore } from './api-keys';
 import { AuthFailure } from './failure';
 import type { ApiKeysConfig } from './schema';

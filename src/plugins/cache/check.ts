@@ -1,5 +1,4 @@
-import type { ConfigProblem } from '../../config/load';
-import type { GatewayConfig } from '../../config/schema';
+import type { ConfigProblem, GatewayConfig } from '../types';
 
 /** The two caches that look configured and store nothing: warned about at load and by `gateway validate`. */
 export function cacheWarnings(cfg: Readonly<GatewayConfig>): ConfigProblem[] {

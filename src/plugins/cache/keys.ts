@@ -1,5 +1,5 @@
 import { hash } from 'node:crypto';
-import type { GatewayConfig } from '../../config/schema';
+import type { GatewayConfig } from '../types';
 
 // One-shot hashing: a Hash object per call (createHash) cost a measurable share of a cache hit.
 const digest = (s: string): string => hash('sha256', s, 'base64url').slice(0, 22);

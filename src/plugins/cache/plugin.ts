@@ -3,7 +3,7 @@ import type { RequestContext } from '../../context';
 import type { CounterFamily } from '../../observability/fast-metrics';
 import type { CompiledRoute } from '../../routes';
 import type { GateStore } from '../../store/types';
-import type { Plugin, PluginContext } from '..';
+import type { Plugin, PluginContext } from '../types';
 import { BackgroundRelays } from '../../proxy/background';
 import { CacheKeySpace } from './keys';
 import { RouteCache, type BypassReason, type CacheCells } from './route-cache';

@@ -3,7 +3,7 @@ import type { Step } from '../../chain';
 import type { RequestContext } from '../../context';
 import { GatewayError } from '../../errors';
 import type { CompiledRoute } from '../../routes';
-import type { Plugin, PluginContext } from '..';
+import type { Plugin, PluginContext } from '../types';
 
 function tooLarge(ctx: RequestContext, limit: number): GatewayError {
   // The rest of the body is never read: the connection cannot carry another request.

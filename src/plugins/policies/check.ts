@@ -1,5 +1,4 @@
-import type { ConfigProblem } from '../../config/load';
-import type { GatewayConfig } from '../../config/schema';
+import type { ConfigProblem, GatewayConfig } from '../types';
 import { ORIGIN_PATTERN } from './cors';
 import { ISO_DATE_TIME } from './deprecation';
 import { REQUEST_RESERVED, RESPONSE_RESERVED } from './header-rules';

@@ -2,7 +2,7 @@ import type { Step } from '../../chain';
 import type { RequestContext } from '../../context';
 import { GatewayError } from '../../errors';
 import type { CompiledRoute } from '../../routes';
-import type { Plugin, PluginContext } from '..';
+import type { Plugin, PluginContext } from '../types';
 import type { CorsConfig } from './schema';
 
 const DEFAULT_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE';

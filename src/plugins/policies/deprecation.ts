@@ -1,7 +1,7 @@
 import type { Step } from '../../chain';
 import type { RequestContext } from '../../context';
 import type { CompiledRoute } from '../../routes';
-import type { Plugin } from '..';
+import type { Plugin } from '../types';
 import type { DeprecationConfig } from './schema';
 
 /** An ISO 8601 date-time with an explicit zone; anything looser is ambiguous about the day. */

@@ -2,7 +2,7 @@ import type { Step } from '../../chain';
 import type { RequestContext } from '../../context';
 import type { BodyWrap } from '../../proxy/relay';
 import type { CompiledRoute } from '../../routes';
-import type { Plugin } from '..';
+import type { Plugin } from '../types';
 
 const TAIL = Buffer.from('}');
 const NULL = Buffer.from('null');

@@ -2,7 +2,7 @@ import type { Step } from '../../chain';
 import type { RequestContext } from '../../context';
 import { HOP_BY_HOP, REQUEST_DROP } from '../../proxy/headers';
 import type { CompiledRoute } from '../../routes';
-import type { Plugin } from '..';
+import type { Plugin } from '../types';
 import type { HeaderRulesConfig } from './schema';
 import { compileTemplate, render, type HeaderValue } from './template';
 

@@ -1,5 +1,4 @@
-import type { ConfigProblem } from '../../config/load';
-import type { GatewayConfig } from '../../config/schema';
+import type { ConfigProblem, GatewayConfig } from '../types';
 import { burstOf, durationUs, intervalUs, limitSignature, MAX_FILL_US } from './limits';
 import type { LimitConfig } from './schema';
 

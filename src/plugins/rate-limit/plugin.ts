@@ -6,7 +6,7 @@ import { sendProblem } from '../../errors';
 import type { CounterCell, CounterFamily } from '../../observability/fast-metrics';
 import type { CompiledRoute } from '../../routes';
 import { BUCKET_FIELDS, F_NEXT_MS, F_REMAINING, F_RESET_MS, F_RETRY_MS, type GateResult, type GateStore } from '../../store/types';
-import type { Plugin, PluginContext } from '..';
+import type { Plugin, PluginContext } from '../types';
 import { compileLimit, defaultConsumerName, defaultName, type CompiledLimit, type KeyLayout } from './limits';
 import type { LimitConfig, RouteRateLimitConfig } from './schema';
 

@@ -1,0 +1,12 @@
+import type { PluginDescriptor } from '../types';
+import { checkAuthConfig } from './check';
+import { authFields } from './fields';
+import { createAuthPlugin } from '.';
+
+/** Authentication: every route loses client-sent identity headers; routes with `auth` verify the caller. */
+export const authPlugin: PluginDescriptor<typeof authFields.top, typeof authFields.route> = {
+  name: 'auth',
+  schema: authFields,
+  check: checkAuthConfig,
+  create: (ctx) => ({ authenticate: [createAuthPlugin(ctx)] }),
+};
