@@ -1,7 +1,12 @@
+import { request } from 'node:http';
+import { createServer, type AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { Deadlines, type Timed } from '../src/proxy/deadlines';
+import { startGateway } from './helpers/gateway';
+import { call } from './helpers/http';
+import { startUpstream } from './helpers/upstream';
 
 function entry(name: string, fired: string[], then?: () => void): Timed {
   return {
@@ -54,4 +59,82 @@ t.test('a closed wheel arms nothing', async (t) => {
   await sleep(50);
   t.same(fired, []);
   t.equal(e.deadlineSlot, -1);
+});
+
+/** Within 10 % + 20 ms of the setting, never before it. */
+function onTime(t: Test, took: number, ms: number, what: string): void {
+  t.ok(took >= ms - 1 && took <= ms * 1.1 + 20, `${what}: fired after ${Math.round(took)} ms (setting ${ms} ms)`);
+}
+
+t.test('upstream timeouts fire on time: connect, headers, body and the request deadline', async (t) => {
+  // Accepts TCP connections and never says a word: a TLS handshake to it never completes.
+  const mute = createServer(() => undefined);
+  await new Promise<void>((r) => mute.listen(0, '127.0.0.1', r));
+  const mutePort = (mute.address() as AddressInfo).port;
+  const hang = await startUpstream(() => undefined);
+  const pause = await startUpstream((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.write('first chunk');
+  });
+  const dribble = await startUpstream(async (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    for (let i = 0; i < 50 && !res.destroyed; i++) {
+      res.write('x');
+      await sleep(50);
+    }
+    res.end();
+  });
+  const retries = { maxRetries: 0 };
+  const gw = await startGateway({
+    upstreams: {
+      mute: { targets: [`https://127.0.0.1:${mutePort}`], timeouts: { connectMs: 300 }, retries },
+      hang: { targets: [hang.url], timeouts: { headersMs: 300 }, retries },
+      pause: { targets: [pause.url], timeouts: { bodyMs: 300 }, retries },
+      dribble: { targets: [dribble.url], timeouts: { requestMs: 300 }, retries },
+    },
+    routes: ['mute', 'hang', 'pause', 'dribble'].map((n) => ({ name: n, match: { prefix: `/${n}` }, upstream: n })),
+  });
+  t.teardown(async () => {
+    await gw.close();
+    await Promise.all([hang.close(), pause.close(), dribble.close()]);
+    mute.close();
+  });
+
+  // The first request through a fresh gateway (and its first TLS connection) pays for compiling
+  // the code paths: measured from the second on.
+  await call(gw.url, '/mute');
+  await call(gw.url, '/hang');
+  for (const [path, code, setting] of [['/mute', 'UPSTREAM_CONNECT_TIMEOUT', 300], ['/hang', 'UPSTREAM_TIMEOUT', 300]] as const) {
+    const started = performance.now();
+    const res = await call(gw.url, path);
+    const took = performance.now() - started;
+    t.equal(res.status, 504, path);
+    t.equal(res.json().code, code);
+    onTime(t, took, setting, path);
+  }
+
+  // Once the body started, a timeout can only cut the connection: measured from the last chunk
+  // (body) or from the request's arrival (deadline) to the cut.
+  const cut = (path: string): Promise<{ firstChunk: number; cut: number; start: number }> =>
+    new Promise((resolve, reject) => {
+      const start = performance.now();
+      let firstChunk = 0;
+      let last = 0;
+      const req = request(`${gw.url}${path}`, { agent: false }, (res) => {
+        res.on('data', () => {
+          last = performance.now();
+          if (firstChunk === 0) firstChunk = last;
+        });
+        res.on('end', () => reject(new Error('the response ended normally')));
+        res.on('error', () => resolve({ firstChunk, cut: performance.now() - last, start: performance.now() - start }));
+        res.on('aborted', () => undefined);
+      });
+      req.on('error', () => resolve({ firstChunk, cut: performance.now() - last, start: performance.now() - start }));
+      req.end();
+    });
+  const paused = await cut('/pause');
+  t.ok(paused.firstChunk > 0, 'the first chunk reached the client');
+  onTime(t, paused.cut, 300, 'body timeout');
+  const deadline = await cut('/dribble');
+  onTime(t, deadline.start, 300, 'request deadline');
 });

@@ -60,6 +60,7 @@ export abstract class AttemptHandler implements Ticket {
     this.abortUpstream = null;
     this.settled = false;
     this.responseStarted = false;
+    this.status = 0;
     if (state.inFlight >= state.capacity && !this.enqueue()) return;
     state.inFlight++;
     const opts = this.opts;
