@@ -238,3 +238,27 @@ t.test('a connect timeout moves the request to another target too', async (t) =>
   t.ok(performance.now() - started >= 200, 'after the connect timeout of the first target');
   t.equal(await retries(gw, 'connect'), 1);
 });
+
+t.test('an upstream response whose framing breaks before anything reached the client is a 502 problem, counted as 5xx', async (t) => {
+  // The head and a chunk-size line that is not hex, in one packet.
+  const broken = createServer((socket) => {
+    socket.once('data', () => socket.end('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n'));
+  });
+  await new Promise<void>((r) => broken.listen(0, '127.0.0.1', r));
+  const gw = await startGateway({
+    log: { level: 'warn' },
+    upstreams: { up: { targets: [`http://127.0.0.1:${(broken.address() as AddressInfo).port}`] } },
+    routes: [{ name: 'broken', match: { prefix: '/' }, upstream: 'up' }],
+  });
+  t.teardown(async () => {
+    await gw.close();
+    broken.close();
+  });
+  const res = await call(gw.url, '/x', { headers: { 'x-request-id': 'broken-1' } });
+  t.equal(res.status, 502);
+  t.match(res.headers['content-type'], /application\/problem\+json/);
+  t.equal(res.json().code, 'UPSTREAM_BAD_RESPONSE');
+  t.equal(res.json().requestId, 'broken-1');
+  t.equal(await metricValue(gw.adminUrl, 'gateway_requests_total', { route: 'broken', status_class: '5xx' }), 1);
+  t.equal(await metricValue(gw.adminUrl, 'gateway_requests_total', { route: 'broken', status_class: '2xx' }), 0);
+});

@@ -33,6 +33,8 @@ export abstract class AttemptHandler implements Ticket {
   /** Counted in target.state.queued: waiting for a connection of a saturated pool. */
   protected waiting = false;
   private queueTimer: NodeJS.Timeout | null = null;
+  /** A response head was taken for the client (the observer saw it): the request is not retried. */
+  protected relayed = false;
   private retries = 0;
   /** Attempts moved to another target because theirs could not be reached (tryOtherTarget). */
   private failovers = 0;
@@ -200,7 +202,7 @@ export abstract class AttemptHandler implements Ticket {
    */
   private tryRetry(kind: number, staleConnection: boolean, err: Error | null): boolean {
     const { ctx } = this;
-    if (this.hasBody || ctx.res.headersSent || ctx.res.destroyed) return false;
+    if (this.hasBody || this.relayed || ctx.res.headersSent || ctx.res.destroyed) return false;
     const upstream = ctx.route.upstream;
     const policy = upstream.retry;
     // A request the upstream may have received is sent again only with a method declared safe to

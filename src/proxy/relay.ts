@@ -70,6 +70,8 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
   /** Set when the request must stop before undici handed us its abort function. */
   private pendingAbort: Error | null = null;
   private wrap: BodyWrap | null = null;
+  /** The response head, ready but not written yet (see onHeaders). */
+  private head: string[] | null = null;
   private bodySeen = false;
   hasDate = false;
   contentLength = -1;
@@ -172,16 +174,26 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
     if (ctx.responseHeaders !== null) for (const h of ctx.responseHeaders) headers.push(h);
     res.sendDate = !this.hasDate;
     this.bodyLeft = this.wrap === null ? this.contentLength : -1;
+    // The head goes out with the first body bytes (or the end): until then a response whose framing
+    // breaks (a bad chunk size in the first packet) can still be answered 502.
+    this.head = headers;
+    this.relayed = true;
+    this.ctx.observer?.onHeaders(statusCode, headers);
+    this.time(PHASE_BODY, ctx.route.upstream.bodyMs);
+    return true;
+  }
+
+  /** Writes the response head (and a wrap's opening bytes); false when Node refused the upstream's head. */
+  private flushHead(): boolean {
+    const headers = this.head!;
+    this.head = null;
     try {
-      res.writeHead(statusCode, headers);
+      this.ctx.res.writeHead(this.status, headers);
     } catch {
-      // Node refused what the upstream sent (invalid status or header bytes): not relayable.
-      this.abortUpstream?.(Object.assign(new Error('unrelayable upstream response'), { code: 'UND_ERR_INFO' }));
+      // Invalid status or header bytes from the upstream: not relayable.
       return false;
     }
-    this.ctx.observer?.onHeaders(statusCode, headers);
     if (this.wrap !== null) this.write(this.wrap.head);
-    this.time(PHASE_BODY, ctx.route.upstream.bodyMs);
     return true;
   }
 
@@ -192,6 +204,10 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
   }
 
   onData(chunk: Buffer): boolean {
+    if (this.head !== null && !this.flushHead()) {
+      this.abortUpstream?.(unrelayable());
+      return false;
+    }
     if (this.wrap !== null) this.bodySeen = true;
     this.ctx.observer?.onData(chunk);
     if (this.bodyLeft > 0 && (this.bodyLeft -= chunk.length) === 0) {
@@ -217,6 +233,7 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
   onComplete(): void {
     this.attemptEnded();
     if (this.done) return;
+    if (this.head !== null && !this.flushHead()) return this.fail(unrelayable());
     const now = this.finish();
     const wrap = this.wrap;
     if (wrap !== null) {
@@ -258,6 +275,10 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
     this.ctx.upstreamMs = now - this.ctx.upstreamStartedAt;
     return now;
   }
+}
+
+function unrelayable(): Error {
+  return Object.assign(new Error('unrelayable upstream response'), { code: 'UND_ERR_INFO' });
 }
 
 /** Forwards the request of `ctx` to the next target of its route's upstream that takes traffic. */
