@@ -148,3 +148,33 @@ t.test('upstream timeouts fire on time: connect, headers, body and the request d
   t.ok(deadline.start >= 300, 'the deadline counts from the request\'s arrival, after the client sent it');
   onTime(t, deadline.start, 300, 'request deadline');
 });
+
+t.test('the body timeout does not run while the client is the one holding the response back', async (t) => {
+  const size = 8 * 1024 * 1024;
+  const up = await startUpstream((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': size });
+    res.end(Buffer.alloc(size, 1));
+  });
+  const gw = await startGateway({ upstreams: { up: { targets: [up.url], timeouts: { bodyMs: 200 } } }, routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up' }] });
+  t.teardown(async () => {
+    await gw.close();
+    await up.close();
+  });
+  const received = await new Promise<number>((resolve, reject) => {
+    request(`${gw.url}/big`, { agent: false }, (res) => {
+      let bytes = 0;
+      // Reads nothing for 600 ms: the gateway's socket buffers fill and it stops reading the upstream.
+      res.pause();
+      setTimeout(() => {
+        res.on('data', (c: Buffer) => (bytes += c.length));
+        res.resume();
+      }, 600);
+      res.on('end', () => resolve(bytes));
+      res.on('error', reject);
+      res.on('aborted', () => reject(new Error('aborted')));
+    })
+      .on('error', reject)
+      .end();
+  });
+  t.equal(received, size, 'the whole body arrived');
+});
