@@ -25,6 +25,7 @@ import { keyStoreFor } from './plugins/auth';
 import { RequestIds } from './request-ids';
 import { Runtime } from './runtime';
 import type { GateStore } from './store/types';
+import { ConnectionDrain } from './lifecycle/drain';
 import { diffRoutes, restartOnlyChanges, type ReloadResult } from './lifecycle/reload';
 
 export interface GatewayOptions {
@@ -94,6 +95,9 @@ export class Gateway {
   private watching = false;
   private reloading: Promise<unknown> = Promise.resolve();
   private draining = false;
+  /** The public listener stopped taking connections (close() began). */
+  private closing = false;
+  private readonly connections: ConnectionDrain;
   private closed: Promise<void> | null = null;
 
   constructor(config: Readonly<GatewayConfig>, opts: GatewayOptions = {}) {
@@ -115,7 +119,8 @@ export class Gateway {
         const code: ErrorCode = error.code === 'FST_ERR_BAD_URL' ? 'BAD_PATH' : 'BAD_REQUEST';
         this.answerFastify(request, reply, new GatewayError(code));
       },
-      return503OnClosing: true,
+      // The chain answers requests that reach a closing listener itself (SHUTTING_DOWN, problem+json).
+      return503OnClosing: false,
       routerOptions: { maxParamLength: 8192 },
     });
     closeSilentConnections(this.server.server, config.policies.limits.firstByteTimeoutMs);
@@ -134,7 +139,9 @@ export class Gateway {
       accessLog: this.accessLog,
       log: this.log,
       isDraining: () => this.draining,
+      isClosing: () => this.closing,
     });
+    this.connections = new ConnectionDrain(this.server.server);
 
     for (const m of PROXIED_METHODS) {
       if (!this.server.supportedMethods.includes(m)) this.server.addHttpMethod(m, { hasBody: true });
@@ -303,6 +310,11 @@ export class Gateway {
     return this.draining;
   }
 
+  /** Client connections of the public listener still open. */
+  get openConnections(): number {
+    return this.connections.open;
+  }
+
   /** Starts both listeners; resolves with the ports actually bound (useful with port 0). */
   async listen(opts: { beforeListen?: () => void } = {}): Promise<{ port: number; adminPort: number | null }> {
     await this.initPending();
@@ -325,6 +337,7 @@ export class Gateway {
   async shutdown(): Promise<void> {
     if (!this.draining) {
       this.draining = true;
+      this.connections.start();
       this.log.info({ drainDelayMs: this.config.shutdown.drainDelayMs }, 'draining');
       await new Promise((r) => setTimeout(r, this.config.shutdown.drainDelayMs));
     }
@@ -336,6 +349,8 @@ export class Gateway {
     this.draining = true;
     this.closed ??= (async () => {
       if (this.watching && this.configFile) unwatchFile(this.configFile);
+      this.closing = true;
+      this.connections.start();
       await this.server.close();
       await this.reloading;
       await Promise.all([this.upstreams.close(), this.admin?.close(), ...this.resources.map((r) => r.close()), ...this.runtimeResources.map((r) => closeQuietly(r, this.log))]);

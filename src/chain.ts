@@ -30,6 +30,8 @@ export interface ChainDeps {
   /** The gateway's logger (Fastify's own is off). */
   log: FastifyBaseLogger;
   isDraining(): boolean;
+  /** The listener stopped: a request that still arrives on an open connection is refused. */
+  isClosing(): boolean;
 }
 
 /**
@@ -110,9 +112,11 @@ export class RequestChain {
     const req = request.raw;
     const res = reply.raw;
     const ctx = new RequestContext(req, res, request.id, this.deps.log, performance.now());
-    if (this.deps.isDraining()) res.shouldKeepAlive = false;
+    const draining = this.deps.isDraining();
+    if (draining) res.shouldKeepAlive = false;
     // 'close' comes once per response; `on` spares the once-wrapper per request.
     res.on('close', () => this.complete(ctx));
+    if (draining && this.deps.isClosing()) return this.reject(ctx, new GatewayError('SHUTTING_DOWN', { headers: { 'retry-after': 1 } }));
 
     if (!speaksHttp1(req)) {
       res.shouldKeepAlive = false;

@@ -28,9 +28,11 @@ t.test('one store round trip per request: the lookup rides in the rate-limit cal
     await gw.close();
     await up.close();
   });
+  // The store's warm-up call at start-up is a script call too.
+  const before = metric((await call(gw.adminUrl, '/metrics')).body, 'gateway_redis_script_duration_seconds_count', {});
   for (let i = 0; i < 10; i++) await call(gw.url, '/rt/a');
   const m = (await call(gw.adminUrl, '/metrics')).body;
-  t.equal(metric(m, 'gateway_redis_script_duration_seconds_count', {}), 10, 'ten requests, ten script calls');
+  t.equal(metric(m, 'gateway_redis_script_duration_seconds_count', {}) - before, 10, 'ten requests, ten script calls');
   t.equal(metric(m, 'gateway_cache_requests_total', { result: 'hit' }), 9);
   t.equal(up.count('/rt/a'), 1);
 });

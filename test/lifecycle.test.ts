@@ -1,4 +1,6 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { Agent, request } from 'node:http';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -129,4 +131,79 @@ t.test('the start-up collection runs a full GC and leaves gc unexposed', async (
   t.ok(process.memoryUsage().heapUsed < before + 5e6, 'the garbage was collected');
   t.equal(typeof (globalThis as { gc?: unknown }).gc, 'undefined', 'gc is not a global of the gateway');
   t.equal(runInNewContext('typeof gc'), 'undefined', 'the flag was turned back off');
+});
+
+t.test('drain: a keep-alive client with a request in flight at SIGTERM gets Connection: close and the CLI exits 0 at once', async (t) => {
+  const up = await startUpstream(async (req, res) => {
+    if (req.url === '/slow') await sleep(500);
+    res.end('done');
+  });
+  t.teardown(() => up.close());
+  const { file, port } = await cliConfig(up.url, '{ drainDelayMs: 200, timeoutMs: 8000 }');
+  const cli = startCli(file);
+  t.ok(await cli.waitFor('gateway listening'), cli.output());
+  const agent = new Agent({ keepAlive: true });
+  t.teardown(() => agent.destroy());
+  const get = (path: string): Promise<{ status: number; connection?: string; body: string }> =>
+    new Promise((resolve, reject) => {
+      request({ host: '127.0.0.1', port, path, agent }, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c.toString()));
+        res.on('end', () => resolve({ status: res.statusCode!, connection: res.headers.connection, body }));
+      })
+        .on('error', reject)
+        .end();
+    });
+  // One keep-alive connection left idle, one busy when the signal comes.
+  t.equal((await get('/warm')).connection, 'keep-alive');
+  const idle = [...Object.values(agent.freeSockets)].flat()[0]!;
+  const idleClosed = new Promise<void>((r) => idle.once('close', () => r()));
+  const inflight = get('/slow');
+  await sleep(100);
+  cli.child.kill('SIGTERM');
+  const res = await inflight;
+  t.equal(res.status, 200);
+  t.equal(res.body, 'done');
+  t.equal(res.connection, 'close', 'the response in flight at SIGTERM tells the client to reconnect elsewhere');
+  await idleClosed;
+  t.equal(await cli.exited, 0, cli.output());
+  t.notMatch(cli.output(), /shutdown timed out/);
+  // The gateway's own clock: from the last request's completion to the end of the shutdown.
+  const lines = cli.output().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { msg: string; path?: string; time: number });
+  const completed = lines.find((l) => l.msg === 'request completed' && l.path === '/slow')!.time;
+  const done = lines.find((l) => l.msg === 'shutdown complete')?.time ?? Infinity;
+  t.ok(done - completed < 500, `shutdown complete ${done - completed} ms after the request in flight finished (timeoutMs is 8 s)`);
+});
+
+t.test('a request that reaches a closing listener on an open connection gets a SHUTTING_DOWN problem', async (t) => {
+  const up = await startUpstream(async (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 4 });
+    res.write('ab');
+    await sleep(400);
+    res.end('cd');
+  });
+  t.teardown(() => up.close());
+  const gw = await startGateway({ upstreams: { up: { targets: [up.url] } }, routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up' }] });
+  const socket = connect(gw.port, '127.0.0.1');
+  let received = '';
+  socket.on('data', (c: Buffer) => (received += c.toString('latin1')));
+  const ended = new Promise<void>((r) => socket.once('close', () => r()));
+  socket.write('GET /streaming HTTP/1.1\r\nHost: gw\r\n\r\n');
+  while (!received.includes('ab')) await sleep(10);
+  const closed = gw.gateway.shutdown();
+  await sleep(50);
+  socket.write('GET /late HTTP/1.1\r\nHost: gw\r\nX-Request-Id: late-1\r\n\r\n');
+  await ended;
+  await closed;
+  const [first, second] = received.split(/(?=HTTP\/1\.1 )/);
+  t.match(first, /^HTTP\/1\.1 200 /);
+  t.match(first, /abcd$/, 'the response in flight finished');
+  t.match(second, /^HTTP\/1\.1 503 /);
+  t.match(second, /content-type: application\/problem\+json/i);
+  t.match(second, /retry-after: 1/i);
+  t.match(second, /x-request-id: late-1/i);
+  t.match(second, /connection: close/i);
+  const body = JSON.parse(second.slice(second.indexOf('\r\n\r\n') + 4)) as { code: string; requestId: string };
+  t.equal(body.code, 'SHUTTING_DOWN');
+  t.equal(body.requestId, 'late-1');
 });

@@ -186,3 +186,74 @@ t.test('SCRIPT FLUSH under traffic causes no errors', async (t) => {
   t.equal(metric(m, 'gateway_ratelimit_decisions_total', { result: 'failed_closed' }), 0);
   t.notOk(gw.logs.some((l) => (l.level as number) >= 50), 'nothing logged as an error');
 });
+
+/** A gateway whose every store route fails open: rate limits that admit, and a cache. */
+async function failOpenGateway(t: Test, redis: TestRedis, extra: Record<string, unknown> = {}): Promise<TestGateway> {
+  const gw = await startGateway({
+    store: { type: 'redis', redis: { url: redis.url, timeoutMs: BUDGET_MS, reconnectMaxDelayMs: 100, connectTimeoutMs: 500, ...extra } },
+    upstreams: { up: { targets: [up.url] } },
+    routes: [
+      { name: 'open', match: { prefix: '/open' }, upstream: 'up', rateLimit: { limits: [{ rate: 100000, per: '1h' }] } },
+      { name: 'strict', match: { prefix: '/strict' }, upstream: 'up', rateLimit: { limits: [{ rate: 3, per: '1h' }] } },
+      { name: 'cached', match: { prefix: '/cached' }, upstream: 'up', cache: { defaultTtl: 10 } },
+    ],
+  } as never);
+  t.teardown(() => gw.close());
+  return gw;
+}
+
+t.test('readiness with Redis down: ready (degraded) when every store route fails open, not ready when one fails closed', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.close());
+  const open = await failOpenGateway(t, redis);
+  const closed = await gatewayOn(t, redis);
+  for (const gw of [open, closed]) {
+    const ready = await call(gw.adminUrl, '/readyz');
+    t.equal(ready.status, 200);
+    t.same(ready.json(), { status: 'ready', checks: { draining: false, config: true, redis: true }, degraded: [] });
+    t.equal(metric((await call(gw.adminUrl, '/metrics')).body, 'gateway_dependency_up', { check: 'redis' }), 1);
+  }
+
+  await redis.kill();
+  await sleep(100);
+  const degraded = await call(open.adminUrl, '/readyz');
+  t.equal(degraded.status, 200, 'the fail-open replica keeps serving');
+  t.same(degraded.json(), { status: 'degraded', checks: { draining: false, config: true, redis: false }, degraded: ['redis'] });
+  t.equal((await call(open.url, '/open/x')).status, 200, 'and does serve');
+  const unready = await call(closed.adminUrl, '/readyz');
+  t.equal(unready.status, 503, 'a replica with a fail-closed route is not ready');
+  t.equal(unready.json<{ checks: { redis: boolean } }>().checks.redis, false);
+  for (const gw of [open, closed]) t.equal(metric((await call(gw.adminUrl, '/metrics')).body, 'gateway_dependency_up', { check: 'redis' }), 0, 'the metric says Redis is down either way');
+
+  // A new replica started while Redis is down becomes ready when it can serve.
+  const fresh = await failOpenGateway(t, redis);
+  const freshReady = await call(fresh.adminUrl, '/readyz');
+  t.equal(freshReady.status, 200);
+  t.equal(freshReady.json().status, 'degraded');
+
+  await redis.restart();
+  t.ok(await waitReady(closed), 'the fail-closed replica is ready again with Redis back');
+  for (let i = 0; i < 100 && (await call(open.adminUrl, '/readyz')).json().status !== 'ready'; i++) await sleep(50);
+  t.equal((await call(open.adminUrl, '/readyz')).json().status, 'ready');
+  t.equal(metric((await call(open.adminUrl, '/metrics')).body, 'gateway_dependency_up', { check: 'redis' }), 1);
+});
+
+t.test('a replica starts serving only once its store answers within the budget: the first burst does not fail open', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.close());
+  const admin = new Redis(redis.url);
+  t.teardown(() => admin.disconnect());
+  // Scripts (and other writes) wait while PING and INFO answer: connected, but every gate call
+  // misses the budget until the pause ends.
+  await admin.call('CLIENT', 'PAUSE', '700', 'WRITE');
+  const started = performance.now();
+  const gw = await failOpenGateway(t, redis, { connectTimeoutMs: 3000 });
+  t.ok(performance.now() - started >= 600, `the listener opened once the store was warm (${Math.round(performance.now() - started)} ms)`);
+  const ready = await call(gw.adminUrl, '/readyz');
+  t.equal(ready.status, 200);
+  t.equal(ready.json<{ checks: { redis: boolean } }>().checks.redis, true);
+  const burst = await Promise.all(Array.from({ length: 10 }, () => call(gw.url, '/strict')));
+  t.same(countBy(burst, (a) => a.status), { 200: 3, 429: 7 }, 'the limit holds from the first burst');
+  const m = (await call(gw.adminUrl, '/metrics')).body;
+  t.equal(metric(m, 'gateway_ratelimit_decisions_total', { result: 'failed_open' }), 0, 'nothing failed open');
+});

@@ -1,3 +1,4 @@
+import { createServer, type AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import t from 'tap';
 import { ConfigError, parseConfig } from '../src/config/load';
@@ -173,4 +174,91 @@ t.test('config: resilience defaults and checks', async (t) => {
   t.ok(problems({ healthCheck: { expectedStatuses: ['2xx', '6xx'] } }).every((p) => p.startsWith('upstreams.up.healthCheck.expectedStatuses[1]: ')));
   t.same(problems({ healthCheck: { expectedStatuses: ['2xx', 301] } }), []);
   t.same(problems({ queue: { timeoutMs: 0 } }), ['upstreams.up.queue.timeoutMs: expected at least 1 (got 0)']);
+});
+
+t.test('an attempt that never reached its target moves to another one, whatever the method, the body and the budget', async (t) => {
+  // The defaults: one retry, a budget of 20 % with a floor of 3 per 10 s, breaker on.
+  const ups: FlakyUpstream[] = [];
+  for (let i = 0; i < 3; i++) ups.push(await startFlakyUpstream());
+  const gw = await startGateway({
+    log: { level: 'warn' },
+    upstreams: { up: { targets: ups.map((u) => u.url), retries: { budgetMinRetries: 0 } } },
+    routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up' }],
+  });
+  t.teardown(async () => {
+    await gw.close();
+    for (const u of ups) await u.close();
+  });
+  await ups[1].stop();
+  const statuses: number[] = [];
+  for (let i = 0; i < 12; i++) statuses.push((await call(gw.url, `/light/${i}`)).status);
+  t.same(statuses, Array(12).fill(200), 'one target of three down, light traffic: no 502');
+  const post = await call(gw.url, '/order', { method: 'POST', body: '{"order":1}', headers: { 'content-type': 'application/json' } });
+  t.equal(post.status, 200);
+  t.equal(post.json().method, 'POST');
+  const seen = ups.flatMap((u) => u.seen).filter((s) => s.url === '/order');
+  t.equal(seen.length, 1, 'the POST reached a live target once');
+  t.equal(seen[0].body, '{"order":1}', 'with its whole body');
+  t.ok((await retries(gw, 'connect')) >= 1);
+
+  // Every target down: bounded by the targets, then a 502.
+  await ups[0].stop();
+  await ups[2].stop();
+  const dead = await call(gw.url, '/dead', { method: 'POST', body: 'x' });
+  t.equal(dead.status, 502);
+  t.equal(dead.json().code, 'UPSTREAM_CONNECT_FAILED');
+});
+
+t.test('a connect timeout moves the request to another target too', async (t) => {
+  // Accepts TCP connections and never says a word: a TLS handshake to it never completes.
+  const mute = createServer(() => undefined);
+  await new Promise<void>((r) => mute.listen(0, '127.0.0.1', r));
+  const live = await startFlakyUpstream();
+  const gw = await startGateway({
+    log: { level: 'warn' },
+    upstreams: {
+      up: {
+        // The rotation starts with the first target.
+        targets: [`https://127.0.0.1:${(mute.address() as AddressInfo).port}`, live.url],
+        timeouts: { connectMs: 200 },
+        retries: { maxRetries: 0 },
+      },
+    },
+    routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up' }],
+  });
+  t.teardown(async () => {
+    await gw.close();
+    await live.close();
+    mute.close();
+  });
+  const started = performance.now();
+  const res = await call(gw.url, '/x', { method: 'POST', body: 'y' });
+  t.equal(res.status, 200);
+  t.equal(live.seen[0]?.body, 'y');
+  t.ok(performance.now() - started >= 200, 'after the connect timeout of the first target');
+  t.equal(await retries(gw, 'connect'), 1);
+});
+
+t.test('an upstream response whose framing breaks before anything reached the client is a 502 problem, counted as 5xx', async (t) => {
+  // The head and a chunk-size line that is not hex, in one packet.
+  const broken = createServer((socket) => {
+    socket.once('data', () => socket.end('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n'));
+  });
+  await new Promise<void>((r) => broken.listen(0, '127.0.0.1', r));
+  const gw = await startGateway({
+    log: { level: 'warn' },
+    upstreams: { up: { targets: [`http://127.0.0.1:${(broken.address() as AddressInfo).port}`] } },
+    routes: [{ name: 'broken', match: { prefix: '/' }, upstream: 'up' }],
+  });
+  t.teardown(async () => {
+    await gw.close();
+    broken.close();
+  });
+  const res = await call(gw.url, '/x', { headers: { 'x-request-id': 'broken-1' } });
+  t.equal(res.status, 502);
+  t.match(res.headers['content-type'], /application\/problem\+json/);
+  t.equal(res.json().code, 'UPSTREAM_BAD_RESPONSE');
+  t.equal(res.json().requestId, 'broken-1');
+  t.equal(await metricValue(gw.adminUrl, 'gateway_requests_total', { route: 'broken', status_class: '5xx' }), 1);
+  t.equal(await metricValue(gw.adminUrl, 'gateway_requests_total', { route: 'broken', status_class: '2xx' }), 0);
 });

@@ -1,5 +1,5 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { Registry } from 'prom-client';
+import { Gauge, type Registry } from 'prom-client';
 import { ConfigError } from '../config/problem';
 import type { GatewayConfig } from '../config/schema';
 import { ERRORS, problemBody, PROBLEM_CONTENT_TYPE, type ErrorCode } from '../errors';
@@ -7,10 +7,28 @@ import type { ReloadResult } from '../lifecycle/reload';
 import { AdminGuard } from './guard';
 import { redact } from './redact';
 
+/**
+ * A check's state: up, down, or 'warming' (connected but not yet answering within its budget: the
+ * replica is not ready yet, whether or not it could serve without the dependency).
+ */
+export type CheckState = boolean | 'warming';
+
 /** Something readiness depends on (config loaded, Redis reachable, ...). */
 export interface ReadinessCheck {
   readonly name: string;
-  ready(): boolean | Promise<boolean>;
+  ready(): CheckState | Promise<CheckState>;
+  /**
+   * Whether the replica cannot serve without it under `config` (default: it cannot). A check that
+   * is not required and down leaves the replica ready, reported as degraded.
+   */
+  required?(config: Readonly<GatewayConfig>): boolean;
+}
+
+/** What /readyz answers and the dependency gauge shows. */
+interface Readiness {
+  ok: boolean;
+  checks: Record<string, CheckState>;
+  degraded: string[];
 }
 
 /** The part of the gateway the admin listener may see and drive. */
@@ -53,6 +71,34 @@ export function buildAdminServer(deps: AdminDeps): FastifyInstance {
   const cfg = deps.config();
   const guard = new AdminGuard([...(cfg.admin.token ? [{ id: 'admin', token: cfg.admin.token }] : []), ...cfg.admin.tokens]);
   const metricsNeedToken = !cfg.admin.metricsPublic;
+  const dependencyUp = new Gauge({
+    name: 'gateway_dependency_up',
+    help: 'Readiness checks of the gateway (config, redis, ...): 1 up, 0 down or still warming up. A dependency down while every route using it fails open leaves the replica ready (degraded, see /readyz).',
+    labelNames: ['check'],
+    registers: [deps.registry],
+  });
+
+  const readiness = async (): Promise<Readiness> => {
+    const draining = deps.isDraining();
+    const checks: Record<string, CheckState> = { draining };
+    const degraded: string[] = [];
+    let ok = !draining;
+    const config = deps.config();
+    for (const c of deps.checks()) {
+      let state: CheckState;
+      try {
+        state = await c.ready();
+      } catch {
+        state = false;
+      }
+      checks[c.name] = state;
+      dependencyUp.set({ check: c.name }, state === true ? 1 : 0);
+      if (state === true) continue;
+      if (state === false && c.required?.(config) === false) degraded.push(c.name);
+      else ok = false;
+    }
+    return { ok, checks, degraded };
+  };
 
   admin.addHook('onRequest', async (request, reply) => {
     const path = request.url;
@@ -70,23 +116,14 @@ export function buildAdminServer(deps: AdminDeps): FastifyInstance {
   admin.get('/healthz', async () => ({ status: 'ok' }));
 
   admin.get('/readyz', async (_req, reply) => {
-    const checks: Record<string, boolean> = { draining: deps.isDraining() };
-    let ok = !checks.draining;
-    for (const c of deps.checks()) {
-      let up: boolean;
-      try {
-        up = await c.ready();
-      } catch {
-        up = false;
-      }
-      checks[c.name] = up;
-      ok &&= up;
-    }
+    const { ok, checks, degraded } = await readiness();
     reply.code(ok ? 200 : 503);
-    return { status: ok ? 'ready' : 'not ready', checks };
+    return { status: ok ? (degraded.length > 0 ? 'degraded' : 'ready') : 'not ready', checks, degraded };
   });
 
   admin.get('/metrics', async (_req, reply) => {
+    // The dependency gauge shows the state now, not as of the last probe.
+    await readiness();
     reply.header('content-type', deps.registry.contentType);
     return deps.registry.metrics();
   });

@@ -237,7 +237,13 @@ export const HealthCheckSchema = Obj(
 
 export const RetriesSchema = Obj(
   {
-    maxRetries: Type.Integer({ description: 'Retries per request after the first attempt. 0 turns retries off.', default: 1, minimum: 0, maximum: 10 }),
+    maxRetries: Type.Integer({
+      description:
+        'Retries per request after the first attempt. 0 turns retries off. An attempt that never reached its target (connection refused or timed out, no byte of the request sent) moves to another target whatever this says, its method and the budget (once per other target, within the deadline).',
+      default: 1,
+      minimum: 0,
+      maximum: 10,
+    }),
     methods: Type.Array(Type.String({ pattern: '^[A-Z]+$', expected: 'an HTTP method in upper case, such as GET', description: 'An idempotent HTTP method in upper case.' }), {
       description: 'Methods that may be retried. Only idempotent ones: POST and PATCH are refused. Requests with a body are never retried.',
       default: ['GET', 'HEAD', 'OPTIONS'],
@@ -258,7 +264,7 @@ export const RetriesSchema = Obj(
     budgetWindowMs: Ms('Sliding window of the retry budget', 10000, 100),
     staleConnection: Type.Boolean({
       description:
-        'Retry once, whatever the method, a request without a body that failed on a reused keep-alive connection the upstream had closed before any response byte came back (the idle-socket race). It does not count against the budget.',
+        'Retry once a request without a body, of a method in `methods`, that failed on a reused keep-alive connection the upstream had closed before any response byte came back (the idle-socket race). It does not count against the budget. Other methods are never sent twice: the upstream may have read the request before the connection closed.',
       default: true,
     }),
   },

@@ -13,7 +13,7 @@ export function handleSignals(gateway: Gateway, exit: (code: number) => void = p
     const { timeoutMs } = gateway.config.shutdown;
     gateway.log.info({ signal }, 'shutdown requested');
     const hard = setTimeout(() => {
-      gateway.log.error({ timeoutMs }, 'shutdown timed out; exiting with requests still open');
+      gateway.log.error({ timeoutMs, openConnections: gateway.openConnections }, 'shutdown timed out; exiting with client connections still open');
       exit(1);
     }, timeoutMs);
     hard.unref();

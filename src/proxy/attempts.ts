@@ -1,4 +1,5 @@
 import { performance } from 'node:perf_hooks';
+import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { RequestContext } from '../context';
 import { sendProblem, type ErrorCode } from '../errors';
@@ -32,7 +33,11 @@ export abstract class AttemptHandler implements Ticket {
   /** Counted in target.state.queued: waiting for a connection of a saturated pool. */
   protected waiting = false;
   private queueTimer: NodeJS.Timeout | null = null;
+  /** A response head was taken for the client (the observer saw it): the request is not retried. */
+  protected relayed = false;
   private retries = 0;
+  /** Attempts moved to another target because theirs could not be reached (tryOtherTarget). */
+  private failovers = 0;
   private staleRetried = false;
   /** Where the retry decided on goes once the current attempt has ended. */
   protected next: Target | null = null;
@@ -60,6 +65,7 @@ export abstract class AttemptHandler implements Ticket {
     this.abortUpstream = null;
     this.settled = false;
     this.responseStarted = false;
+    this.status = 0;
     if (state.inFlight >= state.capacity && !this.enqueue()) return;
     state.inFlight++;
     const opts = this.opts;
@@ -147,24 +153,63 @@ export abstract class AttemptHandler implements Ticket {
       if (kind === 0 || (this.abortUpstream === null && kind !== CONNECT) || stale) this.target.state.release(this.probe);
       else this.target.state.record(kind, this.probe, performance.now());
     }
-    if (err instanceof RequestTimeoutError || err instanceof QueueTimeoutError || !this.tryRetry(kind, stale, err)) return false;
+    if (err instanceof RequestTimeoutError || err instanceof QueueTimeoutError) return false;
+    // undici calls onConnect when it starts writing the request: before that nothing was sent.
+    const unsent = kind === CONNECT && this.abortUpstream === null && this.bodyUntouched();
+    if (!((unsent && this.tryOtherTarget(err)) || this.tryRetry(kind, stale, err))) return false;
     this.scheduleRetry();
+    return true;
+  }
+
+  /** No byte of the request body was read yet (undici reads it only once connected), or there is none. */
+  private bodyUntouched(): boolean {
+    const body = this.opts.body as Readable | null;
+    return body === null || (!body.readableDidRead && !body.destroyed);
+  }
+
+  /**
+   * The attempt never reached its target (refused, or the connection timed out) and nothing of the
+   * request was consumed: whatever its method or body, it goes to another target, outside the
+   * retry count and budget (nginx's next-upstream on error), at most once per other target and
+   * within the deadline. The refused target's breaker still counts the failure.
+   */
+  private tryOtherTarget(err: Error): boolean {
+    const { ctx } = this;
+    const upstream = ctx.route.upstream;
+    if (this.failovers >= upstream.targets.length - 1 || ctx.res.headersSent || ctx.res.destroyed) return false;
+    const now = performance.now();
+    if (now - ctx.startedAt >= ctx.route.requestTimeoutMs) {
+      upstream.events.retrySkipped(upstream.name, 'deadline');
+      return false;
+    }
+    const next = upstream.pick(now, this.target, this);
+    if (next === null || next === this.target) {
+      if (next !== null) next.state.release(this.probe);
+      return false;
+    }
+    this.failovers++;
+    upstream.events.retried(upstream.name, 'connect');
+    ctx.log.info({ target: this.target.url, next: next.url, cause: 'connect', err: err.message }, 'retrying upstream request on another target');
+    this.next = next;
     return true;
   }
 
   /**
    * Decides whether the failed attempt is tried again, and where (this.next). Only while nothing
-   * reached the client, for requests without a body (a streamed body cannot be replayed), within
-   * the route deadline; either the idle-socket race (once, any method) or a failure of a kind the
-   * upstream retries, for a method it retries, within the count and the retry budget.
+   * reached the client, for requests without a body (a streamed body cannot be replayed) and with
+   * a method the upstream retries, within the route deadline; either the idle-socket race (once)
+   * or a failure of a kind the upstream retries, within the count and the retry budget.
    */
   private tryRetry(kind: number, staleConnection: boolean, err: Error | null): boolean {
     const { ctx } = this;
-    if (this.hasBody || ctx.res.headersSent || ctx.res.destroyed) return false;
+    if (this.hasBody || this.relayed || ctx.res.headersSent || ctx.res.destroyed) return false;
     const upstream = ctx.route.upstream;
     const policy = upstream.retry;
+    // A request the upstream may have received is sent again only with a method declared safe to
+    // repeat: the idle-socket race looks the same as an upstream that read the request and died.
+    if (!policy.allowsMethod(ctx.req.method!)) return false;
     const stale = staleConnection && policy.staleConnection && !this.staleRetried;
-    if (!stale && (this.retries >= policy.maxRetries || (kind & policy.onMask) === 0 || !policy.allowsMethod(ctx.req.method!))) return false;
+    if (!stale && (this.retries >= policy.maxRetries || (kind & policy.onMask) === 0)) return false;
     const now = performance.now();
     if (now - ctx.startedAt >= ctx.route.requestTimeoutMs) {
       upstream.events.retrySkipped(upstream.name, 'deadline');

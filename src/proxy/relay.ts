@@ -5,7 +5,14 @@ import { GatewayError, sendProblem } from '../errors';
 import { AttemptHandler, reject } from './attempts';
 import type { Timed } from './deadlines';
 import { copyRequestHeaders, copyResponseHeaders, type ClientHeaderFacts, type ResponseHeaderFacts } from './headers';
-import { RequestTimeoutError, upstreamErrorCode } from './upstream-errors';
+import { PhaseTimeoutError, RequestTimeoutError, upstreamErrorCode } from './upstream-errors';
+
+/** What the wheel entry of a request times (besides the request deadline, always). */
+const PHASE_NONE = 0;
+/** From the request fully sent to the response head: timeouts.headersMs. */
+const PHASE_HEADERS = 1;
+/** From one body chunk to the next: timeouts.bodyMs. */
+const PHASE_BODY = 2;
 
 /**
  * Watches a relayed response as it streams, for steps that need the bytes (the cache fill).
@@ -55,9 +62,17 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
   deadlineSlot = -1;
   deadlinePrev: Timed | null = null;
   deadlineNext: Timed | null = null;
+  /** performance.now() at which the route's overall deadline passes. */
+  private requestDeadlineAt = 0;
+  /** What the armed deadline times, when it is sooner than the request deadline (PHASE_*). */
+  private phase = PHASE_NONE;
+  /** Re-arms the body timeout and resumes the upstream once a slow client caught up (made on first use). */
+  private onDrain: (() => void) | null = null;
   /** Set when the request must stop before undici handed us its abort function. */
   private pendingAbort: Error | null = null;
   private wrap: BodyWrap | null = null;
+  /** The response head, ready but not written yet (see onHeaders). */
+  private head: string[] | null = null;
   private bodySeen = false;
   hasDate = false;
   contentLength = -1;
@@ -67,12 +82,42 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
   /** Arms the route's overall deadline (counted from the request's arrival) and the client-close hook. */
   start(): void {
     const route = this.ctx.route;
-    route.upstream.deadlines.arm(this, this.ctx.startedAt + route.requestTimeoutMs);
+    this.requestDeadlineAt = this.ctx.startedAt + route.requestTimeoutMs;
+    route.upstream.deadlines.arm(this, this.requestDeadlineAt);
     this.ctx.exchange = this;
   }
 
   deadlinePassed(): void {
+    const upstream = this.ctx.route.upstream;
+    switch (this.phase) {
+      case PHASE_HEADERS:
+        return this.cancel(new PhaseTimeoutError('UND_ERR_HEADERS_TIMEOUT', `no response headers within ${upstream.headersMs} ms`));
+      case PHASE_BODY:
+        return this.cancel(new PhaseTimeoutError('UND_ERR_BODY_TIMEOUT', `the response body paused for more than ${upstream.bodyMs} ms`));
+    }
     this.cancel(new RequestTimeoutError(this.ctx.route.requestTimeoutMs));
+  }
+
+  /**
+   * Times `phase` for `ms` from now on the one wheel entry of the request, or only the request
+   * deadline when that comes first (or for PHASE_NONE).
+   */
+  private time(phase: number, ms: number): void {
+    const wheel = this.ctx.route.upstream.deadlines;
+    wheel.disarm(this);
+    const at = phase === PHASE_NONE ? this.requestDeadlineAt : performance.now() + ms;
+    if (at < this.requestDeadlineAt) {
+      this.phase = phase;
+      wheel.arm(this, at);
+    } else {
+      this.phase = PHASE_NONE;
+      wheel.arm(this, this.requestDeadlineAt);
+    }
+  }
+
+  /** undici wrote the whole request: the wait for the response head starts. */
+  onRequestSent(): void {
+    if (!this.done && this.status === 0) this.time(PHASE_HEADERS, this.ctx.route.upstream.headersMs);
   }
 
   abandon(): void {
@@ -133,12 +178,23 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
     if (ctx.responseHeaders !== null) for (const h of ctx.responseHeaders) headers.push(h);
     res.sendDate = !this.hasDate;
     this.bodyLeft = this.wrap === null ? this.contentLength : -1;
+    // The head goes out with the first body bytes (or the end): until then a response whose framing
+    // breaks (a bad chunk size in the first packet) can still be answered 502.
+    this.head = headers;
+    this.relayed = true;
     this.ctx.observer?.onHeaders(statusCode, headers);
+    this.time(PHASE_BODY, ctx.route.upstream.bodyMs);
+    return true;
+  }
+
+  /** Writes the response head (and a wrap's opening bytes); false when Node refused the upstream's head. */
+  private flushHead(): boolean {
+    const headers = this.head!;
+    this.head = null;
     try {
-      res.writeHead(statusCode, headers);
+      this.ctx.res.writeHead(this.status, headers);
     } catch {
-      // Node refused what the upstream sent (invalid status or header bytes): not relayable.
-      this.abortUpstream?.(Object.assign(new Error('unrelayable upstream response'), { code: 'UND_ERR_INFO' }));
+      // Invalid status or header bytes from the upstream: not relayable.
       return false;
     }
     if (this.wrap !== null) this.write(this.wrap.head);
@@ -183,6 +239,10 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
   }
 
   onData(chunk: Buffer): boolean {
+    if (this.head !== null && !this.flushHead()) {
+      this.abortUpstream?.(unrelayable());
+      return false;
+    }
     if (this.wrap !== null) this.bodySeen = true;
     this.ctx.observer?.onData(chunk);
     if (this.bodyLeft > 0 && (this.bodyLeft -= chunk.length) === 0) {
@@ -191,14 +251,24 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
       this.ctx.res.end(chunk);
       return true;
     }
-    if (this.ctx.res.write(chunk)) return true;
-    this.ctx.res.once('drain', this.resumeUpstream!);
+    if (this.ctx.res.write(chunk)) {
+      this.time(PHASE_BODY, this.ctx.route.upstream.bodyMs);
+      return true;
+    }
+    // The upstream is paused for the client: no body timeout until the client caught up.
+    this.time(PHASE_NONE, 0);
+    this.ctx.res.once('drain', (this.onDrain ??= () => {
+      if (this.done) return;
+      this.time(PHASE_BODY, this.ctx.route.upstream.bodyMs);
+      this.resumeUpstream!();
+    }));
     return false;
   }
 
   onComplete(): void {
     this.attemptEnded();
     if (this.done) return;
+    if (this.head !== null && !this.flushHead()) return this.fail(unrelayable());
     const now = this.finish();
     const wrap = this.wrap;
     if (wrap !== null) {
@@ -213,6 +283,8 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
   onError(err: Error): void {
     this.attemptEnded();
     if (this.done) return;
+    // The attempt's headers or body timeout ends with it (a retry times its own).
+    if (this.phase !== PHASE_NONE) this.time(PHASE_NONE, 0);
     if (this.next !== null) return this.scheduleRetry();
     this.fail(err);
   }
@@ -238,6 +310,10 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
     this.ctx.upstreamMs = now - this.ctx.upstreamStartedAt;
     return now;
   }
+}
+
+function unrelayable(): Error {
+  return Object.assign(new Error('unrelayable upstream response'), { code: 'UND_ERR_INFO' });
 }
 
 /** Forwards the request of `ctx` to the next target of its route's upstream that takes traffic. */

@@ -47,6 +47,16 @@ export class RequestTimeoutError extends Error {
   }
 }
 
+/** The relay's headers and body timeouts (timeouts.headersMs, bodyMs), with undici's codes for them. */
+export class PhaseTimeoutError extends Error {
+  constructor(
+    readonly code: 'UND_ERR_HEADERS_TIMEOUT' | 'UND_ERR_BODY_TIMEOUT',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 /** The error the relay raises when a request waited queueTimeoutMs for a connection of a saturated target. */
 export class QueueTimeoutError extends Error {
   readonly code = 'GW_QUEUE_TIMEOUT';

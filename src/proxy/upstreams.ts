@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
-import { Pool, buildConnector } from 'undici';
+import { Pool, buildConnector, errors } from 'undici';
 import type { UpstreamConfig } from '../config/schema';
 import { Deadlines } from './deadlines';
 import { HeaderStrings } from './header-strings';
@@ -35,22 +35,40 @@ export class Target {
       ...(tls.caFile ? { ca: readFileSync(tls.caFile) } : {}),
       ...(tls.servername ? { servername: tls.servername } : {}),
     };
-    const connect = buildConnector(this.connectOptions);
+    // undici's timers are coarse (a 300 ms headers timeout fired after 0.6-1 s): the connect timeout
+    // is a timer of ours per connection, the headers and body timeouts are the relay's (on the
+    // upstream's deadline wheel). undici's own stay as a backstop, well past ours.
+    const connect = buildConnector({ ...this.connectOptions, timeout: backstop(timeouts.connectMs) });
+    const connectMs = timeouts.connectMs;
+    const host = u.host;
     this.pool = new Pool(u.origin, {
       connections: pool.connections,
       pipelining: pool.pipelining,
       keepAliveTimeout: pool.keepAliveTimeoutMs,
       keepAliveMaxTimeout: pool.keepAliveMaxTimeoutMs,
-      headersTimeout: timeouts.headersMs,
-      bodyTimeout: timeouts.bodyMs,
-      connect: (opts, callback) =>
-        connect(opts, (err, socket) => {
+      headersTimeout: backstop(timeouts.headersMs),
+      bodyTimeout: backstop(timeouts.bodyMs),
+      connect: (opts, callback) => {
+        // undici's connector returns the socket it opens (its typings say void).
+        const socket = connect(opts, (err, connected) => {
+          clearTimeout(timer);
           if (err !== null) return callback(err, null);
-          watchSocket(socket as Socket);
-          callback(null, socket);
-        }),
+          watchSocket(connected as Socket);
+          callback(null, connected);
+        }) as unknown as Socket;
+        const timer = setTimeout(connectTimedOut, connectMs, socket, host, connectMs);
+      },
     });
   }
+}
+
+/** undici's value for a timeout the gateway enforces itself: only reached if ours failed to fire. */
+function backstop(ms: number): number {
+  return ms * 2 + 1000;
+}
+
+function connectTimedOut(socket: Socket, host: string, ms: number): void {
+  socket.destroy(new errors.ConnectTimeoutError(`connecting to ${host} took longer than ${ms} ms`));
 }
 
 /** A named backend: its targets, balanced round-robin over those that take traffic. */
@@ -62,6 +80,9 @@ export class Upstream {
   readonly events: ResilienceEvents;
   /** Overall deadlines (timeouts.requestMs) of the requests relayed to this upstream. */
   readonly deadlines = new Deadlines();
+  /** timeouts.headersMs and bodyMs, enforced by the relay on `deadlines`. */
+  readonly headersMs: number;
+  readonly bodyMs: number;
   private cursor = 0;
 
   constructor(name: string, cfg: UpstreamConfig, events: ResilienceEvents = NO_EVENTS) {
@@ -69,6 +90,8 @@ export class Upstream {
     this.config = cfg;
     this.events = events;
     this.retry = new RetryPolicy(cfg.retries);
+    this.headersMs = cfg.timeouts.headersMs;
+    this.bodyMs = cfg.timeouts.bodyMs;
     this.targets = cfg.targets.map((t) => new Target(t, cfg, name, events));
   }
 

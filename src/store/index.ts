@@ -21,6 +21,12 @@ export function createStore(ctx: PluginContext): GateStore {
   // On a Cluster a request's buckets and its cache lookup are in different slots: two calls at once.
   const store = cfg.redis.mode === 'cluster' ? new ClusterRedisStore(opts) : new RedisStore(opts);
   ctx.addResource(store);
-  ctx.addReadinessCheck(store.readiness);
+  // Without Redis, rate limits that fail open admit and the cache is bypassed: the replica can
+  // still serve unless a route fails closed (under the configuration of the moment: reloads change it).
+  ctx.addReadinessCheck({
+    name: store.readiness.name,
+    ready: store.readiness.ready,
+    required: (config) => config.routes.some((r) => r.rateLimit?.failMode === 'closed'),
+  });
   return store;
 }

@@ -105,6 +105,15 @@ export class RedisStore implements AsyncGateStore, Resource {
   private failing = false;
   /** init() has run: later (re)connections load the script themselves. */
   private started = false;
+  /**
+   * A gate call answered within the budget on the current connection. Until then the store is
+   * warming up: the first calls after a (re)connection pay for script loading and code paths not
+   * yet compiled, and miss the budget (the first burst on a fresh replica failed open).
+   */
+  private warm = false;
+  /** performance.now() until which a connected store that is not warm yet counts as warming, not down. */
+  private warmingUntil = 0;
+  private warming: Promise<void> | null = null;
   private closed = false;
 
   constructor(opts: RedisStoreOptions) {
@@ -193,7 +202,12 @@ export class RedisStore implements AsyncGateStore, Resource {
         this.failing = false;
         this.log.info('redis connection ready');
       }
-      if (this.started) this.reload();
+      this.warm = false;
+      this.warmingUntil = performance.now() + this.connectTimeoutMs;
+      if (this.started) {
+        this.reload();
+        void this.warmUp();
+      }
     });
   }
 
@@ -228,7 +242,26 @@ export class RedisStore implements AsyncGateStore, Resource {
         throw new Error(`lua/gate.lua was refused by Redis: ${(err as Error).message}`, { cause: err });
       }
       this.log.warn({ err: { message: (err as Error).message } }, 'could not load the gate script yet; it loads on reconnection');
+      return;
     }
+    await this.warmUp();
+  }
+
+  /**
+   * Gate calls without buckets until one answers within the budget, for at most connectTimeoutMs
+   * after the connection came up; readiness waits for it. One warm-up runs at a time.
+   */
+  private warmUp(): Promise<void> {
+    this.warming ??= (async () => {
+      while (!this.warm && !this.closed && this.client.status === 'ready') {
+        if ((await this.gate(WARM_UP)) !== null) this.warm = true;
+        else if (performance.now() >= this.warmingUntil) break;
+        else await new Promise((r) => setTimeout(r, 10).unref());
+      }
+    })().finally(() => {
+      this.warming = null;
+    });
+    return this.warming;
   }
 
   /** SCRIPT LOAD on every primary (one in standalone and Sentinel modes). */
@@ -249,8 +282,13 @@ export class RedisStore implements AsyncGateStore, Resource {
 
   readonly readiness: ReadinessCheck = {
     name: 'redis',
-    ready: () => {
+    ready: async () => {
       if (this.client.status !== 'ready') return false;
+      if (!this.warm) {
+        // Past its warm-up time a store that still misses the budget is as good as down.
+        await this.warmUp();
+        if (!this.warm) return performance.now() < this.warmingUntil ? 'warming' : false;
+      }
       return Promise.race([
         this.client.ping().then((p) => p === 'PONG', () => false),
         new Promise<boolean>((r) => setTimeout(() => r(false), Math.max(250, this.timeoutMs)).unref()),
@@ -394,6 +432,8 @@ export class RedisStore implements AsyncGateStore, Resource {
 
 const NO_KEYS: readonly string[] = [];
 const NO_SPECS: readonly BucketSpec[] = [];
+/** A gate call that touches no key: the round trip and the script, for the warm-up. */
+const WARM_UP: GateRequest = { keys: NO_KEYS, specs: NO_SPECS };
 
 /**
  * The store on Redis Cluster. A request's buckets share one hash tag (the route, or the route and

@@ -1,0 +1,47 @@
+import type { Server, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+
+/** A client connection, with the response it is serving (Node's own field, as in server-limits.ts). */
+type ClientSocket = Socket & { _httpMessage?: ServerResponse | null };
+
+/**
+ * Ends the public listener's client connections as soon as each is done, once the gateway drains.
+ * Node's server.close() closes the connections idle at that moment and then waits for every other
+ * one, and a keep-alive connection whose response went out after it stays open until the client
+ * closes it: a drain would last until shutdown.timeoutMs. So when the drain starts, a response not
+ * yet begun goes out with `Connection: close`, a connection idle now is closed, and one whose
+ * response is already streaming (its keep-alive promised) is closed as that response ends.
+ * Responses begun during the drain carry `Connection: close` too (the chain's isDraining check).
+ */
+export class ConnectionDrain {
+  private readonly sockets = new Set<ClientSocket>();
+  private draining = false;
+  private readonly closeIdle = (): void => {
+    setImmediate(() => this.server.closeIdleConnections());
+  };
+
+  constructor(private readonly server: Server) {
+    // Per connection, not per request: the set is only read when the drain starts.
+    server.on('connection', (socket: ClientSocket) => {
+      this.sockets.add(socket);
+      socket.once('close', () => this.sockets.delete(socket));
+    });
+  }
+
+  start(): void {
+    if (this.draining) return;
+    this.draining = true;
+    for (const socket of this.sockets) {
+      const res = socket._httpMessage;
+      if (res == null) continue;
+      if (!res.headersSent) res.shouldKeepAlive = false;
+      else if (res.shouldKeepAlive) res.once('close', this.closeIdle);
+    }
+    this.server.closeIdleConnections();
+  }
+
+  /** Client connections still open. */
+  get open(): number {
+    return this.sockets.size;
+  }
+}
