@@ -26,6 +26,7 @@ import { RequestIds } from './request-ids';
 import { Runtime } from './runtime';
 import type { GateStore } from './store/types';
 import { diffRoutes, restartOnlyChanges, type ReloadResult } from './lifecycle/reload';
+import { WebSockets } from './websocket/proxy';
 
 export interface GatewayOptions {
   /** Use this pino-compatible logger instead of building one from config.log. */
@@ -81,6 +82,7 @@ export class Gateway {
   private readonly upstreamEvents: UpstreamMetrics;
   private readonly healthChecks: HealthChecker;
   private readonly accessLog: AccessLog | null;
+  private readonly websockets: WebSockets;
   private readonly requestIds = new RequestIds();
   private readonly readiness: ReadinessCheck[] = [];
   private readonly resources: Resource[] = [];
@@ -135,6 +137,8 @@ export class Gateway {
       log: this.log,
       isDraining: () => this.draining,
     });
+    this.websockets = new WebSockets({ runtime: () => this.runtime, requestId: this.requestIds.for, metrics: this.metrics, accessLog: this.accessLog, log: this.log });
+    this.websockets.attach(this.server.server);
 
     for (const m of PROXIED_METHODS) {
       if (!this.server.supportedMethods.includes(m)) this.server.addHttpMethod(m, { hasBody: true });
@@ -336,6 +340,8 @@ export class Gateway {
     this.draining = true;
     this.closed ??= (async () => {
       if (this.watching && this.configFile) unwatchFile(this.configFile);
+      // Upgraded sockets would keep the listener from closing: they get 1001 Going Away first.
+      await this.websockets.closeAll();
       await this.server.close();
       await this.reloading;
       await Promise.all([this.upstreams.close(), this.admin?.close(), ...this.resources.map((r) => r.close()), ...this.runtimeResources.map((r) => closeQuietly(r, this.log))]);
