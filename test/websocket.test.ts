@@ -7,6 +7,7 @@ import t, { type Test } from 'tap';
 import WebSocket, { WebSocketServer } from 'ws';
 import { bytes, mint, now, rawExchange } from './helpers/auth';
 import { startGateway, type TestConfig } from './helpers/gateway';
+import { call } from './helpers/http';
 import { metricValue } from './helpers/metrics';
 import { startUpstream } from './helpers/upstream';
 
@@ -28,7 +29,10 @@ interface WsUpstream {
 async function startWsUpstream(): Promise<WsUpstream> {
   const seen: IncomingMessage[] = [];
   const closes: number[] = [];
-  const server: Server = createServer();
+  const server: Server = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=60', 'content-length': 5 });
+    res.end('plain');
+  });
   const wss = new WebSocketServer({ noServer: true, perMessageDeflate: true, handleProtocols: (protocols) => [...protocols][0] ?? false });
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     seen.push(req);
@@ -154,6 +158,16 @@ t.test('frames flow both ways through the gateway; subprotocol and permessage-de
   t.ok((await metricValue(gw.adminUrl, 'gateway_websocket_bytes_total', { route: 'chat', direction: 'to_upstream' })) > 200_000, 'bytes sent are counted');
   t.ok((await metricValue(gw.adminUrl, 'gateway_websocket_bytes_total', { route: 'chat', direction: 'to_client' })) > 200_000, 'bytes received are counted');
   t.equal(await metricValue(gw.adminUrl, 'gateway_requests_total', { route: 'chat', status_class: '1xx' }), 1, 'the upgrade is a request of the route');
+});
+
+t.test('an upgrade on a cached route reaches the upstream, even with a fresh entry for its path', async (t) => {
+  const { ws: url, gw } = await setup(t, [{ name: 'cached', match: { prefix: '/cached' }, upstream: 'up', cache: {} }]);
+  await call(gw.url, '/cached');
+  const hit = await call(gw.url, '/cached');
+  t.equal(hit.headers['x-cache'], 'HIT', 'a plain GET is answered from the cache');
+  const { ws } = await opened(url('/cached'));
+  t.equal(String(await echo(ws, 'live')), 'echo:live');
+  ws.terminate();
 });
 
 t.test('a route that disables upgrades answers 400 WEBSOCKET_NOT_ALLOWED, never a plain 200', async (t) => {

@@ -307,6 +307,7 @@ export class WebSockets {
       const detail = `The request asks to upgrade to "${req.headers.upgrade ?? ''}" and carries a body; the gateway only upgrades to websocket (with GET). Send it without Upgrade.`;
       return this.refuse(u, new GatewayError('BAD_REQUEST', { detail }));
     }
+    (req as IncomingMessage & { upgrade: boolean }).upgrade = false;
     req.complete = true;
     req.push(null);
     server.emit('request', req, res);

@@ -1,8 +1,5 @@
 import { Type } from '@sinclair/typebox';
 
-const Ms = (description: string, def: number, minimum = 0) =>
-  Type.Integer({ description: `${description} (milliseconds).`, default: def, minimum });
-
 /**
  * `websocket` in a route. Upgrades are allowed by default (as in Kong and Traefik; Envoy asks for an
  * opt-in): an upgrade runs the route's whole chain first, so a route that admits a request admits
@@ -20,13 +17,22 @@ export const WebSocketRouteSchema = Type.Object(
       default: 10000,
       minimum: 0,
     }),
-    idleTimeoutMs: Ms('A WebSocket with no bytes either way for this long is closed (close code 1001). 0: never', 300000),
-    maxLifetimeMs: Ms('A WebSocket open this long is closed (close code 1001), so clients reconnect and rebalance. 0: no limit', 0),
-    handshakeTimeoutMs: Ms(
-      "How long the upstream has to answer the upgrade once connected (the connect itself is bounded by the upstream's timeouts.connectMs); past it 504",
-      10000,
-      1,
-    ),
+    idleTimeoutMs: Type.Integer({
+      description: 'Time a WebSocket may carry no bytes either way (milliseconds); then both peers get close code 1001 and the sockets close. 0 turns it off.',
+      default: 300000,
+      minimum: 0,
+    }),
+    maxLifetimeMs: Type.Integer({
+      description: 'Time a WebSocket may stay open however busy (milliseconds), so long-lived clients reconnect and rebalance; then both peers get close code 1001. 0 turns it off.',
+      default: 0,
+      minimum: 0,
+    }),
+    handshakeTimeoutMs: Type.Integer({
+      description:
+        "Time the upstream has to answer the upgrade once connected (milliseconds); past it the client gets 504. The connect itself is bounded by the upstream's timeouts.connectMs.",
+      default: 10000,
+      minimum: 1,
+    }),
   },
   { additionalProperties: false, description: 'WebSocket upgrades on this route: whether they are proxied, and their limits.', default: {} },
 );
