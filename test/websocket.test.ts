@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
-import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
+import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t, { type Test } from 'tap';
 import WebSocket, { WebSocketServer } from 'ws';
@@ -17,6 +17,8 @@ interface WsUpstream {
   seen: IncomingMessage[];
   /** Close codes the upstream received from the gateway side. */
   closes: number[];
+  /** Messages it received, as text. */
+  messages: string[];
   wss: WebSocketServer;
   close(): Promise<void>;
 }
@@ -29,6 +31,7 @@ interface WsUpstream {
 async function startWsUpstream(): Promise<WsUpstream> {
   const seen: IncomingMessage[] = [];
   const closes: number[] = [];
+  const messages: string[] = [];
   const server: Server = createServer((_req, res) => {
     res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=60', 'content-length': 5 });
     res.end('plain');
@@ -42,6 +45,7 @@ async function startWsUpstream(): Promise<WsUpstream> {
     }
     if (req.url?.startsWith('/silent')) return;
     wss.handleUpgrade(req, socket, head, (ws) => {
+      ws.on('message', (data) => messages.push(String(data)));
       ws.on('message', (data, isBinary) => ws.send(isBinary ? data : `echo:${String(data)}`, { binary: isBinary }));
       ws.on('close', (code) => closes.push(code));
     });
@@ -59,6 +63,7 @@ async function startWsUpstream(): Promise<WsUpstream> {
     url: `http://127.0.0.1:${port}`,
     seen,
     closes,
+    messages,
     wss,
     close: async () => {
       for (const c of wss.clients) c.terminate();
@@ -337,4 +342,34 @@ t.test('drain: open WebSockets get 1001 Going Away and shutdown does not wait on
   t.ok(took < 2500, `shutdown took ${took} ms`);
   await sleep(50);
   t.same(up.closes, [1001, 1001], 'the upstream is told too');
+});
+
+t.test('a close from the middle waits for the frame in flight: the message arrives whole, then 1001', async (t) => {
+  const up = await startWsUpstream();
+  const gw = await startGateway({ upstreams: { up: { targets: [up.url] } }, routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up' }] });
+  t.teardown(() => up.close());
+  // A hand-made client, to stop in the middle of a frame.
+  const sock = connect(gw.port, '127.0.0.1');
+  await once(sock, 'connect');
+  sock.write('GET /raw HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+  let received = Buffer.alloc(0);
+  sock.on('data', (d: Buffer) => (received = Buffer.concat([received, d])));
+  while (!received.includes('\r\n\r\n')) await sleep(10);
+  t.match(received.toString('latin1'), /^HTTP\/1\.1 101 /);
+  received = Buffer.alloc(0);
+  const payload = Buffer.from('x'.repeat(100));
+  const mask = Buffer.from([1, 2, 3, 4]);
+  const masked = Buffer.from(payload.map((b, i) => b ^ mask[i % 4]));
+  const frame = Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, masked]);
+  sock.write(frame.subarray(0, 30));
+  await sleep(100);
+  const closing = gw.gateway.close();
+  await sleep(100);
+  sock.write(frame.subarray(30));
+  await closing;
+  await sleep(50);
+  t.same(up.messages, ['x'.repeat(100)], 'the upstream got the whole message');
+  t.same(up.closes, [1001], 'and then the close frame');
+  t.same([...received.subarray(0, 4)], [0x88, 0x02, 0x03, 0xe9], 'the client got 1001 unmasked');
+  sock.destroy();
 });

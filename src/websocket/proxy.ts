@@ -78,11 +78,96 @@ interface TunnelCells {
 }
 
 /**
+ * One direction of a tunnel. It follows frame boundaries (RFC 6455 §5.2) as bytes pass, reading
+ * frame headers only, so that a close frame of the gateway's goes between two frames, never into
+ * the middle of one still passing (which the peer would read as payload, then fail the connection).
+ */
+class Direction {
+  /** Payload bytes of the current frame still to pass. */
+  private left = 0;
+  /** The frame header being read (2 to 14 bytes), `have` of `need` bytes so far. */
+  private readonly header = Buffer.alloc(14);
+  private have = 0;
+  private need = 2;
+  /** The gateway's close frame, waiting for the next boundary; nothing passes after it. */
+  private pending: Buffer | null = null;
+  private ended = false;
+
+  constructor(
+    private readonly to: Socket,
+    private readonly bytes: CounterCell,
+  ) {}
+
+  /** Passes `chunk` on; false when `to` asks the sender to pause. */
+  pass(chunk: Buffer): boolean {
+    if (this.ended) return true;
+    if (this.pending === null) {
+      this.bytes.inc(chunk.length);
+      this.walk(chunk, false);
+      return this.to.write(chunk);
+    }
+    const at = this.walk(chunk, true);
+    if (at > 0) {
+      this.bytes.inc(at);
+      this.to.write(at === chunk.length ? chunk : chunk.subarray(0, at));
+    }
+    if (this.left === 0 && this.have === 0) this.finish();
+    return true;
+  }
+
+  /**
+   * Sends `frame` at the next frame boundary (now if there is no frame passing); nothing passes
+   * after it. The socket stays open for the peer's close reply (RFC 6455 §7.1.1): peers end the
+   * connection, or the tunnel's grace timer does.
+   */
+  close(frame: Buffer): void {
+    if (this.ended || this.pending !== null) return;
+    this.pending = frame;
+    if (this.left === 0 && this.have === 0) this.finish();
+  }
+
+  private finish(): void {
+    this.ended = true;
+    this.to.write(this.pending!);
+  }
+
+  /** Moves the frame cursor over `chunk`; with `toBoundary` it stops at the first boundary. Returns where it stopped. */
+  private walk(chunk: Buffer, toBoundary: boolean): number {
+    const n = chunk.length;
+    let i = 0;
+    while (i < n) {
+      if (this.left > 0) {
+        const k = Math.min(this.left, n - i);
+        this.left -= k;
+        i += k;
+        continue;
+      }
+      if (toBoundary && this.have === 0) return i;
+      const h = this.header;
+      h[this.have++] = chunk[i++];
+      if (this.have === 2) {
+        const len7 = h[1] & 0x7f;
+        this.need = 2 + (h[1] & 0x80 ? 4 : 0) + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0);
+      }
+      if (this.have === this.need) {
+        const len7 = h[1] & 0x7f;
+        this.left = len7 === 126 ? h.readUInt16BE(2) : len7 === 127 ? Number(h.readBigUInt64BE(2)) : len7;
+        this.have = 0;
+        this.need = 2;
+      }
+    }
+    return i;
+  }
+}
+
+/**
  * One WebSocket through the gateway, from admission (it holds a slot of the route's limit from
  * then on) to the close of both sockets. Frames are relayed as bytes, never parsed.
  */
 class Tunnel {
   upstreamSocket: Socket | null = null;
+  private toUpstream: Direction | null = null;
+  private toClient: Direction | null = null;
   private released = false;
   private closing: Promise<void> | null = null;
   private lifetime: NodeJS.Timeout | null = null;
@@ -109,20 +194,22 @@ class Tunnel {
   }
 
   /** Joins the two sockets: bytes flow both ways untouched, with backpressure, until either side closes. */
-  open(upstream: Socket, cells: TunnelCells): void {
+  open(upstream: Socket, cells: TunnelCells, clientHead: Buffer, upstreamHead: Buffer): void {
     const client = this.client;
     this.upstreamSocket = upstream;
     this.cells = cells;
     cells.open.inc();
     client.setNoDelay(true);
     upstream.setNoDelay(true);
+    const toUpstream = (this.toUpstream = new Direction(upstream, cells.toUpstream));
+    const toClient = (this.toClient = new Direction(client, cells.toClient));
+    if (upstreamHead.length > 0) toClient.pass(upstreamHead);
+    if (clientHead.length > 0) toUpstream.pass(clientHead);
     client.on('data', (chunk: Buffer) => {
-      cells.toUpstream.inc(chunk.length);
-      if (!upstream.write(chunk)) client.pause();
+      if (!toUpstream.pass(chunk)) client.pause();
     });
     upstream.on('data', (chunk: Buffer) => {
-      cells.toClient.inc(chunk.length);
-      if (!client.write(chunk)) upstream.pause();
+      if (!toClient.pass(chunk)) upstream.pause();
     });
     client.on('drain', () => upstream.resume());
     upstream.on('drain', () => client.resume());
@@ -149,8 +236,9 @@ class Tunnel {
   }
 
   /**
-   * Closes the WebSocket from the middle: a close frame with `code` to both peers, then the sockets
-   * end, and are destroyed if the peers have not closed them within CLOSE_GRACE_MS.
+   * Closes the WebSocket from the middle: a close frame with `code` to both peers (each at its
+   * direction's next frame boundary); the peers then close (the upstream, as the server, ends its
+   * connection, and the client's follows), or the sockets are destroyed after CLOSE_GRACE_MS.
    */
   close(code: number): Promise<void> {
     if (this.closing !== null) return this.closing;
@@ -160,10 +248,8 @@ class Tunnel {
       client.destroy();
       return (this.closing = this.closed);
     }
-    client.write(closeFrame(code, false));
-    upstream.write(closeFrame(code, true));
-    client.end();
-    upstream.end();
+    this.toClient!.close(closeFrame(code, false));
+    this.toUpstream!.close(closeFrame(code, true));
     const grace = setTimeout(() => {
       client.destroy();
       upstream.destroy();
@@ -441,18 +527,10 @@ export class WebSockets {
       toUpstream: this.bytes.child(route, 'to_upstream'),
       toClient: this.bytes.child(route, 'to_client'),
     };
-    if (upHead.length > 0) {
-      cells.toClient.inc(upHead.length);
-      client.write(upHead);
-    }
-    if (head.length > 0) {
-      cells.toUpstream.inc(head.length);
-      upSocket.write(head);
-    }
     u.result = 'upgraded';
     this.record(u, 101);
     ctx.log.debug({ target: target.origin }, 'websocket open');
-    tunnel.open(upSocket, cells);
+    tunnel.open(upSocket, cells, head, upHead);
   }
 
   /** The upstream answered the upgrade with a plain response (200, 403, ...): the client gets it as it is. */
