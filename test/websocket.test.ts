@@ -373,3 +373,18 @@ t.test('a close from the middle waits for the frame in flight: the message arriv
   t.same([...received.subarray(0, 4)], [0x88, 0x02, 0x03, 0xe9], 'the client got 1001 unmasked');
   sock.destroy();
 });
+
+t.test("the listener's request deadlines do not apply to an open WebSocket", async (t) => {
+  const { ws: url } = await setup(t, [{ name: 'r', match: { prefix: '/' }, upstream: 'up' }], {
+    policies: { limits: { headersTimeoutMs: 400, requestTimeoutMs: 400 } },
+  });
+  const { ws } = await opened(url('/long'));
+  let closedEarly = false;
+  ws.on('close', () => (closedEarly = true));
+  for (let i = 0; i < 6; i++) {
+    await sleep(250);
+    t.equal(String(await echo(ws, `m${i}`)), `echo:m${i}`);
+  }
+  t.notOk(closedEarly, 'still open at 1.5 s, past the 400 ms request deadline');
+  ws.terminate();
+});
