@@ -388,3 +388,26 @@ t.test("the listener's request deadlines do not apply to an open WebSocket", asy
   t.notOk(closedEarly, 'still open at 1.5 s, past the 400 ms request deadline');
   ws.terminate();
 });
+
+t.test('a target that refuses the connection is skipped: the upgrade goes to the next one', async (t) => {
+  const up = await startWsUpstream();
+  const dead = createNetServer();
+  dead.listen(0, '127.0.0.1');
+  await once(dead, 'listening');
+  const deadPort = (dead.address() as AddressInfo).port;
+  await new Promise((r) => dead.close(r));
+  const gw = await startGateway({
+    upstreams: { two: { targets: [`http://127.0.0.1:${deadPort}`, up.url] } },
+    routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'two' }],
+  });
+  t.teardown(async () => {
+    await gw.close();
+    await up.close();
+  });
+  for (let i = 0; i < 2; i++) {
+    const { ws } = await opened(wsUrl(gw.url, `/n${i}`));
+    t.equal(String(await echo(ws, `m${i}`)), `echo:m${i}`);
+    ws.terminate();
+  }
+  t.equal(up.seen.length, 2);
+});

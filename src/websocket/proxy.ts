@@ -414,23 +414,19 @@ export class WebSockets {
     }
     const upstream = route.upstream;
     const ticket = { probe: false };
-    const startedAt = performance.now();
-    const target = upstream.pick(startedAt, null, ticket);
+    const now = performance.now();
+    const target = upstream.pick(now, null, ticket);
     if (target === null) {
       upstream.events.rejected(upstream.name, 'unavailable');
-      return this.refuse(u, new GatewayError('UPSTREAM_UNAVAILABLE', { headers: { 'retry-after': upstream.retryAfterSeconds(startedAt) } }), 'unavailable');
+      return this.refuse(u, new GatewayError('UPSTREAM_UNAVAILABLE', { headers: { 'retry-after': upstream.retryAfterSeconds(now) } }), 'unavailable');
     }
-    ctx.target = target;
-    ctx.upstreamStartedAt = startedAt;
+    ctx.upstreamStartedAt = now;
 
     const facts: ClientHeaderFacts = { host: undefined, xForwardedFor: undefined, xForwardedProto: undefined, xForwardedHost: undefined, forwarded: undefined, hasBody: false };
     const headers: string[] = [];
     copyRequestHeaders(req.rawHeaders, route.dropRequestHeaders, headers, facts);
     const trusted = ctx.peerTrusted;
-    const origin = new URL(target.origin);
     headers.push(
-      'host',
-      route.config.preserveHost && facts.host ? facts.host : origin.host,
       'connection',
       'Upgrade',
       'upgrade',
@@ -446,7 +442,20 @@ export class WebSockets {
     );
     if (trusted && facts.forwarded) headers.push('forwarded', facts.forwarded);
     if (ctx.upstreamHeaders !== null) for (const h of ctx.upstreamHeaders) headers.push(h);
+    this.attempt(u, target, ticket, headers, route.config.preserveHost ? (facts.host ?? null) : null, [target]);
+  }
 
+  /**
+   * Asks `target` to upgrade. A target that cannot be connected to has seen nothing of the
+   * request, so the next target that takes traffic is tried, each target once at most.
+   */
+  private attempt(u: Upgrade, target: Target, ticket: { probe: boolean }, headers: readonly string[], host: string | null, tried: Target[]): void {
+    const { ctx } = u;
+    const route = ctx.route;
+    const upstream = route.upstream;
+    const socket = u.tunnel!.client;
+    ctx.target = target;
+    const origin = new URL(target.origin);
     const tls = origin.protocol === 'https:';
     const tlsOptions = target.connectOptions as { rejectUnauthorized?: boolean; ca?: Buffer; servername?: string };
     const options = {
@@ -454,7 +463,7 @@ export class WebSockets {
       port: origin.port || (tls ? 443 : 80),
       method: 'GET',
       path: target.basePath + route.rewrite(ctx.path) + ctx.query,
-      headers,
+      headers: ['host', host ?? origin.host, ...headers],
       agent: false,
     };
     const upReq: ClientRequest = tls
@@ -462,19 +471,31 @@ export class WebSockets {
       : httpRequest(options);
 
     let settled = false;
+    let connected = false;
     const settle = (): boolean => {
       if (settled) return false;
       settled = true;
       clearTimeout(timer);
       socket.off('close', clientLeft);
-      ctx.upstreamMs = performance.now() - startedAt;
+      ctx.upstreamMs = performance.now() - ctx.upstreamStartedAt;
       return true;
     };
     const fail = (code: ErrorCode, err: unknown): void => {
       if (!settle()) return;
       upReq.destroy();
-      target.state.record(errorKind(code), ticket.probe, performance.now());
+      const now = performance.now();
+      target.state.record(errorKind(code), ticket.probe, now);
       ctx.log.warn({ err: { message: (err as Error).message, code: (err as { code?: string }).code }, target: target.origin }, 'websocket upstream failed');
+      if (!connected && (code === 'UPSTREAM_CONNECT_FAILED' || code === 'UPSTREAM_CONNECT_TIMEOUT')) {
+        const nextTicket = { probe: false };
+        const next = upstream.pick(now, target, nextTicket);
+        if (next !== null && !tried.includes(next)) {
+          tried.push(next);
+          upstream.events.retried(upstream.name, 'connect');
+          return this.attempt(u, next, nextTicket, headers, host, tried);
+        }
+        if (next !== null) next.state.release(nextTicket.probe);
+      }
       this.refuse(u, new GatewayError(code), 'upstream_failed');
     };
     const clientLeft = (): void => {
@@ -489,6 +510,7 @@ export class WebSockets {
     upReq.on('socket', (s: Socket) => {
       s.once('connect', () => {
         if (settled) return;
+        connected = true;
         clearTimeout(timer);
         const ms = route.config.websocket.handshakeTimeoutMs;
         timer = setTimeout(() => fail('UPSTREAM_TIMEOUT', new Error(`no answer to the upgrade within ${ms} ms`)), ms);
