@@ -188,7 +188,7 @@ t.test('a route that disables upgrades answers 400 WEBSOCKET_NOT_ALLOWED, never 
 
 t.test('authentication runs on the upgrade: 401 without a token, a WebSocket with one', async (t) => {
   const SECRET = 'websocket-test-secret-long-enough-0123456789';
-  const { up, ws: url } = await setup(t, [{ name: 'private', match: { prefix: '/private' }, upstream: 'up', auth: { methods: ['jwt'] } }], {
+  const { up, gw, ws: url } = await setup(t, [{ name: 'private', match: { prefix: '/private' }, upstream: 'up', auth: { methods: ['jwt'] } }], {
     auth: { jwt: { algorithms: ['HS256'], secret: SECRET } },
   });
   const denied = await refused(url('/private'));
@@ -196,6 +196,8 @@ t.test('authentication runs on the upgrade: 401 without a token, a WebSocket wit
   t.match(denied.body, { code: 'UNAUTHENTICATED' });
   t.ok(denied.headers['www-authenticate']);
   t.equal(up.seen.length, 0, 'the upstream never sees an unauthenticated upgrade');
+  t.equal(await metricValue(gw.adminUrl, 'gateway_websocket_upgrades_total', { route: 'private', result: 'refused' }), 1);
+  t.equal(await metricValue(gw.adminUrl, 'gateway_requests_total', { route: 'private', status_class: '4xx' }), 1);
   const token = await mint({ sub: 'user-1', exp: now() + 60 }, bytes(SECRET));
   const { ws } = await opened(url('/private'), { headers: { authorization: `Bearer ${token}` } });
   t.equal(String(await echo(ws, 'hi')), 'echo:hi');
