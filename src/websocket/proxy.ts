@@ -295,11 +295,6 @@ export class WebSockets {
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.upgrade(server, req, socket as Socket, head));
   }
 
-  /** WebSockets open or connecting now. */
-  get size(): number {
-    return this.tunnels.size;
-  }
-
   /**
    * Closes every WebSocket with `code` (a close frame to both peers) and refuses new upgrades;
    * resolves once all sockets are closed, which takes at most CLOSE_GRACE_MS.
