@@ -163,6 +163,13 @@ t.test('frames flow both ways through the gateway; subprotocol and permessage-de
   t.ok((await metricValue(gw.adminUrl, 'gateway_websocket_bytes_total', { route: 'chat', direction: 'to_upstream' })) > 200_000, 'bytes sent are counted');
   t.ok((await metricValue(gw.adminUrl, 'gateway_websocket_bytes_total', { route: 'chat', direction: 'to_client' })) > 200_000, 'bytes received are counted');
   t.equal(await metricValue(gw.adminUrl, 'gateway_requests_total', { route: 'chat', status_class: '1xx' }), 1, 'the upgrade is a request of the route');
+  gw.gateway.flushLogs();
+  await sleep(20);
+  t.match(
+    gw.logs.find((l) => l.msg === 'request completed'),
+    { status: 101, route: 'chat', method: 'GET', path: '/chat/room', reqId: res.headers['x-request-id'] },
+    'the upgrade has its access line',
+  );
 });
 
 t.test('an upgrade on a cached route reaches the upstream, even with a fresh entry for its path', async (t) => {
