@@ -27,6 +27,7 @@ import { Runtime } from './runtime';
 import type { GateStore } from './store/types';
 import { ConnectionDrain } from './lifecycle/drain';
 import { diffRoutes, restartOnlyChanges, type ReloadResult } from './lifecycle/reload';
+import { WebSockets } from './websocket/proxy';
 
 export interface GatewayOptions {
   /** Use this pino-compatible logger instead of building one from config.log. */
@@ -82,6 +83,7 @@ export class Gateway {
   private readonly upstreamEvents: UpstreamMetrics;
   private readonly healthChecks: HealthChecker;
   private readonly accessLog: AccessLog | null;
+  private readonly websockets: WebSockets;
   private readonly requestIds = new RequestIds();
   private readonly readiness: ReadinessCheck[] = [];
   private readonly resources: Resource[] = [];
@@ -142,6 +144,8 @@ export class Gateway {
       isClosing: () => this.closing,
     });
     this.connections = new ConnectionDrain(this.server.server);
+    this.websockets = new WebSockets({ runtime: () => this.runtime, requestId: this.requestIds.for, metrics: this.metrics, accessLog: this.accessLog, log: this.log });
+    this.websockets.attach(this.server.server);
 
     for (const m of PROXIED_METHODS) {
       if (!this.server.supportedMethods.includes(m)) this.server.addHttpMethod(m, { hasBody: true });
@@ -351,6 +355,8 @@ export class Gateway {
       if (this.watching && this.configFile) unwatchFile(this.configFile);
       this.closing = true;
       this.connections.start();
+      // Upgraded sockets would keep the listener from closing: they get 1001 Going Away first.
+      await this.websockets.closeAll();
       await this.server.close();
       await this.reloading;
       await Promise.all([this.upstreams.close(), this.admin?.close(), ...this.resources.map((r) => r.close()), ...this.runtimeResources.map((r) => closeQuietly(r, this.log))]);

@@ -1,6 +1,7 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 import { PLUGIN_FIELDS } from '../plugins/fields';
 import { StoreSchema } from '../store/schema';
+import { WebSocketRouteSchema } from '../websocket/schema';
 
 /**
  * The configuration schema is the single source of validation, TypeScript types and the
@@ -368,6 +369,7 @@ const routeCore = {
       description: "Forward the client's Host header instead of the target's.",
       default: false,
     }),
+    websocket: WebSocketRouteSchema,
 };
 
 export const RouteSchema = Obj(

@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http';
 import type { Step, StepResult } from '../../chain';
 import type { RequestContext } from '../../context';
 import type { CounterCell } from '../../observability/fast-metrics';
@@ -244,6 +245,8 @@ export class RouteCache {
    * upstream untouched; an unsafe method gets an observer that invalidates its path on success).
    */
   prepare(ctx: RequestContext): CacheRequest | null {
+    // A WebSocket upgrade (a GET) must reach the upstream: a cached 200 would be a silent non-upgrade.
+    if ((ctx.req as IncomingMessage & { upgrade?: boolean }).upgrade === true) return null;
     const method = ctx.req.method;
     if (method !== 'GET' && method !== 'HEAD') {
       if (method !== undefined && !SAFE.has(method)) ctx.observer = new Invalidator(this.store, this.space, ctx.path, ctx.req.headers.host);
