@@ -221,6 +221,10 @@ export function checkTls(cfg: GatewayConfig, problems: ConfigProblem[]): void {
     if (!cert || !key) continue;
     try {
       createSecureContext({ cert, key });
+      // An upstream refuses an expired client certificate after the TLS 1.3 handshake, which the
+      // relay can only see as a closed connection: refuse it here, where the file can be named.
+      const validTo = new X509Certificate(cert).validTo;
+      if (Date.parse(validTo) < Date.now()) problems.push({ path: `${at}.certFile`, message: `${certFile} expired on ${validTo}` });
     } catch (err) {
       problems.push({ path: at, message: `${certFile} / ${keyFile}: ${(err as Error).message}` });
     }
