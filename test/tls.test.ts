@@ -12,6 +12,7 @@ import type { Gateway } from '../src/app';
 import { makeCa, type Issued, type TestCa } from './helpers/certs';
 import { startGateway, withTestDefaults, type TestConfig, type TestGateway } from './helpers/gateway';
 import { call } from './helpers/http';
+import { freePort } from './helpers/redis';
 import { startUpstream, type TestUpstream } from './helpers/upstream';
 
 const ca = makeCa();
@@ -333,6 +334,51 @@ t.test('client certificates at the edge', async (t) => {
   t.equal(unverified.status, 200);
   t.equal(unverified.headers['x-client-cert'], 'none', 'request: an unverified certificate is not exposed');
   t.equal((await call(requested.url, '/x')).headers['x-client-cert'], 'none', 'plain listener: none');
+});
+
+t.test('redirect to HTTPS per route and HSTS on TLS responses only', async (t) => {
+  const up = await startUpstream();
+  const port = await freePort();
+  const gw = await startGateway({
+    listen: { tls: { port, certificates: [{ certFile: certs.a.certFile, keyFile: certs.a.keyFile }], hsts: { maxAgeSeconds: 600 } } } as TestConfig['listen'],
+    trustedProxies: ['127.0.0.1'],
+    upstreams: { up: { targets: [up.url] } },
+    routes: [
+      { name: 'secure', match: { prefix: '/secure' }, upstream: 'up', https: { redirect: true, hsts: { maxAgeSeconds: 31536000, includeSubDomains: true, preload: true } } },
+      { name: 'moved', match: { prefix: '/moved' }, upstream: 'up', https: { redirect: true, redirectStatus: 301, redirectPort: 443 } },
+      { name: 'open', match: { prefix: '/open' }, upstream: 'up' },
+    ],
+  });
+  t.teardown(async () => {
+    await gw.close();
+    await up.close();
+  });
+  const get = await call(gw.url, '/secure/a/b?x=1&y=%20', { headers: { host: 'a.example.com:8080' } });
+  t.equal(get.status, 308);
+  t.equal(get.headers.location, `https://a.example.com:${port}/secure/a/b?x=1&y=%20`, 'path and query kept, host from Host, the TLS port');
+  t.equal(get.headers['strict-transport-security'], undefined, 'never HSTS over plain HTTP');
+  const post = await call(gw.url, '/moved/x', { method: 'POST', body: 'data', headers: { host: 'a.example.com' } });
+  t.equal(post.status, 308, 'non-GET always 308: the method and body are kept');
+  t.equal(post.headers.location, 'https://a.example.com/moved/x', 'port 443 is left out');
+  const moved = await call(gw.url, '/moved/x', { headers: { host: 'a.example.com' } });
+  t.equal(moved.status, 301);
+  t.equal((await call(gw.url, '/secure/x', { headers: { host: 'a.example.com\\@evil' } })).status, 400, 'a Host that cannot be a URL host is refused');
+  const proxied = await call(gw.url, '/secure/x', { headers: { host: 'a.example.com', 'x-forwarded-proto': 'https' } });
+  t.equal(proxied.status, 200, 'X-Forwarded-Proto https from a trusted proxy is HTTPS already');
+  t.equal(proxied.headers['strict-transport-security'], undefined);
+  t.equal(up.seen.length, 1, 'redirected requests never reach the upstream');
+
+  const tls = await httpsCall(port, '/secure/x');
+  t.equal(tls.status, 200);
+  t.equal(tls.headers['strict-transport-security'], 'max-age=31536000; includeSubDomains; preload', "the route's HSTS");
+  t.equal((await httpsCall(port, '/open/x')).headers['strict-transport-security'], 'max-age=600', "the listener's HSTS on every route");
+  t.equal((await call(gw.url, '/open/x')).headers['strict-transport-security'], undefined);
+  t.match(
+    problemsOf(() =>
+      parseConfig(withTestDefaults({ upstreams: { up: { targets: [up.url] } }, routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up', https: { hsts: { preload: true } } }] })),
+    ),
+    ['routes[0].https.hsts.preload: needs includeSubDomains and a maxAgeSeconds of at least 31536000 (the preload list requires both)'],
+  );
 });
 
 interface TlsUpstream {

@@ -1,5 +1,6 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 import { PLUGIN_FIELDS } from '../plugins/fields';
+import { HstsSchema } from '../plugins/https/fields';
 import { StoreSchema } from '../store/schema';
 
 /**
@@ -74,6 +75,7 @@ export const ListenTlsSchema = Obj(
       },
       { description: 'Client certificates (mTLS at the edge).', default: {} },
     ),
+    hsts: Type.Optional(HstsSchema),
   },
   { description: 'The TLS listener, beside the plain one (or alone with plain: false). ALPN offers http/1.1.' },
 );
