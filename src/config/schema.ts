@@ -1,6 +1,6 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 import { PLUGIN_FIELDS } from '../plugins/fields';
-import { HstsSchema } from '../plugins/https/fields';
+import { HstsSchema } from '../net/hsts-schema';
 import { StoreSchema } from '../store/schema';
 
 /**

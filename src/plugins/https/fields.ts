@@ -1,18 +1,7 @@
 import { Type } from '@sinclair/typebox';
+import { HstsSchema } from '../../net/hsts-schema';
 
 const Obj = Type.Object;
-
-export const HstsSchema = Obj(
-  {
-    maxAgeSeconds: Type.Integer({ description: 'max-age: how long browsers remember to use HTTPS only (seconds). 0 tells them to forget.', default: 31536000, minimum: 0 }),
-    includeSubDomains: Type.Boolean({ description: 'Apply to every subdomain of the host too.', default: false }),
-    preload: Type.Boolean({ description: 'Ask to be put on the browsers\' preload list (needs includeSubDomains and a max-age of at least a year).', default: false }),
-  },
-  {
-    additionalProperties: false,
-    description: 'Strict-Transport-Security on responses sent over TLS (never over plain HTTP, per RFC 6797).',
-  },
-);
 
 export const RouteHttpsSchema = Obj(
   {
