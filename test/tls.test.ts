@@ -381,6 +381,29 @@ t.test('redirect to HTTPS per route and HSTS on TLS responses only', async (t) =
   );
 });
 
+t.test('shutdown drains the TLS listener too: a request in flight finishes, then both listeners close', async (t) => {
+  let release: (() => void) | null = null;
+  const up = await startUpstream((_req, res) => {
+    release = () => res.end('done');
+  });
+  const gw = await gatewayWith(up, tlsListen());
+  t.teardown(() => up.close());
+  const port = tlsPort(gw.gateway);
+  const inFlight = httpsCall(port, '/slow', { headers: { connection: 'keep-alive' } });
+  while (release === null) await sleep(10);
+  const closing = gw.gateway.close();
+  await sleep(50);
+  await t.rejects(handshake(port, { servername: 'a.example.com' }), 'no new TLS connections while draining');
+  (release as () => void)();
+  const res = await inFlight;
+  t.equal(res.status, 200);
+  t.equal(res.body, 'done');
+  const started = Date.now();
+  await closing;
+  t.ok(Date.now() - started < 2000, 'close does not wait for idle TLS connections');
+  t.equal(gw.gateway.servers.some((s) => s.listening), false);
+});
+
 interface TlsUpstream {
   url: string;
   /** Serial of the client certificate of each request, in order. */
