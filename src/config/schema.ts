@@ -449,7 +449,8 @@ const configCore = {
     reload: Obj(
       {
         watch: Type.Boolean({
-          description: 'Reload automatically when the configuration file changes (polled; works with Kubernetes ConfigMap symlink swaps).',
+          description:
+            'Reload automatically when the configuration file, or a certificate, key or CA file it names (listen.tls, upstreams.*.tls), changes (polled; works with Kubernetes ConfigMap and Secret symlink swaps).',
           default: false,
         }),
         watchIntervalMs: Ms('How often the watched file is checked', 1000, 100),
