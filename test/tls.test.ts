@@ -28,6 +28,8 @@ const certs = {
   client: ca.issue('client', { cn: 'billing-service', client: true, dns: ['billing.internal'] }),
 };
 
+const ADMIN_TOKEN = 'admin-token-0123456789abcdef';
+
 function tlsPort(gateway: Gateway): number {
   return (gateway.servers[gateway.servers.length - 1].address() as AddressInfo).port;
 }
@@ -207,6 +209,7 @@ function reloadable(dir: string, upstream: string, watch: boolean): { file: stri
   const cfg = {
     listen: { tls: { port: 0, certificates: [{ certFile: certs.fallback.certFile, keyFile: certs.fallback.keyFile }, { certFile, keyFile }] } },
     reload: { watch, watchIntervalMs: 100 },
+    admin: { token: ADMIN_TOKEN },
     upstreams: { up: { targets: [upstream] } },
     routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up' }],
   };
@@ -253,8 +256,13 @@ t.test('a reload swaps changed certificates; a bad file is rejected with its pat
   // Through the admin API the problem and its path reach the operator.
   writeFileSync(certFile, v1.cert);
   writeFileSync(keyFile, v2.key);
-  const admin = await call(gw.adminUrl, '/admin/reload', { method: 'POST' });
-  t.not(admin.status, 200, 'a certificate that does not match its key is refused');
+  const admin = await call(gw.adminUrl, '/admin/reload', { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  t.equal(admin.status, 400, 'a certificate that does not match its key is refused');
+  t.match(admin.json().errors, [{ path: 'listen.tls.certificates[1]', message: /live\.crt \/ .*live\.key: .*key values mismatch/ }]);
+  t.ok(
+    gw.logs.some((l) => l.action === 'reload' && l.result === 'rejected' && String(l.errors).startsWith('listen.tls.certificates[1]: ')),
+    'the rejected reload is logged with the field and the file',
+  );
   t.equal((await handshake(port, { servername: 'a.example.com' })).cert.serialNumber, v2.serial);
 });
 
