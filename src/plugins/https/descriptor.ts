@@ -15,6 +15,18 @@ export function hstsValue(h: Hsts): string {
 /** A host name or IP literal, with an optional port: anything else cannot be put in a Location. */
 const HOST = /^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
 
+/** Where the gateway sets HSTS its configuration is the authority: the upstream's own header goes. */
+function dropUpstreamHsts(_ctx: RequestContext, _status: number, headers: string[]): null {
+  let w = 0;
+  for (let r = 0; r < headers.length; r += 2) {
+    if (headers[r].toLowerCase() === 'strict-transport-security') continue;
+    headers[w++] = headers[r];
+    headers[w++] = headers[r + 1];
+  }
+  headers.length = w;
+  return null;
+}
+
 function secure(ctx: RequestContext): boolean {
   if ((ctx.req.socket as TLSSocket).encrypted === true) return true;
   return ctx.peerTrusted && ctx.req.headers['x-forwarded-proto'] === 'https';
@@ -68,6 +80,7 @@ export const httpsPlugin: PluginDescriptor<typeof httpsFields.top, typeof httpsF
         const hsts = cfg?.hsts ?? listenHsts;
         const redirect = cfg?.redirect ? { status: cfg.redirectStatus, port: (cfg.redirectPort ?? tlsPort) === 443 ? '' : `:${cfg.redirectPort ?? tlsPort}` } : null;
         if (!hsts && !redirect) return null;
+        if (hsts) route.addResponseTransform(dropUpstreamHsts);
         return step(hsts ? hstsValue(hsts) : null, redirect);
       },
     };
