@@ -1,6 +1,7 @@
-import { unwatchFile, watchFile } from 'node:fs';
-import { METHODS } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { unwatchFile, watchFile, type Stats } from 'node:fs';
+import { createServer as createHttpServer, METHODS, type RequestListener, type Server, type ServerOptions } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
 import pino from 'pino';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { registerCacheRoutes } from './admin/cache';
@@ -21,6 +22,7 @@ import { createPlugins } from './plugins';
 import type { Plugin, PluginContext, Resource } from './plugins/types';
 import { closeSilentConnections, serverLimitOptions } from './plugins/policies/server-limits';
 import { speaksHttp1, versionError } from './net/strict-http';
+import { ListenerCertificates, tlsFiles } from './net/tls';
 import { keyStoreFor } from './plugins/auth';
 import { RequestIds } from './request-ids';
 import { Runtime } from './runtime';
@@ -59,6 +61,15 @@ function fastifyErrorCode(status: number): ErrorCode {
   }
 }
 
+/** The options Fastify hands a serverFactory, with its defaults applied. */
+interface FastifyServerSettings {
+  http: ServerOptions;
+  keepAliveTimeout: number;
+  requestTimeout: number;
+  connectionTimeout: number;
+  clientErrorHandler: (err: Error, socket: Socket) => void;
+}
+
 /** Closes a resource a plugin registered; its failure is logged, never thrown at the caller. */
 async function closeQuietly(r: Resource, log: FastifyBaseLogger): Promise<void> {
   try {
@@ -75,6 +86,16 @@ async function closeQuietly(r: Resource, log: FastifyBaseLogger): Promise<void> 
  */
 export class Gateway {
   readonly server: FastifyInstance;
+  /**
+   * The node servers the gateway listens on, all sharing Fastify's request handler: the plain one
+   * (unless listen.plain is false), then the TLS one (when listen.tls is set). Upgrade handlers
+   * attach to each.
+   */
+  readonly servers: Server[] = [];
+  /** The TLS listener, when it is not Fastify's own server (plain and TLS side by side). */
+  private secondary: Server | null = null;
+  private readonly certificates: ListenerCertificates | null;
+  private readonly watchedTlsFiles = new Set<string>();
   readonly admin: FastifyInstance | null;
   readonly metrics: GatewayMetrics;
   readonly log: FastifyBaseLogger;
@@ -109,6 +130,7 @@ export class Gateway {
     // logging is off (a child logger, 'finish'/'error' listeners and their timestamps). The chain
     // logs for the request (access line; RequestContext.log binds the request id on first use).
     this.log = opts.logger ?? (pino({ level: config.log.level }) as unknown as FastifyBaseLogger);
+    this.certificates = config.listen.tls ? new ListenerCertificates(config.listen.tls) : null;
     this.server = Fastify({
       logger: false,
       requestIdHeader: false,
@@ -124,8 +146,36 @@ export class Gateway {
       // The chain answers requests that reach a closing listener itself (SHUTTING_DOWN, problem+json).
       return503OnClosing: false,
       routerOptions: { maxParamLength: 8192 },
+      // One Fastify instance (one chain, one set of metrics) behind both listeners.
+      serverFactory: (handler, fastifyOptions) => {
+        const o = fastifyOptions as unknown as FastifyServerSettings;
+        const configure = (server: Server): Server => {
+          // What Fastify does to the server it makes itself.
+          server.keepAliveTimeout = o.keepAliveTimeout;
+          server.requestTimeout = o.requestTimeout;
+          server.setTimeout(o.connectionTimeout);
+          closeSilentConnections(server, config.policies.limits.firstByteTimeoutMs);
+          this.servers.push(server);
+          return server;
+        };
+        if (config.listen.plain) configure(createHttpServer(o.http, handler as RequestListener));
+        if (this.certificates) {
+          const tls = createHttpsServer(
+            { ...o.http, ...this.certificates.serverOptions(), handshakeTimeout: config.policies.limits.headersTimeoutMs },
+            handler as RequestListener,
+          );
+          this.certificates.attach(tls);
+          tls.on('tlsClientError', (err: Error & { code?: string }) => this.log.debug({ err: { message: err.message, code: err.code } }, 'TLS handshake failed'));
+          configure(tls as unknown as Server);
+          // Fastify handles client errors on the server it listens with; the other gets the same handler.
+          if (this.servers.length === 2) {
+            this.secondary = tls as unknown as Server;
+            tls.on('clientError', o.clientErrorHandler);
+          }
+        }
+        return this.servers[0];
+      },
     });
-    closeSilentConnections(this.server.server, config.policies.limits.firstByteTimeoutMs);
     this.metrics = new GatewayMetrics({ processMetrics: opts.processMetrics ?? true });
     this.upstreamEvents = new UpstreamMetrics(this.metrics.registry, this.log, () => this.upstreams.all());
     this.upstreams = new UpstreamRegistry(config.upstreams, this.upstreamEvents);
@@ -143,9 +193,9 @@ export class Gateway {
       isDraining: () => this.draining,
       isClosing: () => this.closing,
     });
-    this.connections = new ConnectionDrain(this.server.server);
+    this.connections = new ConnectionDrain(this.servers);
     this.websockets = new WebSockets({ runtime: () => this.runtime, requestId: this.requestIds.for, metrics: this.metrics, accessLog: this.accessLog, log: this.log });
-    this.websockets.attach(this.server.server);
+    for (const server of this.servers) this.websockets.attach(server);
 
     for (const m of PROXIED_METHODS) {
       if (!this.server.supportedMethods.includes(m)) this.server.addHttpMethod(m, { hasBody: true });
@@ -259,16 +309,46 @@ export class Gateway {
       if (cur.mtimeMs === prev.mtimeMs && cur.size === prev.size) return;
       this.reloadFromSource('file-watch').catch(() => undefined);
     });
+    this.watchTlsFiles();
   }
+
+  /**
+   * Certificate rotation (cert-manager swaps a Secret's files behind symlinks) changes no config
+   * file: the certificate and key files are watched too, and a change reloads. watchFile follows
+   * symlinks, so a swap shows as a new inode.
+   */
+  private watchTlsFiles(): void {
+    if (!this.watching) return;
+    const wanted = new Set(tlsFiles(this.config));
+    for (const f of this.watchedTlsFiles) {
+      if (!wanted.has(f)) {
+        unwatchFile(f, this.onTlsFileChange);
+        this.watchedTlsFiles.delete(f);
+      }
+    }
+    for (const f of wanted) {
+      if (this.watchedTlsFiles.has(f)) continue;
+      watchFile(f, { interval: this.config.reload.watchIntervalMs, persistent: false }, this.onTlsFileChange);
+      this.watchedTlsFiles.add(f);
+    }
+  }
+
+  private readonly onTlsFileChange = (cur: Stats, prev: Stats): void => {
+    if (cur.mtimeMs === prev.mtimeMs && cur.size === prev.size && cur.ino === prev.ino) return;
+    this.reloadFromSource('certificate-watch').catch(() => undefined);
+  };
 
   private async applyReload(next: Readonly<GatewayConfig>, actor: string): Promise<ReloadResult> {
     if (this.closed) throw new Error('the gateway is shutting down');
     const previous = this.runtime;
     const upstreams = new UpstreamRegistry(next.upstreams, this.upstreamEvents, this.upstreams);
     let runtime: Runtime;
+    let certificates: ReturnType<ListenerCertificates['prepare']> | null;
     const owned: Resource[] = [];
     try {
       runtime = new Runtime(next, upstreams, this.metrics, this.plugins(this.pluginContext(next, owned)));
+      // Certificate files are read again on every reload; a bad one fails the reload, naming its path.
+      certificates = this.certificates && next.listen.tls ? this.certificates.prepare(next.listen.tls) : null;
       await this.initPending();
     } catch (err) {
       // Whatever the failed runtime opened goes with it; gateway-lifetime resources stay registered.
@@ -279,6 +359,7 @@ export class Gateway {
     }
     this.runtime = runtime;
     this.upstreams = upstreams;
+    certificates?.commit();
     const replaced = this.runtimeResources;
     this.runtimeResources = owned;
     for (const r of replaced) void closeQuietly(r, this.log);
@@ -291,7 +372,9 @@ export class Gateway {
       routes: diffRoutes(previous.config.routes, next.routes),
       upstreams: { kept: upstreams.changes.kept, created: upstreams.changes.created, closed: upstreams.changes.retired.map((u) => u.name) },
       restartRequired: restartOnlyChanges(previous.config, next),
+      certificates: certificates?.changed ? 'reloaded' : 'unchanged',
     };
+    this.watchTlsFiles();
     this.log.info({ audit: true, actor, action: 'reload', result: 'applied', changes: result }, 'configuration reloaded');
     return result;
   }
@@ -320,18 +403,30 @@ export class Gateway {
   }
 
   /** Starts both listeners; resolves with the ports actually bound (useful with port 0). */
-  async listen(opts: { beforeListen?: () => void } = {}): Promise<{ port: number; adminPort: number | null }> {
+  async listen(opts: { beforeListen?: () => void } = {}): Promise<{ port: number; tlsPort: number | null; adminPort: number | null }> {
     await this.initPending();
     // Everything is built and connected: the last moment before traffic (see lifecycle/startup-gc.ts).
     opts.beforeListen?.();
-    await this.server.listen({ host: this.config.listen.host, port: this.config.listen.port });
+    const { host, port, plain, tls } = this.config.listen;
+    await this.server.listen({ host, port: plain ? port : tls!.port });
+    if (this.secondary) {
+      const server = this.secondary;
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ host, port: tls!.port }, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+    }
     let adminPort: number | null = null;
     if (this.admin) {
       await this.admin.listen({ host: this.config.admin.host, port: this.config.admin.port });
       adminPort = (this.admin.server.address() as AddressInfo).port;
     }
     this.watchConfigFile();
-    return { port: (this.server.server.address() as AddressInfo).port, adminPort };
+    const tlsServer = tls ? this.servers[this.servers.length - 1] : null;
+    return { port: (this.server.server.address() as AddressInfo).port, tlsPort: tlsServer ? (tlsServer.address() as AddressInfo).port : null, adminPort };
   }
 
   /**
@@ -353,11 +448,13 @@ export class Gateway {
     this.draining = true;
     this.closed ??= (async () => {
       if (this.watching && this.configFile) unwatchFile(this.configFile);
+      for (const f of this.watchedTlsFiles) unwatchFile(f, this.onTlsFileChange);
       this.closing = true;
       this.connections.start();
       // Upgraded sockets would keep the listener from closing: they get 1001 Going Away first.
       await this.websockets.closeAll();
-      await this.server.close();
+      const secondary = this.secondary?.listening ? new Promise((r) => this.secondary!.close(r)) : null;
+      await Promise.all([this.server.close(), secondary]);
       await this.reloading;
       await Promise.all([this.upstreams.close(), this.admin?.close(), ...this.resources.map((r) => r.close()), ...this.runtimeResources.map((r) => closeQuietly(r, this.log))]);
       this.accessLog?.close();

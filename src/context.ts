@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import type { CompiledRoute } from './routes';
+import { verifiedClientCertificate, type ClientCertificate } from './net/tls';
 import type { Target } from './proxy/upstreams';
 import type { ResponseObserver } from './proxy/relay';
 
@@ -72,6 +73,15 @@ export class RequestContext {
    */
   get log(): FastifyBaseLogger {
     return (this.requestLog ??= this.baseLog.child({ reqId: this.id }));
+  }
+
+  /**
+   * The client certificate the TLS handshake verified against listen.tls.clientCertificates.caFile,
+   * or null (plain listener, no certificate, or one that did not verify in request mode). Read from
+   * the socket on access: requests that do not ask pay nothing.
+   */
+  get clientCert(): ClientCertificate | null {
+    return verifiedClientCertificate(this.req.socket);
   }
 
   addResponseHeader(name: string, value: string): void {

@@ -23,6 +23,7 @@ export const ERRORS = {
   UPSTREAM_CONNECT_FAILED: { status: 502, title: 'The upstream refused or dropped the connection' },
   UPSTREAM_RESET: { status: 502, title: 'The upstream closed the connection before answering' },
   UPSTREAM_BAD_RESPONSE: { status: 502, title: 'The upstream sent an invalid response' },
+  UPSTREAM_TLS: { status: 502, title: "The upstream's TLS certificate failed verification, or the upstream refused the gateway's" },
   UPSTREAM_UNAVAILABLE: { status: 503, title: 'No healthy upstream target is available' },
   UPSTREAM_QUEUE_FULL: { status: 503, title: 'The upstream is saturated' },
   WEBSOCKET_LIMIT: { status: 503, title: "The route's WebSocket connection limit is reached" },

@@ -87,8 +87,8 @@ async function start(file: string): Promise<void> {
     destination.flushSync();
     process.exit(code);
   });
-  const { port, adminPort } = await gateway.listen({ beforeListen: collectStartupGarbage });
-  gateway.log.info({ port, adminPort, routes: config.routes.length }, 'gateway listening');
+  const { port, tlsPort, adminPort } = await gateway.listen({ beforeListen: collectStartupGarbage });
+  gateway.log.info({ port, tlsPort, adminPort, routes: config.routes.length }, 'gateway listening');
 }
 
 async function main(argv: string[]): Promise<void> {

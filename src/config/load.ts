@@ -3,6 +3,7 @@ import { BlockList, isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import Ajv, { type ErrorObject } from 'ajv';
 import YAML from 'yaml';
+import { checkTls } from '../net/tls';
 import { PLUGINS } from '../plugins';
 import type { CheckContext } from '../plugins/types';
 import { ConfigError, type ConfigProblem } from './problem';
@@ -345,6 +346,7 @@ function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[], source?: stri
       }
     }
   });
+  checkTls(cfg, problems);
   const load: CheckContext = { baseDir: source ? dirname(resolve(source)) : process.cwd(), validate: validateAt };
   for (const p of PLUGINS) p.check?.(cfg, problems, load);
 }

@@ -1,5 +1,6 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 import { PLUGIN_FIELDS } from '../plugins/fields';
+import { HstsSchema } from '../net/hsts-schema';
 import { StoreSchema } from '../store/schema';
 import { WebSocketRouteSchema } from '../websocket/schema';
 
@@ -34,6 +35,52 @@ function pluginFields<K extends 'top' | 'route'>(level: K, core: TProperties): P
 const Ms = (description: string, def: number, minimum = 0) =>
   Type.Integer({ description: `${description} (milliseconds).`, default: def, minimum });
 
+export const ServerCertificateSchema = Obj(
+  {
+    certFile: Type.String({ description: 'PEM file of the certificate, followed by its intermediates.' }),
+    keyFile: Type.String({ description: 'PEM file of the private key of the certificate.' }),
+    serverNames: Type.Optional(
+      Type.Array(
+        Type.String({
+          description: 'A host name, or *.example.com for any one label under example.com.',
+          pattern: '^(\\*\\.)?[A-Za-z0-9.-]+$',
+          expected: 'a host name such as api.example.com, or *.example.com',
+        }),
+        { description: "SNI names this certificate answers for. Default: the DNS names of the certificate's subjectAltName.", minItems: 1 },
+      ),
+    ),
+  },
+  { description: 'A certificate of the TLS listener.' },
+);
+
+export const ListenTlsSchema = Obj(
+  {
+    port: Type.Integer({ description: 'Port of the TLS listener (on listen.host).', default: 8443, minimum: 0, maximum: 65535 }),
+    certificates: Type.Array(ServerCertificateSchema, {
+      description:
+        'Certificates chosen by the SNI name the client sends: an exact name first, then a wildcard, then the first certificate (the default, also for clients that send no SNI). Files are read again on every reload.',
+      minItems: 1,
+    }),
+    minVersion: Type.Union([Type.Literal('TLSv1.2'), Type.Literal('TLSv1.3')], {
+      description: 'Oldest TLS version accepted; older clients fail the handshake.',
+      default: 'TLSv1.2',
+    }),
+    clientCertificates: Obj(
+      {
+        mode: Type.Union([Type.Literal('off'), Type.Literal('request'), Type.Literal('require')], {
+          description:
+            'off: no client certificate is asked for; request: asked for, and a verified one is available to the chain (ctx.clientCert); require: a connection without a certificate signed by caFile fails the handshake.',
+          default: 'off',
+        }),
+        caFile: Type.Optional(Type.String({ description: 'PEM file of the authorities client certificates must chain to (required unless mode is off).' })),
+      },
+      { description: 'Client certificates (mTLS at the edge).', default: {} },
+    ),
+    hsts: Type.Optional(HstsSchema),
+  },
+  { description: 'The TLS listener, beside the plain one (or alone with plain: false). ALPN offers http/1.1.' },
+);
+
 export const ListenSchema = Obj(
   {
     host: Type.String({ description: 'Address the public listener binds to.', default: '0.0.0.0' }),
@@ -43,6 +90,11 @@ export const ListenSchema = Obj(
       minimum: 0,
       maximum: 65535,
     }),
+    plain: Type.Boolean({
+      description: 'Serve plain HTTP on `port`. Turn it off to accept TLS only (listen.tls is then required).',
+      default: true,
+    }),
+    tls: Type.Optional(ListenTlsSchema),
   },
   { description: 'Where the gateway accepts client traffic.', default: {} },
 );
@@ -149,6 +201,10 @@ export const TlsSchema = Obj(
       default: true,
     }),
     servername: Type.Optional(Type.String({ description: 'SNI server name; defaults to the target host.' })),
+    certFile: Type.Optional(
+      Type.String({ description: 'PEM file of the client certificate presented to the upstream (mTLS); needs keyFile. Re-read on every reload.' }),
+    ),
+    keyFile: Type.Optional(Type.String({ description: 'PEM file of the private key of certFile.' })),
   },
   { description: 'TLS settings for https:// targets.', default: {} },
 );
@@ -401,7 +457,8 @@ const configCore = {
     reload: Obj(
       {
         watch: Type.Boolean({
-          description: 'Reload automatically when the configuration file changes (polled; works with Kubernetes ConfigMap symlink swaps).',
+          description:
+            'Reload automatically when the configuration file, or a certificate, key or CA file it names (listen.tls, upstreams.*.tls), changes (polled; works with Kubernetes ConfigMap and Secret symlink swaps).',
           default: false,
         }),
         watchIntervalMs: Ms('How often the watched file is checked', 1000, 100),

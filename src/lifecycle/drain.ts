@@ -1,5 +1,6 @@
 import type { Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { Server as TlsServer } from 'node:tls';
 
 /** A client connection, with the response it is serving (Node's own field, as in server-limits.ts). */
 type ClientSocket = Socket & { _httpMessage?: ServerResponse | null };
@@ -17,15 +18,23 @@ export class ConnectionDrain {
   private readonly sockets = new Set<ClientSocket>();
   private draining = false;
   private readonly closeIdle = (): void => {
-    setImmediate(() => this.server.closeIdleConnections());
+    setImmediate(() => this.closeIdleConnections());
   };
 
-  constructor(private readonly server: Server) {
-    // Per connection, not per request: the set is only read when the drain starts.
-    server.on('connection', (socket: ClientSocket) => {
-      this.sockets.add(socket);
-      socket.once('close', () => this.sockets.delete(socket));
-    });
+  /** The public listeners: the plain one, the TLS one, or both. */
+  constructor(private readonly servers: readonly Server[]) {
+    for (const server of servers) {
+      // Per connection, not per request: the set is only read when the drain starts. On a TLS
+      // listener the HTTP layer serves the TLS socket, which 'secureConnection' hands over.
+      server.on(server instanceof TlsServer ? 'secureConnection' : 'connection', (socket: ClientSocket) => {
+        this.sockets.add(socket);
+        socket.once('close', () => this.sockets.delete(socket));
+      });
+    }
+  }
+
+  private closeIdleConnections(): void {
+    for (const server of this.servers) server.closeIdleConnections();
   }
 
   start(): void {
@@ -37,7 +46,7 @@ export class ConnectionDrain {
       if (!res.headersSent) res.shouldKeepAlive = false;
       else if (res.shouldKeepAlive) res.once('close', this.closeIdle);
     }
-    this.server.closeIdleConnections();
+    this.closeIdleConnections();
   }
 
   /** Client connections still open. */

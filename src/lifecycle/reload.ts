@@ -5,6 +5,8 @@ export interface ReloadResult {
   upstreams: { kept: string[]; created: string[]; closed: string[] };
   /** Sections that differ but only take effect on restart (listeners, logging, shared stores). */
   restartRequired: string[];
+  /** Whether the TLS listener's certificate files had changed and were swapped in. */
+  certificates: 'reloaded' | 'unchanged';
 }
 
 /** Sections a running process cannot swap: its sockets, its logger and its shared stores are built once. */
@@ -16,8 +18,17 @@ function listenerLimits(cfg: Readonly<GatewayConfig>): string {
   return JSON.stringify([maxHeaderBytes, headersTimeoutMs, requestTimeoutMs, firstByteTimeoutMs]);
 }
 
+/** listen without what a reload swaps in: the TLS certificates, minimum version and client CA. */
+function listenSockets(cfg: Readonly<GatewayConfig>): unknown {
+  const tls = cfg.listen.tls;
+  if (!tls) return cfg.listen;
+  return { ...cfg.listen, tls: { port: tls.port, clientCertificates: tls.clientCertificates.mode } };
+}
+
 export function restartOnlyChanges(before: Readonly<GatewayConfig>, after: Readonly<GatewayConfig>): string[] {
-  const out: string[] = RESTART_ONLY.filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k]));
+  const out: string[] = RESTART_ONLY.filter((k) =>
+    k === 'listen' ? JSON.stringify(listenSockets(before)) !== JSON.stringify(listenSockets(after)) : JSON.stringify(before[k]) !== JSON.stringify(after[k]),
+  );
   if (listenerLimits(before) !== listenerLimits(after)) out.push('policies.limits');
   return out;
 }

@@ -38,6 +38,7 @@ export function errorKind(code: ErrorCode): number {
   switch (code) {
     case 'UPSTREAM_CONNECT_FAILED':
     case 'UPSTREAM_CONNECT_TIMEOUT':
+    case 'UPSTREAM_TLS':
       return CONNECT;
     case 'UPSTREAM_TIMEOUT':
       return TIMEOUT;

@@ -35,8 +35,33 @@ export function upstreamErrorCode(err: unknown): ErrorCode {
     case 'UND_ERR_INFO':
       return 'UPSTREAM_BAD_RESPONSE';
   }
-  // Parser errors (HPE_*), TLS verification failures and anything unforeseen: the upstream's answer was unusable.
+  if (isTlsFailure(e?.code)) return 'UPSTREAM_TLS';
+  // Parser errors (HPE_*) and anything unforeseen: the upstream's answer was unusable.
   return 'UPSTREAM_BAD_RESPONSE';
+}
+
+/**
+ * OpenSSL's verification results (CERT_HAS_EXPIRED, UNABLE_TO_VERIFY_LEAF_SIGNATURE, ...), Node's
+ * name check (ERR_TLS_CERT_ALTNAME_INVALID) and the upstream's alerts about our certificate
+ * (ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED, ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE, ...).
+ */
+const VERIFY_ERRORS = new Set([
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_REVOKED',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+  'CERT_SIGNATURE_FAILURE',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'HOSTNAME_MISMATCH',
+]);
+
+function isTlsFailure(code: string | undefined): boolean {
+  return code !== undefined && (VERIFY_ERRORS.has(code) || code.startsWith('ERR_TLS_') || code.startsWith('ERR_SSL_'));
 }
 
 /** The error the relay raises when a request outlives its route's overall deadline. */

@@ -33,6 +33,7 @@ export class Target {
       timeout: timeouts.connectMs,
       rejectUnauthorized: tls.rejectUnauthorized,
       ...(tls.caFile ? { ca: readFileSync(tls.caFile) } : {}),
+      ...(tls.certFile && tls.keyFile ? { cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile) } : {}),
       ...(tls.servername ? { servername: tls.servername } : {}),
     };
     // undici's timers are coarse (a 300 ms headers timeout fired after 0.6-1 s): the connect timeout
@@ -135,6 +136,17 @@ function canonical(value: unknown): string {
   return JSON.stringify(value);
 }
 
+/**
+ * The TLS files of an upstream, so that a rotated certificate behind an unchanged path makes a new
+ * upstream (new pools for new connections) while the old pools finish their requests and close.
+ */
+function tlsFileContents(cfg: UpstreamConfig): string {
+  const { caFile, certFile, keyFile } = cfg.tls;
+  let out = '';
+  for (const f of [caFile, certFile, keyFile]) if (f) out += `|${readFileSync(f).toString('base64')}`;
+  return out;
+}
+
 export interface UpstreamChanges {
   kept: string[];
   created: string[];
@@ -150,7 +162,7 @@ export class UpstreamRegistry {
   /** Builds the registry for `upstreams`, reusing the pools of `previous` whose config did not change. */
   constructor(upstreams: Readonly<Record<string, UpstreamConfig>>, events: ResilienceEvents = NO_EVENTS, previous?: UpstreamRegistry) {
     for (const [name, cfg] of Object.entries(upstreams)) {
-      const fingerprint = canonical(cfg);
+      const fingerprint = canonical(cfg) + tlsFileContents(cfg);
       const old = previous?.byName.get(name);
       if (old && previous!.fingerprints.get(name) === fingerprint) {
         this.byName.set(name, old);
