@@ -332,7 +332,7 @@ export const UpstreamSchema = Obj(
           Obj(
             {
               url: TargetUrl,
-              weight: Type.Integer({ description: 'Share of the traffic relative to the other targets.', default: 1, minimum: 1, maximum: 1000 }),
+              weight: Type.Optional(Type.Integer({ description: 'Share of the traffic relative to the other targets.', default: 1, minimum: 1, maximum: 1000 })),
             },
             { description: 'A target with a weight.' },
           ),
