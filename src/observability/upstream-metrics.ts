@@ -162,8 +162,9 @@ export class UpstreamMetrics implements ResilienceEvents {
     this.log.info({ upstream, added, removed }, 'upstream targets changed by discovery');
   }
 
-  discoveryFailed(upstream: string, host: string, reason: string): void {
+  discoveryFailed(upstream: string, host: string, reason: string, streak: number): void {
     this.discoveryFailures.inc({ upstream, reason: reason === 'empty' ? 'empty' : 'error' });
-    this.log.warn({ upstream, host, reason }, reason === 'empty' ? 'DNS name resolved to no address' : 'DNS resolution failed; keeping the last known targets');
+    // Every failure is counted; a DNS outage is logged when it starts, not every second it lasts.
+    if (streak === 1) this.log.warn({ upstream, host, reason }, reason === 'empty' ? 'DNS name resolved to no address' : 'DNS resolution failed; keeping the last known targets');
   }
 }

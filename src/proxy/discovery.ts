@@ -20,6 +20,8 @@ interface NameState {
   specs: TargetSpec[];
   /** When the name started answering no address (performance time), or -1. */
   emptySince: number;
+  /** Failed or empty resolutions in a row. */
+  failures: number;
   timer: NodeJS.Timeout | null;
 }
 
@@ -54,7 +56,7 @@ class UpstreamDiscovery {
       if (isIP(url.hostname.replace(/^\[|\]$/g, '')) !== 0) this.fixed.push(spec);
       else {
         const basePath = url.pathname === '/' ? '' : url.pathname.replace(/\/$/, '');
-        this.names.push({ url, basePath, weight: spec.weight, specs: [], emptySince: -1, timer: null });
+        this.names.push({ url, basePath, weight: spec.weight, specs: [], emptySince: -1, failures: 0, timer: null });
       }
     }
   }
@@ -82,19 +84,20 @@ class UpstreamDiscovery {
     let changed = false;
     if ('specs' in answer) {
       n.emptySince = -1;
+      n.failures = 0;
       changed = !sameSpecs(n.specs, answer.specs);
       n.specs = answer.specs;
       next = Math.min(maxTtlMs, Math.max(minTtlMs, answer.ttlMs));
     } else if ('empty' in answer) {
       const now = performance.now();
       if (n.emptySince < 0) n.emptySince = now;
-      this.events.discoveryFailed(this.upstream.name, n.url.hostname, 'empty');
+      this.events.discoveryFailed(this.upstream.name, n.url.hostname, 'empty', ++n.failures);
       if (n.specs.length > 0 && now - n.emptySince >= emptyKeepMs) {
         n.specs = [];
         changed = true;
       }
     } else {
-      this.events.discoveryFailed(this.upstream.name, n.url.hostname, answer.error);
+      this.events.discoveryFailed(this.upstream.name, n.url.hostname, answer.error, ++n.failures);
     }
     n.timer = setTimeout(() => void this.refresh(n).then((c) => c && this.apply(false)), next);
     n.timer.unref();

@@ -17,8 +17,8 @@ export interface ResilienceEvents {
   panicChanged(upstream: string, panic: boolean, routable: number, total: number): void;
   /** DNS discovery changed the targets of an upstream. */
   targetsChanged(upstream: string, added: readonly string[], removed: readonly string[]): void;
-  /** A DNS resolution failed (the last good targets stay), or answered nothing. */
-  discoveryFailed(upstream: string, host: string, reason: string): void;
+  /** A DNS resolution failed (the last good targets stay), or answered nothing; `streak` counts them in a row. */
+  discoveryFailed(upstream: string, host: string, reason: string, streak: number): void;
 }
 
 export const NO_EVENTS: ResilienceEvents = {
