@@ -119,6 +119,15 @@ t.test('hash: the same header value always reaches the same target; different va
   );
 });
 
+t.test('hash by client IP: one client stays on one target', async (t) => {
+  const { gw, ups } = await setup(t, 3, (ups) => ({ targets: ups.map((u) => u.url), balance: 'hash', hash: { key: 'ip' } }));
+  await sequential(gw, 9);
+  t.same(
+    ups.map((u) => u.hits).sort(),
+    [0, 0, 9],
+  );
+});
+
 t.test('hash by cookie: sticky per cookie value, and the key target being out sends the key to the next one', async (t) => {
   const { gw, ups } = await setup(t, 3, (ups) => ({
     targets: ups.map((u) => u.url),
