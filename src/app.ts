@@ -16,6 +16,7 @@ import { GatewayError, sendProblem, type ErrorCode } from './errors';
 import { AccessLog } from './observability/access-log';
 import { GatewayMetrics } from './observability/metrics';
 import { UpstreamMetrics } from './observability/upstream-metrics';
+import { TargetDiscovery } from './proxy/discovery';
 import { HealthChecker } from './proxy/health';
 import { UpstreamRegistry } from './proxy/upstreams';
 import { createPlugins } from './plugins';
@@ -103,6 +104,7 @@ export class Gateway {
   private upstreams: UpstreamRegistry;
   private readonly upstreamEvents: UpstreamMetrics;
   private readonly healthChecks: HealthChecker;
+  private readonly discovery: TargetDiscovery;
   private readonly accessLog: AccessLog | null;
   private readonly websockets: WebSockets;
   private readonly requestIds = new RequestIds();
@@ -179,6 +181,9 @@ export class Gateway {
     this.metrics = new GatewayMetrics({ processMetrics: opts.processMetrics ?? true });
     this.upstreamEvents = new UpstreamMetrics(this.metrics.registry, this.log, () => this.upstreams.all());
     this.upstreams = new UpstreamRegistry(config.upstreams, this.upstreamEvents);
+    this.discovery = new TargetDiscovery(this.upstreams, this.upstreamEvents, this.log);
+    this.resources.push(this.discovery);
+    this.pendingInit.push(this.discovery);
     this.healthChecks = new HealthChecker(this.upstreams, this.upstreamEvents, this.log);
     this.resources.push(this.healthChecks);
     this.pendingInit.push(this.healthChecks);
@@ -357,6 +362,8 @@ export class Gateway {
       this.log.error({ audit: true, actor, action: 'reload', result: 'failed', err }, 'reload failed; the old configuration keeps serving');
       throw err;
     }
+    // New upstreams that discover their targets get them before the first request reaches them.
+    await this.discovery.sync(upstreams);
     this.runtime = runtime;
     this.upstreams = upstreams;
     certificates?.commit();

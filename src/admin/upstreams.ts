@@ -10,6 +10,8 @@ export function upstreamStatus(registry: UpstreamRegistry) {
       return {
         name: up.name,
         available: up.targets.filter((t) => t.state.routable).length,
+        balance: up.config.balance,
+        panic: up.panicking,
         retryBudget: { ratio: up.config.retries.budgetRatio, ...up.retry.budgetUse(now) },
         targets: up.targets.map((t) => {
           const s = t.state;
@@ -17,6 +19,8 @@ export function upstreamStatus(registry: UpstreamRegistry) {
           const pool = t.pool.stats;
           return {
             url: t.url,
+            weight: t.weight,
+            source: t.source,
             routable: s.routable,
             healthy: s.healthy,
             breaker: s.breakerState,

@@ -277,14 +277,23 @@ function validateAt(schema: object, value: unknown, at: string): ConfigProblem[]
   }));
 }
 
+/** A DNS server as node:dns takes it: an IP address, optionally with a port (IPv6 in brackets then). */
+function isDnsServer(s: string): boolean {
+  if (isIP(s) !== 0) return true;
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(s);
+  if (!m || Number(m[3]) < 1 || Number(m[3]) > 65535) return false;
+  return m[1] !== undefined ? isIP(m[1]) === 6 : isIP(m[2]) === 4;
+}
+
 /** Rules that span fields, which JSON Schema cannot express. `source` is the file, for relative paths. */
 function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[], source?: string): void {
   const list = new BlockList();
   cfg.trustedProxies.forEach((p, i) => checkCidr(p, `trustedProxies[${i}]`, problems, list));
 
   for (const [name, up] of Object.entries(cfg.upstreams)) {
-    up.targets.forEach((t, i) => {
-      const path = `${joinPath('upstreams', name)}.targets[${i}]`;
+    up.targets.forEach((entry, i) => {
+      const t = typeof entry === 'string' ? entry : entry.url;
+      const path = `${joinPath('upstreams', name)}.targets[${i}]${typeof entry === 'string' ? '' : '.url'}`;
       let url: URL;
       try {
         url = new URL(t);
@@ -297,8 +306,16 @@ function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[], source?: stri
       }
       if (url.search || url.hash) problems.push({ path, message: 'a target may not carry a query or fragment' });
       if (url.username || url.password) problems.push({ path, message: 'credentials do not belong in a target URL' });
+      if (up.discovery.type === 'srv' && url.port) problems.push({ path, message: 'with discovery.type srv the port comes from the SRV records: leave it out of the URL' });
     });
     const at = joinPath('upstreams', name);
+    if (up.balance === 'hash' && up.hash.key === undefined) problems.push({ path: `${at}.hash.key`, message: 'is required with balance: hash' });
+    if (up.discovery.maxTtlMs < up.discovery.minTtlMs) {
+      problems.push({ path: `${at}.discovery.maxTtlMs`, message: `must be at least discovery.minTtlMs (${up.discovery.minTtlMs})` });
+    }
+    up.discovery.servers.forEach((s, i) => {
+      if (!isDnsServer(s)) problems.push({ path: `${at}.discovery.servers[${i}]`, message: `"${s}" is not an IP address with an optional port (1.2.3.4, 1.2.3.4:53, [::1]:53)` });
+    });
     up.retries.methods.forEach((m, i) => {
       if (NEVER_RETRIED.has(m)) problems.push({ path: `${at}.retries.methods[${i}]`, message: `${m} is not idempotent and is never retried` });
     });

@@ -344,12 +344,81 @@ export const QueueSchema = Obj(
   { description: 'Bounded waiting when a target is saturated (pool.connections × pool.pipelining requests in flight).', default: {} },
 );
 
+const TargetUrl = Type.String({ description: 'Base URL of one target, http:// or https://, optionally with a base path.' });
+
+export const BALANCE_ALGORITHMS = ['round-robin', 'least-request', 'hash'] as const;
+
+export const HashSchema = Obj(
+  {
+    key: Type.Optional(
+      Type.String({
+        description:
+          'What requests are hashed on (required with balance: hash): header:<name>, cookie:<name>, ip (the client IP), consumer (the authenticated consumer id) or path. A request without the key goes round-robin.',
+        pattern: '^(header:[A-Za-z0-9!#$%&\'*+.^_`|~-]+|cookie:[^\\s;=,]+|ip|consumer|path)$',
+        expected: 'header:<name>, cookie:<name>, ip, consumer or path',
+      }),
+    ),
+    loadFactor: Type.Number({
+      description:
+        'Bounded load: a target with more requests in flight than loadFactor times the average is passed over for the next one on the ring (consistent hashing with bounded loads). 0 turns the bound off.',
+      default: 1.25,
+      minimum: 0,
+    }),
+  },
+  { description: 'Consistent hashing (balance: hash): a ring with virtual nodes per target, so adding or removing one target of n moves about 1/n of the keys.', default: {} },
+);
+
+export const DiscoverySchema = Obj(
+  {
+    type: Type.Union([Type.Literal('static'), Type.Literal('dns'), Type.Literal('srv')], {
+      description:
+        'static: the target URLs as written. dns: each target host name is resolved (A and AAAA) and every address becomes a target on the URL\'s port, re-resolved at the records\' TTL. srv: each target host name is an SRV name; every record becomes a target on its port with its weight. Meant for a Kubernetes headless Service, so that balancing, breakers and health checks act on the pods.',
+      default: 'static',
+    }),
+    servers: Type.Array(Type.String({ description: 'A DNS server address, ip or ip:port.' }), {
+      description: 'DNS servers to ask; empty uses the system resolvers.',
+      default: [],
+    }),
+    minTtlMs: Ms('Shortest time between two resolutions, whatever the records\' TTL', 1000, 100),
+    maxTtlMs: Ms('Longest time between two resolutions, whatever the records\' TTL', 60000, 100),
+    emptyKeepMs: Ms('How long the last known targets are kept when the name resolves to no address; DNS errors keep them as long as they last', 30000, 0),
+  },
+  { description: 'Where the targets come from: the configuration, or DNS.', default: {} },
+);
+
 export const UpstreamSchema = Obj(
   {
     targets: Type.Array(
-      Type.String({ description: 'Base URL of one target, http:// or https://, optionally with a base path.' }),
-      { description: 'Targets balanced round-robin.', minItems: 1 },
+      Type.Union(
+        [
+          TargetUrl,
+          Obj(
+            {
+              url: TargetUrl,
+              weight: Type.Optional(Type.Integer({ description: 'Share of the traffic relative to the other targets.', default: 1, minimum: 1, maximum: 1000 })),
+            },
+            { description: 'A target with a weight.' },
+          ),
+        ],
+        { description: 'A target: its URL, or {url, weight}.', expected: 'a URL or {url, weight}' },
+      ),
+      { description: 'Targets the upstream balances over.', minItems: 1 },
     ),
+    balance: Type.Union(BALANCE_ALGORITHMS.map((a) => Type.Literal(a)), {
+      description:
+        'How a target is picked: round-robin (smooth weighted round-robin), least-request (the less loaded of two random targets, by requests in flight per weight) or hash (consistent hashing on hash.key).',
+      default: 'round-robin',
+    }),
+    hash: HashSchema,
+    slowStartMs: Ms('A target that joins or recovers gets its weight ramped up over this window instead of a full share at once. 0 turns slow start off', 0),
+    minHealthyPercent: Type.Integer({
+      description:
+        'Panic threshold: when fewer than this percentage of the targets take traffic, traffic goes to all of them (better some answers than 503 for every request). 0 turns panic mode off: the gateway answers 503 once every target is out.',
+      default: 0,
+      minimum: 0,
+      maximum: 100,
+    }),
+    discovery: DiscoverySchema,
     pool: PoolSchema,
     timeouts: TimeoutsSchema,
     tls: TlsSchema,

@@ -15,6 +15,7 @@ export class UpstreamMetrics implements ResilienceEvents {
   private readonly retries: Counter<string>;
   private readonly retriesSkipped: Counter<string>;
   private readonly rejections: Counter<string>;
+  private readonly discoveryFailures: Counter<string>;
 
   constructor(
     registry: Registry,
@@ -29,6 +30,8 @@ export class UpstreamMetrics implements ResilienceEvents {
         labelNames: ['upstream', 'target'],
         registers,
         collect() {
+          // Targets come and go with DNS discovery: a removed one must not linger with its last value.
+          this.reset();
           for (const up of upstreams()) for (const t of up.targets) this.set({ upstream: up.name, target: t.url }, value(t));
         },
       });
@@ -58,6 +61,37 @@ export class UpstreamMetrics implements ResilienceEvents {
           }
         }
       },
+    });
+    targetGauge('gateway_upstream_target_weight', 'Configured (or SRV) weight per target.', (t) => t.weight);
+    new Gauge({
+      name: 'gateway_upstream_targets',
+      help: 'Targets per upstream, by where they come from (static: the configuration, dns: DNS discovery).',
+      labelNames: ['upstream', 'source'],
+      registers,
+      collect() {
+        this.reset();
+        for (const up of upstreams()) {
+          let dns = 0;
+          for (const t of up.targets) if (t.source === 'dns') dns++;
+          this.set({ upstream: up.name, source: 'static' }, up.targets.length - dns);
+          this.set({ upstream: up.name, source: 'dns' }, dns);
+        }
+      },
+    });
+    new Gauge({
+      name: 'gateway_upstream_panic',
+      help: 'Panic mode per upstream: 1 while fewer than minHealthyPercent of its targets are routable and all of them take traffic.',
+      labelNames: ['upstream'],
+      registers,
+      collect() {
+        for (const up of upstreams()) this.set({ upstream: up.name }, up.panicking ? 1 : 0);
+      },
+    });
+    this.discoveryFailures = new Counter({
+      name: 'gateway_upstream_discovery_failures_total',
+      help: 'DNS resolutions of upstream targets that failed (the last good targets stay) or answered no address, by reason.',
+      labelNames: ['upstream', 'reason'],
+      registers,
     });
     this.transitions = new Counter({
       name: 'gateway_upstream_breaker_transitions_total',
@@ -117,5 +151,20 @@ export class UpstreamMetrics implements ResilienceEvents {
 
   rejected(upstream: string, reason: string): void {
     this.rejections.inc({ upstream, reason });
+  }
+
+  panicChanged(upstream: string, panic: boolean, routable: number, total: number): void {
+    if (panic) this.log.warn({ upstream, routable, total }, 'panic mode: too few targets take traffic, sending to all of them');
+    else this.log.info({ upstream, routable, total }, 'panic mode over');
+  }
+
+  targetsChanged(upstream: string, added: readonly string[], removed: readonly string[]): void {
+    this.log.info({ upstream, added, removed }, 'upstream targets changed by discovery');
+  }
+
+  discoveryFailed(upstream: string, host: string, reason: string, streak: number): void {
+    this.discoveryFailures.inc({ upstream, reason: reason === 'empty' ? 'empty' : 'error' });
+    // Every failure is counted; a DNS outage is logged when it starts, not every second it lasts.
+    if (streak === 1) this.log.warn({ upstream, host, reason }, reason === 'empty' ? 'DNS name resolved to no address' : 'DNS resolution failed; keeping the last known targets');
   }
 }

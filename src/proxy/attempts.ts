@@ -42,7 +42,7 @@ export abstract class AttemptHandler implements Ticket {
   /** Where the retry decided on goes once the current attempt has ended. */
   protected next: Target | null = null;
 
-  constructor(protected readonly ctx: RequestContext) {}
+  constructor(readonly ctx: RequestContext) {}
 
   /** Ends the request for the client side (timer, upstream time); returns performance.now(). */
   protected abstract finish(): number;

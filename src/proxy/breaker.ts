@@ -67,6 +67,13 @@ export class CircuitBreaker {
     return true;
   }
 
+  /** Whether tryProbe would let a request through now, without taking a slot (balancers look before they pick). */
+  canProbe(now: number): boolean {
+    if (this.state === CLOSED) return false;
+    if (this.state === OPEN) return now >= this.openUntil;
+    return this.probesInFlight < this.cfg.halfOpenProbes || now >= this.probesExpireAt;
+  }
+
   /** Records the outcome of one exchange; `kind` is its failure bits (0 for a good answer). */
   record(kind: number, probe: boolean, now: number): void {
     const failed = (kind & this.failureMask) !== 0;

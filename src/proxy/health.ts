@@ -94,8 +94,8 @@ class TargetProbe {
  */
 export class HealthChecker implements Resource {
   readonly name = 'upstream-health-checks';
-  /** Probes by upstream: a reload keeps the probes of the upstreams it keeps. */
-  private readonly probes = new Map<Upstream, TargetProbe[]>();
+  /** Probes by upstream and target: a reload keeps the probes of the upstreams it keeps. */
+  private readonly probes = new Map<Upstream, Map<Target, TargetProbe>>();
   private started = false;
 
   constructor(
@@ -111,9 +111,22 @@ export class HealthChecker implements Resource {
       const cfg = up.config.healthCheck;
       if (!cfg.enabled || this.probes.has(up)) continue;
       const ok = statusMatcher(cfg.expectedStatuses);
-      const probes = up.targets.map((t) => new TargetProbe(up, t, ok, this.events));
+      const probes = new Map(up.targets.map((t) => [t, new TargetProbe(up, t, ok, this.events)]));
       this.probes.set(up, probes);
-      if (this.started) for (const p of probes) p.start();
+      if (this.started) for (const p of probes.values()) p.start();
+      // Targets found by DNS are probed from the moment they join; removed ones are no longer probed.
+      up.watchTargets((added, removed) => {
+        if (this.probes.get(up) !== probes) return;
+        for (const t of removed) {
+          void probes.get(t)?.stop();
+          probes.delete(t);
+        }
+        for (const t of added) {
+          const p = new TargetProbe(up, t, ok, this.events);
+          probes.set(t, p);
+          if (this.started) p.start();
+        }
+      });
       this.log.debug({ upstream: up.name, path: cfg.path, intervalMs: cfg.intervalMs }, 'active health checks on');
     }
   }
@@ -125,7 +138,7 @@ export class HealthChecker implements Resource {
     for (const [up, probes] of this.probes) {
       if (current.has(up)) continue;
       this.probes.delete(up);
-      for (const p of probes) stopping.push(p.stop());
+      for (const p of probes.values()) stopping.push(p.stop());
     }
     this.add(registry);
     await Promise.all(stopping);
@@ -133,10 +146,10 @@ export class HealthChecker implements Resource {
 
   async init(): Promise<void> {
     this.started = true;
-    for (const probes of this.probes.values()) for (const p of probes) p.start();
+    for (const probes of this.probes.values()) for (const p of probes.values()) p.start();
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.probes.values()].flat().map((p) => p.stop()));
+    await Promise.all([...this.probes.values()].flatMap((probes) => [...probes.values()]).map((p) => p.stop()));
   }
 }

@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import type { UpstreamConfig } from '../config/schema';
 import { BREAKER_STATE_NAMES, CLOSED, CircuitBreaker, OPEN, type BreakerState } from './breaker';
 
@@ -12,6 +13,12 @@ export interface ResilienceEvents {
   retrySkipped(upstream: string, reason: 'budget' | 'deadline' | 'no-target'): void;
   /** A request answered 503 without reaching the upstream. */
   rejected(upstream: string, reason: 'unavailable' | 'queue-full' | 'queue-timeout'): void;
+  /** Panic mode starts or ends: too few targets take traffic, so all of them get it. */
+  panicChanged(upstream: string, panic: boolean, routable: number, total: number): void;
+  /** DNS discovery changed the targets of an upstream. */
+  targetsChanged(upstream: string, added: readonly string[], removed: readonly string[]): void;
+  /** A DNS resolution failed (the last good targets stay), or answered nothing; `streak` counts them in a row. */
+  discoveryFailed(upstream: string, host: string, reason: string, streak: number): void;
 }
 
 export const NO_EVENTS: ResilienceEvents = {
@@ -21,6 +28,9 @@ export const NO_EVENTS: ResilienceEvents = {
   retried: () => undefined,
   retrySkipped: () => undefined,
   rejected: () => undefined,
+  panicChanged: () => undefined,
+  targetsChanged: () => undefined,
+  discoveryFailed: () => undefined,
 };
 
 /** Someone holding an admission: the relay marks probes so their outcome reaches the half-open breaker. */
@@ -51,6 +61,12 @@ export class TargetState {
   checkPasses = 0;
   checkFailures = 0;
   lastCheck: { at: number; ok: boolean; detail: string } | null = null;
+  /**
+   * When the target last started taking traffic (performance.now() time), for slow start. Targets
+   * there from the start count as always routable: ramping them all together would only slow the
+   * start-up.
+   */
+  routableSince = Number.NEGATIVE_INFINITY;
 
   constructor(
     readonly upstream: string,
@@ -78,6 +94,24 @@ export class TargetState {
     if (!this.healthy || this.breaker === null || !this.breaker.tryProbe(now)) return false;
     ticket.probe = true;
     return true;
+  }
+
+  /**
+   * Whether a balancer may choose this target now: routable, or its breaker would let a probe
+   * through. Unlike admit() it takes no probe slot.
+   */
+  usable(now: number): boolean {
+    return this.routable || (this.healthy && this.breaker !== null && this.breaker.canProbe(now));
+  }
+
+  /**
+   * A target that joins a running upstream (found by DNS): with active checks on it waits out
+   * healthyThreshold passing probes before traffic; either way its slow start begins now.
+   */
+  joining(awaitChecks: boolean): void {
+    if (awaitChecks) this.healthy = false;
+    this.update();
+    this.routableSince = performance.now();
   }
 
   /** The outcome of one exchange with this target: failure bits, or 0 for a good answer. */
@@ -125,6 +159,8 @@ export class TargetState {
   }
 
   private update(): void {
+    const was = this.routable;
     this.routable = this.healthy && (this.breaker === null || this.breaker.state === CLOSED);
+    if (this.routable && !was) this.routableSince = performance.now();
   }
 }

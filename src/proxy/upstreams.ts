@@ -1,12 +1,22 @@
 import { readFileSync } from 'node:fs';
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { Pool, buildConnector, errors } from 'undici';
 import type { UpstreamConfig } from '../config/schema';
 import { Deadlines } from './deadlines';
 import { HeaderStrings } from './header-strings';
 import { responseHeaderKind } from './headers';
 import { RetryPolicy, watchSocket } from './retry';
-import { NO_EVENTS, TargetState, type ResilienceEvents, type Ticket } from './target-state';
+import { createBalancer, type Balancer, type PickRequest } from './balance';
+import { NO_EVENTS, TargetState, type ResilienceEvents } from './target-state';
+
+/** A target as configured or discovered: its URL and its share of the traffic. */
+export interface TargetSpec {
+  url: string;
+  weight: number;
+}
+
+/** Told when discovery changes the targets of an upstream (the health checker probes the new ones). */
+export type TargetsListener = (added: readonly Target[], removed: readonly Target[]) => void;
 
 /** One backend address with its own connection pool. */
 export class Target {
@@ -22,9 +32,16 @@ export class Target {
   /** Strings of the response header bytes this target sent before (the relay's, on the hot path). */
   readonly headerStrings = new HeaderStrings(responseHeaderKind);
 
-  constructor(url: string, cfg: UpstreamConfig, upstream: string, events: ResilienceEvents) {
+  /** Share of the traffic relative to the other targets (balancers read it; discovery may change it). */
+  weight: number;
+  /** Where the target comes from: the configuration, or DNS discovery. */
+  readonly source: 'static' | 'dns';
+
+  constructor(url: string, cfg: UpstreamConfig, upstream: string, events: ResilienceEvents, weight = 1, source: 'static' | 'dns' = 'static') {
     const u = new URL(url);
     this.url = url;
+    this.weight = weight;
+    this.source = source;
     this.origin = u.origin;
     this.basePath = u.pathname === '/' ? '' : u.pathname.replace(/\/$/, '');
     this.state = new TargetState(upstream, url, cfg, events);
@@ -72,10 +89,20 @@ function connectTimedOut(socket: Socket, host: string, ms: number): void {
   socket.destroy(new errors.ConnectTimeoutError(`connecting to ${host} took longer than ${ms} ms`));
 }
 
-/** A named backend: its targets, balanced round-robin over those that take traffic. */
+
+/** A target entry of the config as a spec (ajv does not fill defaults inside a union: the weight may be missing). */
+export function targetSpec(entry: UpstreamConfig['targets'][number]): TargetSpec {
+  return typeof entry === 'string' ? { url: entry, weight: 1 } : { url: entry.url, weight: entry.weight ?? 1 };
+}
+
+/**
+ * A named backend: its targets (configured, or found by DNS discovery) and the balancer that picks
+ * among those that take traffic.
+ */
 export class Upstream {
   readonly name: string;
-  readonly targets: readonly Target[];
+  /** Replaced as a whole (never changed in place) when discovery changes the targets. */
+  targets: readonly Target[];
   readonly config: UpstreamConfig;
   readonly retry: RetryPolicy;
   readonly events: ResilienceEvents;
@@ -84,7 +111,13 @@ export class Upstream {
   /** timeouts.headersMs and bodyMs, enforced by the relay on `deadlines`. */
   readonly headersMs: number;
   readonly bodyMs: number;
-  private cursor = 0;
+  /** Panic mode is on: too few targets are routable, so every target takes traffic. */
+  panicking = false;
+  private readonly balancer: Balancer;
+  private readonly minHealthyPercent: number;
+  private readonly listeners: TargetsListener[] = [];
+  /** Pools of targets discovery removed, closing once their requests are done. */
+  private readonly draining = new Set<Promise<void>>();
 
   constructor(name: string, cfg: UpstreamConfig, events: ResilienceEvents = NO_EVENTS) {
     this.name = name;
@@ -93,35 +126,94 @@ export class Upstream {
     this.retry = new RetryPolicy(cfg.retries);
     this.headersMs = cfg.timeouts.headersMs;
     this.bodyMs = cfg.timeouts.bodyMs;
-    this.targets = cfg.targets.map((t) => new Target(t, cfg, name, events));
+    const specs = cfg.targets.map(targetSpec);
+    // With discovery, names are resolved by the discovery resource; literal addresses are targets already.
+    const initial = cfg.discovery.type === 'static' ? specs : specs.filter((s) => isIP(new URL(s.url).hostname.replace(/^\[|\]$/g, '')) !== 0);
+    this.targets = initial.map((s) => new Target(s.url, cfg, name, events, s.weight));
+    this.minHealthyPercent = cfg.minHealthyPercent;
+    const weighted = cfg.discovery.type === 'srv' || specs.some((s) => s.weight !== specs[0].weight);
+    this.balancer = createBalancer(cfg, this.targets, weighted);
   }
 
   /**
-   * The next target in the rotation that takes traffic, preferring one other than `avoid` (the
-   * target a retry comes from); null when none does. `ticket.probe` tells whether the request was
+   * The target the balancer picks among those that take traffic, preferring one other than `avoid`
+   * (the target a retry comes from); null when none does. `req.probe` tells whether the request was
    * let through a half-open breaker.
    */
-  pick(now: number, avoid: Target | null, ticket: Ticket): Target | null {
+  pick(now: number, avoid: Target | null, req: PickRequest): Target | null {
+    return this.balancer.pick(now, avoid, req, this.minHealthyPercent !== 0 && this.panic());
+  }
+
+  /** Whether fewer than minHealthyPercent of the targets are routable; logs and counts each change. */
+  private panic(): boolean {
     const targets = this.targets;
-    const n = targets.length;
-    for (let i = 0; i < n; i++) {
-      const t = targets[this.cursor];
-      this.cursor = this.cursor + 1 === n ? 0 : this.cursor + 1;
-      if (t !== avoid && t.state.admit(now, ticket)) return t;
+    let routable = 0;
+    for (let i = 0; i < targets.length; i++) if (targets[i].state.routable) routable++;
+    const panic = targets.length > 0 && routable * 100 < this.minHealthyPercent * targets.length;
+    if (panic !== this.panicking) {
+      this.panicking = panic;
+      this.events.panicChanged(this.name, panic, routable, targets.length);
     }
-    return avoid !== null && avoid.state.admit(now, ticket) ? avoid : null;
+    return panic;
+  }
+
+  /** Calls `fn` whenever discovery changes the targets. */
+  watchTargets(fn: TargetsListener): void {
+    this.listeners.push(fn);
+  }
+
+  /**
+   * Makes `specs` the targets (DNS discovery). Targets whose URL stays keep their pool and state; new
+   * ones join (slow start, and the health checks first when they are on) unless this is the first
+   * resolution, which is the upstream's start; removed ones leave the rotation at once and close
+   * their pool once their requests in flight are done.
+   */
+  setTargets(specs: readonly TargetSpec[], first: boolean): void {
+    const old = new Map(this.targets.map((t) => [t.url, t]));
+    const next: Target[] = [];
+    const added: Target[] = [];
+    let changed = false;
+    for (const s of specs) {
+      let t = old.get(s.url);
+      if (t === undefined) {
+        t = new Target(s.url, this.config, this.name, this.events, s.weight, 'dns');
+        if (!first) t.state.joining(this.config.healthCheck.enabled);
+        added.push(t);
+      } else {
+        old.delete(s.url);
+        if (t.weight !== s.weight) changed = true;
+        t.weight = s.weight;
+      }
+      next.push(t);
+    }
+    const removed = [...old.values()];
+    if (added.length === 0 && removed.length === 0 && !changed) return;
+    this.targets = next;
+    this.balancer.reset(next);
+    for (const t of removed) {
+      const closing = t.pool.close().catch(() => undefined);
+      this.draining.add(closing);
+      void closing.then(() => this.draining.delete(closing));
+    }
+    for (const fn of this.listeners) fn(added, removed);
+    this.events.targetsChanged(
+      this.name,
+      added.map((t) => t.url),
+      removed.map((t) => t.url),
+    );
   }
 
   /** Seconds a client should wait before trying again when no target takes traffic. */
   retryAfterSeconds(now: number): number {
     const interval = this.config.healthCheck.intervalMs;
-    let ms = Number.POSITIVE_INFINITY;
+    // No target at all (a name that resolved to nothing yet): the next resolution may bring some.
+    let ms = this.targets.length === 0 ? this.config.discovery.minTtlMs : Number.POSITIVE_INFINITY;
     for (const t of this.targets) ms = Math.min(ms, t.state.msUntilAvailable(now, interval));
     return Math.max(1, Math.ceil(ms / 1000));
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.targets.map((t) => t.pool.close()));
+    await Promise.all([...this.targets.map((t) => t.pool.close()), ...this.draining]);
     this.deadlines.close();
   }
 }

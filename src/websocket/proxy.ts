@@ -408,7 +408,7 @@ export class WebSockets {
       return this.refuse(u, new GatewayError('FORBIDDEN', { detail: 'The origin is not allowed by the CORS policy of this route' }));
     }
     const upstream = route.upstream;
-    const ticket = { probe: false };
+    const ticket = { probe: false, ctx };
     const now = performance.now();
     const target = upstream.pick(now, null, ticket);
     if (target === null) {
@@ -482,7 +482,7 @@ export class WebSockets {
       target.state.record(errorKind(code), ticket.probe, now);
       ctx.log.warn({ err: { message: (err as Error).message, code: (err as { code?: string }).code }, target: target.origin }, 'websocket upstream failed');
       if (!connected && (code === 'UPSTREAM_CONNECT_FAILED' || code === 'UPSTREAM_CONNECT_TIMEOUT')) {
-        const nextTicket = { probe: false };
+        const nextTicket = { probe: false, ctx };
         const next = upstream.pick(now, target, nextTicket);
         if (next !== null && !tried.includes(next)) {
           tried.push(next);
