@@ -13,6 +13,7 @@ import type { GatewayConfig } from './config/schema';
 import { configWarnings } from './config/warnings';
 import { GatewayError, sendProblem, type ErrorCode } from './errors';
 import { AccessLog } from './observability/access-log';
+import { GatewayInfo } from './observability/gateway-info';
 import { GatewayMetrics } from './observability/metrics';
 import { UpstreamMetrics } from './observability/upstream-metrics';
 import { HealthChecker } from './proxy/health';
@@ -75,6 +76,7 @@ export class Gateway {
   readonly server: FastifyInstance;
   readonly admin: FastifyInstance | null;
   readonly metrics: GatewayMetrics;
+  readonly info: GatewayInfo;
   readonly log: FastifyBaseLogger;
   private runtime: Runtime;
   private upstreams: UpstreamRegistry;
@@ -120,6 +122,7 @@ export class Gateway {
     });
     closeSilentConnections(this.server.server, config.policies.limits.firstByteTimeoutMs);
     this.metrics = new GatewayMetrics({ processMetrics: opts.processMetrics ?? true });
+    this.info = new GatewayInfo(this.metrics, config, () => new Promise((resolve) => this.server.server.getConnections((_err, n) => resolve(n ?? 0))));
     this.upstreamEvents = new UpstreamMetrics(this.metrics.registry, this.log, () => this.upstreams.all());
     this.upstreams = new UpstreamRegistry(config.upstreams, this.upstreamEvents);
     this.healthChecks = new HealthChecker(this.upstreams, this.upstreamEvents, this.log);
@@ -235,6 +238,7 @@ export class Gateway {
       next = loadConfigFile(this.configFile);
     } catch (err) {
       const errors = err instanceof ConfigError ? err.problems.map(formatProblem) : [(err as Error).message];
+      this.info.reloaded('rejected');
       this.log.warn({ audit: true, actor, action: 'reload', result: 'rejected', errors }, 'reload rejected; the old configuration keeps serving');
       return Promise.reject(err);
     }
@@ -263,11 +267,14 @@ export class Gateway {
       // Whatever the failed runtime opened goes with it; gateway-lifetime resources stay registered.
       this.pendingInit = this.pendingInit.filter((r) => !owned.includes(r));
       await Promise.all([...upstreams.changes.created.map((name) => upstreams.get(name).close()), ...owned.map((r) => closeQuietly(r, this.log))]);
+      this.info.reloaded('failed');
       this.log.error({ audit: true, actor, action: 'reload', result: 'failed', err }, 'reload failed; the old configuration keeps serving');
       throw err;
     }
     this.runtime = runtime;
     this.upstreams = upstreams;
+    this.info.loaded(next);
+    this.info.reloaded('applied');
     const replaced = this.runtimeResources;
     this.runtimeResources = owned;
     for (const r of replaced) void closeQuietly(r, this.log);

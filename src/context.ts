@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import type { CompiledRoute } from './routes';
@@ -55,6 +56,9 @@ export class RequestContext {
   /** Extra headers for the client response, as name/value pairs, added by chain steps. */
   responseHeaders: string[] | null = null;
 
+  /** The client connection, kept: `req.socket` is null once the connection closed. */
+  readonly socket: Socket;
+
   private requestLog: FastifyBaseLogger | null = null;
 
   constructor(
@@ -64,7 +68,9 @@ export class RequestContext {
     /** The gateway's logger; `log` binds the request id to it on first use. */
     readonly baseLog: FastifyBaseLogger,
     readonly startedAt: number,
-  ) {}
+  ) {
+    this.socket = req.socket;
+  }
 
   /**
    * The request's logger (lines carry its reqId). Made on first use: most requests log nothing but
