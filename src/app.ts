@@ -6,7 +6,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRepl
 import { registerCacheRoutes } from './admin/cache';
 import { registerKeyRoutes } from './admin/keys';
 import { buildAdminServer, type ReadinessCheck } from './admin/server';
-import { upstreamStatus } from './admin/upstreams';
+import { setTargetState, upstreamStatus } from './admin/upstreams';
 import { RequestChain } from './chain';
 import { ConfigError, formatProblem, loadConfigFile } from './config/load';
 import type { GatewayConfig } from './config/schema';
@@ -97,6 +97,8 @@ export class Gateway {
   private reloading: Promise<unknown> = Promise.resolve();
   private draining = false;
   private closed: Promise<void> | null = null;
+  /** The log level the process started with; PUT /admin/log-level changes it until the next reload. */
+  private readonly startLogLevel: string;
 
   constructor(config: Readonly<GatewayConfig>, opts: GatewayOptions = {}) {
     this.configFile = opts.configFile ?? null;
@@ -105,6 +107,7 @@ export class Gateway {
     // logging is off (a child logger, 'finish'/'error' listeners and their timestamps). The chain
     // logs for the request (access line; RequestContext.log binds the request id on first use).
     this.log = opts.logger ?? (pino({ level: config.log.level }) as unknown as FastifyBaseLogger);
+    this.startLogLevel = this.log.level;
     this.server = Fastify({
       logger: false,
       requestIdHeader: false,
@@ -130,7 +133,7 @@ export class Gateway {
     this.pendingInit.push(this.healthChecks);
     this.runtime = new Runtime(config, this.upstreams, this.metrics, this.plugins(this.pluginContext(config, this.runtimeResources)));
     this.warn(config);
-    this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log) : null;
+    this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log, config.log) : null;
     const chain = new RequestChain({
       runtime: () => this.runtime,
       unrouted: this.metrics.forRoute('_unrouted'),
@@ -165,6 +168,10 @@ export class Gateway {
           config: () => this.config,
           upstreams: () => upstreamStatus(this.upstreams),
           reload: (actor) => this.reloadFromSource(actor),
+          info: () => this.info.describe(),
+          logLevel: () => this.log.level,
+          setLogLevel: (level) => (this.log.level = level),
+          targetAction: (upstream, target, action) => setTargetState(this.upstreams, upstream, target, action),
         })
       : null;
     if (this.admin) registerKeyRoutes(this.admin, { config: () => this.config, store: () => keyStoreFor(this.pluginContext(this.config)) });
@@ -275,6 +282,11 @@ export class Gateway {
     this.upstreams = upstreams;
     this.info.loaded(next);
     this.info.reloaded('applied');
+    // A level set through the admin API lasts until the next reload.
+    if (this.log.level !== this.startLogLevel) {
+      this.log.level = this.startLogLevel;
+      if (this.admin) this.admin.log.level = this.startLogLevel;
+    }
     const replaced = this.runtimeResources;
     this.runtimeResources = owned;
     for (const r of replaced) void closeQuietly(r, this.log);

@@ -45,6 +45,14 @@ export class RequestContext {
   upstreamMs = -1;
   /** Code of the gateway error that answered this request, for the access log. */
   errorCode: string | null = null;
+  /** W3C trace id of the request's trace when tracing is on (printed in the access line when set). */
+  traceId = '';
+  /** For the access line: what the cache did (hit, miss, stale, revalidated, bypass) and the rate-limit decision. */
+  cacheResult: string | null = null;
+  rateLimitResult: string | null = null;
+  /** Wire bytes of this request and its response, known once the response closed (see RouteMetrics.record). */
+  bytesIn = 0;
+  bytesOut = 0;
   /** Stopped when the client goes away; set by the relay. */
   exchange: UpstreamExchange | null = null;
   /** Sees the upstream response as it streams (the cache fill). */

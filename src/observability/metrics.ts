@@ -1,4 +1,5 @@
 import { Registry, collectDefaultMetrics } from 'prom-client';
+import type { RequestContext } from '../context';
 import { CounterFamily, GaugeFamily, HistogramFamily, type CounterCell, type HistogramCell } from './fast-metrics';
 
 /** Seconds; from half a millisecond (a cache hit) to 30 s (a slow upstream). */
@@ -53,7 +54,9 @@ export class RouteMetrics {
     this.bytesOut = metrics.responseBytes.child(route);
   }
 
-  record(method: string, status: number, totalMs: number, upstreamMs: number, socket: CountedSocket): void {
+  record(ctx: RequestContext, method: string, status: number, totalMs: number): void {
+    const upstreamMs = ctx.upstreamMs;
+    const socket: CountedSocket = ctx.socket;
     const slot = status >= 0 && status < 1000 ? CODE_SLOT[status] : 5;
     let bySlot = this.counters.get(method);
     if (bySlot === undefined) {
@@ -70,8 +73,10 @@ export class RouteMetrics {
     // a listener per chunk. A pipelined request read ahead is counted with the response before it.
     const read = socket.bytesRead;
     const written = socket.bytesWritten;
-    this.bytesIn.inc(read - (socket[READ_SEEN] ?? 0));
-    this.bytesOut.inc(written - (socket[WRITTEN_SEEN] ?? 0));
+    ctx.bytesIn = read - (socket[READ_SEEN] ?? 0);
+    ctx.bytesOut = written - (socket[WRITTEN_SEEN] ?? 0);
+    this.bytesIn.inc(ctx.bytesIn);
+    this.bytesOut.inc(ctx.bytesOut);
     socket[READ_SEEN] = read;
     socket[WRITTEN_SEEN] = written;
     this.total.observe(totalMs / 1000);

@@ -51,6 +51,8 @@ export class TargetState {
   checkPasses = 0;
   checkFailures = 0;
   lastCheck: { at: number; ok: boolean; detail: string } | null = null;
+  /** Taken out of the rotation by hand (admin API) until put back; health and breaker cannot undo it. */
+  manual: 'drained' | 'ejected' | null = null;
 
   constructor(
     readonly upstream: string,
@@ -75,7 +77,7 @@ export class TargetState {
       ticket.probe = false;
       return true;
     }
-    if (!this.healthy || this.breaker === null || !this.breaker.tryProbe(now)) return false;
+    if (this.manual !== null || !this.healthy || this.breaker === null || !this.breaker.tryProbe(now)) return false;
     ticket.probe = true;
     return true;
   }
@@ -114,6 +116,12 @@ export class TargetState {
     }
   }
 
+  /** Takes the target out of the rotation by hand, or (null) lets health and breaker decide again. */
+  setManual(manual: 'drained' | 'ejected' | null): void {
+    this.manual = manual;
+    this.update();
+  }
+
   /** Milliseconds until this target may take traffic again, as far as can be told now. */
   msUntilAvailable(now: number, healthIntervalMs: number): number {
     if (!this.healthy) return healthIntervalMs;
@@ -125,6 +133,6 @@ export class TargetState {
   }
 
   private update(): void {
-    this.routable = this.healthy && (this.breaker === null || this.breaker.state === CLOSED);
+    this.routable = this.manual === null && this.healthy && (this.breaker === null || this.breaker.state === CLOSED);
   }
 }
