@@ -28,7 +28,7 @@ for (let s = 0; s < 1000; s++) {
 /** What a socket has read and written, as last accounted to a request (symbols: no clash with Node's fields). */
 const READ_SEEN = Symbol('gateway.bytesReadSeen');
 const WRITTEN_SEEN = Symbol('gateway.bytesWrittenSeen');
-type CountedSocket = { bytesRead: number; bytesWritten: number; [READ_SEEN]?: number; [WRITTEN_SEEN]?: number };
+type CountedSocket = { bytesRead: number; bytesWritten: number | undefined; [READ_SEEN]?: number; [WRITTEN_SEEN]?: number };
 
 /**
  * Per-route metric cells, resolved once so that recording a request costs no label hashing.
@@ -72,7 +72,8 @@ export class RouteMetrics {
     // Wire bytes (head and body) since the socket's previous request: exact per connection without
     // a listener per chunk. A pipelined request read ahead is counted with the response before it.
     const read = socket.bytesRead;
-    const written = socket.bytesWritten;
+    // undefined on a socket whose write state is gone: nothing more is counted for it.
+    const written = socket.bytesWritten ?? socket[WRITTEN_SEEN] ?? 0;
     ctx.bytesIn = read - (socket[READ_SEEN] ?? 0);
     ctx.bytesOut = written - (socket[WRITTEN_SEEN] ?? 0);
     this.bytesIn.inc(ctx.bytesIn);
