@@ -7,13 +7,14 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRepl
 import { registerCacheRoutes } from './admin/cache';
 import { registerKeyRoutes } from './admin/keys';
 import { buildAdminServer, type ReadinessCheck } from './admin/server';
-import { upstreamStatus } from './admin/upstreams';
+import { setTargetState, upstreamStatus } from './admin/upstreams';
 import { RequestChain } from './chain';
 import { ConfigError, formatProblem, loadConfigFile } from './config/load';
 import type { GatewayConfig } from './config/schema';
 import { configWarnings } from './config/warnings';
 import { GatewayError, sendProblem, type ErrorCode } from './errors';
 import { AccessLog } from './observability/access-log';
+import { GatewayInfo } from './observability/gateway-info';
 import { GatewayMetrics } from './observability/metrics';
 import { UpstreamMetrics } from './observability/upstream-metrics';
 import { TargetDiscovery } from './proxy/discovery';
@@ -99,6 +100,7 @@ export class Gateway {
   private readonly watchedTlsFiles = new Set<string>();
   readonly admin: FastifyInstance | null;
   readonly metrics: GatewayMetrics;
+  readonly info: GatewayInfo;
   readonly log: FastifyBaseLogger;
   private runtime: Runtime;
   private upstreams: UpstreamRegistry;
@@ -124,6 +126,8 @@ export class Gateway {
   private closing = false;
   private readonly connections: ConnectionDrain;
   private closed: Promise<void> | null = null;
+  /** The log level the process started with; PUT /admin/log-level changes it until the next reload. */
+  private readonly startLogLevel: string;
 
   constructor(config: Readonly<GatewayConfig>, opts: GatewayOptions = {}) {
     this.configFile = opts.configFile ?? null;
@@ -133,6 +137,7 @@ export class Gateway {
     // logs for the request (access line; RequestContext.log binds the request id on first use).
     this.log = opts.logger ?? (pino({ level: config.log.level }) as unknown as FastifyBaseLogger);
     this.certificates = config.listen.tls ? new ListenerCertificates(config.listen.tls) : null;
+    this.startLogLevel = this.log.level;
     this.server = Fastify({
       logger: false,
       requestIdHeader: false,
@@ -179,6 +184,7 @@ export class Gateway {
       },
     });
     this.metrics = new GatewayMetrics({ processMetrics: opts.processMetrics ?? true });
+    this.info = new GatewayInfo(this.metrics, config, () => Promise.resolve(this.connections.open));
     this.upstreamEvents = new UpstreamMetrics(this.metrics.registry, this.log, () => this.upstreams.all());
     this.upstreams = new UpstreamRegistry(config.upstreams, this.upstreamEvents);
     this.discovery = new TargetDiscovery(this.upstreams, this.upstreamEvents, this.log);
@@ -189,7 +195,7 @@ export class Gateway {
     this.pendingInit.push(this.healthChecks);
     this.runtime = new Runtime(config, this.upstreams, this.metrics, this.plugins(this.pluginContext(config, this.runtimeResources)));
     this.warn(config);
-    this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log) : null;
+    this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log, config.log) : null;
     const chain = new RequestChain({
       runtime: () => this.runtime,
       unrouted: this.metrics.forRoute('_unrouted'),
@@ -228,6 +234,10 @@ export class Gateway {
           config: () => this.config,
           upstreams: () => upstreamStatus(this.upstreams),
           reload: (actor) => this.reloadFromSource(actor),
+          info: () => this.info.describe(),
+          logLevel: () => this.log.level,
+          setLogLevel: (level) => (this.log.level = level),
+          targetAction: (upstream, target, action) => setTargetState(this.upstreams, upstream, target, action),
         })
       : null;
     if (this.admin) registerKeyRoutes(this.admin, { config: () => this.config, store: () => keyStoreFor(this.pluginContext(this.config)) });
@@ -301,6 +311,7 @@ export class Gateway {
       next = loadConfigFile(this.configFile);
     } catch (err) {
       const errors = err instanceof ConfigError ? err.problems.map(formatProblem) : [(err as Error).message];
+      this.info.reloaded('rejected');
       this.log.warn({ audit: true, actor, action: 'reload', result: 'rejected', errors }, 'reload rejected; the old configuration keeps serving');
       return Promise.reject(err);
     }
@@ -359,6 +370,7 @@ export class Gateway {
       // Whatever the failed runtime opened goes with it; gateway-lifetime resources stay registered.
       this.pendingInit = this.pendingInit.filter((r) => !owned.includes(r));
       await Promise.all([...upstreams.changes.created.map((name) => upstreams.get(name).close()), ...owned.map((r) => closeQuietly(r, this.log))]);
+      this.info.reloaded('failed');
       this.log.error({ audit: true, actor, action: 'reload', result: 'failed', err }, 'reload failed; the old configuration keeps serving');
       throw err;
     }
@@ -367,6 +379,13 @@ export class Gateway {
     this.runtime = runtime;
     this.upstreams = upstreams;
     certificates?.commit();
+    this.info.loaded(next);
+    this.info.reloaded('applied');
+    // A level set through the admin API lasts until the next reload.
+    if (this.log.level !== this.startLogLevel) {
+      this.log.level = this.startLogLevel;
+      if (this.admin) this.admin.log.level = this.startLogLevel;
+    }
     const replaced = this.runtimeResources;
     this.runtimeResources = owned;
     for (const r of replaced) void closeQuietly(r, this.log);

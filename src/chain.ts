@@ -179,7 +179,7 @@ export class RequestChain {
     // either way the upstream exchange cannot finish properly.
     if (ctx.exchange !== null && (!res.writableFinished || !ctx.req.complete)) ctx.exchange.abandon();
     const method = ctx.req.method ?? 'GET';
-    (ctx.route ? ctx.route.metrics : this.deps.unrouted).record(method, status, totalMs, ctx.upstreamMs);
+    (ctx.route ? ctx.route.metrics : this.deps.unrouted).record(ctx, method, status, totalMs);
     this.deps.accessLog?.write(ctx, method, status, totalMs, res.headersSent && !res.writableFinished);
   }
 }

@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import type { CompiledRoute } from './routes';
@@ -45,6 +46,14 @@ export class RequestContext {
   upstreamMs = -1;
   /** Code of the gateway error that answered this request, for the access log. */
   errorCode: string | null = null;
+  /** W3C trace id of the request's trace when tracing is on (printed in the access line when set). */
+  traceId = '';
+  /** For the access line: what the cache did (hit, miss, stale, revalidated, bypass) and the rate-limit decision. */
+  cacheResult: string | null = null;
+  rateLimitResult: string | null = null;
+  /** Wire bytes of this request and its response, known once the response closed (see RouteMetrics.record). */
+  bytesIn = 0;
+  bytesOut = 0;
   /** Stopped when the client goes away; set by the relay. */
   exchange: UpstreamExchange | null = null;
   /** Sees the upstream response as it streams (the cache fill). */
@@ -56,6 +65,9 @@ export class RequestContext {
   /** Extra headers for the client response, as name/value pairs, added by chain steps. */
   responseHeaders: string[] | null = null;
 
+  /** The client connection, kept: `req.socket` is null once the connection closed. */
+  readonly socket: Socket;
+
   private requestLog: FastifyBaseLogger | null = null;
 
   constructor(
@@ -65,7 +77,9 @@ export class RequestContext {
     /** The gateway's logger; `log` binds the request id to it on first use. */
     readonly baseLog: FastifyBaseLogger,
     readonly startedAt: number,
-  ) {}
+  ) {
+    this.socket = req.socket;
+  }
 
   /**
    * The request's logger (lines carry its reqId). Made on first use: most requests log nothing but

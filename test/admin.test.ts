@@ -1,9 +1,10 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
+import { configHash } from '../src/observability/gateway-info';
 import { startCli } from './helpers/cli';
 import { startGateway, withTestDefaults, type TestConfig } from './helpers/gateway';
 import { call } from './helpers/http';
@@ -191,4 +192,137 @@ t.test('SIGHUP reloads the CLI gateway', async (t) => {
   t.equal((await call(`http://127.0.0.1:${port}`, '/after/x')).status, 200);
   t.equal((await call(`http://127.0.0.1:${port}`, '/before/x')).status, 404);
   t.match(cli.output(), /"actor":"SIGHUP"/);
+});
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+t.test('GET /admin: version, uptime, configuration hash; /admin/routes shows each route\'s policies', async (t) => {
+  const gw = await startGateway({
+    admin: { token: TOKEN },
+    auth: { jwt: { algorithms: ['HS256'], secret: 'a-test-secret-of-at-least-thirty-two-bytes' } },
+    upstreams: { up: { targets: ['http://127.0.0.1:1'] } },
+    routes: [
+      { name: 'guarded', match: { prefix: '/g' }, upstream: 'up', auth: { methods: ['jwt'] }, rateLimit: { limits: [{ rate: 5, per: '1s' }] }, cache: { defaultTtl: 30 } },
+      { name: 'bare', match: { prefix: '/b' }, upstream: 'up' },
+    ],
+  });
+  t.teardown(() => gw.close());
+  const res = await call(gw.adminUrl, '/admin', { headers: auth() });
+  t.equal(res.status, 200);
+  const body = res.json<{ version: string; node: string; uptimeSeconds: number; startedAt: string; config: { hash: string }; logLevel: string }>();
+  t.equal(body.version, (JSON.parse(readFileSync(join(__dirname, '..', 'package.json'), 'utf8')) as { version: string }).version);
+  t.equal(body.node, process.version);
+  t.type(body.uptimeSeconds, 'number');
+  t.equal(body.config.hash, configHash(gw.gateway.config));
+  t.equal(body.logLevel, 'info');
+  t.equal((await call(gw.adminUrl, '/admin')).status, 401, 'GET /admin needs the token too');
+
+  const routes = (await call(gw.adminUrl, '/admin/routes', { headers: auth() })).json<{ name: string; policies: Record<string, any> }[]>();
+  const guarded = routes.find((r) => r.name === 'guarded')!;
+  t.same(guarded.policies.auth.methods, ['jwt']);
+  t.match(guarded.policies.rateLimit.limits[0], { rate: 5, per: '1s' }, 'the rate limits');
+  t.equal(guarded.policies.cache.defaultTtl, 30);
+  t.notOk('auth' in routes.find((r) => r.name === 'bare')!.policies, 'a route without auth shows none');
+});
+
+t.test('the log level changes at runtime and reverts on reload', async (t) => {
+  const { file, write } = configFile();
+  const cfg: TestConfig = { admin: { token: TOKEN }, upstreams: { dead: { targets: ['http://127.0.0.1:1'] } }, routes: [{ name: 'r', match: { prefix: '/r' }, upstream: 'dead' }] };
+  write(cfg);
+  const gw = await startGateway(cfg, {}, { configFile: file });
+  t.teardown(() => gw.close());
+  const failures = () => {
+    gw.gateway.flushLogs();
+    return gw.logs.filter((l) => l.msg === 'upstream request failed').length;
+  };
+  const put = (body: string) => call(gw.adminUrl, '/admin/log-level', { method: 'PUT', headers: { ...auth(), 'content-type': 'application/json' }, body });
+  t.equal((await call(gw.url, '/r/1')).status, 502);
+  t.equal(failures(), 1, 'a warning at level info');
+
+  const bad = await put('{"level":"loud"}');
+  t.equal(bad.status, 400);
+  t.match(bad.json().detail, /level must be one of fatal, error, warn, info, debug, trace, silent/);
+  t.equal((await put('{"level":"error"}')).status, 200);
+  t.equal((await call(gw.adminUrl, '/admin', { headers: auth() })).json().logLevel, 'error');
+  t.equal((await call(gw.url, '/r/2')).status, 502);
+  t.equal(failures(), 1, 'no warning at level error');
+  t.ok(
+    gw.logs.some((l) => l.action === 'log-level' && l.to === 'error' && l.actor === 'admin'),
+    'the change is audited',
+  );
+
+  t.equal((await call(gw.adminUrl, '/admin/reload', { method: 'POST', headers: auth() })).status, 200);
+  t.equal((await call(gw.adminUrl, '/admin', { headers: auth() })).json().logLevel, 'info', 'back to the configured level');
+  t.equal((await call(gw.url, '/r/3')).status, 502);
+  t.equal(failures(), 2, 'warnings again after the reload');
+});
+
+t.test('a target can be drained or ejected by hand and put back', async (t) => {
+  const a = await startUpstream(async (_req, res) => void res.end('a'));
+  const b = await startUpstream(async (_req, res) => void res.end('b'));
+  const gw = await startGateway({
+    admin: { token: TOKEN },
+    upstreams: { up: { targets: [a.url, b.url] } },
+    routes: [{ name: 'r', match: { prefix: '/r' }, upstream: 'up' }],
+  });
+  t.teardown(async () => {
+    await gw.close();
+    await Promise.all([a.close(), b.close()]);
+  });
+  const bodies = async (n: number) => {
+    const out = new Set<string>();
+    for (let i = 0; i < n; i++) {
+      const res = await call(gw.url, `/r/${i}`);
+      out.add(`${res.status} ${res.body.startsWith('{') ? res.json().code : res.body}`);
+    }
+    return [...out].sort();
+  };
+  const act = (target: string, action: string) => call(gw.adminUrl, `/admin/upstreams/up/targets/${target}/${action}`, { method: 'POST', headers: auth() });
+  const state = async () =>
+    (await call(gw.adminUrl, '/admin/upstreams', { headers: auth() })).json<{ upstreams: { targets: { url: string; manual: string | null; routable: boolean }[] }[] }>().upstreams[0].targets.map((x) => x.manual);
+
+  t.same(await bodies(4), ['200 a', '200 b']);
+  const drained = await act('0', 'drain');
+  t.equal(drained.status, 200);
+  t.match(drained.json(), { upstream: 'up', target: a.url, manual: 'drained', routable: false });
+  t.same(await bodies(4), ['200 b'], 'a drained target gets no new requests');
+  t.same(await state(), ['drained', null]);
+
+  t.equal((await act(encodeURIComponent(b.url), 'eject')).status, 200, 'a target named by its URL');
+  t.same(await state(), ['drained', 'ejected']);
+  t.same(await bodies(2), ['503 UPSTREAM_UNAVAILABLE'], 'no target left');
+
+  t.equal((await act('0', 'restore')).status, 200);
+  t.equal((await act('1', 'restore')).status, 200);
+  t.same(await state(), [null, null]);
+  t.same(await bodies(4), ['200 a', '200 b'], 'both back in the rotation');
+
+  t.equal((await act('7', 'drain')).status, 404, 'no such target');
+  t.equal((await call(gw.adminUrl, '/admin/upstreams/nope/targets/0/drain', { method: 'POST', headers: auth() })).status, 404, 'no such upstream');
+  t.equal((await act('0', 'explode')).status, 404, 'no such action');
+});
+
+t.test('wrong methods on admin endpoints get 405 with Allow; admin request ids are UUIDs', async (t) => {
+  const gw = await startGateway({ admin: { token: TOKEN }, routes: [] });
+  t.teardown(() => gw.close());
+  for (const [method, path, allow] of [
+    ['DELETE', '/admin/routes', 'GET, HEAD'],
+    ['GET', '/admin/reload', 'POST'],
+    ['POST', '/admin/log-level', 'PUT'],
+    ['GET', '/admin/upstreams/up/targets/0/drain', 'POST'],
+    ['PUT', '/admin', 'GET, HEAD'],
+  ]) {
+    const res = await call(gw.adminUrl, path, { method, headers: auth() });
+    t.equal(res.status, 405, `${method} ${path}`);
+    t.equal(res.headers.allow, allow);
+    t.equal(res.json().code, 'METHOD_NOT_ALLOWED');
+  }
+  t.equal((await call(gw.adminUrl, '/admin/nothing-here', { headers: auth() })).status, 404, 'unknown paths stay 404');
+  const res = await call(gw.adminUrl, '/admin/nothing-here', { headers: auth() });
+  t.match(res.headers['x-request-id'], UUID);
+  t.equal(res.json().requestId, res.headers['x-request-id']);
+  const given = await call(gw.adminUrl, '/admin', { headers: { ...auth(), 'x-request-id': 'ops-42' } });
+  t.equal(given.headers['x-request-id'], 'ops-42', "a sane caller's id is kept");
+  const odd = await call(gw.adminUrl, '/admin', { headers: { ...auth(), 'x-request-id': 'no spaces allowed' } });
+  t.match(odd.headers['x-request-id'], UUID);
 });

@@ -40,11 +40,11 @@ t.test('admin listener: liveness, readiness, metrics by route name', async (t) =
   await call(gw.url, '/api/users/2');
   await call(gw.url, '/nope/123');
   const metrics = (await call(gw.adminUrl, '/metrics')).body;
-  t.match(metrics, /gateway_requests_total\{route="users",method="GET",status_class="2xx"\} 2/);
+  t.match(metrics, /gateway_requests_total\{route="users",method="GET",code="200",status_class="2xx"\} 2/);
   t.match(metrics, /gateway_request_duration_seconds_count\{route="users"\} 2/);
   t.match(metrics, /gateway_upstream_duration_seconds_count\{route="users"\} 2/);
   t.match(metrics, /gateway_added_duration_seconds_count\{route="users"\} 2/);
-  t.match(metrics, /route="_unrouted",method="GET",status_class="4xx"\} 1/);
+  t.match(metrics, /route="_unrouted",method="GET",code="404",status_class="4xx"\} 1/);
   t.notMatch(metrics, /\/api\/users\/1|\/nope/, 'raw paths never become labels');
   t.equal((await call(gw.url, '/healthz')).status, 404, 'probes live on the admin listener only');
 });

@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import { createServer, type AddressInfo } from 'node:net';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -43,7 +44,7 @@ const PENDING: Record<string, string> = {
 };
 
 /** PromQL words that are not metric names. */
-const PROMQL_WORDS = new Set(['sum', 'max', 'min', 'avg', 'count', 'rate', 'irate', 'increase', 'histogram_quantile', 'clamp_min']);
+const PROMQL_WORDS = new Set(['sum', 'max', 'min', 'avg', 'count', 'rate', 'irate', 'increase', 'histogram_quantile', 'clamp_min', 'or', 'vector']);
 
 /** Metric names of an expression; throws on anything the parser does not account for, so none slips by. */
 function metricNames(expr: string): { name: string; matchers: string }[] {
@@ -52,7 +53,10 @@ function metricNames(expr: string): { name: string; matchers: string }[] {
     out.push({ name, matchers });
     return ' ';
   });
-  rest = rest.replace(/\b(by|without)\s*\([^)]*\)/g, ' ').replace(/\[[^\]]*\]/g, ' ');
+  rest = rest
+    .replace(/\b(by|without)\s*\([^)]*\)/g, ' ')
+    .replace(/\[[^\]]*\]/g, ' ')
+    .replace(/\b\d+(\.\d+)?(e[-+]?\d+)?\b/g, ' ');
   for (const word of rest.match(/[a-zA-Z_:][a-zA-Z0-9_:]*/g) ?? []) {
     if (!PROMQL_WORDS.has(word)) throw new Error(`unexpected "${word}" in ${expr} (a metric without a selector, or a function to add to PROMQL_WORDS)`);
   }
@@ -84,7 +88,11 @@ t.test('the dashboard: variables, panels, and every query filtered by them', asy
   for (const topic of ['requests per second', 'error ratio', 'latency percentiles', 'gateway-added', 'rate-limit', 'cache hit ratio', 'breaker', 'health', 'redis', 'pool', 'queued', 'event-loop lag']) {
     t.ok(titles.includes(topic), `a panel about ${topic}`);
   }
+  const added = ['status code', 'bytes per second', 'open client connections', 'cache stores', 'jwks', 'retries', 'rejections', 'breaker transitions', 'health-check results', 'configuration reloads', 'configuration hash', 'version'];
+  for (const topic of added) t.ok(titles.includes(topic), `a panel about ${topic}`);
   for (const { panel, expr } of exprs) {
+    // A panel shows 0 when nothing happened (no series yet, or no traffic for a ratio), not "No data".
+    t.ok(expr.endsWith(' or vector(0)'), `${panel}: ${expr} falls back to 0`);
     for (const { name, matchers } of metricNames(expr)) {
       t.match(matchers, 'namespace=~"$namespace"', `${panel}: ${name} filtered by namespace`);
       t.match(matchers, 'instance=~"$instance"', `${panel}: ${name} filtered by instance`);
@@ -98,6 +106,7 @@ t.test('the metric extraction cannot be fooled', async (t) => {
     ['a_bucket', 'b_total'],
   );
   t.throws(() => metricNames('sum(rate(bare_metric[5m]))'), /unexpected "bare_metric"/);
+  t.same(metricNames('(sum(a_total{x="1"}) or vector(0)) / clamp_min(sum(b_total{}), 1e-9) or vector(0)').map((m) => m.name), ['a_total', 'b_total']);
 });
 
 t.test('every metric the dashboard queries is exported by a running gateway, and promtool accepts the exposition', async (t) => {
@@ -111,14 +120,35 @@ t.test('every metric the dashboard queries is exported by a running gateway, and
     }
   }
 
+  // A port nothing listens on: connections to it are refused.
+  const closed = createServer();
+  await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+  const deadUrl = `http://127.0.0.1:${(closed.address() as AddressInfo).port}`;
+  await new Promise((r) => closed.close(r));
   const config: Record<string, any> = {
-    upstreams: { up: { targets: [up.url] } },
-    routes: [{ name: 'users', match: { prefix: '/api/users' }, upstream: 'up' }],
+    upstreams: {
+      up: { targets: [up.url] },
+      // The refused target fails once and its breaker opens (a transition), then the upstream has no
+      // target left (a rejection); its health probes fail meanwhile.
+      dead: { targets: [deadUrl], breaker: { consecutiveFailures: 1 } },
+      // Round robin over a refused target and a live one: one of two requests is retried. The refused
+      // target fails its probes without leaving the rotation before the requests are through.
+      half: { targets: [deadUrl, up.url], breaker: { enabled: false }, healthCheck: { enabled: true, intervalMs: 50, unhealthyThreshold: 100 } },
+    },
+    routes: [
+      { name: 'users', match: { prefix: '/api/users' }, upstream: 'up' },
+      { name: 'dead', match: { prefix: '/api/dead' }, upstream: 'dead' },
+      { name: 'half', match: { prefix: '/api/half' }, upstream: 'half' },
+    ],
   };
   /** Requests that make each feature's series exist: [path, expected status]. */
   const drive: [string, number][] = [
     ['/api/users/1', 200],
     ['/nowhere', 404],
+    ['/api/dead/1', 502],
+    ['/api/dead/2', 503],
+    ['/api/half/1', 200],
+    ['/api/half/2', 200],
   ];
   let redis: TestRedis | null = null;
   // Each feature below is driven once its code is in this tree (the name of its metric in src/).

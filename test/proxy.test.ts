@@ -188,7 +188,7 @@ t.test('upstream failures: refused → 502, slow headers → 504 in time, deadli
   // The deadline hits after headers were sent: the client must see a broken response, not a short one.
   await t.rejects(call(gw.url, '/dribble'), /aborted|incomplete|socket hang up|ECONNRESET/);
   const metrics = await (await fetch(`${gw.adminUrl}/metrics`)).text();
-  t.match(metrics, /gateway_requests_total\{route="dead",method="GET",status_class="5xx"\} 1/);
+  t.match(metrics, /gateway_requests_total\{route="dead",method="GET",code="502",status_class="5xx"\} 1/);
   t.notMatch(metrics, /status_class="5xx"\} .*\n.*INTERNAL/);
 });
 

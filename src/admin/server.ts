@@ -1,11 +1,18 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type pino from 'pino';
 import { Gauge, type Registry } from 'prom-client';
 import { ConfigError } from '../config/problem';
 import type { GatewayConfig } from '../config/schema';
 import { ERRORS, problemBody, PROBLEM_CONTENT_TYPE, type ErrorCode } from '../errors';
 import type { ReloadResult } from '../lifecycle/reload';
+import { RequestIds } from '../request-ids';
 import { AdminGuard } from './guard';
 import { redact } from './redact';
+import type { TargetAction } from './upstreams';
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+/** Methods the admin API answers to; a path known for some of them gets 405 with Allow for the others. */
+const ADMIN_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH'] as const;
 
 /**
  * A check's state: up, down, or 'warming' (connected but not yet answering within its budget: the
@@ -41,6 +48,13 @@ export interface AdminDeps {
   /** Upstreams with the live state of every target (health, breaker, in-flight, queued, pool). */
   upstreams(): unknown;
   reload(actor: string): Promise<ReloadResult>;
+  /** Version, uptime, configuration hash (GET /admin). */
+  info(): Record<string, unknown>;
+  logLevel(): string;
+  /** Changes the log level until the next reload or restart. */
+  setLogLevel(level: string): void;
+  /** Drains, ejects or restores a target; null when the upstream or target does not exist. */
+  targetAction(upstream: string, target: string, action: TargetAction): unknown;
 }
 
 declare module 'fastify' {
@@ -64,9 +78,13 @@ export function problem(reply: FastifyReply, request: FastifyRequest, code: Erro
  * token; without any token configured the admin API is off and only the probes and metrics answer.
  */
 export function buildAdminServer(deps: AdminDeps): FastifyInstance {
+  const ids = new RequestIds();
   const admin = Fastify({
     loggerInstance: deps.logger.child({ listener: 'admin' }),
     logController: new LogController({ disableRequestLogging: true }),
+    // Request ids like the public listener's: the caller's when sane, a UUID otherwise.
+    requestIdHeader: false,
+    genReqId: (req) => ids.for(req.headers['x-request-id']),
   });
   const cfg = deps.config();
   const guard = new AdminGuard([...(cfg.admin.token ? [{ id: 'admin', token: cfg.admin.token }] : []), ...cfg.admin.tokens]);
@@ -101,6 +119,7 @@ export function buildAdminServer(deps: AdminDeps): FastifyInstance {
   };
 
   admin.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.id);
     const path = request.url;
     const isApi = path.startsWith('/admin/') || path === '/admin';
     if (!isApi && !(metricsNeedToken && path.startsWith('/metrics'))) return;
@@ -128,11 +147,44 @@ export function buildAdminServer(deps: AdminDeps): FastifyInstance {
     return deps.registry.metrics();
   });
 
+  admin.get('/admin', async () => ({ ...deps.info(), logLevel: deps.logLevel(), draining: deps.isDraining() }));
+
   admin.get('/admin/config', async () => redact(deps.config()));
 
+  // Each route with the policies it applies (auth, rate limits, cache, ...: every field a plugin adds), secrets redacted.
   admin.get('/admin/routes', async () =>
-    deps.config().routes.map((r) => ({ name: r.name, match: r.match, upstream: r.upstream, rewrite: r.rewrite, preserveHost: r.preserveHost })),
+    deps.config().routes.map((r) => {
+      const { name, match, upstream, rewrite, preserveHost, ...policies } = r;
+      return { name, match, upstream, rewrite, preserveHost, policies: redact(policies) };
+    }),
   );
+
+  admin.put('/admin/log-level', async (request, reply) => {
+    const level = (request.body as { level?: unknown } | undefined)?.level;
+    if (typeof level !== 'string' || !LOG_LEVELS.includes(level)) {
+      return problem(reply, request, 'BAD_REQUEST', `body.level must be one of ${LOG_LEVELS.join(', ')}`);
+    }
+    const from = deps.logLevel();
+    const audit = () => deps.logger.warn({ audit: true, actor: request.adminActor, action: 'log-level', from, to: level }, 'log level changed until the next reload');
+    // The audit line is written at whichever of the two levels lets it through.
+    const before = (deps.logger as unknown as pino.Logger).isLevelEnabled('warn');
+    if (before) audit();
+    deps.setLogLevel(level);
+    admin.log.level = level;
+    if (!before) audit();
+    return { level, revertsOn: 'reload' };
+  });
+
+  admin.post('/admin/upstreams/:upstream/targets/:target/:action', async (request, reply) => {
+    const { upstream, target, action } = request.params as { upstream: string; target: string; action: string };
+    if (action !== 'drain' && action !== 'eject' && action !== 'restore') {
+      return problem(reply, request, 'ROUTE_NOT_FOUND', 'the action is drain, eject or restore');
+    }
+    const result = deps.targetAction(upstream, target, action);
+    if (result === null) return problem(reply, request, 'ROUTE_NOT_FOUND', `no target ${target} in upstream ${upstream} (a target URL or index)`);
+    deps.logger.warn({ audit: true, actor: request.adminActor, action: `target-${action}`, upstream, target }, 'upstream target changed by hand');
+    return result;
+  });
 
   admin.get('/admin/upstreams', async (_req, reply) => {
     reply.header('cache-control', 'no-store');
@@ -172,6 +224,14 @@ export function buildAdminServer(deps: AdminDeps): FastifyInstance {
     request.log.error({ err }, 'admin request failed');
     return problem(reply, request, 'INTERNAL');
   });
-  admin.setNotFoundHandler((request, reply) => problem(reply, request, 'ROUTE_NOT_FOUND'));
+  admin.setNotFoundHandler((request, reply) => {
+    const url = request.url.split('?')[0];
+    const allow = ADMIN_METHODS.filter((method) => admin.findRoute({ method, url }) !== null);
+    if (allow.length > 0) {
+      reply.header('allow', allow.join(', '));
+      return problem(reply, request, 'METHOD_NOT_ALLOWED', `${request.method} is not allowed here`);
+    }
+    return problem(reply, request, 'ROUTE_NOT_FOUND');
+  });
   return admin;
 }

@@ -22,6 +22,7 @@ export function upstreamStatus(registry: UpstreamRegistry) {
             weight: t.weight,
             source: t.source,
             routable: s.routable,
+            manual: s.manual === 'drained' && s.inFlight > 0 ? 'draining' : s.manual,
             healthy: s.healthy,
             breaker: s.breakerState,
             breakerOpenForMs: b ? Math.round(b.msUntilProbe(now)) : 0,
@@ -42,4 +43,20 @@ export function upstreamStatus(registry: UpstreamRegistry) {
       };
     }),
   };
+}
+
+export type TargetAction = 'drain' | 'eject' | 'restore';
+const MANUAL = { drain: 'drained', eject: 'ejected', restore: null } as const;
+
+/**
+ * Takes a target out of the rotation by hand or puts it back. `target` is the target's URL or its
+ * index in the upstream's list. Returns null when there is no such upstream or target.
+ */
+export function setTargetState(registry: UpstreamRegistry, upstream: string, target: string, action: TargetAction) {
+  const up = [...registry.all()].find((u) => u.name === upstream);
+  if (!up) return null;
+  const t = /^\d+$/.test(target) ? up.targets[Number(target)] : up.targets.find((x) => x.url === target || x.url === `${target}/`);
+  if (!t) return null;
+  t.state.setManual(MANUAL[action]);
+  return { upstream: up.name, target: t.url, manual: t.state.manual, routable: t.state.routable, inFlight: t.state.inFlight };
 }

@@ -132,6 +132,35 @@ export const AdminSchema = Obj(
   { description: 'The admin listener: probes, metrics and the admin API.', default: {} },
 );
 
+const HEADER_NAME = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+const HEADER_NAME_WORDS = "a header name such as X-Tenant (letters, digits and !#$%&'*+.^_`|~-)";
+
+/** What an access line can hold besides its time and level (see observability/access-log.ts). */
+export const ACCESS_FIELDS = [
+  'reqId',
+  'traceId',
+  'method',
+  'host',
+  'path',
+  'query',
+  'status',
+  'route',
+  'target',
+  'consumer',
+  'client',
+  'userAgent',
+  'bytesIn',
+  'bytesOut',
+  'ms',
+  'upstreamMs',
+  'cache',
+  'rateLimit',
+  'error',
+] as const;
+export type AccessField = (typeof ACCESS_FIELDS)[number];
+/** All but the query string and the user agent, which are opt-in. */
+const DEFAULT_ACCESS_FIELDS = ACCESS_FIELDS.filter((f) => f !== 'query' && f !== 'userAgent');
+
 export const LogSchema = Obj(
   {
     level: Type.Union(
@@ -141,6 +170,28 @@ export const LogSchema = Obj(
     access: Type.Boolean({
       description: 'Write one access line per request (request id, route, method, status, total and upstream ms).',
       default: true,
+    }),
+    accessFormat: Type.Union([Type.Literal('json'), Type.Literal('logfmt')], {
+      description: 'Shape of the access line: json (one JSON object, like the other log lines) or logfmt (key=value pairs).',
+      default: 'json',
+    }),
+    accessFields: Type.Array(Type.Union(ACCESS_FIELDS.map((f) => Type.Literal(f))), {
+      description:
+        'Fields of the access line, in this order after time and level (a field without a value, such as consumer on an anonymous request, is left out). query is written with the values of redactQuery parameters replaced.',
+      default: [...DEFAULT_ACCESS_FIELDS],
+      uniqueItems: true,
+    }),
+    accessHeaders: Type.Array(Type.String({ description: 'A request header name.', pattern: HEADER_NAME, expected: HEADER_NAME_WORDS }), {
+      description: 'Request headers written to the access line (as header.<name>); those in redactHeaders are written as [redacted].',
+      default: [],
+    }),
+    redactQuery: Type.Array(Type.String({ description: 'A query parameter name (compared without regard to case).', minLength: 1 }), {
+      description: 'Query parameters whose values never reach the access line.',
+      default: ['access_token', 'token', 'id_token', 'refresh_token', 'api_key', 'apikey', 'key', 'password', 'secret', 'signature', 'sig', 'code'],
+    }),
+    redactHeaders: Type.Array(Type.String({ description: 'A header name (compared without regard to case).', pattern: HEADER_NAME, expected: HEADER_NAME_WORDS }), {
+      description: 'Request headers whose values never reach the access line, even when listed in accessHeaders.',
+      default: ['authorization', 'proxy-authorization', 'cookie', 'x-api-key'],
     }),
   },
   { description: 'Logging.', default: {} },

@@ -1,4 +1,5 @@
 import { Registry, collectDefaultMetrics } from 'prom-client';
+import type { RequestContext } from '../context';
 import { CounterFamily, GaugeFamily, HistogramFamily, type CounterCell, type HistogramCell } from './fast-metrics';
 
 /** Seconds; from half a millisecond (a cache hit) to 30 s (a slow upstream). */
@@ -7,15 +8,40 @@ export const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 const STATUS_CLASS = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx'];
 
 /**
+ * Status codes counted under their own `code` label; any other code is counted under its class
+ * ("4xx"), so the label has at most these plus six values whatever the upstreams answer.
+ */
+export const COUNTED_CODES: readonly number[] = [
+  101, 200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 406, 408, 409, 410, 412, 413, 414, 415, 416, 422,
+  429, 431, 499, 500, 501, 502, 503, 504, 505,
+];
+
+/** `code` and `status_class` label values by slot; CODE_SLOT maps a status (0-999) to its slot. */
+const SLOT_CODE: string[] = [...STATUS_CLASS, ...COUNTED_CODES.map(String)];
+const SLOT_CLASS: string[] = [...STATUS_CLASS, ...COUNTED_CODES.map((c) => STATUS_CLASS[(c / 100) | 0])];
+const CODE_SLOT = new Uint8Array(1000);
+for (let s = 0; s < 1000; s++) {
+  const i = COUNTED_CODES.indexOf(s);
+  CODE_SLOT[s] = i >= 0 ? STATUS_CLASS.length + i : Math.min((s / 100) | 0, 5);
+}
+
+/** What a socket has read and written, as last accounted to a request (symbols: no clash with Node's fields). */
+const READ_SEEN = Symbol('gateway.bytesReadSeen');
+const WRITTEN_SEEN = Symbol('gateway.bytesWrittenSeen');
+type CountedSocket = { bytesRead: number; bytesWritten: number | undefined; [READ_SEEN]?: number; [WRITTEN_SEEN]?: number };
+
+/**
  * Per-route metric cells, resolved once so that recording a request costs no label hashing.
- * Request counters are cached per method and status class as they appear.
+ * Request counters are cached per method and status slot as they appear.
  */
 export class RouteMetrics {
-  /** Request counters by method, then by status class index: no key string per request. */
+  /** Request counters by method, then by status slot: no key string per request. */
   private readonly counters = new Map<string, (CounterCell | undefined)[]>();
   readonly total: HistogramCell;
   readonly upstream: HistogramCell;
   readonly added: HistogramCell;
+  readonly bytesIn: CounterCell;
+  readonly bytesOut: CounterCell;
 
   constructor(
     private readonly metrics: GatewayMetrics,
@@ -24,22 +50,36 @@ export class RouteMetrics {
     this.total = metrics.requestDuration.child(route);
     this.upstream = metrics.upstreamDuration.child(route);
     this.added = metrics.gatewayDuration.child(route);
+    this.bytesIn = metrics.requestBytes.child(route);
+    this.bytesOut = metrics.responseBytes.child(route);
   }
 
-  record(method: string, status: number, totalMs: number, upstreamMs: number): void {
-    let cls = (status / 100) | 0;
-    if (!(cls >= 0 && cls < STATUS_CLASS.length)) cls = 5;
-    let byClass = this.counters.get(method);
-    if (byClass === undefined) {
-      byClass = [];
-      this.counters.set(method, byClass);
+  record(ctx: RequestContext, method: string, status: number, totalMs: number): void {
+    const upstreamMs = ctx.upstreamMs;
+    const socket: CountedSocket = ctx.socket;
+    const slot = status >= 0 && status < 1000 ? CODE_SLOT[status] : 5;
+    let bySlot = this.counters.get(method);
+    if (bySlot === undefined) {
+      bySlot = new Array<CounterCell | undefined>(SLOT_CODE.length).fill(undefined);
+      this.counters.set(method, bySlot);
     }
-    let c = byClass[cls];
+    let c = bySlot[slot];
     if (c === undefined) {
-      c = this.metrics.requests.child(this.route, method, STATUS_CLASS[cls]);
-      byClass[cls] = c;
+      c = this.metrics.requests.child(this.route, method, SLOT_CODE[slot], SLOT_CLASS[slot]);
+      bySlot[slot] = c;
     }
     c.inc();
+    // Wire bytes (head and body) since the socket's previous request: exact per connection without
+    // a listener per chunk. A pipelined request read ahead is counted with the response before it.
+    const read = socket.bytesRead;
+    // undefined on a socket whose write state is gone: nothing more is counted for it.
+    const written = socket.bytesWritten ?? socket[WRITTEN_SEEN] ?? 0;
+    ctx.bytesIn = read - (socket[READ_SEEN] ?? 0);
+    ctx.bytesOut = written - (socket[WRITTEN_SEEN] ?? 0);
+    this.bytesIn.inc(ctx.bytesIn);
+    this.bytesOut.inc(ctx.bytesOut);
+    socket[READ_SEEN] = read;
+    socket[WRITTEN_SEEN] = written;
     this.total.observe(totalMs / 1000);
     if (upstreamMs >= 0) {
       this.upstream.observe(upstreamMs / 1000);
@@ -61,9 +101,17 @@ export class GatewayMetrics {
   readonly requestDuration: HistogramFamily;
   readonly upstreamDuration: HistogramFamily;
   readonly gatewayDuration: HistogramFamily;
+  readonly requestBytes: CounterFamily;
+  readonly responseBytes: CounterFamily;
 
   constructor(opts: { processMetrics: boolean }) {
-    this.requests = this.counter('gateway_requests_total', 'Requests answered, by route, method and status class.', ['route', 'method', 'status_class']);
+    this.requests = this.counter(
+      'gateway_requests_total',
+      'Requests answered, by route, method, status code (codes outside a fixed list folded into their class, as "4xx") and status class.',
+      ['route', 'method', 'code', 'status_class'],
+    );
+    this.requestBytes = this.counter('gateway_request_bytes_total', 'Bytes received from clients (request heads and bodies, as read from the socket), by route.', ['route']);
+    this.responseBytes = this.counter('gateway_response_bytes_total', 'Bytes sent to clients (response heads and bodies, as written to the socket), by route.', ['route']);
     this.requestDuration = this.histogram(
       'gateway_request_duration_seconds',
       'Total time from request arrival to the end of the response, by route.',

@@ -18,11 +18,14 @@ export interface Balancer {
   reset(targets: readonly Target[]): void;
 }
 
-/** Admits `t`; in panic mode a target that would not admit the request gets it anyway, as no probe. */
+/**
+ * Admits `t`; in panic mode a target that would not admit the request gets it anyway, as no probe,
+ * unless an operator took it out by hand (admin API): that holds even in panic.
+ */
 function take(t: Target, now: number, req: PickRequest, all: boolean): boolean {
   if (t.state.admit(now, req)) return true;
   req.probe = false;
-  return all;
+  return all && t.state.manual === null;
 }
 
 /** The weight of `t` now: during slow start a share growing linearly from a tenth to the full weight. */
@@ -56,11 +59,7 @@ export class RoundRobin implements Balancer {
       const t = targets[this.cursor];
       this.cursor = this.cursor + 1 === n ? 0 : this.cursor + 1;
       if (t === avoid) continue;
-      if (t.state.admit(now, req)) return t;
-      if (all) {
-        req.probe = false;
-        return t;
-      }
+      if (take(t, now, req, all)) return t;
     }
     return avoid !== null && take(avoid, now, req, all) ? avoid : null;
   }

@@ -67,6 +67,8 @@ export class TargetState {
    * start-up.
    */
   routableSince = Number.NEGATIVE_INFINITY;
+  /** Taken out of the rotation by hand (admin API) until put back; health and breaker cannot undo it. */
+  manual: 'drained' | 'ejected' | null = null;
 
   constructor(
     readonly upstream: string,
@@ -91,7 +93,7 @@ export class TargetState {
       ticket.probe = false;
       return true;
     }
-    if (!this.healthy || this.breaker === null || !this.breaker.tryProbe(now)) return false;
+    if (this.manual !== null || !this.healthy || this.breaker === null || !this.breaker.tryProbe(now)) return false;
     ticket.probe = true;
     return true;
   }
@@ -101,7 +103,7 @@ export class TargetState {
    * through. Unlike admit() it takes no probe slot.
    */
   usable(now: number): boolean {
-    return this.routable || (this.healthy && this.breaker !== null && this.breaker.canProbe(now));
+    return this.routable || (this.manual === null && this.healthy && this.breaker !== null && this.breaker.canProbe(now));
   }
 
   /**
@@ -148,6 +150,12 @@ export class TargetState {
     }
   }
 
+  /** Takes the target out of the rotation by hand, or (null) lets health and breaker decide again. */
+  setManual(manual: 'drained' | 'ejected' | null): void {
+    this.manual = manual;
+    this.update();
+  }
+
   /** Milliseconds until this target may take traffic again, as far as can be told now. */
   msUntilAvailable(now: number, healthIntervalMs: number): number {
     if (!this.healthy) return healthIntervalMs;
@@ -160,7 +168,7 @@ export class TargetState {
 
   private update(): void {
     const was = this.routable;
-    this.routable = this.healthy && (this.breaker === null || this.breaker.state === CLOSED);
+    this.routable = this.manual === null && this.healthy && (this.breaker === null || this.breaker.state === CLOSED);
     if (this.routable && !was) this.routableSince = performance.now();
   }
 }

@@ -601,7 +601,7 @@ export class WebSockets {
     const route = ctx.route as CompiledRoute | undefined;
     const ms = performance.now() - ctx.startedAt;
     this.upgrades.child(route?.name ?? '_unrouted', u.result).inc();
-    if (route !== undefined) route.metrics.record('GET', status, ms, ctx.upstreamMs);
+    if (route !== undefined) route.metrics.record(ctx, 'GET', status, ms);
     this.deps.accessLog?.write(ctx, 'GET', status, ms, false);
   }
 }

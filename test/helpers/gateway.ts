@@ -38,7 +38,8 @@ export async function startGateway(config: TestConfig, env: NodeJS.ProcessEnv = 
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
-      for (const line of chunk.toString('utf8').split('\n')) if (line) logs.push(JSON.parse(line) as Record<string, unknown>);
+      // A line that is not JSON (a logfmt access line) is kept whole as `text`.
+      for (const line of chunk.toString('utf8').split('\n')) if (line) logs.push(line.startsWith('{') ? (JSON.parse(line) as Record<string, unknown>) : { text: line });
       cb();
     },
   });

@@ -14,14 +14,20 @@ import { AuthStep, type CredentialSources } from './step';
 
 /** Auth metrics live as long as the gateway: plugins are rebuilt on reload, metric families are not. */
 function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetches: CounterFamily } {
-  return ctx.shared('auth:metrics', () => ({
-    decisions: ctx.metrics.counter(
-      'gateway_auth_requests_total',
-      'Authentication decisions, by route and result (ok, anonymous, unauthenticated, forbidden, unavailable).',
-      ['route', 'result'],
-    ),
-    jwksFetches: ctx.metrics.counter('gateway_auth_jwks_fetches_total', 'Fetches of the JWKS key set, by result (ok, error).', ['result']),
-  }));
+  return ctx.shared('auth:metrics', () => {
+    const jwksFetches = ctx.metrics.counter('gateway_auth_jwks_fetches_total', 'Fetches of the JWKS key set, by result (ok, error).', ['result']);
+    // Both series from the start: a dashboard shows 0 fetch errors rather than nothing.
+    jwksFetches.child('ok');
+    jwksFetches.child('error');
+    return {
+      decisions: ctx.metrics.counter(
+        'gateway_auth_requests_total',
+        'Authentication decisions, by route and result (ok, anonymous, unauthenticated, forbidden, unavailable).',
+        ['route', 'result'],
+      ),
+      jwksFetches,
+    };
+  });
 }
 
 /**

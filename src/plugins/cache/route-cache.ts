@@ -436,6 +436,7 @@ export class RouteCache {
     const extra = ctx.responseHeaders;
     if (extra !== null) for (let i = 0; i < extra.length; i += 2) if (extra[i] !== 'X-Cache') h.push(extra[i], extra[i + 1]);
     this.cells.results[result].inc();
+    ctx.cacheResult = result;
     ctx.res.writeHead(status, h);
     ctx.res.end(ctx.req.method === 'HEAD' || bodiless ? undefined : body);
     return false;
@@ -443,11 +444,13 @@ export class RouteCache {
 
   private count(ctx: RequestContext, result: 'miss', now = true): void {
     if (now) this.cells.results[result].inc();
+    ctx.cacheResult = result;
     ctx.addResponseHeader('X-Cache', 'MISS');
   }
 
   private bypass(ctx: RequestContext, reason: BypassReason): void {
     this.cells.bypass[reason].inc();
+    ctx.cacheResult = 'bypass';
     ctx.addResponseHeader('X-Cache', 'BYPASS');
   }
 

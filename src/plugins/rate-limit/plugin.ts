@@ -108,9 +108,11 @@ export class RateLimitStep implements Step {
     if (r === null) {
       if (!this.failClosed) {
         this.decisions.failed_open.inc();
+        ctx.rateLimitResult = 'failed_open';
         return cr === null ? true : this.cache!.answer(ctx, cr, null, this);
       }
       this.decisions.failed_closed.inc();
+      ctx.rateLimitResult = 'failed_closed';
       ctx.errorCode = 'STORE_UNAVAILABLE';
       sendProblem(ctx.res, ctx.id, 'STORE_UNAVAILABLE', {
         detail: 'The rate-limit store did not answer in time',
@@ -123,6 +125,7 @@ export class RateLimitStep implements Step {
     const limits = set.limits;
     if (r.admitted) {
       this.decisions.allowed.inc();
+      ctx.rateLimitResult = 'allowed';
       if (this.headers) {
         const m = mostConstrained(b, limits.length);
         const at = m * BUCKET_FIELDS;
@@ -135,6 +138,7 @@ export class RateLimitStep implements Step {
       return cr === null ? true : this.cache!.answer(ctx, cr, r.cache, this);
     }
     this.decisions.limited.inc();
+    ctx.rateLimitResult = 'limited';
     // The request needs a token in every bucket: it may come back when the slowest one has one.
     let m = 0;
     for (let i = 1; i < limits.length; i++) if (b[i * BUCKET_FIELDS + F_RETRY_MS] > b[m * BUCKET_FIELDS + F_RETRY_MS]) m = i;
