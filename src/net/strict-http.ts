@@ -25,6 +25,23 @@ const HOST = 1;
 const AUTHORIZATION = 2;
 const API_KEY = 3;
 
+/**
+ * Bytes a Host value may hold (RFC 9112 §3.2: uri-host [ ":" port ], RFC 3986 reg-name, IP literal):
+ * unreserved, pct-encoded, sub-delims, ":" and the brackets of an IPv6 literal. A "/", "?", "#", "@",
+ * a space or a backslash make it another URI part: Node passes such a Host on, and the cache key, the
+ * invalidation of Location / Content-Location and X-Forwarded-Host would carry it.
+ */
+const HOST_BYTE = new Uint8Array(128);
+for (const c of "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]") HOST_BYTE[c.charCodeAt(0)] = 1;
+
+function validHost(value: string): boolean {
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (c > 127 || HOST_BYTE[c] === 0) return false;
+  }
+  return true;
+}
+
 /** Slot of a header name's shape (its length and first letter, in any case), as in proxy/headers.ts. */
 function shape(name: string): number {
   const n = name.length;
@@ -32,7 +49,7 @@ function shape(name: string): number {
 }
 
 /**
- * Headers a request may carry once: Host (RFC 9112 §3.2) and the credentials, Authorization and the
+ * Headers a request may carry once: Host (RFC 9112 §3.2, whose value must also be a valid host) and the credentials, Authorization and the
  * API-key header in any of its spellings. Node keeps the first Host and Authorization and drops the
  * others without a word, and keeps X-API-Key and X_API_Key as two headers; a route that forwards
  * credentials would forward every copy, and an upstream reading another copy than the one verified
@@ -62,7 +79,7 @@ export class SingleHeaders {
     this.shapes[shape(name)] = 1;
   }
 
-  /** The refusal of a request whose raw headers repeat one of them, or null. */
+  /** The refusal of a request whose raw headers repeat one of them, or whose Host is invalid, or null. */
   check(raw: readonly string[]): GatewayError | null {
     let hosts = 0;
     let authorizations = 0;
@@ -71,7 +88,10 @@ export class SingleHeaders {
       const name = raw[i];
       if (this.shapes[shape(name)] === 0) continue;
       const kind = this.kinds.get(name) ?? this.kinds.get(name.toLowerCase());
-      if (kind === HOST) hosts++;
+      if (kind === HOST) {
+        hosts++;
+        if (!validHost(raw[i + 1])) return new GatewayError('BAD_HOST', { detail: 'The Host header must be a host name or address with an optional port (RFC 9112 §3.2)' });
+      }
       else if (kind === AUTHORIZATION) authorizations++;
       else if (kind === API_KEY) apiKeys++;
     }
