@@ -7,7 +7,7 @@ import type { AccessLog } from './observability/access-log';
 import type { RouteMetrics } from './observability/metrics';
 import { relay } from './proxy/relay';
 import type { CompiledRoute } from './routes';
-import { speaksHttp1, versionError } from './net/strict-http';
+import { speaksHttp1, takeAbsoluteForm, versionError } from './net/strict-http';
 import { hasPathParameters, normalizePath } from './routing/normalize';
 import { hostName, type RouteMatch, type Router } from './routing/router';
 import type { Runtime } from './runtime';
@@ -122,7 +122,8 @@ export class RequestChain {
       res.shouldKeepAlive = false;
       return this.reject(ctx, versionError(req));
     }
-    const url = req.url ?? '/';
+    let url = req.url ?? '/';
+    if (url.charCodeAt(0) !== 47 /* / */) url = takeAbsoluteForm(req) ?? url;
     const q = url.indexOf('?');
     const rawPath = q < 0 ? url : url.slice(0, q);
     const path = normalizePath(rawPath);

@@ -21,6 +21,36 @@ export function versionError(req: IncomingMessage): GatewayError {
   return new GatewayError('HTTP_VERSION_NOT_SUPPORTED', { detail: `HTTP/${req.httpVersion} is not spoken on this connection; use HTTP/1.1` });
 }
 
+/** An absolute-form target (RFC 9112 §3.2.2): scheme, authority without userinfo, then the path and query if any. */
+const ABSOLUTE_FORM = /^https?:\/\/([^/?#@]+)([/?][^#]*)?$/i;
+
+/**
+ * Turns an absolute-form request target into origin-form, in place, or returns null when it is not
+ * one. A server must accept the absolute-form, and must then ignore the Host header and use the
+ * target's authority (RFC 9112 §3.2.2): so the authority replaces every Host (the raw copies too,
+ * which the relay and the duplicate count read) and the path and query become the URL, and routing,
+ * the cache key and X-Forwarded-Host all see the same host.
+ */
+export function takeAbsoluteForm(req: IncomingMessage): string | null {
+  const m = ABSOLUTE_FORM.exec(req.url ?? '');
+  if (m === null) return null;
+  const authority = m[1];
+  const rest = m[2] ?? '/';
+  const target = rest.charCodeAt(0) === 63 /* ? */ ? '/' + rest : rest;
+  const raw = req.rawHeaders;
+  let found = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i].length === 4 && raw[i].toLowerCase() === 'host') {
+      raw[i + 1] = authority;
+      found = true;
+    }
+  }
+  if (!found) raw.push('Host', authority);
+  req.headers.host = authority;
+  req.url = target;
+  return target;
+}
+
 const HOST = 1;
 const AUTHORIZATION = 2;
 const API_KEY = 3;
