@@ -168,6 +168,15 @@ t.test('an absolute-form target is accepted and its authority replaces Host (RFC
   await refusedRaw(t, 'GET http://a.example/open/x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n', 400, 'DUPLICATE_HEADER', 'two Host headers still');
 });
 
+t.test('an HTTP/1.0 request without Host is served, and no empty X-Forwarded-Host goes upstream', async (t) => {
+  const res = await exchange(gw.port, 'GET /open/nohost HTTP/1.0\r\n\r\n');
+  t.equal(statusOf(res), 200);
+  const seen = up.seen.at(-1)!;
+  t.equal(seen.url, '/open/nohost');
+  t.same(headerValues(seen.rawHeaders, 'x-forwarded-host'), [], 'no X-Forwarded-Host at all');
+  t.same(headerValues(seen.rawHeaders, 'x-forwarded-proto'), ['http'], 'the other forwarded headers still go');
+});
+
 t.test('credentials appear once, on every route, before authentication', async (t) => {
   const alice = await mint({ sub: 'alice', exp: now() + 600 }, bytes(SECRET));
   const mallory = await mint({ sub: 'mallory', exp: now() + 600 }, bytes(SECRET));
