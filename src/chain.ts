@@ -138,7 +138,7 @@ export class RequestChain {
     if (m.kind === 'method-not-allowed' && method === 'OPTIONS') m = matchPreflight(runtime.router, req, path, host) ?? m;
     // A refusal names the route the path matched, in metrics and logs, also when the method did not.
     if (m.kind !== 'not-found') ctx.route = m.route;
-    const repeated = runtime.singleHeaders.check(req.rawHeaders);
+    const repeated = runtime.singleHeaders.check(req.rawHeaders, req.httpVersionMinor === 1);
     if (repeated !== null) {
       // Proxies in front may have read the request differently: nothing more on this connection.
       res.shouldKeepAlive = false;

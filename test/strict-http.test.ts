@@ -143,6 +143,7 @@ t.test('a Host value that is not a host is refused (RFC 9112 §3.2)', async (t) 
   await refusedRaw(t, 'GET /open/h HTTP/1.1\r\nHost: a.example?x\r\n\r\n', 400, 'BAD_HOST', 'a query in Host');
   await refusedRaw(t, 'GET /open/h HTTP/1.1\r\nHost: a .example\r\n\r\n', 400, 'BAD_HOST', 'a space in Host');
   await refusedRaw(t, 'GET /nowhere HTTP/1.1\r\nHost: a\\b\r\n\r\n', 400, 'BAD_HOST', 'a backslash in Host, where no route matches');
+  await refusedRaw(t, 'GET /open/h HTTP/1.1\r\n\r\n', 400, 'BAD_HOST', 'no Host in HTTP/1.1, in problem+json');
   for (const host of ['a.example:8080', '127.0.0.1', '[::1]:80', '']) {
     const ok = await exchange(gw.port, `GET /open/h HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
     t.equal(statusOf(ok), 200, `Host "${host}" passes`);

@@ -109,8 +109,11 @@ export class SingleHeaders {
     this.shapes[shape(name)] = 1;
   }
 
-  /** The refusal of a request whose raw headers repeat one of them, or whose Host is invalid, or null. */
-  check(raw: readonly string[]): GatewayError | null {
+  /**
+   * The refusal of a request whose raw headers repeat one of them, or whose Host is invalid, or
+   * missing when `needsHost` (an HTTP/1.1 request, RFC 9112 §3.2), or null.
+   */
+  check(raw: readonly string[], needsHost: boolean): GatewayError | null {
     let hosts = 0;
     let authorizations = 0;
     let apiKeys = 0;
@@ -126,6 +129,7 @@ export class SingleHeaders {
       else if (kind === API_KEY) apiKeys++;
     }
     if (hosts > 1) return new GatewayError('DUPLICATE_HEADER', { detail: 'The request has several Host headers' });
+    if (hosts === 0 && needsHost) return new GatewayError('BAD_HOST', { detail: 'An HTTP/1.1 request must carry a Host header (RFC 9112 §3.2)' });
     if (authorizations > 1) return new GatewayError('DUPLICATE_HEADER', { detail: 'The request has several Authorization headers' });
     if (apiKeys > 1) {
       return new GatewayError('DUPLICATE_HEADER', { detail: `The request has several ${this.apiKeyHeader} headers (any case, "_" for "-")` });
