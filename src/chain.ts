@@ -7,7 +7,7 @@ import type { AccessLog } from './observability/access-log';
 import type { RouteMetrics } from './observability/metrics';
 import { relay } from './proxy/relay';
 import type { CompiledRoute } from './routes';
-import { speaksHttp1, versionError } from './net/strict-http';
+import { speaksHttp1, takeAbsoluteForm, versionError } from './net/strict-http';
 import { hasPathParameters, normalizePath } from './routing/normalize';
 import { hostName, type RouteMatch, type Router } from './routing/router';
 import type { Runtime } from './runtime';
@@ -122,7 +122,8 @@ export class RequestChain {
       res.shouldKeepAlive = false;
       return this.reject(ctx, versionError(req));
     }
-    const url = req.url ?? '/';
+    let url = req.url ?? '/';
+    if (url.charCodeAt(0) !== 47 /* / */) url = takeAbsoluteForm(req) ?? url;
     const q = url.indexOf('?');
     const rawPath = q < 0 ? url : url.slice(0, q);
     const path = normalizePath(rawPath);
@@ -137,7 +138,7 @@ export class RequestChain {
     if (m.kind === 'method-not-allowed' && method === 'OPTIONS') m = matchPreflight(runtime.router, req, path, host) ?? m;
     // A refusal names the route the path matched, in metrics and logs, also when the method did not.
     if (m.kind !== 'not-found') ctx.route = m.route;
-    const repeated = runtime.singleHeaders.check(req.rawHeaders);
+    const repeated = runtime.singleHeaders.check(req.rawHeaders, req.httpVersionMinor === 1);
     if (repeated !== null) {
       // Proxies in front may have read the request differently: nothing more on this connection.
       res.shouldKeepAlive = false;

@@ -9,6 +9,7 @@ export const ERRORS = {
   BAD_PATH: { status: 400, title: 'The request path is not valid' },
   BAD_REQUEST_LINE: { status: 400, title: 'The request line is not HTTP/1.0 or HTTP/1.1' },
   DUPLICATE_HEADER: { status: 400, title: 'A header that must appear once appears several times' },
+  BAD_HOST: { status: 400, title: 'The Host header is not a valid host' },
   WEBSOCKET_NOT_ALLOWED: { status: 400, title: 'WebSocket upgrades are not allowed on this route' },
   UNAUTHENTICATED: { status: 401, title: 'Authentication required' },
   FORBIDDEN: { status: 403, title: 'Forbidden' },

@@ -137,6 +137,47 @@ t.test('two Host headers are refused (RFC 9112 §3.2)', async (t) => {
   t.equal(statusOf(ok), 200, 'one Host passes');
 });
 
+t.test('a Host value that is not a host is refused (RFC 9112 §3.2)', async (t) => {
+  await refusedRaw(t, 'GET /open/h HTTP/1.1\r\nHost: a.example/b\r\n\r\n', 400, 'BAD_HOST', 'a path in Host');
+  await refusedRaw(t, 'GET /open/h HTTP/1.1\r\nHost: user@a.example\r\n\r\n', 400, 'BAD_HOST', 'userinfo in Host');
+  await refusedRaw(t, 'GET /open/h HTTP/1.1\r\nHost: a.example?x\r\n\r\n', 400, 'BAD_HOST', 'a query in Host');
+  await refusedRaw(t, 'GET /open/h HTTP/1.1\r\nHost: a .example\r\n\r\n', 400, 'BAD_HOST', 'a space in Host');
+  await refusedRaw(t, 'GET /nowhere HTTP/1.1\r\nHost: a\\b\r\n\r\n', 400, 'BAD_HOST', 'a backslash in Host, where no route matches');
+  await refusedRaw(t, 'GET /open/h HTTP/1.1\r\n\r\n', 400, 'BAD_HOST', 'no Host in HTTP/1.1, in problem+json');
+  for (const host of ['a.example:8080', '127.0.0.1', '[::1]:80', '']) {
+    const ok = await exchange(gw.port, `GET /open/h HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
+    t.equal(statusOf(ok), 200, `Host "${host}" passes`);
+  }
+});
+
+t.test('an absolute-form target is accepted and its authority replaces Host (RFC 9112 §3.2.2)', async (t) => {
+  const res = await exchange(gw.port, 'GET http://a.example/open/af?q=1 HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n');
+  t.equal(statusOf(res), 200, 'absolute-form with another Host: 200');
+  const seen = up.seen.at(-1)!;
+  t.equal(seen.url, '/open/af?q=1', 'forwarded in origin-form');
+  t.same(headerValues(seen.rawHeaders, 'x-forwarded-host'), ['a.example'], "the target's authority, not the Host header");
+  const routed = await exchange(gw.port, 'GET HTTP://CATCHALL.example/zz HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n');
+  t.equal(statusOf(routed), 200, "host routing reads the target's authority");
+  t.equal(up.seen.at(-1)!.url, '/zz');
+  const bare = await exchange(gw.port, 'GET http://a.example?x=1 HTTP/1.0\r\n\r\n');
+  t.equal(statusOf(bare), 404, 'an empty path is the root (no route here), also without any Host');
+  const before = up.seen.length;
+  const userinfo = await exchange(gw.port, 'GET http://u@a.example/open/x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n');
+  t.equal(statusOf(userinfo), 400, 'userinfo in the target: 400');
+  t.equal(problemOf(userinfo).code, 'BAD_PATH');
+  t.equal(up.seen.length, before, 'userinfo in the target: never forwarded');
+  await refusedRaw(t, 'GET http://a.example/open/x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n', 400, 'DUPLICATE_HEADER', 'two Host headers still');
+});
+
+t.test('an HTTP/1.0 request without Host is served, and no empty X-Forwarded-Host goes upstream', async (t) => {
+  const res = await exchange(gw.port, 'GET /open/nohost HTTP/1.0\r\n\r\n');
+  t.equal(statusOf(res), 200);
+  const seen = up.seen.at(-1)!;
+  t.equal(seen.url, '/open/nohost');
+  t.same(headerValues(seen.rawHeaders, 'x-forwarded-host'), [], 'no X-Forwarded-Host at all');
+  t.same(headerValues(seen.rawHeaders, 'x-forwarded-proto'), ['http'], 'the other forwarded headers still go');
+});
+
 t.test('credentials appear once, on every route, before authentication', async (t) => {
   const alice = await mint({ sub: 'alice', exp: now() + 600 }, bytes(SECRET));
   const mallory = await mint({ sub: 'mallory', exp: now() + 600 }, bytes(SECRET));

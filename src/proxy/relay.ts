@@ -352,11 +352,13 @@ export function relay(ctx: RequestContext): void {
     trusted && facts.xForwardedFor ? `${facts.xForwardedFor}, ${peer}` : peer,
     'x-forwarded-proto',
     (trusted && facts.xForwardedProto) || proto,
-    'x-forwarded-host',
-    (trusted && facts.xForwardedHost) || facts.host || '',
     'x-request-id',
     ctx.id,
   );
+  // An HTTP/1.0 request may come without a Host (or with an empty one): then there is no host to
+  // pass on, and an empty X-Forwarded-Host would make upstreams build URLs for a host named "".
+  const forwardedHost = (trusted && facts.xForwardedHost) || facts.host;
+  if (forwardedHost) headers.push('x-forwarded-host', forwardedHost);
   if (trusted && facts.forwarded) headers.push('forwarded', facts.forwarded);
   if (ctx.upstreamHeaders !== null) for (const h of ctx.upstreamHeaders) headers.push(h);
 

@@ -56,6 +56,9 @@ export function serverLimitOptions(
       headersTimeout: limits.headersTimeoutMs,
       requestTimeout: limits.requestTimeoutMs,
       connectionsCheckingInterval: checkingInterval(limits),
+      // The chain refuses an HTTP/1.1 request without Host itself (strict-http.ts), in problem+json:
+      // Node's own check answers a bare 400 with an empty chunked body.
+      requireHostHeader: false,
     },
     requestTimeout: limits.requestTimeoutMs,
     clientErrorHandler(err, socket) {
