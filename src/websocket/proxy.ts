@@ -7,7 +7,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import { runSteps } from '../chain';
 import { RequestContext } from '../context';
 import { GatewayError, sendProblem, type ErrorCode } from '../errors';
-import { speaksHttp1, versionError } from '../net/strict-http';
+import { speaksHttp1, takeAbsoluteForm, versionError } from '../net/strict-http';
 import type { AccessLog } from '../observability/access-log';
 import type { CounterCell, CounterFamily, GaugeCell, GaugeFamily } from '../observability/fast-metrics';
 import type { GatewayMetrics } from '../observability/metrics';
@@ -330,7 +330,8 @@ export class WebSockets {
     res.on('finish', () => this.record(u, res.statusCode));
     if (this.closing) return this.refuse(u, new GatewayError('SHUTTING_DOWN'));
     if (!speaksHttp1(req)) return this.refuse(u, versionError(req));
-    const url = req.url ?? '/';
+    let url = req.url ?? '/';
+    if (url.charCodeAt(0) !== 47 /* / */) url = takeAbsoluteForm(req) ?? url;
     const q = url.indexOf('?');
     const path = normalizePath(q < 0 ? url : url.slice(0, q));
     if (path === null) return this.refuse(u, new GatewayError('BAD_PATH'));
@@ -340,7 +341,7 @@ export class WebSockets {
     const runtime = this.deps.runtime();
     const m = runtime.router.match(path, runtime.router.usesHosts ? hostName(req.headers.host) : '', 'GET');
     if (m.kind !== 'not-found') ctx.route = m.route;
-    const repeated = runtime.singleHeaders.check(req.rawHeaders);
+    const repeated = runtime.singleHeaders.check(req.rawHeaders, req.httpVersionMinor === 1);
     if (repeated !== null) return this.refuse(u, repeated);
     if (m.kind === 'not-found') return this.refuse(u, new GatewayError('ROUTE_NOT_FOUND'));
     if (m.kind === 'method-not-allowed') return this.refuse(u, new GatewayError('METHOD_NOT_ALLOWED', { headers: { allow: m.allow } }));
