@@ -4,6 +4,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { CompiledRoute } from './routes';
 import type { Target } from './proxy/upstreams';
 import type { ResponseObserver } from './proxy/relay';
+import type { RequestTrace } from './observability/tracing';
 
 /** The verified caller, set by the auth step. */
 export interface Identity {
@@ -54,6 +55,10 @@ export class RequestContext {
   upstreamHeaders: string[] | null = null;
   /** Extra headers for the client response, as name/value pairs, added by chain steps. */
   responseHeaders: string[] | null = null;
+  /** The request's spans while tracing is on (set by the tracing step), else null. */
+  trace: RequestTrace | null = null;
+  /** The request's trace id while tracing is on (sampled or not), for the access line; else ''. */
+  traceId = '';
 
   private requestLog: FastifyBaseLogger | null = null;
 

@@ -87,6 +87,7 @@ export class AccessLog {
     if (ctx.upstreamMs >= 0) line += `,"upstreamMs":${this.duration(ctx.upstreamMs)}`;
     if (ctx.clientIp) line += `,"client":"${ctx.clientIp}"`;
     if (ctx.errorCode !== null) line += `,"error":"${ctx.errorCode}"`;
+    if (ctx.traceId !== '') line += `,"traceId":"${ctx.traceId}"`;
     if (truncated) line += ',"truncated":true';
     line += ',"msg":"request completed"}\n';
     this.lines.push(line);

@@ -211,7 +211,7 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
   }
 
   onError(err: Error): void {
-    this.attemptEnded();
+    this.attemptEnded(err);
     if (this.done) return;
     if (this.next !== null) return this.scheduleRetry();
     this.fail(err);
