@@ -4,6 +4,7 @@ import { performance } from 'node:perf_hooks';
 import t from 'tap';
 import { ConfigError, parseConfig } from '../src/config/load';
 import { restartOnlyChanges } from '../src/lifecycle/reload';
+import { startCacheUpstream } from './helpers/cache';
 import { startFlakyUpstream } from './helpers/flaky-upstream';
 import { startGateway, withTestDefaults, type TestConfig, type TestGateway } from './helpers/gateway';
 import { call } from './helpers/http';
@@ -193,6 +194,54 @@ t.test('a refused connection is an attempt span with its error', async (t) => {
   t.equal(server.attributes['http.response.status_code'], 502);
   t.equal(server.status.code, STATUS_CODE.ERROR);
   t.equal(server.attributes['error.type'], server.attributes['gateway.error.code']);
+});
+
+t.test('the consumer, the rate-limit decision and the cache result are on the server span', async (t) => {
+  const otlp = await startOtlpReceiver();
+  const up = await startCacheUpstream();
+  const gw = await startGateway(
+    {
+      upstreams: { up: { targets: [up.url] } },
+      routes: [{ name: 'c', match: { prefix: '/c' }, upstream: 'up', cache: {}, rateLimit: { limits: [{ rate: 2, per: '1h', by: 'consumer' }] } }],
+      tracing: { enabled: true, endpoint: otlp.url, export: FAST_EXPORT },
+    } as TestConfig,
+    {},
+    {
+      plugins: () => [
+        {
+          name: 'who',
+          stepFor: () => ({
+            name: 'who',
+            run: (ctx) => {
+              ctx.identity = { consumerId: 'alice', roles: [], scopes: [], method: 'apiKey' };
+              return true;
+            },
+          }),
+        },
+      ],
+    },
+  );
+  t.teardown(async () => {
+    await gw.close();
+    await up.close();
+    await otlp.close();
+  });
+  t.equal((await call(gw.url, '/c/x?cc=max-age=60')).headers['x-cache'], 'MISS');
+  t.equal((await call(gw.url, '/c/x?cc=max-age=60')).headers['x-cache'], 'HIT');
+  t.equal((await call(gw.url, '/c/x?cc=max-age=60')).status, 429);
+  await otlp.waitForSpans(4);
+  const servers = byKind(otlp.spans, SPAN_KIND.SERVER).sort((x, y) => Number(x.startNs - y.startNs));
+  t.same(
+    servers.map((s) => [s.attributes['enduser.id'], s.attributes['gateway.rate_limit.decision'], s.attributes['gateway.cache.result'], s.attributes['http.response.status_code']]),
+    [
+      ['alice', 'allowed', 'MISS', 200],
+      ['alice', 'allowed', 'HIT', 200],
+      ['alice', 'limited', undefined, 429],
+    ],
+  );
+  t.equal(servers[2].attributes['gateway.error.code'], 'RATE_LIMITED');
+  t.equal(servers[2].status.code, STATUS_CODE.UNSET, "a 429 is the client's, not an error of the gateway");
+  t.equal(byKind(otlp.spans, SPAN_KIND.CLIENT).length, 1, 'only the miss went upstream');
 });
 
 t.test('sampling: ratio 0 exports nothing but still propagates; a route may override the ratio; a sampled caller is followed', async (t) => {
