@@ -1,4 +1,3 @@
-import { Tracing } from '../../observability/tracing';
 import type { PluginDescriptor } from '../types';
 import { tracingFields } from './fields';
 
@@ -14,6 +13,9 @@ export const tracingPlugin: PluginDescriptor<typeof tracingFields.top, typeof tr
     const cfg = ctx.config.tracing;
     if (!cfg.enabled) return {};
     const tracing = ctx.shared('tracing', () => {
+      // The SDK and the exporter (protobuf included) are loaded only when tracing is on: they add
+      // about 100 ms of CPU to a start-up that would not use them.
+      const { Tracing } = require('../../observability/tracing') as typeof import('../../observability/tracing');
       const t = new Tracing(cfg, ctx.metrics);
       ctx.addResource(t);
       return t;
