@@ -29,7 +29,6 @@ import {
 import type { Step } from '../chain';
 import type { GatewayConfig } from '../config/schema';
 import type { RequestContext } from '../context';
-import type { Resource } from '../plugins/types';
 import { upstreamErrorCode } from '../proxy/upstream-errors';
 import type { Target } from '../proxy/upstreams';
 import type { CompiledRoute } from '../routes';
@@ -107,7 +106,7 @@ const HEADER_SETTER: TextMapSetter<string[]> = {
  * globally), a batching OTLP/HTTP exporter with a bounded queue, and the W3C propagator used by
  * hand. Closing it flushes what is queued.
  */
-export class Tracing implements Resource {
+export class Tracing {
   readonly name = 'tracing';
   readonly tracer: Tracer;
   readonly propagator = new W3CTraceContextPropagator();
