@@ -16,7 +16,7 @@ function listenerLimits(cfg: Readonly<GatewayConfig>): string {
   return JSON.stringify([maxHeaderBytes, headersTimeoutMs, requestTimeoutMs, firstByteTimeoutMs]);
 }
 
-/** The tracer provider and its exporter are built once; enabled and the sample ratios reload. */
+/** The tracer provider and its exporter are built when tracing is first on; enabled and the sample ratios reload. */
 function tracingExport(cfg: Readonly<GatewayConfig>): string {
   const { enabled: _enabled, sampleRatio: _ratio, ...built } = cfg.tracing;
   return JSON.stringify(built);
@@ -25,7 +25,7 @@ function tracingExport(cfg: Readonly<GatewayConfig>): string {
 export function restartOnlyChanges(before: Readonly<GatewayConfig>, after: Readonly<GatewayConfig>): string[] {
   const out: string[] = RESTART_ONLY.filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k]));
   if (listenerLimits(before) !== listenerLimits(after)) out.push('policies.limits');
-  if (tracingExport(before) !== tracingExport(after)) out.push('tracing');
+  if (before.tracing.enabled && after.tracing.enabled && tracingExport(before) !== tracingExport(after)) out.push('tracing');
   return out;
 }
 
