@@ -26,7 +26,7 @@ export const TracingSchema = Type.Object(
     }),
     sampleRatio: Type.Number({
       description:
-        'Share of new traces recorded (0 to 1), decided on the trace id. Parent-based: a request whose incoming traceparent is sampled (or not) follows that decision whatever the ratio. A route's own tracing.sampleRatio overrides it. Trace context is propagated to the upstream either way.',
+        'Share of new traces recorded (0 to 1), decided on the trace id. Parent-based: a request whose incoming traceparent is sampled (or not) follows that decision whatever the ratio. The tracing.sampleRatio of a route overrides it for that route. Trace context is propagated to the upstream either way.',
       default: 1,
       minimum: 0,
       maximum: 1,
