@@ -194,21 +194,24 @@ export class RequestTrace {
     const { req } = ctx;
     const { tracing, route } = step;
     const parent = tracing.propagator.extract(ROOT_CONTEXT, req.headers, defaultTextMapGetter).setValue(ROUTE_SAMPLER, step.sampler);
-    const host = req.headers.host;
-    const attributes: Attributes = {
-      'http.request.method': req.method,
-      'url.path': ctx.path,
-      'url.scheme': (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http',
-      'http.route': route.config.match.prefix,
-      'network.protocol.version': req.httpVersion,
-      'client.address': ctx.clientIp,
-      'network.peer.address': ctx.peer,
-      'gateway.route': route.name,
-      'gateway.request.id': ctx.id,
-    };
-    if (host !== undefined) attributes['server.address'] = serverAddress(host);
-    if (req.headers['user-agent'] !== undefined) attributes['user_agent.original'] = req.headers['user-agent'];
-    this.span = tracing.tracer.startSpan(route.name, { kind: SpanKind.SERVER, startTime: ctx.startedAt, attributes }, parent);
+    this.span = tracing.tracer.startSpan(route.name, { kind: SpanKind.SERVER, startTime: ctx.startedAt }, parent);
+    // Most traces are not sampled at low ratios: their spans record nothing, so nothing is built for them.
+    if (this.span.isRecording()) {
+      const host = req.headers.host;
+      this.span.setAttributes({
+        'http.request.method': req.method,
+        'url.path': ctx.path,
+        'url.scheme': (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http',
+        'http.route': route.config.match.prefix,
+        'network.protocol.version': req.httpVersion,
+        'client.address': ctx.clientIp,
+        'network.peer.address': ctx.peer,
+        'gateway.route': route.name,
+        'gateway.request.id': ctx.id,
+      });
+      if (host !== undefined) this.span.setAttribute('server.address', serverAddress(host));
+      if (req.headers['user-agent'] !== undefined) this.span.setAttribute('user_agent.original', req.headers['user-agent']);
+    }
     this.serverContext = trace.setSpan(ROOT_CONTEXT, this.span);
     ctx.traceId = this.span.spanContext().traceId;
     ctx.res.on('close', this.end);
@@ -218,10 +221,13 @@ export class RequestTrace {
   attemptStarted(target: Target, headers: string[]): void {
     const { tracing } = this.step;
     const method = this.ctx.req.method!;
-    const span = tracing.tracer.startSpan(method, { kind: SpanKind.CLIENT, attributes: tracing.targetAttributes(target) }, this.serverContext);
-    span.setAttribute('http.request.method', method);
-    span.setAttribute('gateway.upstream', this.ctx.route.upstream.name);
-    if (this.attempts > 0) span.setAttribute('http.request.resend_count', this.attempts);
+    const span = tracing.tracer.startSpan(method, { kind: SpanKind.CLIENT }, this.serverContext);
+    if (span.isRecording()) {
+      span.setAttributes(tracing.targetAttributes(target));
+      span.setAttribute('http.request.method', method);
+      span.setAttribute('gateway.upstream', this.ctx.route.upstream.name);
+      if (this.attempts > 0) span.setAttribute('http.request.resend_count', this.attempts);
+    }
     this.attempts++;
     this.client = span;
     tracing.propagator.inject(trace.setSpan(ROOT_CONTEXT, span), headers, HEADER_SETTER);
@@ -232,6 +238,7 @@ export class RequestTrace {
     const span = this.client;
     if (span === null) return;
     this.client = null;
+    if (!span.isRecording()) return;
     if (status > 0) span.setAttribute('http.response.status_code', status);
     if (err !== undefined) {
       span.setAttribute('error.type', upstreamErrorCode(err));
@@ -246,6 +253,7 @@ export class RequestTrace {
   /** The response closed: the outcome, who asked, and what the rate limit and cache decided. */
   private readonly end = (): void => {
     const { ctx, span } = this;
+    if (!span.isRecording()) return;
     const res = ctx.res;
     const status = res.headersSent ? res.statusCode : CLIENT_CLOSED;
     span.setAttribute('http.response.status_code', status);
