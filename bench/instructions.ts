@@ -15,7 +15,9 @@ import { NODE_FLAGS } from '../src/lifecycle/node-flags';
  * `--warmup` requests (the JIT settles), then counts `--requests` requests; only user-space
  * instructions of the server's process are counted.
  *
- *   npm run bench:instructions -- [--server=gateway|http-proxy] [--warmup=30000] [--requests=10000] [--connections=20]
+ *   npm run bench:instructions -- [--server=gateway|http-proxy] [--warmup=30000] [--requests=10000] [--connections=20] [--tracing=RATIO]
+ *
+ * --tracing turns tracing on at that sample ratio, exporting to the bench upstream (which answers 200).
  */
 
 interface Options {
@@ -23,15 +25,18 @@ interface Options {
   warmup: number;
   requests: number;
   connections: number;
+  /** Sample ratio with tracing on; -1: tracing off. */
+  tracing: number;
 }
 
 function parseArgs(argv: string[]): Options {
-  const opts: Options = { server: 'gateway', warmup: 30000, requests: 10000, connections: 20 };
+  const opts: Options = { server: 'gateway', warmup: 30000, requests: 10000, connections: 20, tracing: -1 };
   for (const arg of argv) {
     const [k, v] = arg.replace(/^--/, '').split('=');
     if (k === 'server' && (v === 'gateway' || v === 'http-proxy')) opts.server = v;
+    else if (k === 'tracing' && Number(v) >= 0 && Number(v) <= 1) opts.tracing = Number(v);
     else if ((k === 'warmup' || k === 'requests' || k === 'connections') && Number(v) > 0) opts[k] = Number(v);
-    else throw new Error(`bad option ${arg} (known: --server=gateway|http-proxy --warmup=N --requests=N --connections=N)`);
+    else throw new Error(`bad option ${arg} (known: --server=gateway|http-proxy --warmup=N --requests=N --connections=N --tracing=RATIO)`);
   }
   return opts;
 }
@@ -100,6 +105,7 @@ async function main(): Promise<void> {
           shutdown: { drainDelayMs: 0 },
           upstreams: { users: { targets: [upstreamUrl] } },
           routes: [{ name: 'users', match: { prefix: '/api/users' }, upstream: 'users' }],
+          ...(opts.tracing >= 0 ? { tracing: { enabled: true, endpoint: `${upstreamUrl}/v1/traces`, sampleRatio: opts.tracing } } : {}),
         }),
       );
       serverArgs = [...NODE_FLAGS, join(DIST, 'src/main.js'), '--config', file];
@@ -125,7 +131,7 @@ async function main(): Promise<void> {
     const total = await dumpedTotal(`${out}.1`);
     const perRequest = Math.round(total / opts.requests);
     process.stdout.write(
-      `${opts.server}: ${perRequest} instructions per request (${opts.requests} requests counted after ${opts.warmup} to warm up, ${opts.connections} connections)\n`,
+      `${opts.server}${opts.tracing >= 0 ? ` (tracing at ${opts.tracing})` : ''}: ${perRequest} instructions per request (${opts.requests} requests counted after ${opts.warmup} to warm up, ${opts.connections} connections)\n`,
     );
   } finally {
     for (const p of procs.reverse()) await p.stop();

@@ -118,6 +118,21 @@ const RATE_LIMITED = { rateLimit: { limits: [{ rate: 1000000000, per: '1h' }] } 
 /** A response cache: the bench upstream answers `public, max-age=60`, so after the first request every request is a hit. */
 const CACHED = { cache: {} };
 
+/**
+ * The bare routes with tracing on at `ratio`. The bench upstream stands in for the collector (it
+ * answers every POST 200): the gateway pays for its spans and their export, the collector is not counted.
+ */
+function tracingServer(name: string, ratio: number): ServerSpec {
+  return {
+    name,
+    start: (env) =>
+      startGatewayProcess(name, (port, adminPort) => ({
+        ...gatewayConfig(env, port, adminPort),
+        tracing: { enabled: true, endpoint: `${env.upstreamUrl}/v1/traces`, sampleRatio: ratio },
+      })),
+  };
+}
+
 export const SERVERS: ServerSpec[] = [
   storeServer('gateway-cache-memory', 'memory', CACHED),
   storeServer('gateway-cache-redis', 'redis', CACHED),
@@ -129,6 +144,8 @@ export const SERVERS: ServerSpec[] = [
     name: 'upstream',
     start: async (env) => ({ baseUrl: env.upstreamUrl, procs: [] }),
   },
+  tracingServer('gateway-tracing-1pct', 0.01),
+  tracingServer('gateway-tracing-100pct', 1),
   benchServer('http-proxy', (port, env) => [join(DIST, 'bench/reference.js'), String(port), env.upstreamUrl]),
   benchServer('fastify-static', (port) => [...NODE_FLAGS, join(DIST, 'bench/static.js'), String(port)]),
   {
@@ -169,6 +186,8 @@ export const SCENARIOS: Scenario[] = [
   { name: 'gateway-jwt', description: 'a route requiring a JWT (HS256; one token, so verification is cached)', server: 'gateway', path: '/api/jwt/123', headers: { authorization: `Bearer ${benchJwt()}` } },
   { name: 'gateway-jwt-nocache', description: 'the JWT route with the verification cache off (an HMAC check per request)', server: 'gateway-jwt-nocache', path: '/api/jwt/123', headers: { authorization: `Bearer ${benchJwt()}` } },
   { name: 'gateway-api-key', description: 'a route requiring an API key (memory store: SHA-256 and a map lookup)', server: 'gateway', path: '/api/key/123', headers: { 'x-api-key': BENCH_API_KEY } },
+  { name: 'tracing-1pct', description: 'the bare route with OpenTelemetry tracing on, 1 % of traces sampled (the others still propagate a traceparent)', server: 'gateway-tracing-1pct', path: '/api/users/123' },
+  { name: 'tracing-100pct', description: 'the bare route with every request traced: a server and a client span each, exported over OTLP/HTTP', server: 'gateway-tracing-100pct', path: '/api/users/123' },
   { name: 'ratelimit-memory', description: 'the bare route plus a rate limit, memory store', server: 'gateway-rl-memory', path: '/api/users/123' },
   { name: 'ratelimit-redis', description: 'the bare route plus a rate limit, Redis store (one EVALSHA per request; the calls of one event-loop turn share a write)', server: 'gateway-rl-redis', path: '/api/users/123' },
   {

@@ -6,6 +6,7 @@ import type { CompiledRoute } from './routes';
 import { verifiedClientCertificate, type ClientCertificate } from './net/tls';
 import type { Target } from './proxy/upstreams';
 import type { ResponseObserver } from './proxy/relay';
+import type { RequestTrace } from './observability/tracing';
 
 /** The verified caller, set by the auth step. */
 export interface Identity {
@@ -46,8 +47,6 @@ export class RequestContext {
   upstreamMs = -1;
   /** Code of the gateway error that answered this request, for the access log. */
   errorCode: string | null = null;
-  /** W3C trace id of the request's trace when tracing is on (printed in the access line when set). */
-  traceId = '';
   /** For the access line: what the cache did (hit, miss, stale, revalidated, bypass) and the rate-limit decision. */
   cacheResult: string | null = null;
   rateLimitResult: string | null = null;
@@ -64,6 +63,10 @@ export class RequestContext {
   upstreamHeaders: string[] | null = null;
   /** Extra headers for the client response, as name/value pairs, added by chain steps. */
   responseHeaders: string[] | null = null;
+  /** The request's spans while tracing is on (set by the tracing step), else null. */
+  trace: RequestTrace | null = null;
+  /** The request's trace id while tracing is on (sampled or not), for the access line; else ''. */
+  traceId = '';
 
   /** The client connection, kept: `req.socket` is null once the connection closed. */
   readonly socket: Socket;

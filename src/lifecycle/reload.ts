@@ -25,11 +25,18 @@ function listenSockets(cfg: Readonly<GatewayConfig>): unknown {
   return { ...cfg.listen, tls: { port: tls.port, clientCertificates: tls.clientCertificates.mode } };
 }
 
+/** The tracer provider and its exporter are built when tracing is first on; enabled and the sample ratios reload. */
+function tracingExport(cfg: Readonly<GatewayConfig>): string {
+  const { enabled: _enabled, sampleRatio: _ratio, ...built } = cfg.tracing;
+  return JSON.stringify(built);
+}
+
 export function restartOnlyChanges(before: Readonly<GatewayConfig>, after: Readonly<GatewayConfig>): string[] {
   const out: string[] = RESTART_ONLY.filter((k) =>
     k === 'listen' ? JSON.stringify(listenSockets(before)) !== JSON.stringify(listenSockets(after)) : JSON.stringify(before[k]) !== JSON.stringify(after[k]),
   );
   if (listenerLimits(before) !== listenerLimits(after)) out.push('policies.limits');
+  if (before.tracing.enabled && after.tracing.enabled && tracingExport(before) !== tracingExport(after)) out.push('tracing');
   return out;
 }
 

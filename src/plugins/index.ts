@@ -3,6 +3,7 @@ import { cachePlugin } from './cache/descriptor';
 import { httpsPlugin } from './https/descriptor';
 import { policiesPlugin } from './policies/descriptor';
 import { rateLimitPlugin } from './rate-limit/descriptor';
+import { tracingPlugin } from './tracing/descriptor';
 import type { Phase, Plugin, PluginContext } from './types';
 import { userPlugins } from './user/descriptor';
 
@@ -13,7 +14,7 @@ export type { Plugin, PluginContext, PluginDescriptor, Resource } from './types'
  * checks and each runtime's steps all come from this list: adding a plugin is adding it here.
  * A typed tuple, so the assembled schema keeps every plugin's field types.
  */
-export const PLUGINS = [httpsPlugin, policiesPlugin, authPlugin, cachePlugin, rateLimitPlugin, userPlugins] as const;
+export const PLUGINS = [tracingPlugin, httpsPlugin, policiesPlugin, authPlugin, cachePlugin, rateLimitPlugin, userPlugins] as const;
 
 /** The chain's phases in order (see Phase in ./types). */
 export const PHASES: readonly Phase[] = ['access', 'authenticate', 'admit', 'request', 'forward'];

@@ -70,6 +70,7 @@ export abstract class AttemptHandler implements Ticket {
     state.inFlight++;
     const opts = this.opts;
     opts.path = target.basePath + this.upstreamPath;
+    if (this.ctx.trace !== null) this.ctx.trace.attemptStarted(target, opts.headers as string[]);
     target.pool.dispatch(opts, this);
   }
 
@@ -109,10 +110,11 @@ export abstract class AttemptHandler implements Ticket {
     this.responseStarted = true;
   }
 
-  /** undici is done with the current attempt (it called onComplete or onError). */
-  protected attemptEnded(): void {
+  /** undici is done with the current attempt (it called onComplete, or onError with `err`). */
+  protected attemptEnded(err?: Error): void {
     this.target.state.inFlight--;
     if (this.waiting) this.leaveQueue();
+    if (this.ctx.trace !== null) this.ctx.trace.attemptEnded(this.status, err);
   }
 
   /** The attempt delivered a whole answer: its status is the breaker's verdict. */

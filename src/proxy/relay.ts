@@ -281,7 +281,7 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
   }
 
   onError(err: Error): void {
-    this.attemptEnded();
+    this.attemptEnded(err);
     if (this.done) return;
     // The attempt's headers or body timeout ends with it (a retry times its own).
     if (this.phase !== PHASE_NONE) this.time(PHASE_NONE, 0);
