@@ -5,7 +5,7 @@ import { GatewayMetrics } from '../src/observability/metrics';
 import { RedisStore } from '../src/store/redis';
 import { RedisStoreSchema } from '../src/store/schema';
 import { Value } from '@sinclair/typebox/value';
-import { startGateway } from './helpers/gateway';
+import { levelOf, startGateway } from './helpers/gateway';
 import { call } from './helpers/http';
 import { countBy, fire, metric } from './helpers/ratelimit';
 import { rateLimitBehaviour } from './helpers/ratelimit-behaviour';
@@ -53,7 +53,7 @@ t.test('exactness: three gateway instances sharing one Redis admit exactly 100 o
   }
   t.equal(failed, 0, 'every request was decided by Redis');
   t.equal(allowed, 100, 'the three instances together admitted 100');
-  t.ok(gws.every((g) => g.logs.every((l) => (l.level as number) < 50)), 'no error logged');
+  t.ok(gws.every((g) => g.logs.every((l) => levelOf(l) < 50)), 'no error logged');
 });
 
 t.test('keys carry prefix, hash tag, route and limit version, and every key has a TTL', async (t) => {
@@ -102,7 +102,7 @@ t.test('a script Redis refuses stops start-up with a clear error', async (t) => 
 t.test('Redis down at start-up: the gateway starts, readiness reports it degraded, liveness does not care, it connects later', async (t) => {
   const port = await freePort();
   const gw = await startGateway({
-    store: { type: 'redis', redis: { url: `redis://127.0.0.1:${port}`, connectTimeoutMs: 200, reconnectMaxDelayMs: 100 } },
+    store: { type: 'redis', redis: { url: `redis://127.0.0.1:${port}`, connectTimeoutMs: 200, reconnectMaxDelayMs: 100, timeoutMs: 400 } },
     upstreams: { up: { targets: [up.url] } },
     routes: [{ name: 'late', match: { prefix: '/late' }, upstream: 'up', rateLimit: { limits: [{ rate: 1, per: '1h' }] } }],
   } as never);

@@ -55,3 +55,12 @@ export async function startGateway(config: TestConfig, env: NodeJS.ProcessEnv = 
     close: () => gateway.close(),
   };
 }
+
+/** pino's numeric levels; access lines name their level as a word. */
+const LEVELS: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60 };
+
+/** The level of a captured log line as pino's number, whether the line wrote it as a number or a word. */
+export function levelOf(line: Record<string, unknown>): number {
+  const l = line.level;
+  return typeof l === 'number' ? l : typeof l === 'string' ? (LEVELS[l] ?? 0) : 0;
+}
