@@ -169,9 +169,11 @@ t.test('drain: a keep-alive client with a request in flight at SIGTERM gets Conn
   t.equal(await cli.exited, 0, cli.output());
   t.notMatch(cli.output(), /shutdown timed out/);
   // The gateway's own clock: from the last request's completion to the end of the shutdown.
-  const lines = cli.output().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { msg: string; path?: string; time: number });
-  const completed = lines.find((l) => l.msg === 'request completed' && l.path === '/slow')!.time;
-  const done = lines.find((l) => l.msg === 'shutdown complete')?.time ?? Infinity;
+  // Access lines write their time in ISO-8601, pino's own lines in epoch milliseconds.
+  const lines = cli.output().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { msg: string; path?: string; time: number | string });
+  const ms = (time: number | string | undefined): number => (typeof time === 'string' ? Date.parse(time) : (time ?? Infinity));
+  const completed = ms(lines.find((l) => l.msg === 'request completed' && l.path === '/slow')!.time);
+  const done = ms(lines.find((l) => l.msg === 'shutdown complete')?.time);
   t.ok(done - completed < 500, `shutdown complete ${done - completed} ms after the request in flight finished (timeoutMs is 8 s)`);
 });
 
