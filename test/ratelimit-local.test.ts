@@ -109,3 +109,33 @@ t.test('failMode local: during a Redis outage 3 replicas together admit the limi
   redisAdmitted += after.filter((r) => r.a.status === 200).length;
   t.equal(redisAdmitted, LIMIT, 'the replicas share one bucket again: the limit in total, not a share each');
 });
+
+t.test('failMode local: a hung Redis (over its budget) is decided locally too, and an inexact share rounds down', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.close());
+  const limits = [{ rate: 10, per: PER, by: 'route' }];
+  const gws: TestGateway[] = [];
+  for (let i = 0; i < REPLICAS; i++) {
+    const gw = await startGateway({
+      store: { type: 'redis', redis: { url: redis.url, timeoutMs: 50, replicas: REPLICAS } },
+      upstreams: { up: { targets: [up.url] } },
+      routes: [{ name: 'local', match: { prefix: '/local' }, upstream: 'up', rateLimit: { failMode: 'local', limits } }],
+    } as never);
+    t.teardown(() => gw.close());
+    gws.push(gw);
+  }
+  redis.pause();
+  const answers = await spread(gws, '/local/x', 30);
+  const admitted = answers.filter((r) => r.a.status === 200);
+  t.comment(`hung Redis: admitted ${admitted.length} of 30 (limit 10 over ${REPLICAS} replicas: 3 each)`);
+  t.same(countBy(admitted, (r) => r.gw), { 0: 3, 1: 3, 2: 3 }, 'burst 10 / 3 replicas: 3 each, 9 in total, never more than the limit');
+  t.ok(admitted.every((r) => r.a.headers['x-ratelimit-limit'] === '3'), 'headers show the local share');
+  redis.resume();
+  let back: Answer | undefined;
+  for (let k = 0; k < 50; k++) {
+    back = await call(gws[0].url, '/local/y');
+    if (back.headers['x-ratelimit-limit'] === '10') break;
+    await sleep(100);
+  }
+  t.equal(back?.headers['x-ratelimit-limit'], '10', 'Redis decides again once it answers');
+});
