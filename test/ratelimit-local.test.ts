@@ -93,7 +93,7 @@ t.test('failMode local: during a Redis outage 3 replicas together admit the limi
 
   // Redis comes back empty (no persistence): a fresh shared bucket of the whole limit.
   await redis.restart();
-  let redisAdmitted = 0;
+  const decided: Answer[] = [];
   for (const [i, gw] of gws.entries()) {
     let a: Answer | undefined;
     for (let k = 0; k < 50; k++) {
@@ -102,12 +102,21 @@ t.test('failMode local: during a Redis outage 3 replicas together admit the limi
       await sleep(100);
     }
     t.equal(a?.headers['x-ratelimit-limit'], String(LIMIT), `replica ${i} is decided by Redis again`);
-    if (a?.status === 200) redisAdmitted++;
+    if (a !== undefined) decided.push(a);
   }
-  const after = await spread(gws, '/local/z', SENT);
-  t.ok(after.every((r) => r.a.headers['x-ratelimit-limit'] === String(LIMIT)), 'every request after recovery is decided by Redis');
-  redisAdmitted += after.filter((r) => r.a.status === 200).length;
-  t.equal(redisAdmitted, LIMIT, 'the replicas share one bucket again: the limit in total, not a share each');
+  const after = (await spread(gws, '/local/z', SENT)).map((r) => r.a);
+  const byRedis = after.filter((a) => a.headers['x-ratelimit-limit'] === String(LIMIT));
+  // On a loaded machine a call may still miss the 50 ms budget and fall back (the local buckets are
+  // empty: 429); Redis may have run it all the same, taking a token nobody saw.
+  const missed = after.length - byRedis.length;
+  t.ok(byRedis.length > SENT / 2, `after recovery Redis decides: ${byRedis.length} of ${SENT}`);
+  const admittedByRedis = decided.concat(byRedis).filter((a) => a.status === 200).length;
+  t.comment(`after recovery: ${admittedByRedis} admitted by Redis over 3 replicas (limit ${LIMIT}), ${missed} over budget`);
+  t.ok(
+    admittedByRedis <= LIMIT && admittedByRedis >= LIMIT - missed,
+    `the replicas share one bucket again, the limit in total (not a share each): ${admittedByRedis}, ${missed} calls over budget`,
+  );
+  t.ok(after.filter((a) => a.status === 200).every((a) => a.headers['x-ratelimit-limit'] === String(LIMIT)), 'nothing admitted locally any more');
 });
 
 t.test('failMode local: a hung Redis (over its budget) is decided locally too, and an inexact share rounds down', async (t) => {
