@@ -108,7 +108,7 @@ t.test('config: limits and store are validated with precise paths', async (t) =>
   const expect = [
     'routes[0].rateLimit.limits[4].per: expected a duration like 500ms, 1s, 5m, 1h, 1d (got "1x")',
     'routes[0].rateLimit.limits[5].by: expected ip, consumer, apiKey, route or header:<name> (got "cookie")',
-    'routes[0].rateLimit.failMode: expected one of open or closed (got "sideways")',
+    'routes[0].rateLimit.failMode: expected one of open, closed or local (got "sideways")',
     'routes[0].rateLimit.extra: unknown key',
     'consumers[0].rateLimits[0].rate: expected at least 1 (got 0)',
     'store.redis.keyPrefix: expected at most 64 characters without braces or whitespace (got "a{b}")',

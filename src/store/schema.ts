@@ -77,6 +77,12 @@ export const RedisStoreSchema = Type.Object(
       default: 2000,
       minimum: 1,
     }),
+    replicas: Type.Integer({
+      description:
+        'How many gateway replicas share this Redis. Routes with rateLimit.failMode local divide each bucket (rate and burst) by it while Redis cannot answer, so the replicas together admit about the limit. Set it to the replica count (the Helm chart: replicaCount); too low admits more than the limit, too high less.',
+      default: 1,
+      minimum: 1,
+    }),
     autoPipelining: Type.Boolean({
       description:
         'ioredis auto-pipelining (Cluster mode: commands of one tick to one node go out in one write). Standalone and Sentinel connections gather the gate calls of a whole event-loop turn into one write without it, which measured cheaper than with it here (npm run bench: ratelimit-redis vs ratelimit-redis-autopipe, cache-hit-redis vs cache-hit-redis-autopipe).',

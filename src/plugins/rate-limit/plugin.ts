@@ -5,7 +5,9 @@ import type { RequestContext } from '../../context';
 import { sendProblem } from '../../errors';
 import type { CounterCell, CounterFamily } from '../../observability/fast-metrics';
 import type { CompiledRoute } from '../../routes';
-import { BUCKET_FIELDS, F_NEXT_MS, F_REMAINING, F_RESET_MS, F_RETRY_MS, type GateResult, type GateStore } from '../../store/types';
+import { MemoryStore } from '../../store/memory';
+import { MemoryCache } from '../../store/memory-cache';
+import { BUCKET_FIELDS, F_NEXT_MS, F_REMAINING, F_RESET_MS, F_RETRY_MS, type CacheFound, type GateResult, type GateStore } from '../../store/types';
 import type { Plugin, PluginContext } from '../types';
 import { compileLimit, defaultConsumerName, defaultName, type CompiledLimit, type KeyLayout } from './limits';
 import type { LimitConfig, RouteRateLimitConfig } from './schema';
@@ -15,15 +17,42 @@ interface LimitSet {
   readonly limits: readonly CompiledLimit[];
   /** RateLimit-Policy value. */
   readonly policy: string;
+  /** The same limits divided among the replicas, for failMode local; null otherwise. */
+  readonly local: LimitSet | null;
 }
 
-type Decision = 'allowed' | 'limited' | 'failed_open' | 'failed_closed';
+type Decision = 'allowed' | 'limited' | 'failed_open' | 'failed_closed' | 'local_allowed' | 'local_limited';
+
+/** Where a route with failMode local decides while Redis cannot answer: this replica's share of the limits. */
+interface LocalFallback {
+  readonly store: MemoryStore;
+  readonly replicas: number;
+}
 
 /** How long a client should wait before retrying when the store is down and the route fails closed. */
 const STORE_DOWN_RETRY_AFTER_S = 1;
 
-function limitSet(limits: CompiledLimit[]): LimitSet {
-  return { limits, policy: limits.map((l) => l.policyItem).join(', ') };
+function limitSet(limits: CompiledLimit[], replicas = 0): LimitSet {
+  const local = replicas === 0 ? null : limitSet(limits.map((l) => localShare(l, replicas)));
+  return { limits, policy: limits.map((l) => l.policyItem).join(', '), local };
+}
+
+/**
+ * One replica's share of a bucket: the rate divided (the interval multiplied) and the burst
+ * divided, rounded down so that the replicas together never admit more than the burst.
+ */
+function localShare(l: CompiledLimit, replicas: number): CompiledLimit {
+  const burst = Math.max(1, Math.floor(l.burst / replicas));
+  const intervalUs = l.intervalUs * replicas;
+  const windowS = Math.max(1, Math.ceil((burst * intervalUs) / 1e6));
+  return {
+    ...l,
+    burst,
+    intervalUs,
+    argInterval: String(intervalUs),
+    argBurst: String(burst),
+    policyItem: `"${l.name}";q=${burst};w=${windowS}`,
+  };
 }
 
 /** Names must be unique within what one response shows; later duplicates get a suffix. */
@@ -58,7 +87,9 @@ export class RateLimitStep implements Step {
     decisions: CounterFamily,
     /** The route's cache when its lookup rides in this step's gate call. */
     private readonly cache: RouteCache | null = null,
+    private readonly local: LocalFallback | null = null,
   ) {
+    const replicas = local === null ? 0 : local.replicas;
     const applied = cfg.consumerLimits ? consumerLimits : new Map<string, readonly LimitConfig[]>();
     const bys = new Set<string>(cfg.limits.map((l) => l.by));
     for (const limits of applied.values()) for (const l of limits) bys.add(l.by);
@@ -67,7 +98,7 @@ export class RateLimitStep implements Step {
 
     const routeNames = new Set<string>();
     const routeLimits = cfg.limits.map((l) => compileLimit(l, layout, uniqueName(l.name ?? defaultName(l), routeNames)));
-    this.base = limitSet(routeLimits);
+    this.base = limitSet(routeLimits, replicas);
     if (applied.size === 0) {
       this.consumers = null;
     } else {
@@ -75,12 +106,12 @@ export class RateLimitStep implements Step {
       for (const [id, limits] of applied) {
         const names = new Set(routeNames);
         const own = limits.map((l) => compileLimit(l, layout, uniqueName(l.name ?? defaultConsumerName(l), names), id));
-        this.consumers.set(id, limitSet([...routeLimits, ...own]));
+        this.consumers.set(id, limitSet([...routeLimits, ...own], replicas));
       }
     }
     this.failClosed = cfg.failMode === 'closed';
     this.headers = cfg.headers;
-    const results: Decision[] = ['allowed', 'limited', 'failed_open', 'failed_closed'];
+    const results: Decision[] = ['allowed', 'limited', 'failed_open', 'failed_closed', 'local_allowed', 'local_limited'];
     this.decisions = Object.fromEntries(results.map((r) => [r, decisions.child(route.name, r)])) as Record<Decision, CounterCell>;
   }
 
@@ -100,11 +131,12 @@ export class RateLimitStep implements Step {
     const store = this.store;
     const cr = this.cache === null ? null : this.cache.prepare(ctx);
     const req = cr === null ? { keys, specs: limits } : { keys, specs: limits, cache: cr.lookup };
-    if (store.kind === 'memory') return this.decide(ctx, set, store.gate(req), cr);
-    return store.gate(req).then((r) => this.decide(ctx, set, r, cr));
+    if (store.kind === 'memory') return this.decide(ctx, set, store.gate(req), cr, keys);
+    return store.gate(req).then((r) => this.decide(ctx, set, r, cr, keys));
   }
 
-  private decide(ctx: RequestContext, set: LimitSet, r: GateResult | null, cr: CacheRequest | null): StepResult {
+  private decide(ctx: RequestContext, set: LimitSet, r: GateResult | null, cr: CacheRequest | null, keys: string[]): StepResult {
+    if (r === null && set.local !== null) return this.decideLocally(ctx, set.local, this.local!.store.gate({ keys, specs: set.local.limits }), cr);
     if (r === null) {
       if (!this.failClosed) {
         this.decisions.failed_open.inc();
@@ -121,24 +153,46 @@ export class RateLimitStep implements Step {
       });
       return false;
     }
-    const b = r.buckets;
-    const limits = set.limits;
     if (r.admitted) {
       this.decisions.allowed.inc();
       ctx.rateLimitResult = 'allowed';
-      if (this.headers) {
-        const m = mostConstrained(b, limits.length);
-        const at = m * BUCKET_FIELDS;
-        ctx.addResponseHeader('RateLimit-Policy', set.policy);
-        ctx.addResponseHeader('RateLimit', serviceLimits(b, limits));
-        ctx.addResponseHeader('X-RateLimit-Limit', String(limits[m].burst));
-        ctx.addResponseHeader('X-RateLimit-Remaining', String(b[at + F_REMAINING]));
-        ctx.addResponseHeader('X-RateLimit-Reset', String(Math.ceil(b[at + F_RESET_MS] / 1000)));
-      }
-      return cr === null ? true : this.cache!.answer(ctx, cr, r.cache, this);
+      return this.admit(ctx, set, r, cr, r.cache ?? null);
     }
     this.decisions.limited.inc();
     ctx.rateLimitResult = 'limited';
+    return this.reject(ctx, set, r);
+  }
+
+  /** Redis could not answer: this replica's share of the limits decides, and the cache is bypassed as when failing open. */
+  private decideLocally(ctx: RequestContext, set: LimitSet, r: GateResult, cr: CacheRequest | null): StepResult {
+    if (r.admitted) {
+      this.decisions.local_allowed.inc();
+      ctx.rateLimitResult = 'local_allowed';
+      return this.admit(ctx, set, r, cr, null);
+    }
+    this.decisions.local_limited.inc();
+    ctx.rateLimitResult = 'local_limited';
+    return this.reject(ctx, set, r);
+  }
+
+  private admit(ctx: RequestContext, set: LimitSet, r: GateResult, cr: CacheRequest | null, found: CacheFound | null): StepResult {
+    if (this.headers) {
+      const b = r.buckets;
+      const limits = set.limits;
+      const m = mostConstrained(b, limits.length);
+      const at = m * BUCKET_FIELDS;
+      ctx.addResponseHeader('RateLimit-Policy', set.policy);
+      ctx.addResponseHeader('RateLimit', serviceLimits(b, limits));
+      ctx.addResponseHeader('X-RateLimit-Limit', String(limits[m].burst));
+      ctx.addResponseHeader('X-RateLimit-Remaining', String(b[at + F_REMAINING]));
+      ctx.addResponseHeader('X-RateLimit-Reset', String(Math.ceil(b[at + F_RESET_MS] / 1000)));
+    }
+    return cr === null ? true : this.cache!.answer(ctx, cr, found, this);
+  }
+
+  private reject(ctx: RequestContext, set: LimitSet, r: GateResult): StepResult {
+    const b = r.buckets;
+    const limits = set.limits;
     // The request needs a token in every bucket: it may come back when the slowest one has one.
     let m = 0;
     for (let i = 1; i < limits.length; i++) if (b[i * BUCKET_FIELDS + F_RETRY_MS] > b[m * BUCKET_FIELDS + F_RETRY_MS]) m = i;
@@ -191,6 +245,7 @@ export class RateLimitPlugin implements Plugin {
   private readonly consumerLimits: Map<string, readonly LimitConfig[]>;
   private readonly keyPrefix: string;
   private readonly apiKeyHeader: string;
+  private readonly local: LocalFallback | null;
 
   constructor(
     ctx: PluginContext,
@@ -200,19 +255,26 @@ export class RateLimitPlugin implements Plugin {
     this.decisions = ctx.shared('ratelimit.decisions', () =>
       ctx.metrics.counter(
         'gateway_ratelimit_decisions_total',
-        'Rate-limit decisions by route and result: allowed, limited (429), failed_open (store down, admitted), failed_closed (store down, 503).',
+        'Rate-limit decisions by route and result: allowed, limited (429), failed_open (store down, admitted), failed_closed (store down, 503), local_allowed and local_limited (store down, decided by this replica\'s share of the limits: failMode local).',
         ['route', 'result'],
       ),
     );
     this.consumerLimits = new Map(ctx.config.consumers.filter((c) => c.rateLimits.length > 0).map((c) => [c.id, c.rateLimits]));
     this.keyPrefix = ctx.config.store.redis.keyPrefix;
     this.apiKeyHeader = ctx.config.auth.apiKeys.header.toLowerCase();
+    const wanted = store.kind === 'redis' && ctx.config.routes.some((r) => r.rateLimit?.failMode === 'local');
+    // Shared like the Redis store: a reload during an outage must not refill the local buckets.
+    const memory = ctx.config.store.memory;
+    this.local = wanted
+      ? { store: ctx.shared('ratelimit.local', () => new MemoryStore(memory.maxKeys, undefined, new MemoryCache(1024))), replicas: ctx.config.store.redis.replicas }
+      : null;
   }
 
   stepFor(route: CompiledRoute): Step | null {
     const cfg = route.config.rateLimit;
     if (cfg === undefined) return null;
     const cache = this.cache !== null && this.cache.joinsRateLimit(route) ? this.cache.forRoute(route) : null;
-    return new RateLimitStep(route, cfg, this.consumerLimits, this.store, this.keyPrefix, this.apiKeyHeader, this.decisions, cache);
+    const local = cfg.failMode === 'local' ? this.local : null;
+    return new RateLimitStep(route, cfg, this.consumerLimits, this.store, this.keyPrefix, this.apiKeyHeader, this.decisions, cache, local);
   }
 }

@@ -55,9 +55,9 @@ export const RouteRateLimitSchema = Type.Object(
       description: "Also apply the authenticated consumer's own `rateLimits` on this route (each route keeps its own buckets).",
       default: true,
     }),
-    failMode: Type.Union([Type.Literal('open'), Type.Literal('closed')], {
+    failMode: Type.Union([Type.Literal('open'), Type.Literal('closed'), Type.Literal('local')], {
       description:
-        'When the store cannot answer within its budget: open admits the request (no rate-limit headers, counted in metrics), closed answers 503 with Retry-After.',
+        "When the store cannot answer within its budget: open admits the request (no rate-limit headers, counted in metrics), closed answers 503 with Retry-After, local decides from this replica's memory with every bucket's rate and burst divided by store.redis.replicas (burst rounded down, at least 1), with the headers of that local bucket; each request asks Redis first, so limits are shared again as soon as it answers.",
       default: 'open',
     }),
     headers: Type.Boolean({
