@@ -103,6 +103,7 @@ export class GatewayMetrics {
   readonly gatewayDuration: HistogramFamily;
   readonly requestBytes: CounterFamily;
   readonly responseBytes: CounterFamily;
+  readonly splitRequests: CounterFamily;
 
   constructor(opts: { processMetrics: boolean }) {
     this.requests = this.counter(
@@ -112,6 +113,11 @@ export class GatewayMetrics {
     );
     this.requestBytes = this.counter('gateway_request_bytes_total', 'Bytes received from clients (request heads and bodies, as read from the socket), by route.', ['route']);
     this.responseBytes = this.counter('gateway_response_bytes_total', 'Bytes sent to clients (response heads and bodies, as written to the socket), by route.', ['route']);
+    this.splitRequests = this.counter(
+      'gateway_split_requests_total',
+      'Requests of split routes, by route, the upstream of the side they went to, and why (match, sticky or weight).',
+      ['route', 'upstream', 'reason'],
+    );
     this.requestDuration = this.histogram(
       'gateway_request_duration_seconds',
       'Total time from request arrival to the end of the response, by route.',

@@ -318,6 +318,8 @@ function unrelayable(): Error {
 
 /** Forwards the request of `ctx` to the next target of its route's upstream that takes traffic. */
 export function relay(ctx: RequestContext): void {
+  // The side of a split is chosen last, so that match rules and sticky keys see the authenticated consumer.
+  if (ctx.route.split !== null) ctx.route = ctx.route.split.pick(ctx);
   const route = ctx.route;
   const upstream = route.upstream;
   const handler = new RelayHandler(ctx);
