@@ -4,6 +4,7 @@ import { HeaderNames, REQUEST_DROP } from './proxy/headers';
 import type { Step } from './chain';
 import type { RouteMetrics } from './observability/metrics';
 import type { ResponseTransform } from './proxy/relay';
+import type { Mirror } from './proxy/mirror';
 import type { TrafficSplit } from './proxy/split';
 
 /** Builds the function that turns a matched, normalised path into the path sent upstream. */
@@ -43,6 +44,8 @@ export class CompiledRoute {
   answersPreflight = false;
   /** Chooses the upstream of each request on a split route (a copy of this route per side); null otherwise. */
   split: TrafficSplit | null = null;
+  /** Copies this route's requests to a shadow upstream; null on most routes. */
+  mirror: Mirror | null = null;
   /** Paths with ";" parameters in ordinary segments are forwarded (match.allowPathParameters). */
   readonly allowsPathParameters: boolean;
 
@@ -64,6 +67,7 @@ export class CompiledRoute {
     copy.steps = this.steps;
     copy.responseTransform = this.responseTransform;
     copy.answersPreflight = this.answersPreflight;
+    copy.mirror = this.mirror;
     return copy;
   }
 

@@ -154,3 +154,80 @@ t.test('the config check explains a wrong split', async (t) => {
   t.match(problems({ sticky: 'path', sides: [{ upstream: 'stable' }, { upstream: 'canary' }] }).join('\n'), /split\.sticky.*header:<name>, cookie:<name>, ip or consumer/);
   t.same(problems({ sides: [{ upstream: 'stable' }, { upstream: 'canary' }] }), []);
 });
+
+async function setupMirror(
+  t: { teardown(fn: () => Promise<void>): void },
+  mirror: Record<string, unknown>,
+): Promise<{ gw: TestGateway; main: FlakyUpstream; shadow: FlakyUpstream }> {
+  const main = await startFlakyUpstream();
+  const shadow = await startFlakyUpstream();
+  const gw = await startGateway({
+    log: { level: 'info', access: false },
+    upstreams: { main: { targets: [main.url] }, shadow: { targets: [shadow.url], retries: { maxRetries: 0 }, timeouts: { requestMs: 3000 } } },
+    routes: [{ name: 'm', match: { prefix: '/' }, upstream: 'main', mirror: { upstream: 'shadow', ...mirror } }],
+  });
+  t.teardown(async () => {
+    // The shadow first: copies left hanging on it end, so the gateway's pools close at once.
+    await shadow.close();
+    await gw.close();
+    await main.close();
+  });
+  return { gw, main, shadow };
+}
+
+const mirrored = (gw: TestGateway, result: string): Promise<number> => metricValue(gw.adminUrl, 'gateway_mirror_requests_total', { route: 'm', upstream: 'shadow', result });
+
+async function until(cond: () => boolean | Promise<boolean>, ms = 5000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await cond()) return true;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return false;
+}
+
+t.test('mirroring copies requests to the shadow, marked, and discards its answers', async (t) => {
+  const { gw, main, shadow } = await setupMirror(t, {});
+  shadow.behave({ kind: 'status', status: 503 });
+  for (let i = 0; i < 10; i++) {
+    const res = await call(gw.url, `/m${i}?q=${i}`, { headers: { 'x-user': 'a' } });
+    t.equal(res.status, 200, 'the client gets the main upstream answer');
+  }
+  t.equal(main.hits, 10);
+  t.ok(await until(() => shadow.hits === 10), `the shadow got ${shadow.hits} copies`);
+  t.equal(shadow.seen[0].url, '/m0?q=0');
+  t.equal(shadow.seen[0].headers['x-gateway-mirror'], '1', 'copies are marked');
+  t.equal(shadow.seen[0].headers['x-user'], 'a');
+  t.equal(main.seen[0].headers['x-gateway-mirror'], undefined, 'the real request is not marked');
+  t.ok(await until(async () => (await mirrored(gw, '5xx')) === 10), 'shadow answers counted by class');
+  await call(gw.url, '/again', { headers: { 'x-gateway-mirror': '1' } });
+  await call(gw.url, '/body', { method: 'POST', body: 'abc' });
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(shadow.hits, 10, 'a mirrored request is never mirrored again, a request with a body is not copied');
+  t.equal(await mirrored(gw, 'skipped'), 1);
+});
+
+t.test('a hanging or down shadow never delays or fails the client; copies over maxConcurrent are dropped', async (t) => {
+  const { gw, main, shadow } = await setupMirror(t, { maxConcurrent: 2 });
+  shadow.behave({ kind: 'hang' });
+  for (let i = 0; i < 6; i++) {
+    const started = Date.now();
+    const res = await call(gw.url, `/h${i}`);
+    t.equal(res.status, 200);
+    t.ok(Date.now() - started < 1000, `answered in ${Date.now() - started} ms while the shadow hangs`);
+  }
+  t.ok(await until(() => shadow.hits === 2), 'two copies in flight');
+  t.equal(await mirrored(gw, 'dropped'), 4, 'the others dropped');
+  await shadow.stop();
+  t.ok(await until(async () => (await mirrored(gw, 'error')) === 2), 'the hanging copies end as errors');
+  for (let i = 0; i < 3; i++) t.equal((await call(gw.url, `/d${i}`)).status, 200, 'shadow down: the client is served');
+  t.ok(await until(async () => (await mirrored(gw, 'error')) === 5), 'copies to a down shadow count as errors');
+  t.equal(main.hits, 9);
+});
+
+t.test('sampleRatio copies that share of the requests', async (t) => {
+  const { gw, shadow } = await setupMirror(t, { sampleRatio: 0.25 });
+  t.equal(await send(gw, 400), 0, 'every request answered 200');
+  t.ok(await until(async () => (await mirrored(gw, '2xx')) === shadow.hits));
+  t.ok(shadow.hits > 60 && shadow.hits < 140, `${shadow.hits} of 400 copied at 0.25`);
+});

@@ -340,6 +340,9 @@ function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[], source?: stri
     if (!Object.hasOwn(cfg.upstreams, r.upstream)) {
       problems.push({ path: `${at}.upstream`, message: `unknown upstream "${r.upstream}"` });
     }
+    if (r.mirror && !Object.hasOwn(cfg.upstreams, r.mirror.upstream)) {
+      problems.push({ path: `${at}.mirror.upstream`, message: `unknown upstream "${r.mirror.upstream}"` });
+    }
     if (r.split) checkSplit(r.split, r.upstream, cfg.upstreams, `${at}.split`, problems);
     const prefix = r.match.prefix;
     if (prefix.length > 1 && prefix.endsWith('/')) {

@@ -576,6 +576,18 @@ export const SplitSchema = Obj(
   },
 );
 
+export const MirrorSchema = Obj(
+  {
+    upstream: Type.String({ description: 'Name of the shadow upstream that gets the copies.' }),
+    sampleRatio: Type.Number({ description: 'Share of the requests copied, from 0 to 1.', default: 1, minimum: 0, maximum: 1 }),
+    maxConcurrent: Type.Integer({ description: 'Copies in flight at most; further ones are dropped (counted), never queued.', default: 16, minimum: 1 }),
+  },
+  {
+    description:
+      'Copy a sampled share of the requests without a body to a shadow upstream, fire and forget: the copy never delays or fails the client\'s request, its answer is discarded, and it carries X-Gateway-Mirror: 1 (a request with that header is never mirrored again).',
+  },
+);
+
 const routeCore = {
     name: Type.String({
       description: 'Unique route name; used in metrics labels and logs (never raw paths).',
@@ -586,6 +598,7 @@ const routeCore = {
     match: MatchSchema,
     upstream: Type.String({ description: 'Name of the upstream this route forwards to (with split: one of its sides).' }),
     split: Type.Optional(SplitSchema),
+    mirror: Type.Optional(MirrorSchema),
     rewrite: RewriteSchema,
     preserveHost: Type.Boolean({
       description: "Forward the client's Host header instead of the target's.",
@@ -638,5 +651,6 @@ export const ConfigSchema = Obj({ ...configCore, ...pluginFields('top', configCo
 export type GatewayConfig = Static<typeof ConfigSchema>;
 export type RouteConfig = Static<typeof RouteSchema>;
 export type RouteSplitConfig = Static<typeof SplitSchema>;
+export type RouteMirrorConfig = Static<typeof MirrorSchema>;
 export type UpstreamConfig = Static<typeof UpstreamSchema>;
 export type FailureKind = (typeof FAILURE_KINDS)[number];

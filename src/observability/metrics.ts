@@ -104,6 +104,7 @@ export class GatewayMetrics {
   readonly requestBytes: CounterFamily;
   readonly responseBytes: CounterFamily;
   readonly splitRequests: CounterFamily;
+  readonly mirrorRequests: CounterFamily;
 
   constructor(opts: { processMetrics: boolean }) {
     this.requests = this.counter(
@@ -117,6 +118,11 @@ export class GatewayMetrics {
       'gateway_split_requests_total',
       'Requests of split routes, by route, the upstream of the side they went to, and why (match, sticky or weight).',
       ['route', 'upstream', 'reason'],
+    );
+    this.mirrorRequests = this.counter(
+      'gateway_mirror_requests_total',
+      'Mirrored copies of requests, by route, shadow upstream and result (2xx-5xx, error, dropped over maxConcurrent, skipped for a body).',
+      ['route', 'upstream', 'result'],
     );
     this.requestDuration = this.histogram(
       'gateway_request_duration_seconds',

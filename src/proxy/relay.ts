@@ -366,6 +366,7 @@ export function relay(ctx: RequestContext): void {
 
   handler.start();
   ctx.upstreamStartedAt = performance.now();
+  const path = route.rewrite(ctx.path) + ctx.query;
   handler.send(
     target,
     {
@@ -374,6 +375,7 @@ export function relay(ctx: RequestContext): void {
       headers,
       body: facts.hasBody ? (ctx.body ?? req) : null,
     },
-    route.rewrite(ctx.path) + ctx.query,
+    path,
   );
+  if (route.mirror !== null) route.mirror.send(ctx, headers, path, facts.hasBody);
 }
