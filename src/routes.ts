@@ -4,6 +4,8 @@ import { HeaderNames, REQUEST_DROP } from './proxy/headers';
 import type { Step } from './chain';
 import type { RouteMetrics } from './observability/metrics';
 import type { ResponseTransform } from './proxy/relay';
+import type { Mirror } from './proxy/mirror';
+import type { TrafficSplit } from './proxy/split';
 
 /** Builds the function that turns a matched, normalised path into the path sent upstream. */
 function compileRewrite(cfg: RouteConfig): (path: string) => string {
@@ -40,6 +42,10 @@ export class CompiledRoute {
   responseTransform: ResponseTransform | null = null;
   /** A step answers CORS preflights, so an OPTIONS preflight is routed by the method it asks about. */
   answersPreflight = false;
+  /** Chooses the upstream of each request on a split route (a copy of this route per side); null otherwise. */
+  split: TrafficSplit | null = null;
+  /** Copies this route's requests to a shadow upstream; null on most routes. */
+  mirror: Mirror | null = null;
   /** Paths with ";" parameters in ordinary segments are forwarded (match.allowPathParameters). */
   readonly allowsPathParameters: boolean;
 
@@ -52,6 +58,17 @@ export class CompiledRoute {
     this.allowsPathParameters = config.match.allowPathParameters;
     this.requestTimeoutMs = upstream.config.timeouts.requestMs;
     this.dropRequestHeaders = new HeaderNames(REQUEST_DROP);
+  }
+
+  /** This route forwarding to `upstream` instead: one side of its split, sharing its steps, transforms and metrics. */
+  side(upstream: Upstream): CompiledRoute {
+    if (upstream === this.upstream) return this;
+    const copy = new CompiledRoute(this.config, upstream, this.metrics);
+    copy.steps = this.steps;
+    copy.responseTransform = this.responseTransform;
+    copy.answersPreflight = this.answersPreflight;
+    copy.mirror = this.mirror;
+    return copy;
   }
 
   /** Chains `t` after the transforms already registered; the last body wrap returned wins. */

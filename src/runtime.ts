@@ -4,6 +4,8 @@ import { ClientIpResolver } from './net/client-ip';
 import { SingleHeaders } from './net/strict-http';
 import type { GatewayMetrics } from './observability/metrics';
 import type { UpstreamRegistry } from './proxy/upstreams';
+import { Mirror } from './proxy/mirror';
+import { TrafficSplit } from './proxy/split';
 import { CompiledRoute } from './routes';
 import { Router } from './routing/router';
 
@@ -32,6 +34,8 @@ export class Runtime {
         const step = p.stepFor(route);
         if (step) route.steps.push(step);
       }
+      if (r.mirror) route.mirror = new Mirror(r.mirror, upstreams.get(r.mirror.upstream), metrics.mirrorRequests, r.name);
+      if (r.split) route.split = new TrafficSplit(r.split, (name) => route.side(upstreams.get(name)), metrics.splitRequests, r.name);
       return route;
     });
     this.router = new Router(this.routes);

@@ -7,7 +7,7 @@ import { checkTls } from '../net/tls';
 import { PLUGINS } from '../plugins';
 import type { CheckContext } from '../plugins/types';
 import { ConfigError, type ConfigProblem } from './problem';
-import { ConfigSchema, type GatewayConfig } from './schema';
+import { ConfigSchema, type GatewayConfig, type RouteSplitConfig } from './schema';
 
 export { ConfigError, formatProblem, type ConfigProblem } from './problem';
 
@@ -340,6 +340,10 @@ function crossCheck(cfg: GatewayConfig, problems: ConfigProblem[], source?: stri
     if (!Object.hasOwn(cfg.upstreams, r.upstream)) {
       problems.push({ path: `${at}.upstream`, message: `unknown upstream "${r.upstream}"` });
     }
+    if (r.mirror && !Object.hasOwn(cfg.upstreams, r.mirror.upstream)) {
+      problems.push({ path: `${at}.mirror.upstream`, message: `unknown upstream "${r.mirror.upstream}"` });
+    }
+    if (r.split) checkSplit(r.split, r.upstream, cfg.upstreams, `${at}.split`, problems);
     const prefix = r.match.prefix;
     if (prefix.length > 1 && prefix.endsWith('/')) {
       problems.push({ path: `${at}.match.prefix`, message: 'must not end with "/" (prefixes match at segment boundaries)' });
@@ -642,4 +646,25 @@ export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.en
   const doc = YAML.parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length) throw new ConfigError(file, yamlProblems(text, doc.errors));
   return parseConfig(doc.toJS(), { env, source: file });
+}
+
+/** A split names known upstreams once each, includes the route's own upstream, and has some weight. */
+function checkSplit(split: RouteSplitConfig, upstream: string, upstreams: GatewayConfig['upstreams'], at: string, problems: ConfigProblem[]): void {
+  const seen = new Set<string>();
+  split.sides.forEach((side, i) => {
+    const path = `${at}.sides[${i}]`;
+    if (!Object.hasOwn(upstreams, side.upstream)) problems.push({ path: `${path}.upstream`, message: `unknown upstream "${side.upstream}"` });
+    if (seen.has(side.upstream)) problems.push({ path: `${path}.upstream`, message: `upstream "${side.upstream}" is already a side of this split` });
+    seen.add(side.upstream);
+    (side.match ?? []).forEach((m, j) => {
+      if ((m.header === undefined) === (m.cookie === undefined)) problems.push({ path: `${path}.match[${j}]`, message: 'give exactly one of header or cookie' });
+    });
+  });
+  if (!seen.has(upstream)) {
+    problems.push({
+      path: `${at}.sides`,
+      message: `the route's upstream "${upstream}" must be one of the sides: with split, upstream names the side that WebSocket upgrades go to`,
+    });
+  }
+  if (split.sides.every((s) => s.weight === 0)) problems.push({ path: `${at}.sides`, message: 'at least one side needs a weight above 0' });
 }

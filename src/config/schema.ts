@@ -531,6 +531,63 @@ export const RewriteSchema = Obj(
   { description: 'How the path is rewritten before it is forwarded.', default: {} },
 );
 
+const SplitMatchSchema = Obj(
+  {
+    header: Type.Optional(
+      Type.String({
+        description: 'Request header whose value is compared (give header or cookie, not both).',
+        pattern: "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+        expected: 'a header name',
+      }),
+    ),
+    cookie: Type.Optional(
+      Type.String({ description: 'Cookie whose value is compared (give header or cookie, not both).', pattern: '^[^\\s;=,]+$', expected: 'a cookie name' }),
+    ),
+    value: Type.String({ description: 'The value that sends the request to this side.' }),
+  },
+  { description: 'A request whose header or cookie has this value goes to this side, whatever the weights.' },
+);
+
+export const SplitSchema = Obj(
+  {
+    sides: Type.Array(
+      Obj(
+        {
+          upstream: Type.String({ description: 'Name of the upstream of this side.' }),
+          weight: Type.Integer({ description: 'Share of the traffic relative to the other sides (0 takes only matched requests).', default: 1, minimum: 0, maximum: 1000000 }),
+          match: Type.Optional(Type.Array(SplitMatchSchema, { description: 'Rules that send a request to this side whatever the weights; checked in side order, the first that holds wins.' })),
+        },
+        { description: 'One side of the split.' },
+      ),
+      { description: 'The upstreams the route splits its requests between; the route\'s own `upstream` must be one of them.', minItems: 2 },
+    ),
+    sticky: Type.Optional(
+      Type.String({
+        description:
+          'Keep each user on one side: the side is chosen by the hash of this key over the weights (header:<name>, cookie:<name>, ip or consumer). A request without the key is split by weight alone.',
+        pattern: '^(header:[A-Za-z0-9!#$%&\'*+.^_`|~-]+|cookie:[^\\s;=,]+|ip|consumer)$',
+        expected: 'header:<name>, cookie:<name>, ip or consumer',
+      }),
+    ),
+  },
+  {
+    description:
+      'Traffic split (canary): requests go to one of several upstreams by match rule, sticky hash or weight, each upstream with its own health, breaker and metrics. WebSocket upgrades go to the route\'s `upstream`.',
+  },
+);
+
+export const MirrorSchema = Obj(
+  {
+    upstream: Type.String({ description: 'Name of the shadow upstream that gets the copies.' }),
+    sampleRatio: Type.Number({ description: 'Share of the requests copied, from 0 to 1.', default: 1, minimum: 0, maximum: 1 }),
+    maxConcurrent: Type.Integer({ description: 'Copies in flight at most; further ones are dropped (counted), never queued.', default: 16, minimum: 1 }),
+  },
+  {
+    description:
+      'Copy a sampled share of the requests without a body to a shadow upstream, fire and forget: the copy never delays or fails the client\'s request, its answer is discarded, and it carries X-Gateway-Mirror: 1 (a request with that header is never mirrored again).',
+  },
+);
+
 const routeCore = {
     name: Type.String({
       description: 'Unique route name; used in metrics labels and logs (never raw paths).',
@@ -539,7 +596,9 @@ const routeCore = {
       maxLength: 64,
     }),
     match: MatchSchema,
-    upstream: Type.String({ description: 'Name of the upstream this route forwards to.' }),
+    upstream: Type.String({ description: 'Name of the upstream this route forwards to (with split: one of its sides).' }),
+    split: Type.Optional(SplitSchema),
+    mirror: Type.Optional(MirrorSchema),
     rewrite: RewriteSchema,
     preserveHost: Type.Boolean({
       description: "Forward the client's Host header instead of the target's.",
@@ -591,5 +650,7 @@ export const ConfigSchema = Obj({ ...configCore, ...pluginFields('top', configCo
 
 export type GatewayConfig = Static<typeof ConfigSchema>;
 export type RouteConfig = Static<typeof RouteSchema>;
+export type RouteSplitConfig = Static<typeof SplitSchema>;
+export type RouteMirrorConfig = Static<typeof MirrorSchema>;
 export type UpstreamConfig = Static<typeof UpstreamSchema>;
 export type FailureKind = (typeof FAILURE_KINDS)[number];

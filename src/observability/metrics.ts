@@ -103,6 +103,8 @@ export class GatewayMetrics {
   readonly gatewayDuration: HistogramFamily;
   readonly requestBytes: CounterFamily;
   readonly responseBytes: CounterFamily;
+  readonly splitRequests: CounterFamily;
+  readonly mirrorRequests: CounterFamily;
 
   constructor(opts: { processMetrics: boolean }) {
     this.requests = this.counter(
@@ -112,6 +114,16 @@ export class GatewayMetrics {
     );
     this.requestBytes = this.counter('gateway_request_bytes_total', 'Bytes received from clients (request heads and bodies, as read from the socket), by route.', ['route']);
     this.responseBytes = this.counter('gateway_response_bytes_total', 'Bytes sent to clients (response heads and bodies, as written to the socket), by route.', ['route']);
+    this.splitRequests = this.counter(
+      'gateway_split_requests_total',
+      'Requests of split routes, by route, the upstream of the side they went to, and why (match, sticky or weight).',
+      ['route', 'upstream', 'reason'],
+    );
+    this.mirrorRequests = this.counter(
+      'gateway_mirror_requests_total',
+      'Mirrored copies of requests, by route, shadow upstream and result (2xx-5xx, error, dropped over maxConcurrent, skipped for a body).',
+      ['route', 'upstream', 'result'],
+    );
     this.requestDuration = this.histogram(
       'gateway_request_duration_seconds',
       'Total time from request arrival to the end of the response, by route.',

@@ -318,6 +318,8 @@ function unrelayable(): Error {
 
 /** Forwards the request of `ctx` to the next target of its route's upstream that takes traffic. */
 export function relay(ctx: RequestContext): void {
+  // The side of a split is chosen last, so that match rules and sticky keys see the authenticated consumer.
+  if (ctx.route.split !== null) ctx.route = ctx.route.split.pick(ctx);
   const route = ctx.route;
   const upstream = route.upstream;
   const handler = new RelayHandler(ctx);
@@ -364,6 +366,7 @@ export function relay(ctx: RequestContext): void {
 
   handler.start();
   ctx.upstreamStartedAt = performance.now();
+  const path = route.rewrite(ctx.path) + ctx.query;
   handler.send(
     target,
     {
@@ -372,6 +375,7 @@ export function relay(ctx: RequestContext): void {
       headers,
       body: facts.hasBody ? (ctx.body ?? req) : null,
     },
-    route.rewrite(ctx.path) + ctx.query,
+    path,
   );
+  if (route.mirror !== null) route.mirror.send(ctx, headers, path, facts.hasBody);
 }
