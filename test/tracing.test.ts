@@ -234,8 +234,8 @@ t.test('the consumer, the rate-limit decision and the cache result are on the se
   t.same(
     servers.map((s) => [s.attributes['enduser.id'], s.attributes['gateway.rate_limit.decision'], s.attributes['gateway.cache.result'], s.attributes['http.response.status_code']]),
     [
-      ['alice', 'allowed', 'MISS', 200],
-      ['alice', 'allowed', 'HIT', 200],
+      ['alice', 'allowed', 'miss', 200],
+      ['alice', 'allowed', 'hit', 200],
       ['alice', 'limited', undefined, 429],
     ],
   );

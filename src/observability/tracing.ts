@@ -259,10 +259,9 @@ export class RequestTrace {
     span.setAttribute('http.response.status_code', status);
     if (ctx.identity !== null) span.setAttribute('enduser.id', ctx.identity.consumerId);
     if (ctx.errorCode !== null) span.setAttribute('gateway.error.code', ctx.errorCode);
-    const rateLimit = rateLimitDecision(ctx);
-    if (rateLimit !== null) span.setAttribute('gateway.rate_limit.decision', rateLimit);
-    const cache = cacheResult(ctx);
-    if (cache !== null) span.setAttribute('gateway.cache.result', cache);
+    // The decisions as the rate-limit and cache steps recorded them (the access line shows the same).
+    if (ctx.rateLimitResult !== null) span.setAttribute('gateway.rate_limit.decision', ctx.rateLimitResult);
+    if (ctx.cacheResult !== null) span.setAttribute('gateway.cache.result', ctx.cacheResult);
     if (status >= 500) {
       span.setAttribute('error.type', ctx.errorCode ?? String(status));
       span.setStatus({ code: SpanStatusCode.ERROR });
@@ -276,29 +275,4 @@ function serverAddress(host: string): string {
   if (host.charCodeAt(0) === 91) return host.slice(1, host.indexOf(']'));
   const colon = host.indexOf(':');
   return colon < 0 ? host : host.slice(0, colon);
-}
-
-function responseHeader(ctx: RequestContext, name: string): string | null {
-  const h = ctx.responseHeaders;
-  if (h !== null) for (let i = 0; i < h.length; i += 2) if (h[i] === name) return h[i + 1];
-  return null;
-}
-
-/** limited, store_unavailable or allowed on a route with rate limits; null elsewhere. */
-function rateLimitDecision(ctx: RequestContext): string | null {
-  if (ctx.errorCode === 'RATE_LIMITED') return 'limited';
-  if (ctx.errorCode === 'STORE_UNAVAILABLE') return 'store_unavailable';
-  if (ctx.route.config.rateLimit === undefined) return null;
-  return responseHeader(ctx, 'X-RateLimit-Remaining') !== null || ctx.upstreamMs >= 0 ? 'allowed' : null;
-}
-
-/**
- * MISS or BYPASS as the cache announced it to the client, or HIT when a cached route answered
- * without calling the upstream (fresh or stale entry); null on routes without a cache.
- */
-function cacheResult(ctx: RequestContext): string | null {
-  if (ctx.route.config.cache === undefined) return null;
-  const announced = responseHeader(ctx, 'X-Cache');
-  if (announced !== null) return announced;
-  return ctx.upstreamMs < 0 && ctx.errorCode === null && ctx.res.headersSent ? 'HIT' : null;
 }
