@@ -9,7 +9,7 @@ import { MemoryStore } from '../../store/memory';
 import { MemoryCache } from '../../store/memory-cache';
 import { BUCKET_FIELDS, F_NEXT_MS, F_REMAINING, F_RESET_MS, F_RETRY_MS, type CacheFound, type GateResult, type GateStore } from '../../store/types';
 import type { Plugin, PluginContext } from '../types';
-import { compileLimit, defaultConsumerName, defaultName, type CompiledLimit, type KeyLayout } from './limits';
+import { compileLimit, defaultConsumerName, defaultName, hasConsumerQuotas, type CompiledLimit, type KeyLayout } from './limits';
 import type { LimitConfig, RouteRateLimitConfig } from './schema';
 
 /** The limits one caller is subject to on one route, with the header text that never changes. */
@@ -76,6 +76,8 @@ export class RateLimitStep implements Step {
   private readonly failClosed: boolean;
   private readonly headers: boolean;
   private readonly decisions: Record<Decision, CounterCell>;
+  /** 429s by the scope of the bucket that refused (the one the client must wait longest for). */
+  private readonly rejections: Record<CompiledLimit['scope'], CounterCell>;
 
   constructor(
     route: CompiledRoute,
@@ -85,6 +87,7 @@ export class RateLimitStep implements Step {
     keyPrefix: string,
     apiKeyHeader: string,
     decisions: CounterFamily,
+    rejections: CounterFamily,
     /** The route's cache when its lookup rides in this step's gate call. */
     private readonly cache: RouteCache | null = null,
     private readonly local: LocalFallback | null = null,
@@ -92,8 +95,15 @@ export class RateLimitStep implements Step {
     const replicas = local === null ? 0 : local.replicas;
     const applied = cfg.consumerLimits ? consumerLimits : new Map<string, readonly LimitConfig[]>();
     const bys = new Set<string>(cfg.limits.map((l) => l.by));
-    for (const limits of applied.values()) for (const l of limits) bys.add(l.by);
-    const layout: KeyLayout = { keyPrefix, route: route.name, apiKeyHeader, perCaller: bys.size === 1 && !bys.has('route') };
+    let quotas = cfg.limits.some((l) => l.scope === 'consumer');
+    for (const limits of applied.values()) {
+      for (const l of limits) {
+        bys.add(l.by);
+        if (l.scope === 'consumer') quotas = true;
+      }
+    }
+    const perCaller = bys.size === 1 && !bys.has('route');
+    const layout: KeyLayout = { keyPrefix, route: route.name, apiKeyHeader, perCaller, callerTag: perCaller && quotas };
     this.perCaller = layout.perCaller;
 
     const routeNames = new Set<string>();
@@ -113,6 +123,7 @@ export class RateLimitStep implements Step {
     this.headers = cfg.headers;
     const results: Decision[] = ['allowed', 'limited', 'failed_open', 'failed_closed', 'local_allowed', 'local_limited'];
     this.decisions = Object.fromEntries(results.map((r) => [r, decisions.child(route.name, r)])) as Record<Decision, CounterCell>;
+    this.rejections = { route: rejections.child(route.name, 'route'), consumer: rejections.child(route.name, 'consumer') };
   }
 
   run(ctx: RequestContext): boolean | Promise<boolean> {
@@ -197,6 +208,7 @@ export class RateLimitStep implements Step {
     let m = 0;
     for (let i = 1; i < limits.length; i++) if (b[i * BUCKET_FIELDS + F_RETRY_MS] > b[m * BUCKET_FIELDS + F_RETRY_MS]) m = i;
     const at = m * BUCKET_FIELDS;
+    this.rejections[limits[m].scope].inc();
     const headers: Record<string, string | number> = {
       'retry-after': Math.max(1, Math.ceil(b[at + F_RETRY_MS] / 1000)),
     };
@@ -238,11 +250,17 @@ function serviceLimits(b: readonly number[], limits: readonly CompiledLimit[]): 
   return out;
 }
 
+/** What a route with auth and no `rateLimit` applies when consumers have quotas: only their limits, with the defaults. */
+const QUOTAS_ONLY: RouteRateLimitConfig = { limits: [], consumerLimits: true, failMode: 'open', headers: true };
+
 /** Builds a rate-limit step for every route with a `rateLimit` section (once per runtime, so per reload). */
 export class RateLimitPlugin implements Plugin {
   readonly name = 'rate-limit';
   private readonly decisions: CounterFamily;
+  private readonly rejections: CounterFamily;
   private readonly consumerLimits: Map<string, readonly LimitConfig[]>;
+  /** Some consumer has a quota across routes: routes with auth but no rateLimit still count its traffic. */
+  private readonly quotas: boolean;
   private readonly keyPrefix: string;
   private readonly apiKeyHeader: string;
   private readonly local: LocalFallback | null;
@@ -259,6 +277,14 @@ export class RateLimitPlugin implements Plugin {
         ['route', 'result'],
       ),
     );
+    this.rejections = ctx.shared('ratelimit.rejections', () =>
+      ctx.metrics.counter(
+        'gateway_ratelimit_rejections_total',
+        'Requests refused with 429, by route and by the scope of the limit that refused them: route (a bucket of the route) or consumer (a quota across routes).',
+        ['route', 'scope'],
+      ),
+    );
+    this.quotas = hasConsumerQuotas(ctx.config.consumers);
     this.consumerLimits = new Map(ctx.config.consumers.filter((c) => c.rateLimits.length > 0).map((c) => [c.id, c.rateLimits]));
     this.keyPrefix = ctx.config.store.redis.keyPrefix;
     this.apiKeyHeader = ctx.config.auth.apiKeys.header.toLowerCase();
@@ -271,10 +297,14 @@ export class RateLimitPlugin implements Plugin {
   }
 
   stepFor(route: CompiledRoute): Step | null {
-    const cfg = route.config.rateLimit;
-    if (cfg === undefined) return null;
+    let cfg = route.config.rateLimit;
+    if (cfg === undefined) {
+      // A quota covers all of a consumer's traffic: every route where a consumer can be known.
+      if (!this.quotas || route.config.auth === undefined) return null;
+      cfg = QUOTAS_ONLY;
+    }
     const cache = this.cache !== null && this.cache.joinsRateLimit(route) ? this.cache.forRoute(route) : null;
     const local = cfg.failMode === 'local' ? this.local : null;
-    return new RateLimitStep(route, cfg, this.consumerLimits, this.store, this.keyPrefix, this.apiKeyHeader, this.decisions, cache, local);
+    return new RateLimitStep(route, cfg, this.consumerLimits, this.store, this.keyPrefix, this.apiKeyHeader, this.decisions, this.rejections, cache, local);
   }
 }
