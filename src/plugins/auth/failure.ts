@@ -1,3 +1,5 @@
+import type { ErrorCode } from '../../errors';
+
 /**
  * Why a credential was not accepted. The step turns it into 401 (with WWW-Authenticate) or, when
  * the key source itself is unreachable, 503. Messages are fixed strings: nothing from the
@@ -8,6 +10,8 @@ export class AuthFailure extends Error {
     message: string,
     /** The key source (JWKS, key store) is unreachable, so nothing can be verified: 503, not 401. */
     readonly unavailable = false,
+    /** A more precise code than UNAUTHENTICATED for the answer. */
+    readonly code?: ErrorCode,
   ) {
     super(message);
     this.name = 'AuthFailure';

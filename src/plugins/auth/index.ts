@@ -7,13 +7,13 @@ import { readPublicKeyPem } from './check';
 import { ConsumerDirectory } from './consumers';
 import { headerVariants, type IdentityHeaderNames } from './identity-headers';
 import { JwksKeySource } from './jwks';
-import { algorithmsForKey, claimRules, JwtAuthenticator, keyVerifier, loadPublicKey, type KeySource } from './jwt';
+import { algorithmsForKey, claimRules, JwtAuthenticator, keyVerifier, loadPublicKey, type KeySource, type TokenIssuers } from './jwt';
 import { RedisKeyStore } from './redis-keys';
-import type { JwtConfig } from './schema';
+import type { JwtConfig, JwtKeyConfig } from './schema';
 import { AuthStep, type CredentialSources } from './step';
 
 /** Auth metrics live as long as the gateway: plugins are rebuilt on reload, metric families are not. */
-function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetches: CounterFamily } {
+function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetches: CounterFamily; jwtIssuers: CounterFamily } {
   return ctx.shared('auth:metrics', () => {
     const jwksFetches = ctx.metrics.counter('gateway_auth_jwks_fetches_total', 'Fetches of the JWKS key set, by result (ok, error).', ['result']);
     // Both series from the start: a dashboard shows 0 fetch errors rather than nothing.
@@ -26,6 +26,11 @@ function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetche
         ['route', 'result'],
       ),
       jwksFetches,
+      jwtIssuers: ctx.metrics.counter(
+        'gateway_auth_jwt_issuer_tokens_total',
+        'Tokens verified (not served from the token cache), by issuer: a configured iss, any (the single-issuer form without issuer), or unknown (an iss no issuer entry names: refused before any signature work).',
+        ['issuer'],
+      ),
     };
   });
 }
@@ -44,23 +49,34 @@ export function keyStoreFor(ctx: PluginContext): KeyStore {
   });
 }
 
-function jwtKeySource(jwt: JwtConfig, ctx: PluginContext): KeySource {
-  const rules = claimRules(jwt);
-  if (jwt.secret !== undefined) return { kind: 'static', verify: keyVerifier(jwt.secret, jwt.algorithms, rules) };
-  const jwksConfig = jwt.jwks;
+function jwtKeySource(jwt: JwtConfig, keyCfg: JwtKeyConfig, ctx: PluginContext): KeySource {
+  const rules = claimRules(jwt, keyCfg);
+  const algs = keyCfg.algorithms;
+  if (keyCfg.secret !== undefined) return { kind: 'static', verify: keyVerifier(keyCfg.secret, algs, rules) };
+  const jwksConfig = keyCfg.jwks;
   if (jwksConfig) {
     // The fetched keys survive reloads that keep the same key set and claim rules.
-    const jwks = ctx.shared(`auth:jwks:${JSON.stringify([jwksConfig, jwt.algorithms, rules])}`, () => {
-      const source = new JwksKeySource({ ...jwksConfig, algorithms: jwt.algorithms, rules, log: ctx.log, fetches: authMetrics(ctx).jwksFetches });
+    const jwks = ctx.shared(`auth:jwks:${JSON.stringify([jwksConfig, algs, rules])}`, () => {
+      const source = new JwksKeySource({ ...jwksConfig, algorithms: algs, rules, log: ctx.log, fetches: authMetrics(ctx).jwksFetches });
       ctx.addResource(source);
       return source;
     });
     return { kind: 'jwks', jwks };
   }
-  const pem = loadPublicKey(readPublicKeyPem(jwt), jwt.algorithms);
+  const pem = loadPublicKey(readPublicKeyPem(keyCfg), algs);
   const key = createPublicKey(pem);
-  const algorithms = algorithmsForKey(key.asymmetricKeyType, key.asymmetricKeyDetails?.namedCurve, jwt.algorithms);
+  const algorithms = algorithmsForKey(key.asymmetricKeyType, key.asymmetricKeyDetails?.namedCurve, algs);
   return { kind: 'static', verify: keyVerifier(pem, algorithms, rules) };
+}
+
+/** The issuers of `jwt`: the single-issuer form (checked to have algorithms), or one entry per `iss`. */
+function tokenIssuers(jwt: JwtConfig, ctx: PluginContext): TokenIssuers {
+  const counts = authMetrics(ctx).jwtIssuers;
+  if (jwt.issuers === undefined) {
+    return { one: { keys: jwtKeySource(jwt, { ...jwt, algorithms: jwt.algorithms! }, ctx), verified: counts.child(jwt.issuer ?? 'any') } };
+  }
+  const byIss = new Map(jwt.issuers.map((i) => [i.issuer, { keys: jwtKeySource(jwt, i, ctx), verified: counts.child(i.issuer) }]));
+  return { byIss, unknown: counts.child('unknown') };
 }
 
 /**
@@ -75,7 +91,7 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
   const consumers = new ConsumerDirectory(cfg.consumers, names);
   // Node refuses a longer head (431) before any of this runs, so the listener's limit is the natural default.
   const maxTokenBytes = auth.jwt?.maxTokenBytes ?? cfg.policies.limits.maxHeaderBytes;
-  const jwt = auth.jwt ? new JwtAuthenticator(auth.jwt, jwtKeySource(auth.jwt, ctx), consumers, names, maxTokenBytes) : null;
+  const jwt = auth.jwt ? new JwtAuthenticator(auth.jwt, tokenIssuers(auth.jwt, ctx), consumers, names, maxTokenBytes) : null;
 
   const sources: CredentialSources = {
     jwt,

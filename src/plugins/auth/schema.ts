@@ -35,22 +35,41 @@ export const JwksSchema = Obj(
   { description: 'Keys fetched from a JWKS endpoint, cached; cached keys keep working while the endpoint is down.' },
 );
 
+const ALGORITHMS_DESCRIPTION = 'Accepted signature algorithms, always explicit. HS* only with `secret`; never HS* with a public key or JWKS.';
+const algorithmList = () =>
+  Type.Array(Type.Union(JWT_ALGORITHMS.map((a) => Type.Literal(a))), { description: ALGORITHMS_DESCRIPTION, minItems: 1 });
+const keyFields = () => ({
+  secret: Type.Optional(Type.String({ description: 'HMAC secret for HS256/384/512, at least 32 bytes (use ${ENV} substitution).' })),
+  publicKey: Type.Optional(Type.String({ description: 'PEM public key (or certificate) for RS/PS/ES/EdDSA.' })),
+  publicKeyFile: Type.Optional(Type.String({ description: 'File holding the PEM public key (or certificate).' })),
+  jwks: Type.Optional(JwksSchema),
+});
+const audienceList = () =>
+  Type.Array(Type.String({ description: 'An accepted audience.', minLength: 1 }), {
+    description: 'Accepted audiences, matched exactly; the token `aud` (string or array) must contain one of them.',
+    minItems: 1,
+  });
+
+export const JwtIssuerSchema = Obj(
+  {
+    issuer: Type.String({ description: 'The `iss` this entry verifies, matched exactly; a token naming it is checked with these keys only.', minLength: 1 }),
+    algorithms: algorithmList(),
+    ...keyFields(),
+    audience: Type.Optional(audienceList()),
+  },
+  { description: 'One accepted token issuer: exactly one key source (secret, publicKey, publicKeyFile or jwks), its algorithms and audience.' },
+);
+
 export const JwtSchema = Obj(
   {
-    algorithms: Type.Array(Type.Union(JWT_ALGORITHMS.map((a) => Type.Literal(a))), {
-      description: 'Accepted signature algorithms, always explicit. HS* only with `secret`; never HS* with a public key or JWKS.',
-      minItems: 1,
-    }),
-    secret: Type.Optional(
-      Type.String({ description: 'HMAC secret for HS256/384/512, at least 32 bytes (use ${ENV} substitution).' }),
-    ),
-    publicKey: Type.Optional(Type.String({ description: 'PEM public key (or certificate) for RS/PS/ES/EdDSA.' })),
-    publicKeyFile: Type.Optional(Type.String({ description: 'File holding the PEM public key (or certificate).' })),
-    jwks: Type.Optional(JwksSchema),
+    algorithms: Type.Optional(algorithmList()),
+    ...keyFields(),
     issuer: Type.Optional(Type.String({ description: 'Required `iss`, matched exactly.', minLength: 1 })),
-    audience: Type.Optional(
-      Type.Array(Type.String({ description: 'An accepted audience.', minLength: 1 }), {
-        description: 'Accepted audiences, matched exactly; the token `aud` (string or array) must contain one of them.',
+    audience: Type.Optional(audienceList()),
+    issuers: Type.Optional(
+      Type.Array(JwtIssuerSchema, {
+        description:
+          "Several issuers instead of the single one above (leave algorithms, the key source, issuer and audience unset): the token's `iss`, read before any signature work, picks the entry whose keys verify it; a token from any other issuer is refused (401 UNKNOWN_TOKEN_ISSUER). The settings below apply to every issuer.",
         minItems: 1,
       }),
     ),
@@ -97,7 +116,7 @@ export const JwtSchema = Obj(
       { description: 'Cache of verification results, keyed by the whole token.', default: {} },
     ),
   },
-  { description: 'JSON Web Tokens: exactly one key source (secret, publicKey, publicKeyFile or jwks).' },
+  { description: 'JSON Web Tokens: either algorithms and exactly one key source (secret, publicKey, publicKeyFile or jwks), or `issuers`.' },
 );
 
 export const KeyRedisSchema = Obj(
@@ -203,5 +222,8 @@ export const RouteAuthSchema = Obj(
 
 export type AuthConfig = Static<typeof AuthSchema>;
 export type JwtConfig = Static<typeof JwtSchema>;
+export type JwtIssuerConfig = Static<typeof JwtIssuerSchema>;
+/** What verifies the tokens of one issuer: the single-issuer fields of JwtConfig, or one of its issuers. */
+export type JwtKeyConfig = Pick<JwtIssuerConfig, 'algorithms' | 'secret' | 'publicKey' | 'publicKeyFile' | 'jwks' | 'audience'> & { issuer?: string };
 export type ApiKeysConfig = Static<typeof ApiKeysSchema>;
 export type RouteAuthConfig = Static<typeof RouteAuthSchema>;

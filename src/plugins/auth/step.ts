@@ -182,6 +182,7 @@ export class AuthStep implements Step {
     if (!(err instanceof AuthFailure)) this.log.warn({ err: { message: (err as Error)?.message } }, 'credential verification failed unexpectedly');
     this.counts.unauthenticated.inc();
     const detail = err instanceof AuthFailure ? err.message : 'the credentials are not valid';
-    return new GatewayError('UNAUTHENTICATED', { detail, headers: isJwt ? this.badToken : this.badKey });
+    const code = err instanceof AuthFailure && err.code !== undefined ? err.code : 'UNAUTHENTICATED';
+    return new GatewayError(code, { detail, headers: isJwt ? this.badToken : this.badKey });
   }
 }
