@@ -96,6 +96,17 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
     }
   }
 
+  const cert = cfg.auth.clientCert;
+  if (cert) {
+    const names = [cert.subjectHeader, cert.fingerprintHeader].map((n) => n.toLowerCase());
+    if (names[0] === names[1]) problems.push({ path: 'auth.clientCert.fingerprintHeader', message: 'must differ from subjectHeader' });
+    (['subjectHeader', 'fingerprintHeader'] as const).forEach((field, i) => {
+      if (idHeaders.includes(names[i]) || names[i] === 'authorization' || names[i] === cfg.auth.apiKeys.header.toLowerCase()) {
+        problems.push({ path: `auth.clientCert.${field}`, message: 'collides with an identity or credential header' });
+      }
+    });
+  }
+
   const consumerIds = new Map<string, number>();
   const prefixes = new Map<string, string>();
   cfg.consumers.forEach((c, i) => {
@@ -141,6 +152,12 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
     if (!auth) return;
     const at = `routes[${i}].auth`;
     if (auth.methods.includes('jwt') && !jwt) problems.push({ path: `${at}.methods`, message: 'jwt needs auth.jwt to be configured' });
+    if (auth.methods.includes('clientCert')) {
+      if (!cfg.auth.clientCert) problems.push({ path: `${at}.methods`, message: 'clientCert needs auth.clientCert to be configured' });
+      if ((cfg.listen.tls?.clientCertificates.mode ?? 'off') === 'off') {
+        problems.push({ path: `${at}.methods`, message: 'clientCert needs the TLS listener to ask for client certificates (listen.tls.clientCertificates.mode request or require)' });
+      }
+    }
     if (auth.tokenTypes && !auth.methods.includes('jwt')) {
       problems.push({ path: `${at}.tokenTypes`, message: 'token types apply to JWTs: add jwt to methods or remove tokenTypes' });
     }

@@ -4,6 +4,7 @@ import type { CounterFamily } from '../../observability/fast-metrics';
 import type { CompiledRoute } from '../../routes';
 import { ApiKeyAuthenticator, MemoryKeyStore, type KeyStore } from './api-keys';
 import { readPublicKeyPem } from './check';
+import { ClientCertAuthenticator } from './client-cert';
 import { ConsumerDirectory } from './consumers';
 import { headerVariants, type IdentityHeaderNames } from './identity-headers';
 import { JwksKeySource } from './jwks';
@@ -13,7 +14,7 @@ import type { JwtConfig, JwtKeyConfig } from './schema';
 import { AuthStep, type CredentialSources } from './step';
 
 /** Auth metrics live as long as the gateway: plugins are rebuilt on reload, metric families are not. */
-function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetches: CounterFamily; jwtIssuers: CounterFamily } {
+function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetches: CounterFamily; jwtIssuers: CounterFamily; clientCerts: CounterFamily } {
   return ctx.shared('auth:metrics', () => {
     const jwksFetches = ctx.metrics.counter('gateway_auth_jwks_fetches_total', 'Fetches of the JWKS key set, by result (ok, error).', ['result']);
     // Both series from the start: a dashboard shows 0 fetch errors rather than nothing.
@@ -30,6 +31,11 @@ function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetche
         'gateway_auth_jwt_issuer_tokens_total',
         'Tokens verified (not served from the token cache), by issuer: a configured iss, any (the single-issuer form without issuer), or unknown (an iss no issuer entry names: refused before any signature work).',
         ['issuer'],
+      ),
+      clientCerts: ctx.metrics.counter(
+        'gateway_auth_client_cert_total',
+        'Client certificates checked as credentials, by result: ok, unverified (did not chain to the CA), no_identity (no subject CN or SAN of the configured kind), unknown_consumer, unsendable (the name cannot be an identity header).',
+        ['result'],
       ),
     };
   });
@@ -93,8 +99,11 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
   const maxTokenBytes = auth.jwt?.maxTokenBytes ?? cfg.policies.limits.maxHeaderBytes;
   const jwt = auth.jwt ? new JwtAuthenticator(auth.jwt, tokenIssuers(auth.jwt, ctx), consumers, names, maxTokenBytes) : null;
 
+  const certCfg = auth.clientCert;
+  const clientCert = certCfg ? new ClientCertAuthenticator(certCfg, consumers, names, authMetrics(ctx).clientCerts) : null;
   const sources: CredentialSources = {
     jwt,
+    clientCert,
     apiKeys: new ApiKeyAuthenticator(keyStoreFor(ctx), consumers),
     apiKeyHeader: auth.apiKeys.header.toLowerCase(),
     apiKeyHeaderName: auth.apiKeys.header,
@@ -105,7 +114,8 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
   };
   const { decisions } = authMetrics(ctx);
 
-  const identityDrops = [names.consumerId, names.userId, names.roles, ...Object.keys(auth.jwt?.claimHeaders ?? {})].flatMap(headerVariants);
+  const certHeaders = certCfg ? [certCfg.subjectHeader, certCfg.fingerprintHeader] : [];
+  const identityDrops = [names.consumerId, names.userId, names.roles, ...Object.keys(auth.jwt?.claimHeaders ?? {}), ...certHeaders].flatMap(headerVariants);
   const credentialDrops = ['authorization', ...headerVariants(auth.apiKeys.header)];
 
   return {

@@ -172,17 +172,44 @@ export const IdentityHeadersSchema = Obj(
   },
 );
 
+export const ClientCertSchema = Obj(
+  {
+    consumerFrom: Type.Union([Type.Literal('subject.CN'), Type.Literal('san.dns'), Type.Literal('san.uri'), Type.Literal('san.email')], {
+      description: 'Where the consumer id is read from in the verified certificate: the subject common name, or the first SAN of a kind (DNS name, URI such as a SPIFFE id, email).',
+      default: 'subject.CN',
+    }),
+    requireKnownConsumer: Type.Boolean({
+      description:
+        'Refuse (403 CLIENT_CERT_UNKNOWN_CONSUMER) a certificate whose name is no consumer id. With false any certificate the CA signed is a caller, with no roles unless a consumer of that id grants them.',
+      default: true,
+    }),
+    forward: Type.Boolean({ description: 'Send the certificate subject and SHA-256 fingerprint upstream in the two headers below.', default: false }),
+    subjectHeader: Type.String({ description: 'Upstream header carrying the certificate subject (CN=...,O=...).', default: 'X-Client-Cert-Subject', pattern: HEADER_NAME, expected: HEADER_NAME_WORDS }),
+    fingerprintHeader: Type.String({
+      description: 'Upstream header carrying the certificate SHA-256 fingerprint (AA:BB:...).',
+      default: 'X-Client-Cert-Fingerprint',
+      pattern: HEADER_NAME,
+      expected: HEADER_NAME_WORDS,
+    }),
+  },
+  {
+    description:
+      'TLS client certificates as credentials (route method clientCert). Needs listen.tls.clientCertificates (mode request or require), which verifies the chain; client-sent copies of the two headers are always removed.',
+  },
+);
+
 export const AuthSchema = Obj(
   {
     realm: Type.String({ description: 'Realm announced in WWW-Authenticate.', default: 'gateway', pattern: '^[ !#-\\[\\]-~]{1,64}$', expected: 'at most 64 printable ASCII characters without " or \\' }),
     jwt: Type.Optional(JwtSchema),
     apiKeys: ApiKeysSchema,
+    clientCert: Type.Optional(ClientCertSchema),
     identityHeaders: IdentityHeadersSchema,
   },
   { description: 'Authentication providers.', default: {} },
 );
 
-export const AUTH_METHODS = ['jwt', 'apiKey'] as const;
+export const AUTH_METHODS = ['jwt', 'apiKey', 'clientCert'] as const;
 export type AuthMethod = (typeof AUTH_METHODS)[number];
 
 export const RouteAuthSchema = Obj(
@@ -226,4 +253,5 @@ export type JwtIssuerConfig = Static<typeof JwtIssuerSchema>;
 /** What verifies the tokens of one issuer: the single-issuer fields of JwtConfig, or one of its issuers. */
 export type JwtKeyConfig = Pick<JwtIssuerConfig, 'algorithms' | 'secret' | 'publicKey' | 'publicKeyFile' | 'jwks' | 'audience'> & { issuer?: string };
 export type ApiKeysConfig = Static<typeof ApiKeysSchema>;
+export type ClientCertConfig = Static<typeof ClientCertSchema>;
 export type RouteAuthConfig = Static<typeof RouteAuthSchema>;

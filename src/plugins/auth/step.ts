@@ -4,6 +4,7 @@ import type { RequestContext } from '../../context';
 import type { CounterCell, CounterFamily } from '../../observability/fast-metrics';
 import { GatewayError } from '../../errors';
 import type { ApiKeyAuthenticator } from './api-keys';
+import type { ClientCertAuthenticator } from './client-cert';
 import type { Verified } from './consumers';
 import { bearerToken, cookieValue, queryValue, withoutCookies, withoutQueryParams } from './credentials';
 import { AuthFailure } from './failure';
@@ -13,6 +14,7 @@ import type { RouteAuthConfig } from './schema';
 /** Where credentials come from: fixed by the configuration, shared by every route. */
 export interface CredentialSources {
   jwt: JwtAuthenticator | null;
+  clientCert: ClientCertAuthenticator | null;
   apiKeys: ApiKeyAuthenticator;
   /** Lower-case API key header name. */
   apiKeyHeader: string;
@@ -25,12 +27,18 @@ export interface CredentialSources {
 
 type Result = 'ok' | 'anonymous' | 'unauthenticated' | 'forbidden' | 'unavailable';
 
+/** Credential kinds, in the order a route lists them. */
+const JWT = 1;
+const API_KEY = 2;
+const CLIENT_CERT = 3;
+type Kind = typeof JWT | typeof API_KEY | typeof CLIENT_CERT;
+const KINDS: Record<string, Kind> = { jwt: JWT, apiKey: API_KEY, clientCert: CLIENT_CERT };
+
 /** The auth step of one route: everything it needs is decided here, once, at start-up. */
 export class AuthStep implements Step {
   readonly name = 'auth';
-  private readonly useJwt: boolean;
-  private readonly useKey: boolean;
-  private readonly jwtFirst: boolean;
+  /** The route's methods that can be used, in its order. */
+  private readonly order: readonly Kind[];
   private readonly required: boolean;
   private readonly roles: ReadonlySet<string> | null;
   private readonly scopes: ReadonlyMap<string, readonly string[]> | null;
@@ -42,6 +50,10 @@ export class AuthStep implements Step {
   private readonly missing: Record<string, string>;
   private readonly badToken: Record<string, string>;
   private readonly badKey: Record<string, string>;
+  /** A certificate refusal: the route's other challenges, if it has any (TLS has no scheme of its own). */
+  private readonly badCert: Record<string, string> | undefined;
+  /** The route accepts client certificates only: a missing one is CLIENT_CERT_REQUIRED. */
+  private readonly certOnly: boolean;
   private readonly counts: Record<Result, CounterCell>;
 
   constructor(
@@ -51,9 +63,10 @@ export class AuthStep implements Step {
     counter: CounterFamily,
     private readonly log: FastifyBaseLogger,
   ) {
-    this.useJwt = auth.methods.includes('jwt') && src.jwt !== null;
-    this.useKey = auth.methods.includes('apiKey');
-    this.jwtFirst = auth.methods[0] === 'jwt';
+    this.order = auth.methods
+      .filter((m) => (m !== 'jwt' || src.jwt !== null) && (m !== 'clientCert' || src.clientCert !== null))
+      .map((m) => KINDS[m]);
+    this.certOnly = auth.methods.length === 1 && auth.methods[0] === 'clientCert';
     this.required = auth.required;
     this.roles = auth.roles ? new Set(auth.roles) : null;
     this.scopes = auth.scopes ? new Map(Object.entries(auth.scopes)) : null;
@@ -67,11 +80,13 @@ export class AuthStep implements Step {
     const realm = `realm="${src.realm}"`;
     const bearer = `Bearer ${realm}`;
     const apiKey = `ApiKey ${realm}, header="${src.apiKeyHeaderName}"`;
-    const challenges = (jwtError: string, keyError: string) =>
-      auth.methods.map((m) => (m === 'jwt' ? bearer + jwtError : apiKey + keyError)).join(', ');
-    this.missing = { 'www-authenticate': challenges('', '') };
-    this.badToken = { 'www-authenticate': challenges(', error="invalid_token"', '') };
-    this.badKey = { 'www-authenticate': challenges('', ', error="invalid_key"') };
+    const schemes = auth.methods.filter((m) => m !== 'clientCert');
+    const challenges = (jwtError: string, keyError: string) => schemes.map((m) => (m === 'jwt' ? bearer + jwtError : apiKey + keyError)).join(', ');
+    const header = (value: string): Record<string, string> => (value === '' ? {} : { 'www-authenticate': value });
+    this.missing = header(challenges('', ''));
+    this.badToken = header(challenges(', error="invalid_token"', ''));
+    this.badKey = header(challenges('', ', error="invalid_key"'));
+    this.badCert = schemes.length === 0 ? undefined : this.missing;
     this.counts = {
       ok: counter.child(routeName, 'ok'),
       anonymous: counter.child(routeName, 'anonymous'),
@@ -84,22 +99,23 @@ export class AuthStep implements Step {
   run(ctx: RequestContext): StepResult {
     if (this.stripCookies !== null) this.forwardCookiesWithoutToken(ctx);
     let credential: string | undefined;
-    let isJwt = false;
-    if (this.jwtFirst) {
-      credential = this.jwtToken(ctx);
-      if (credential !== undefined) isJwt = true;
-      else credential = this.apiKey(ctx);
-    } else {
-      credential = this.apiKey(ctx);
-      if (credential === undefined) {
-        credential = this.jwtToken(ctx);
-        isJwt = credential !== undefined;
+    let kind: Kind | 0 = 0;
+    const order = this.order;
+    for (let i = 0; i < order.length; i++) {
+      const k = order[i];
+      if (k === JWT) credential = this.jwtToken(ctx);
+      else if (k === API_KEY) credential = this.apiKey(ctx);
+      else if (this.src.clientCert!.presented(ctx.socket)) credential = '';
+      if (credential !== undefined) {
+        kind = k;
+        break;
       }
     }
     if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
-    if (credential === undefined) {
+    if (kind === 0) {
       if (this.required) {
         this.counts.unauthenticated.inc();
+        if (this.certOnly) throw new GatewayError('CLIENT_CERT_REQUIRED', { detail: 'this route requires a TLS client certificate' });
         throw new GatewayError('UNAUTHENTICATED', { detail: 'credentials are required', headers: this.missing });
       }
       this.counts.anonymous.inc();
@@ -107,15 +123,17 @@ export class AuthStep implements Step {
     }
     let verified: Verified | Promise<Verified>;
     try {
-      verified = isJwt ? this.src.jwt!.authenticate(credential) : this.src.apiKeys.authenticate(credential);
+      if (kind === JWT) verified = this.src.jwt!.authenticate(credential!);
+      else if (kind === API_KEY) verified = this.src.apiKeys.authenticate(credential!);
+      else verified = this.src.clientCert!.authenticate(ctx.socket);
     } catch (err) {
-      throw this.refusal(err, isJwt);
+      throw this.refusal(err, kind);
     }
     if (verified instanceof Promise) {
       return verified.then(
         (v) => this.admit(ctx, v),
         (err: unknown) => {
-          throw this.refusal(err, isJwt);
+          throw this.refusal(err, kind);
         },
       );
     }
@@ -123,7 +141,6 @@ export class AuthStep implements Step {
   }
 
   private jwtToken(ctx: RequestContext): string | undefined {
-    if (!this.useJwt) return undefined;
     const req = ctx.req;
     let token = bearerToken(req.headers.authorization);
     if (token === undefined && this.src.jwtCookie !== undefined) token = cookieValue(req.headers.cookie, this.src.jwtCookie);
@@ -132,7 +149,6 @@ export class AuthStep implements Step {
   }
 
   private apiKey(ctx: RequestContext): string | undefined {
-    if (!this.useKey) return undefined;
     let key = ctx.req.headers[this.src.apiKeyHeader];
     if (Array.isArray(key)) key = key.join(', ');
     if (key === undefined && this.src.apiKeyQuery !== undefined) key = queryValue(ctx.query, this.src.apiKeyQuery);
@@ -173,16 +189,21 @@ export class AuthStep implements Step {
   }
 
   /** Any failure to verify is the client's 401 (or 503 when the key source is down), never a 500. */
-  private refusal(err: unknown, isJwt: boolean): GatewayError {
+  private refusal(err: unknown, kind: Kind): GatewayError {
     if (err instanceof GatewayError) return err;
     if (err instanceof AuthFailure && err.unavailable) {
       this.counts.unavailable.inc();
       return new GatewayError('AUTH_UNAVAILABLE', { detail: err.message, headers: { 'retry-after': 1 } });
     }
     if (!(err instanceof AuthFailure)) this.log.warn({ err: { message: (err as Error)?.message } }, 'credential verification failed unexpectedly');
-    this.counts.unauthenticated.inc();
     const detail = err instanceof AuthFailure ? err.message : 'the credentials are not valid';
     const code = err instanceof AuthFailure && err.code !== undefined ? err.code : 'UNAUTHENTICATED';
-    return new GatewayError(code, { detail, headers: isJwt ? this.badToken : this.badKey });
+    if (code === 'CLIENT_CERT_UNKNOWN_CONSUMER') {
+      // The certificate is genuine (the CA vouches for the caller), the caller is just not allowed in.
+      this.counts.forbidden.inc();
+      return new GatewayError(code, { detail });
+    }
+    this.counts.unauthenticated.inc();
+    return new GatewayError(code, { detail, headers: kind === JWT ? this.badToken : kind === API_KEY ? this.badKey : this.badCert });
   }
 }
