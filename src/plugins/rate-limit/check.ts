@@ -60,7 +60,8 @@ function checkClusterQuotas(cfg: GatewayConfig, problems: ConfigProblem[]): void
   cfg.routes.forEach((r, i) => {
     const rl = r.rateLimit;
     if (rl === undefined && (r.auth === undefined || !consumerQuotas)) return;
-    const applied = [...(rl?.limits ?? []), ...(rl === undefined || rl.consumerLimits ? consumerLimits : [])];
+    // Without rateLimit, a route with auth applies the consumers' quotas only.
+    const applied = rl === undefined ? consumerLimits.filter((l) => l.scope === 'consumer') : [...rl.limits, ...(rl.consumerLimits ? consumerLimits : [])];
     if (!applied.some((l) => l.scope === 'consumer')) return;
     const bys = new Set(applied.map((l) => l.by));
     if (bys.size > 1) {

@@ -9,7 +9,7 @@ import { MemoryStore } from '../../store/memory';
 import { MemoryCache } from '../../store/memory-cache';
 import { BUCKET_FIELDS, F_NEXT_MS, F_REMAINING, F_RESET_MS, F_RETRY_MS, type CacheFound, type GateResult, type GateStore } from '../../store/types';
 import type { Plugin, PluginContext } from '../types';
-import { compileLimit, defaultConsumerName, defaultName, hasConsumerQuotas, type CompiledLimit, type KeyLayout } from './limits';
+import { compileLimit, defaultConsumerName, defaultName, type CompiledLimit, type KeyLayout } from './limits';
 import type { LimitConfig, RouteRateLimitConfig } from './schema';
 
 /** The limits one caller is subject to on one route, with the header text that never changes. */
@@ -250,7 +250,7 @@ function serviceLimits(b: readonly number[], limits: readonly CompiledLimit[]): 
   return out;
 }
 
-/** What a route with auth and no `rateLimit` applies when consumers have quotas: only their limits, with the defaults. */
+/** A route with auth and no `rateLimit` when consumers have quotas: only those quotas, with the defaults. */
 const QUOTAS_ONLY: RouteRateLimitConfig = { limits: [], consumerLimits: true, failMode: 'open', headers: true };
 
 /** Builds a rate-limit step for every route with a `rateLimit` section (once per runtime, so per reload). */
@@ -259,8 +259,8 @@ export class RateLimitPlugin implements Plugin {
   private readonly decisions: CounterFamily;
   private readonly rejections: CounterFamily;
   private readonly consumerLimits: Map<string, readonly LimitConfig[]>;
-  /** Some consumer has a quota across routes: routes with auth but no rateLimit still count its traffic. */
-  private readonly quotas: boolean;
+  /** The consumers' quotas across routes alone: what routes with auth but no rateLimit apply. */
+  private readonly quotas: Map<string, readonly LimitConfig[]>;
   private readonly keyPrefix: string;
   private readonly apiKeyHeader: string;
   private readonly local: LocalFallback | null;
@@ -284,7 +284,11 @@ export class RateLimitPlugin implements Plugin {
         ['route', 'scope'],
       ),
     );
-    this.quotas = hasConsumerQuotas(ctx.config.consumers);
+    this.quotas = new Map();
+    for (const c of ctx.config.consumers) {
+      const own = c.rateLimits.filter((l) => l.scope === 'consumer');
+      if (own.length > 0) this.quotas.set(c.id, own);
+    }
     this.consumerLimits = new Map(ctx.config.consumers.filter((c) => c.rateLimits.length > 0).map((c) => [c.id, c.rateLimits]));
     this.keyPrefix = ctx.config.store.redis.keyPrefix;
     this.apiKeyHeader = ctx.config.auth.apiKeys.header.toLowerCase();
@@ -297,11 +301,11 @@ export class RateLimitPlugin implements Plugin {
   }
 
   stepFor(route: CompiledRoute): Step | null {
-    let cfg = route.config.rateLimit;
+    const cfg = route.config.rateLimit;
     if (cfg === undefined) {
       // A quota covers all of a consumer's traffic: every route where a consumer can be known.
-      if (!this.quotas || route.config.auth === undefined) return null;
-      cfg = QUOTAS_ONLY;
+      if (this.quotas.size === 0 || route.config.auth === undefined) return null;
+      return new RateLimitStep(route, QUOTAS_ONLY, this.quotas, this.store, this.keyPrefix, this.apiKeyHeader, this.decisions, this.rejections);
     }
     const cache = this.cache !== null && this.cache.joinsRateLimit(route) ? this.cache.forRoute(route) : null;
     const local = cfg.failMode === 'local' ? this.local : null;
