@@ -7,6 +7,8 @@ import t from 'tap';
 import YAML from 'yaml';
 import { importCommand, ImportCommandError } from '../src/import';
 import { convertKong } from '../src/import/kong/convert';
+import { keysCommand } from '../src/plugins/auth/keys-cli';
+import { loadConfigFile } from '../src/config/load';
 import { bytes, mint, now } from './helpers/auth';
 import { startGateway, type TestConfig } from './helpers/gateway';
 import { call } from './helpers/http';
@@ -31,10 +33,11 @@ t.test('gateway import kong converts the example of the docs, lists what it left
   t.equal(
     r.stderr,
     [
-      'docs/examples/kong.yml: 3 items not converted or converted approximately:',
+      'docs/examples/kong.yml: 4 items not converted or converted approximately:',
       '  consumers[0].custom_id: not carried over: the consumer id is the username (sent upstream as X-Consumer-Id)',
       '  plugins[1] (name: prometheus): not needed: metrics are built in (/metrics on the admin listener)',
       '  services[0].routes[1].plugins[2] (name: oauth2): no equivalent',
+      '  services[0].routes[1].plugins[3] (name: acl): a JWT may also carry roles in its roles claim (auth.jwt.claims.roles), which Kong ignores',
       '',
     ].join('\n'),
   );
@@ -56,6 +59,14 @@ t.test('gateway import kong converts the example of the docs, lists what it left
   for (const c of cfg.consumers) t.match(c.apiKeys[0].prefix, /^ik_[a-z2-7]{8}$/);
   t.same(cfg.upstreams.orders.targets, [{ url: 'http://orders-a.internal:3002/orders', weight: 100 }, { url: 'http://orders-b.internal:3002/orders', weight: 50 }]);
   t.same(cfg.routes.map((x: any) => x.name), ['users-api', 'users-admin', 'orders-api-0', 'orders-api-1', 'catalog']);
+
+  // An imported key is managed like ours: listed and revoked by its ik_ prefix.
+  let listed = '';
+  await keysCommand(['list', 'bob', '--config', out], (s) => (listed += s));
+  const bobPrefix = cfg.consumers[1].apiKeys[0].prefix;
+  t.match(listed, new RegExp(`^${bobPrefix} `, 'm'));
+  await keysCommand(['revoke', bobPrefix, '--config', out], () => undefined);
+  t.same(loadConfigFile(out, {}).consumers[1].apiKeys, [], 'revoked from the file');
 });
 
 t.test('usage errors exit 2, an unreadable file exits 1', async (t) => {
@@ -122,6 +133,8 @@ t.test('a gateway started on the converted example routes, rate-limits, and acce
   t.equal(withToken.status, 200, withToken.body);
   t.equal(users.seen[users.seen.length - 1].headers['x-consumer-id'], 'alice', 'the key claim (iss) names the consumer, as in Kong');
   t.equal(users.seen[users.seen.length - 1].headers.host, 'admin.example.com', 'preserve_host');
+  const bobToken = await mint({ iss: 'bob', exp: now() + 300 }, bytes('kong-imported-hmac-secret-0123456789abcdef'));
+  t.equal((await admin({ authorization: `Bearer ${bobToken}` })).status, 403, 'acl: bob is not in the admins group');
   const forged = await mint({ iss: 'alice', exp: now() + 300 }, bytes('another-secret-of-at-least-thirty-two-bytes'));
   t.equal((await admin({ authorization: `Bearer ${forged}` })).status, 401);
 

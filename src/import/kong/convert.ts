@@ -505,7 +505,6 @@ const BUILT_IN: Record<string, string> = {
   'correlation-id': 'not needed: X-Request-Id is built in',
   'request-size-limiting': 'convert by hand: routes[].policies.limits.maxBodyBytes',
   'response-transformer': 'convert by hand: routes[].policies.headers.response',
-  acl: 'convert by hand: consumers[].roles (imported from the consumers\' ACL groups) and routes[].auth.roles',
 };
 
 function applyRoutePlugins(route: Obj, plugins: KongPlugin[], ctx: Ctx): void {
@@ -513,9 +512,13 @@ function applyRoutePlugins(route: Obj, plugins: KongPlugin[], ctx: Ctx): void {
   let anonymous = false;
   let forward = false;
   const policies: Obj = {};
+  let acl: KongPlugin | null = null;
   for (const p of plugins) {
     const c = p.config;
     switch (p.name) {
+      case 'acl':
+        acl = p;
+        break;
       case 'rate-limiting': {
         const rl = rateLimits(p, ctx, 'consumer');
         if (rl) route.rateLimit = rl;
@@ -558,11 +561,24 @@ function applyRoutePlugins(route: Obj, plugins: KongPlugin[], ctx: Ctx): void {
   }
   if (methods.length) {
     route.auth = { methods };
-    if (anonymous) route.auth.required = false;
+    if (acl) applyAcl(route.auth, acl, ctx, anonymous);
+    if (anonymous && !route.auth.roles) route.auth.required = false;
     if (forward) route.auth.forwardCredentials = true;
     if (route.cache) route.cache.scope = 'consumer';
   }
   if (Object.keys(policies).length) route.policies = policies;
+  if (acl && !methods.length) ctx.report(`${acl.path} (name: acl)`, 'no authentication plugin on this route, so no consumer to check: left out');
+}
+
+/** ACL groups are consumer roles (imported from the consumers' acls); allow is "any of these roles". */
+function applyAcl(auth: Obj, p: KongPlugin, ctx: Ctx, anonymous: boolean): void {
+  const allow = list(p.config.allow ?? p.config.whitelist).map(String);
+  const deny = list(p.config.deny ?? p.config.blacklist).map(String);
+  if (deny.length) ctx.report(`${p.path}.config.deny`, 'no equivalent (roles allow, never deny); left out');
+  if (!allow.length) return;
+  auth.roles = allow;
+  if (anonymous) ctx.report(`${p.path} (name: acl)`, 'with an anonymous consumer: here roles need an authenticated caller, so anonymous access is refused');
+  if (auth.methods.includes('jwt')) ctx.report(`${p.path} (name: acl)`, 'a JWT may also carry roles in its roles claim (auth.jwt.claims.roles), which Kong ignores');
 }
 
 function applyKeyNames(p: KongPlugin, ctx: Ctx): void {
