@@ -230,3 +230,32 @@ t.test('what has no equivalent is listed by path; the rest converts', async (t) 
   });
   t.same(cfg.store, { type: 'redis', redis: { url: 'redis://redis:6380/0' } }, 'policy: redis becomes the shared store');
 });
+
+t.test('top-level routes and plugins find their service, route and consumer by name; JWT keys must be one', async (t) => {
+  const pem = '-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----';
+  const r = convert({
+    _format_version: '3.0',
+    services: [{ name: 'svc', url: 'http://svc.internal:8080' }],
+    routes: [{ name: 'top', service: { name: 'svc' }, paths: ['/top'], methods: ['get'] }, { name: 'orphan', service: 'nope', paths: ['/x'] }],
+    consumers: [
+      { username: 'ann', keyauth_credentials: [{ key: 'has a space' }], jwt_secrets: [{ key: 'ann', algorithm: 'ES256', rsa_public_key: pem }] },
+      { username: 'ben', jwt_secrets: [{ key: 'ben-iss', algorithm: 'ES256', rsa_public_key: pem.replace('AE', 'AF') }] },
+    ],
+    plugins: [
+      { name: 'jwt', route: 'top', config: { claims_to_verify: ['exp'] } },
+      { name: 'rate-limiting', route: 'top', consumer: 'ann', config: { minute: 1 } },
+      { name: 'cors', service: 'missing' },
+    ],
+  });
+  t.same(r.issues.map((i) => `${i.path}: ${i.message}`), [
+    'routes[1]: the route names no service this file defines: left out',
+    'consumers[0].keyauth_credentials[0]: an imported key must be 1 to 256 visible ASCII characters: left out',
+    'plugins[1] (name: rate-limiting): a plugin for one consumer on one route or service has no equivalent; left out',
+    'plugins[2] (name: cors): names a route or service this file does not define; left out',
+    "consumers[1].jwt_secrets[0]: one JWT key for the whole gateway: this credential's key differs from consumers[0].jwt_secrets[0]'s; left out",
+  ]);
+  const cfg = r.config as Record<string, any>;
+  t.same(cfg.routes, [{ name: 'top', match: { prefix: '/top', methods: ['GET'] }, upstream: 'svc', rewrite: { stripPrefix: true }, auth: { methods: ['jwt'] } }]);
+  t.same(cfg.auth.jwt, { requiredClaims: ['iss', 'exp'], claims: { consumer: 'iss', user: 'sub' }, query: 'jwt', algorithms: ['ES256'], publicKey: pem });
+  t.notOk(cfg.auth.apiKeys, 'no key was importable, so no imported-keys switch');
+});
