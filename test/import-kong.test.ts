@@ -118,11 +118,16 @@ t.test('a gateway started on the converted example routes, rate-limits, and acce
   t.equal(users.seen[users.seen.length - 1].headers['x-consumer-id'], 'bob');
   t.equal((await call(gw.url, '/api/users/7?apikey=alice-0d7a2c4e9f1b')).status, 401, 'key_in_query: false is kept');
 
-  // second: 5 by ip on the users service: a burst of 12 at once goes past it.
-  const burst = await Promise.all(Array.from({ length: 12 }, () => call(gw.url, '/api/users/9', { headers: { apikey: 'alice-0d7a2c4e9f1b' } })));
+  // second: 5 by ip on the users service: a burst of 20 at once goes past it. The bound on what gets
+  // through counts the refill over the time the burst really took (a loaded machine spreads it out).
+  const started = Date.now();
+  const burst = await Promise.all(Array.from({ length: 20 }, () => call(gw.url, '/api/users/9', { headers: { apikey: 'alice-0d7a2c4e9f1b' } })));
+  const elapsed = (Date.now() - started) / 1000;
   const limited = burst.filter((x) => x.status === 429);
+  const passed = burst.filter((x) => x.status === 200).length;
+  t.equal(limited.length + passed, burst.length, 'every answer is 200 or 429');
   t.ok(limited.length >= 1, `some of the burst is limited (${burst.map((x) => x.status).join(' ')})`);
-  t.ok(burst.filter((x) => x.status === 200).length <= 6, 'no more than the limit (and a refill) gets through');
+  t.ok(passed <= 5 + Math.ceil(5 * elapsed), `${passed} passed in ${elapsed} s: no more than 5 and the refill`);
   t.ok(limited[0].headers['retry-after'], 'Retry-After on the 429');
   t.match(String(limited[0].headers['ratelimit-policy']), /5;w=1/);
 
