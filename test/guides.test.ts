@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t, { type Test } from 'tap';
 import { ExampleServices } from '../examples/services';
-import { startCli, type CliGateway } from './helpers/cli';
+import pino from 'pino';
+import { Gateway } from '../src/app';
+import { loadConfigFile } from '../src/config/load';
 import { parseCurl, runCurl, type CurlResult } from './helpers/curl';
 import { freePort, startRedis, type TestRedis } from './helpers/redis';
 
@@ -119,20 +121,16 @@ async function runGuide(t: Test, file: string): Promise<void> {
 
   const dir = mkdtempSync(join(tmpdir(), 'guide-'));
   const configFile = join(dir, 'gateway.yaml');
-  let gateway: CliGateway | undefined;
-  t.teardown(async () => {
-    if (gateway && gateway.child.exitCode === null) gateway.child.kill('SIGTERM');
-    await gateway?.exited;
-  });
+  let gateway: Gateway | undefined;
+  t.teardown(() => gateway?.close());
   const vars: Record<string, string> = {};
   for (const part of parts) {
     if (part.kind === 'config') {
       writeFileSync(configFile, ports(part.text));
       if (!gateway) {
-        gateway = startCli(configFile);
-        const started = await gateway.waitFor('gateway listening');
-        t.ok(started, `line ${part.line}: the gateway starts on the guide's configuration`);
-        if (!started) return void t.comment(gateway.output());
+        // In-process on the file, as `gateway --config` runs it (the CLI itself is tested in cli.test.ts).
+        gateway = new Gateway(loadConfigFile(configFile), { logger: pino({ level: 'silent' }), configFile, processMetrics: false });
+        await gateway.listen();
       }
       continue;
     }
@@ -148,12 +146,9 @@ async function runGuide(t: Test, file: string): Promise<void> {
         await sleep(Number(pause[1]) * 1000);
         continue;
       }
-      if (/^kill -HUP \S+$/.test(cmd.line)) {
-        const before = gateway!.output().length;
-        gateway!.child.kill('SIGHUP');
-        const deadline = Date.now() + 10_000;
-        while (!/reload/.test(gateway!.output().slice(before)) && Date.now() < deadline) await sleep(50);
-        await sleep(100);
+      if (cmd.line.startsWith('kill -HUP ')) {
+        // What the SIGHUP handler does (src/lifecycle/signals.ts).
+        await gateway!.reloadFromSource('SIGHUP');
         continue;
       }
       const request = parseCurl(ports(cmd.line), vars);
