@@ -52,6 +52,7 @@ t.test('gateway import kong converts the example of the docs, lists what it left
   t.equal(v.status, 0, v.stderr);
   t.match(v.stdout, /valid \(5 routes, 2 upstreams\)/);
 
+  t.match(r.stdout, /^#   services\[0\]\.routes\[1\]\.plugins\[2\] \(name: oauth2\): no equivalent$/m, 'the list heads the file as comments');
   const cfg = YAML.parse(r.stdout);
   t.notMatch(r.stdout, /alice-0d7a2c4e9f1b|bob-legacy-key-5511/, 'the keys themselves are not in the output');
   const hash = (k: string) => createHash('sha256').update(k).digest('hex');

@@ -47,9 +47,10 @@ export function importCommand(argv: string[], io: Io): void {
     throw new ImportCommandError(`${file}: ${(err as Error).message}`);
   }
   const { config, issues } = convertKong(doc);
+  // The list goes into the file too, so whoever reviews the converted configuration sees it.
   const header = [
-    `# Converted from ${file} by \`gateway import kong\`.`,
-    '# Check it with `gateway validate`; what could not be converted was listed when it was made.',
+    `# Converted from ${file} by \`gateway import kong\`. Check it with \`gateway validate\`.`,
+    ...(issues.length ? ['# Not converted, or converted approximately (paths in the Kong file):', ...issues.map((i) => `#   ${i.path}: ${i.message}`.replace(/[\r\n\u2028\u2029]+/g, ' '))] : []),
     '',
   ].join('\n');
   const text = header + YAML.stringify(config, { lineWidth: 0, aliasDuplicateObjects: false });
