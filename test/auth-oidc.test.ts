@@ -302,3 +302,21 @@ t.test('a large session is split over several cookies; one too large for them is
   t.match(refused.json().detail, /do not fit in 1 cookies of 4 KB/);
   t.equal(await metricValue(small.adminUrl, 'gateway_oidc_callback_failures_total', { reason: 'session_too_large' }), 1);
 });
+
+t.test('the provider down at refresh: the session lasts as long as its access token, then 503', async (t) => {
+  // Long enough for a login on a loaded machine; the token is issued before the login completes.
+  const ttl = 8;
+  const s = await setup(t, ttl);
+  const gw = await gateway(t, config(s, { refreshBeforeSec: 60 }));
+  const { jar } = await loginThroughGateway(gw.url, '/app', 'alice');
+  const loggedInAt = Date.now();
+  await s.provider.close();
+  const res = await call(gw.url, '/app/x', { headers: { ...api, cookie: jar.header() } });
+  t.equal(res.status, 200, 'the access token is still valid: the request goes through');
+  t.equal(s.upstream.seen.at(-1)!.headers['x-consumer-id'], 'alice');
+  t.ok((await metricValue(gw.adminUrl, 'gateway_oidc_refreshes_total', { result: 'error' })) >= 1, 'the failed refresh is counted');
+  await new Promise((r) => setTimeout(r, loggedInAt + ttl * 1000 + 500 - Date.now()));
+  const late = await call(gw.url, '/app/x', { headers: { ...api, cookie: jar.header() } });
+  t.equal(late.status, 503, 'expired and not renewable: unavailable, not a silent logout');
+  t.equal(late.json().code, 'AUTH_UNAVAILABLE');
+});

@@ -31,7 +31,9 @@ export const OidcSessionSchema = Obj(
       },
     ),
     secure: Type.Boolean({ description: 'Mark the cookies Secure (HTTPS only). Turn off only for plain-HTTP development.', default: true }),
-    domain: Type.Optional(Type.String({ description: 'Domain attribute of the cookies (unset: the host that set them).', minLength: 1 })),
+    domain: Type.Optional(
+      Type.String({ description: 'Domain attribute of the cookies (unset: the host that set them).', pattern: '^[A-Za-z0-9.-]+$', expected: 'a domain name such as example.com' }),
+    ),
     maxAgeSec: Type.Integer({ description: 'Longest a session lasts after login, refreshes included (seconds).', default: 28800, minimum: 60 }),
     maxCookies: Type.Integer({
       description: 'Most cookies a session may be split into (each at most 4 KB). A login whose tokens do not fit is refused with 502 and a message saying so.',

@@ -50,6 +50,7 @@ export interface OidcMetrics {
 export const CALLBACK_FAILURES = ['state', 'provider_error', 'code_refused', 'id_token', 'identity', 'session_too_large', 'unavailable'] as const;
 type CallbackFailure = (typeof CALLBACK_FAILURES)[number];
 
+const OTHER_SITE = /^\/[/\\]|\\/;
 const b64 = (bytes: number) => randomBytes(bytes).toString('base64url');
 /** How long a refreshed session is handed to requests still carrying the cookie it replaced (with rotating refresh tokens, a second refresh would fail). */
 const REFRESH_GRACE_MS = 60000;
@@ -79,8 +80,8 @@ export class OidcLogin {
   private readonly cleared: string;
   private readonly scope: string;
   private readonly claimHeaders: [string, string][];
-  /** Opened sessions by cookie text, so a repeated cookie costs one map lookup. */
-  private readonly opened = new TtlCache<Session>(10000);
+  /** Opened sessions by cookie text, so a repeated cookie costs one map lookup (bounded: a key can be 11 KB). */
+  private readonly opened = new TtlCache<Session>(1000);
   private readonly refreshing = new Map<string, Promise<Session | null>>();
   /** Recent refreshes, by the refresh token they replaced. */
   private readonly refreshed = new TtlCache<Session>(10000);
@@ -229,7 +230,8 @@ export class OidcLogin {
     const state = b64(32);
     const nonce = b64(32);
     const verifier = b64(32);
-    const returnTo = ctx.path.startsWith('//') ? '/' : ctx.path + ctx.query;
+    // Only a path on this site: "//host" or "/\\host" would send the browser elsewhere after the login.
+    const returnTo = OTHER_SITE.test(ctx.path) ? '/' : ctx.path + ctx.query;
     const login: LoginState = { st: state, n: nonce, v: verifier, r: returnTo, ex: Date.now() + this.cfg.session.loginTimeoutSec * 1000 };
     const params = new URLSearchParams({
       response_type: 'code',
