@@ -275,6 +275,18 @@ t.test('config: oidc methods need auth.oidc; keys must be 32 bytes; openid is re
   t.match(bad(config(s, { scopes: ['email'] })), /auth\.oidc\.scopes: must include openid/);
   t.match(bad(config(s, { redirectUri: '/relative' })), /auth\.oidc\.redirectUri: "\/relative" is not an absolute URL/);
   t.equal(bad(config(s)), '');
+
+  const { configWarnings } = await import('../src/config/warnings');
+  t.same(configWarnings(parseConfig({ ...config(s), listen: { port: 0 } })), [], 'the login paths are under the oidc route');
+  const elsewhere = config(s);
+  (elsewhere.routes as Record<string, unknown>[]).push({ name: 'api', match: { prefix: '/oidc' }, upstream: 'up' });
+  const warned = configWarnings(parseConfig({ ...elsewhere, listen: { port: 0 } }));
+  t.same(
+    warned.map((w) => w.path),
+    ['auth.oidc.redirectUri', 'auth.oidc.logoutPath'],
+    'a login path taken by a route without oidc is warned about',
+  );
+  t.match(warned[0].message, /\/oidc\/callback is not under a route that lists oidc/);
 });
 
 t.test('a large session is split over several cookies; one too large for them is refused clearly', async (t) => {

@@ -172,6 +172,45 @@ function checkOidc(oidc: OidcConfig, idHeaders: string[], apiKeyHeader: string, 
   }
 }
 
+/** A prefix matches a path at segment boundaries, as the router does. */
+function prefixMatches(prefix: string, path: string): boolean {
+  const p = prefix.length > 1 && prefix.endsWith('/') ? prefix.slice(0, -1) : prefix;
+  return p === '/' || path === p || path.startsWith(p + '/');
+}
+
+/**
+ * The login's own paths are answered by the routes that list `oidc`: one routed elsewhere (the longest
+ * matching prefix belongs to another route, or none matches) means logins or logouts never complete.
+ */
+export function authWarnings(cfg: Readonly<GatewayConfig>): ConfigProblem[] {
+  const oidc = cfg.auth.oidc;
+  if (!oidc) return [];
+  let callback: string;
+  try {
+    callback = new URL(oidc.redirectUri).pathname;
+  } catch {
+    return [];
+  }
+  const out: ConfigProblem[] = [];
+  for (const [field, path] of [['redirectUri', callback], ['logoutPath', oidc.logoutPath]] as const) {
+    let best = -1;
+    let lists = false;
+    for (const r of cfg.routes) {
+      if (!prefixMatches(r.match.prefix, path) || r.match.prefix.length < best) continue;
+      const here = r.auth?.methods.includes('oidc') ?? false;
+      lists = r.match.prefix.length === best ? lists || here : here;
+      best = r.match.prefix.length;
+    }
+    if (!lists) {
+      out.push({
+        path: `auth.oidc.${field}`,
+        message: `${path} is not under a route that lists oidc (the longest matching prefix decides), so the gateway never answers it; add a route for it or move it under one`,
+      });
+    }
+  }
+  return out;
+}
+
 /** The lower-case identity header names, in a fixed order. */
 export function identityHeaderNames(cfg: GatewayConfig): string[] {
   const h = cfg.auth.identityHeaders;
