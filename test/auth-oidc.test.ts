@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import t, { type Test } from 'tap';
+import { bytes, mint, now } from './helpers/auth';
 import { startGateway, type TestConfig, type TestGateway } from './helpers/gateway';
 import { call } from './helpers/http';
 import { metricValue } from './helpers/metrics';
@@ -331,4 +332,29 @@ t.test('the provider down at refresh: the session lasts as long as its access to
   const late = await call(gw.url, '/app/x', { headers: { ...api, cookie: jar.header() } });
   t.equal(late.status, 503, 'expired and not renewable: unavailable, not a silent logout');
   t.equal(late.json().code, 'AUTH_UNAVAILABLE');
+});
+
+t.test('a route listing jwt and oidc takes a bearer token first, else the session', async (t) => {
+  const s = await setup(t);
+  const secret = 'a-test-secret-of-at-least-thirty-two-bytes';
+  const cfg = config(s);
+  (cfg.auth as Record<string, unknown>).jwt = { algorithms: ['HS256'], secret };
+  (cfg.routes as { auth: unknown }[])[0].auth = { methods: ['jwt', 'oidc'] };
+  const gw = await gateway(t, cfg);
+
+  const token = await mint({ sub: 'service-a', exp: now() + 600 }, bytes(secret));
+  const byToken = await call(gw.url, '/app/x', { headers: { ...api, authorization: `Bearer ${token}` } });
+  t.equal(byToken.status, 200);
+  t.equal(s.upstream.seen.at(-1)!.headers['x-consumer-id'], 'service-a');
+
+  const none = await call(gw.url, '/app/x', { headers: api });
+  t.equal(none.status, 401);
+  t.equal(none.headers['www-authenticate'], 'Bearer realm="gateway"', 'the bearer challenge is announced; a session has no scheme');
+  const badToken = await call(gw.url, '/app/x', { headers: { accept: 'text/html', authorization: 'Bearer nope' } });
+  t.equal(badToken.status, 401, 'an invalid token is refused, not turned into a login');
+
+  const { jar } = await loginThroughGateway(gw.url, '/app', 'alice');
+  const bySession = await call(gw.url, '/app/x', { headers: { ...api, cookie: jar.header() } });
+  t.equal(bySession.status, 200);
+  t.equal(s.upstream.seen.at(-1)!.headers['x-consumer-id'], 'alice');
 });
