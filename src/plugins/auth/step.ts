@@ -150,6 +150,7 @@ export class AuthStep implements Step {
       if (m === 'oidc') {
         const session = oidc.sessionCookie(cookies);
         if (session === null) continue;
+        if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
         let v: Verified | null | Promise<Verified | null>;
         try {
           v = oidc.authenticate(ctx, cookies, session);
