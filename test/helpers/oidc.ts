@@ -1,7 +1,11 @@
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import type { Test } from 'tap';
+import { startGateway, type TestConfig, type TestGateway } from './gateway';
 import { call, type Answer } from './http';
+import { freePort } from './redis';
+import { startUpstream, type TestUpstream } from './upstream';
 
 export const CLIENT_ID = 'gateway';
 export const CLIENT_SECRET = 'gateway-client-secret-for-tests';
@@ -33,6 +37,12 @@ const loadProvider = (): new (issuer: string, cfg: Record<string, unknown>) => {
   return (mod.default ?? mod) as never;
 };
 
+let signingKey: KeyObject | null = null;
+/** One RSA key per test process: generating one per provider is most of a provider's start-up. */
+function providerKey(): KeyObject {
+  return (signingKey ??= generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey);
+}
+
 /**
  * A real OpenID provider (oidc-provider, with its development login and consent pages) on
  * 127.0.0.1:0, one confidential client, refresh tokens for every code grant, rotating.
@@ -47,7 +57,6 @@ export async function startOidcProvider(opts: ProviderOptions): Promise<TestProv
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
   const issuer = `http://127.0.0.1:${port}`;
-  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
   const Provider = loadProvider();
   const accounts = opts.accounts ?? {};
   const provider = new Provider(issuer, {
@@ -62,7 +71,7 @@ export async function startOidcProvider(opts: ProviderOptions): Promise<TestProv
         token_endpoint_auth_method: 'client_secret_basic',
       },
     ],
-    jwks: { keys: [{ ...privateKey.export({ format: 'jwk' }), kid: 'test-key', use: 'sig', alg: 'RS256' }] },
+    jwks: { keys: [{ ...providerKey().export({ format: 'jwk' }), kid: 'test-key', use: 'sig', alg: 'RS256' }] },
     cookies: { keys: ['provider-cookie-key-for-tests'] },
     features: { devInteractions: { enabled: true }, rpInitiatedLogout: { enabled: true } },
     pkce: { required: () => true },
@@ -183,3 +192,59 @@ export async function loginThroughGateway(gatewayUrl: string, path: string, user
   const landedAt = location(back, callbackUrl);
   return { jar, callbackUrl, loginCookie, landedAt };
 }
+
+/** The gateway and provider of one OIDC test: the gateway port is chosen first, so the provider knows the redirect URI. */
+const sessionKey = () => randomBytes(32).toString('base64');
+export const K1 = sessionKey();
+export const K2 = sessionKey();
+
+export interface Setup {
+  provider: TestProvider;
+  upstream: TestUpstream;
+  port: number;
+  redirectUri: string;
+}
+
+export async function setup(t: Test, accessTokenTtl = 3600): Promise<Setup> {
+  const port = await freePort();
+  const redirectUri = `http://127.0.0.1:${port}/oidc/callback`;
+  const provider = await startOidcProvider({
+    redirectUris: [redirectUri],
+    postLogoutRedirectUris: [`http://127.0.0.1:${port}/bye`],
+    accessTokenTtl,
+    accounts: { alice: { roles: ['admin', 'staff'], email: 'alice@example.test' }, bigname: { name: 'x'.repeat(6000) } },
+  });
+  const upstream = await startUpstream();
+  t.teardown(() => Promise.all([provider.close(), upstream.close()]));
+  return { provider, upstream, port, redirectUri };
+}
+
+export function config(s: Setup, oidc: Record<string, unknown> = {}, port = s.port): TestConfig {
+  return {
+    listen: { port },
+    upstreams: { up: { targets: [s.upstream.url] } },
+    auth: {
+      oidc: {
+        issuer: s.provider.issuer,
+        clientId: CLIENT_ID,
+        clientSecret: CLIENT_SECRET,
+        redirectUri: s.redirectUri,
+        scopes: ['openid', 'email', 'roles'],
+        postLogoutRedirectUri: `http://127.0.0.1:${s.port}/bye`,
+        claimHeaders: { 'X-User-Email': 'email' },
+        refreshBeforeSec: 0,
+        session: { keys: [K1], secure: false },
+        ...oidc,
+      },
+    },
+    routes: [{ name: 'app', match: { prefix: '/' }, upstream: 'up', auth: { methods: ['oidc'] } }],
+  } as TestConfig;
+}
+
+export async function gateway(t: Test, cfg: TestConfig): Promise<TestGateway> {
+  const gw = await startGateway(cfg);
+  t.teardown(() => gw.close());
+  return gw;
+}
+
+export const api = { accept: 'application/json' };
