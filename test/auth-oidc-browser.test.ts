@@ -6,6 +6,9 @@ import { CLIENT_ID, CLIENT_SECRET, startOidcProvider } from './helpers/oidc';
 import { freePort } from './helpers/redis';
 import { startUpstream } from './helpers/upstream';
 
+// A real browser starts slowly on a busy machine: more than the default per-file timeout.
+t.setTimeout(240000);
+
 const CHROMIUM = '/usr/bin/chromium';
 
 /** Launching needs the binary and a working sandbox-less start; anything else skips this test with the reason. */

@@ -6,6 +6,9 @@ import { metricValue } from './helpers/metrics';
 import { api, authorizeAtProvider, config, gateway, get, Jar, K1, loginThroughGateway, setup } from './helpers/oidc';
 import { freePort } from './helpers/redis';
 
+// Many real logins (a provider, its forms, the callback): more than the default per-file timeout on a busy machine.
+t.setTimeout(240000);
+
 t.test('logout clears the session and sends the browser to the end-session endpoint', async (t) => {
   const s = await setup(t);
   const gw = await gateway(t, config(s));

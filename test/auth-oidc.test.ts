@@ -3,6 +3,9 @@ import { call } from './helpers/http';
 import { metricValue } from './helpers/metrics';
 import { api, config, gateway, get, Jar, K1, K2, loginThroughGateway, setup } from './helpers/oidc';
 
+// Many real logins (a provider, its forms, the callback): more than the default per-file timeout on a busy machine.
+t.setTimeout(240000);
+
 t.test('a browser is sent to log in; after the login the session reaches the upstream as identity headers', async (t) => {
   const s = await setup(t);
   const gw = await gateway(t, config(s));
