@@ -17,7 +17,7 @@ async function startAuthorizer(): Promise<TestUpstream & { calls(token: string):
     switch (token) {
       case 'alice':
       case 'alice-2':
-        res.writeHead(200, { 'x-auth-consumer': 'alice', 'x-auth-roles': 'admin, ops', 'x-auth-scopes': 'read write', 'x-tenant': 't-1', 'x-internal': 'never' });
+        res.writeHead(200, { 'x-auth-consumer': 'alice', 'x-auth-roles': 'admin, ops', 'x-auth-scopes': 'read write', 'x-tenant': 't-1', 'x-user-id': 'u-1', 'x-internal': 'never' });
         return void res.end('ok');
       case 'nobody':
         res.writeHead(204, { 'x-tenant': 't-anon' });
@@ -57,7 +57,7 @@ function externalConfig(authzUrl: string, extra: Record<string, unknown> = {}): 
     url: `${authzUrl}/ignored`,
     path: '/check{path}',
     forwardHeaders: ['Authorization', 'X-Client-Hint'],
-    upstreamHeaders: ['X-Tenant'],
+    upstreamHeaders: ['X-Tenant', 'X-User-Id'],
     identity: { consumerHeader: 'X-Auth-Consumer', rolesHeader: 'X-Auth-Roles', scopesHeader: 'X-Auth-Scopes' },
     clientHeaders: ['WWW-Authenticate', 'Content-Type', 'Location'],
     timeoutMs: 150,
@@ -110,6 +110,7 @@ t.test('2xx allows: the authorizer sees the request, the upstream gets its heade
   t.equal(seen.headers['x-request-id'], 'rid-1');
   const got = lastUpstream().headers;
   t.equal(got['x-tenant'], 't-1', 'configured answer header copied upstream');
+  t.equal(got['x-user-id'], 'u-1');
   t.equal(got['x-internal'], undefined, 'other answer headers are not');
   t.equal(got['x-consumer-id'], 'alice', 'the identity header became the consumer');
   t.equal(got['x-user-roles'], 'admin,ops');
@@ -117,11 +118,12 @@ t.test('2xx allows: the authorizer sees the request, the upstream gets its heade
 });
 
 t.test('identity headers sent by the client never reach the upstream', async (t) => {
-  await call(gw.url, '/ext/x', { headers: bearer('alice', { 'x-tenant': 'evil', x_tenant: 'evil', 'x-consumer-id': 'mallory' }) });
+  await call(gw.url, '/ext/x', { headers: bearer('alice', { 'x-tenant': 'evil', x_tenant: 'evil', 'x-consumer-id': 'mallory', 'X-USER-ID': 'mallory' }) });
   const got = lastUpstream();
   t.same(got.rawHeaders.filter((_, i, a) => i % 2 === 0 && /^x[-_]tenant$/i.test(a[i])).length, 1, 'one X-Tenant, the authorizer\'s');
   t.equal(got.headers['x-tenant'], 't-1');
   t.equal(got.headers['x-consumer-id'], 'alice');
+  t.equal(got.headers['x-user-id'], 'u-1');
   await call(gw.url, '/public', { headers: { 'x-tenant': 'evil' } });
   t.equal(lastUpstream().headers['x-tenant'], undefined, 'dropped on routes without auth too');
 });
@@ -296,6 +298,7 @@ t.test('configuration errors name the field', async (t) => {
   const fails = (cfg: TestConfig, pattern: RegExp) => t.throws(() => parseConfig(withTestDefaults(cfg)), pattern);
   fails(base({ cache: { identitySources: ['X-Token'] } }), /auth\.external\.cache\.identitySources\[0\].*forwardHeaders/);
   fails(base({ upstreamHeaders: ['X-Consumer-Id'] }), /auth\.external\.upstreamHeaders\[0\]/);
+  fails(base({ upstreamHeaders: ['Authorization'] }), /auth\.external\.upstreamHeaders\[0\]/);
   fails(base({ url: 'ftp://x' }), /auth\.external\.url/);
   fails(base({}, { methods: ['jwt'], failOpen: true, required: true }), /routes\[0\]\.auth/);
   fails({ upstreams: { up: { targets: ['http://127.0.0.1:1'] } }, routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up', auth: { methods: ['external'] } }] }, /external needs auth\.external/);

@@ -152,10 +152,12 @@ function checkRemoteAuth(cfg: GatewayConfig, idHeaders: string[], problems: Conf
       }
     });
     if (ext.cache.identitySources.length === 0) problems.push({ path: 'auth.external.cache.identitySources', message: 'at least one header is needed to tell callers apart' });
+    // The user id header is free for the authorizer to set (its identity names no user); the consumer and roles headers are the gateway's.
+    const gatewaySet = [cfg.auth.identityHeaders.consumerId, cfg.auth.identityHeaders.roles].map((h) => h.toLowerCase());
     ext.upstreamHeaders.forEach((h, j) => {
       const lower = h.toLowerCase();
-      if (idHeaders.includes(lower) || credentialHeaders.includes(lower) || lower === 'host' || lower === 'content-length' || lower === 'transfer-encoding') {
-        problems.push({ path: `auth.external.upstreamHeaders[${j}]`, message: 'collides with an identity, credential or framing header' });
+      if (gatewaySet.includes(lower) || credentialHeaders.includes(lower) || lower === 'host' || lower === 'content-length' || lower === 'transfer-encoding') {
+        problems.push({ path: `auth.external.upstreamHeaders[${j}]`, message: 'collides with the consumer or roles header the gateway sets, or a credential or framing header' });
       }
     });
     try {
