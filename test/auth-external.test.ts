@@ -300,6 +300,8 @@ t.test('configuration errors name the field', async (t) => {
   fails(base({ upstreamHeaders: ['X-Consumer-Id'] }), /auth\.external\.upstreamHeaders\[0\]/);
   fails(base({ upstreamHeaders: ['Authorization'] }), /auth\.external\.upstreamHeaders\[0\]/);
   fails(base({ url: 'ftp://x' }), /auth\.external\.url/);
+  fails(base({ clientHeaders: ['Content-Length'] }), /auth\.external\.clientHeaders\[0\]/);
+  fails(base({ timeoutMs: 0 }), /auth\.external\.timeoutMs/);
   fails(base({}, { methods: ['jwt'], failOpen: true, required: true }), /routes\[0\]\.auth/);
   fails({ upstreams: { up: { targets: ['http://127.0.0.1:1'] } }, routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up', auth: { methods: ['external'] } }] }, /external needs auth\.external/);
   t.doesNotThrow(() => parseConfig(withTestDefaults(base({}))));

@@ -160,6 +160,11 @@ function checkRemoteAuth(cfg: GatewayConfig, idHeaders: string[], problems: Conf
         problems.push({ path: `auth.external.upstreamHeaders[${j}]`, message: 'collides with the consumer or roles header the gateway sets, or a credential or framing header' });
       }
     });
+    ext.clientHeaders.forEach((h, j) => {
+      if (['content-length', 'transfer-encoding', 'connection'].includes(h.toLowerCase())) {
+        problems.push({ path: `auth.external.clientHeaders[${j}]`, message: 'a framing header is the gateway\'s to set, never relayed' });
+      }
+    });
     try {
       new URL(ext.url);
     } catch {
