@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import type { FastifyBaseLogger } from 'fastify';
-import { Pool } from 'undici';
+import { Pool, type Dispatcher } from 'undici';
 import type { CounterCell, CounterFamily, HistogramCell, HistogramFamily } from '../../observability/fast-metrics';
 import type { RequestTrace } from '../../observability/tracing';
 import { BREAKER_STATE_NAMES, CircuitBreaker, CLOSED } from '../../proxy/breaker';
@@ -172,7 +172,7 @@ export class RemoteService implements Resource {
     this.deadlines.arm(pending, startedAt + this.opts.timeoutMs);
     let status = 0;
     try {
-      const res = await this.pool.request({ path, method: method as 'GET', headers, body, signal: pending.controller.signal });
+      const res = await this.pool.request({ path, method: method as Dispatcher.HttpMethod, headers, body, signal: pending.controller.signal });
       status = res.statusCode;
       const chunks: Buffer[] = [];
       let size = 0;
