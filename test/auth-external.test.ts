@@ -40,7 +40,7 @@ async function startAuthorizer(): Promise<TestUpstream & { calls(token: string):
         res.writeHead(302, { location: 'https://login.example/?next=/ext' });
         return void res.end();
       case 'slow':
-        await sleep(1500);
+        await sleep(3000);
         res.writeHead(200, { 'x-auth-consumer': 'slow' });
         return void res.end();
       default:
@@ -60,7 +60,8 @@ function externalConfig(authzUrl: string, extra: Record<string, unknown> = {}): 
     upstreamHeaders: ['X-Tenant', 'X-User-Id'],
     identity: { consumerHeader: 'X-Auth-Consumer', rolesHeader: 'X-Auth-Roles', scopesHeader: 'X-Auth-Scopes' },
     clientHeaders: ['WWW-Authenticate', 'Content-Type', 'Location'],
-    timeoutMs: 150,
+    // Generous for a loaded machine; the slow authorizer answers well past it.
+    timeoutMs: 1000,
     ...extra,
   };
 }
@@ -201,8 +202,8 @@ t.test('a slow authorizer is cut at the time budget: 503, or through without ide
   t.equal(res.status, 503);
   t.equal(res.json().code, 'AUTHORIZER_UNAVAILABLE');
   t.equal(res.headers['retry-after'], '1');
-  t.ok(elapsed < 1000, `answered within the budget, not when the authorizer did (${elapsed.toFixed(0)} ms)`);
-  t.ok(elapsed >= 140, `not before the budget (${elapsed.toFixed(0)} ms)`);
+  t.ok(elapsed < 2500, `answered at the budget, not when the authorizer did (${elapsed.toFixed(0)} ms)`);
+  t.ok(elapsed >= 990, `not before the budget (${elapsed.toFixed(0)} ms)`);
   t.ok((await metricValue(gw.adminUrl, 'gateway_auth_remote_calls_total', { service: 'external', outcome: 'timeout' })) >= 1);
 
   const open = await call(gw.url, '/fail-open/x', { headers: bearer('slow', { 'x-consumer-id': 'spoof' }) });

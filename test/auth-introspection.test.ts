@@ -66,6 +66,8 @@ t.before(async () => {
           tokenTypeHint: 'access_token',
           claimHeaders: { 'X-Client-Id': 'client_id' },
           breaker: { enabled: false },
+          // Generous for a loaded machine: these tests are about answers, not the budget.
+          timeoutMs: 2000,
         },
       },
       consumers: [{ id: 'service-a', roles: ['robot'] }],
@@ -165,7 +167,7 @@ t.test('endpoint down: 503, unless a cached active result is still valid', async
   const g = await startGateway(
     {
       upstreams: { up: { targets: [u.url] } },
-      auth: { introspection: { url: i.url, clientId: '${ID}', clientSecret: '${SECRET}', cache: { ttlMs: 200 }, breaker: { enabled: false } } },
+      auth: { introspection: { url: i.url, clientId: '${ID}', clientSecret: '${SECRET}', cache: { ttlMs: 200 }, breaker: { enabled: false }, timeoutMs: 2000 } },
       routes: [{ name: 'api', match: { prefix: '/' }, upstream: 'up', auth: { methods: ['introspection'] } }],
     },
     { ID: CLIENT_ID, SECRET: CLIENT_SECRET },
@@ -198,7 +200,7 @@ t.test('wrong client credentials at the endpoint are the gateway\'s problem: 503
   const u = await startUpstream();
   const g = await startGateway({
     upstreams: { up: { targets: [u.url] } },
-    auth: { introspection: { url: i.url, clientId: 'wrong', clientSecret: 'wrong' } },
+    auth: { introspection: { url: i.url, clientId: 'wrong', clientSecret: 'wrong', timeoutMs: 2000 } },
     routes: [{ name: 'api', match: { prefix: '/' }, upstream: 'up', auth: { methods: ['introspection'] } }],
   });
   t.teardown(async () => {
