@@ -1,4 +1,5 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
+import { OidcSchema } from './oidc-schema';
 import { ExternalAuthSchema, IntrospectionSchema } from './remote-schema';
 
 // A local copy of the config schema's closed-object helper: importing it from config/schema.ts
@@ -131,6 +132,11 @@ export const ApiKeysSchema = Obj(
       maximum: 900,
     }),
     cacheMaxEntries: Type.Integer({ description: 'Key lookups remembered per replica.', default: 10000, minimum: 1 }),
+    importedKeys: Type.Boolean({
+      description:
+        'Also accept keys that are not in the gateway\'s gk_ format: keys imported from another gateway as they were (`gateway import kong`), stored hashed under an ik_ prefix. New keys are gk_ keys either way. Off, a key of another shape is refused before it is hashed.',
+      default: false,
+    }),
   },
   { description: 'API keys.', default: {} },
 );
@@ -158,6 +164,7 @@ export const AuthSchema = Obj(
   {
     realm: Type.String({ description: 'Realm announced in WWW-Authenticate.', default: 'gateway', pattern: '^[ !#-\\[\\]-~]{1,64}$', expected: 'at most 64 printable ASCII characters without " or \\' }),
     jwt: Type.Optional(JwtSchema),
+    oidc: Type.Optional(OidcSchema),
     apiKeys: ApiKeysSchema,
     external: Type.Optional(ExternalAuthSchema),
     introspection: Type.Optional(IntrospectionSchema),
@@ -166,14 +173,14 @@ export const AuthSchema = Obj(
   { description: 'Authentication providers.', default: {} },
 );
 
-export const AUTH_METHODS = ['jwt', 'apiKey', 'introspection', 'external'] as const;
+export const AUTH_METHODS = ['jwt', 'apiKey', 'oidc', 'introspection', 'external'] as const;
 export type AuthMethod = (typeof AUTH_METHODS)[number];
 
 export const RouteAuthSchema = Obj(
   {
     methods: Type.Array(Type.Union(AUTH_METHODS.map((m) => Type.Literal(m))), {
       description:
-        'Accepted credentials, tried in this order (the first one present decides). jwt and introspection both read the bearer token: on a route with both, a token that parses as a JWT from auth.jwt.issuer (any JWT when no issuer is set) is verified locally, any other is introspected.',
+        'Accepted credentials, tried in this order (the first one present decides). `oidc` is the login session cookie; without any credential, a browser is sent to log in and other clients get 401. jwt and introspection both read the bearer token: on a route with both, a token that parses as a JWT from auth.jwt.issuer (any JWT when no issuer is set) is verified locally, any other is introspected.',
       minItems: 1,
     }),
     required: Type.Boolean({

@@ -11,6 +11,8 @@ import type { Verified } from './consumers';
 import { bearerToken, cookieValue, queryValue, withoutCookies, withoutQueryParams } from './credentials';
 import { AuthFailure } from './failure';
 import { tokenMediaType, type JwtAuthenticator } from './jwt';
+import type { OidcLogin } from './oidc';
+import { parseCookies } from './sealed-cookie';
 import type { RouteAuthConfig } from './schema';
 
 /** Where credentials come from: fixed by the configuration, shared by every route. */
@@ -24,6 +26,7 @@ export interface CredentialSources {
   jwtQuery: string | undefined;
   apiKeyQuery: string | undefined;
   realm: string;
+  oidc: OidcLogin | null;
   introspection: Introspector | null;
   external: ExternalAuthorizer | null;
   externalMetrics: RemoteMetrics | null;
@@ -37,7 +40,8 @@ const KEY = 2;
 const INTROSPECTION = 3;
 const EXTERNAL = 4;
 type Chosen = typeof NONE | typeof JWT | typeof KEY | typeof INTROSPECTION | typeof EXTERNAL;
-const METHOD_CODES = { jwt: JWT, apiKey: KEY, introspection: INTROSPECTION, external: EXTERNAL } as const;
+// oidc routes take runWithLogin and never this order.
+const METHOD_CODES = { jwt: JWT, apiKey: KEY, introspection: INTROSPECTION, external: EXTERNAL, oidc: NONE } as const;
 
 const B64URL_SEGMENT = /^[A-Za-z0-9_-]+$/;
 
@@ -84,6 +88,9 @@ export class AuthStep implements Step {
   private readonly badToken: Record<string, string>;
   private readonly badKey: Record<string, string>;
   private readonly counts: Record<Result, CounterCell>;
+  /** The route's login, when it lists `oidc`: requests then take runWithLogin. */
+  private readonly oidc: OidcLogin | null;
+  private readonly methods: readonly string[];
 
   constructor(
     private readonly routeName: string,
@@ -101,7 +108,11 @@ export class AuthStep implements Step {
     this.scopes = auth.scopes ? new Map(Object.entries(auth.scopes)) : null;
     this.tokenTypes = auth.tokenTypes ? new Set(auth.tokenTypes.map(tokenMediaType)) : null;
 
+    this.oidc = auth.methods.includes('oidc') ? src.oidc : null;
+    this.methods = auth.methods;
     const cookies = auth.forwardCredentials || !src.jwtCookie ? [] : [src.jwtCookie];
+    // The session cookies are the gateway's own: never forwarded, whatever forwardCredentials says.
+    if (this.oidc !== null) cookies.push(...this.oidc.cookieNames);
     this.stripCookies = cookies.length ? new Set(cookies) : null;
     const params = auth.forwardCredentials ? [] : [src.jwtQuery, src.apiKeyQuery].filter((p): p is string => p !== undefined);
     this.stripQuery = params.length ? new Set(params) : null;
@@ -109,9 +120,10 @@ export class AuthStep implements Step {
     const realm = `realm="${src.realm}"`;
     const bearer = `Bearer ${realm}`;
     const apiKey = `ApiKey ${realm}, header="${src.apiKeyHeaderName}"`;
-    // The external authorizer speaks for itself (its refusals are relayed); jwt and introspection share one Bearer challenge.
+    // A login session has no WWW-Authenticate scheme, and the external authorizer speaks for itself (its refusals
+    // are relayed): a route with only those sends none. jwt and introspection share one Bearer challenge.
     const challenges = (jwtError: string, keyError: string): Record<string, string> => {
-      const list = auth.methods.flatMap((m) => (m === 'external' ? [] : [m === 'apiKey' ? apiKey + keyError : bearer + jwtError]));
+      const list = auth.methods.flatMap((m) => (m === 'jwt' || m === 'introspection' ? [bearer + jwtError] : m === 'apiKey' ? [apiKey + keyError] : []));
       return list.length ? { 'www-authenticate': [...new Set(list)].join(', ') } : {};
     };
     this.missing = challenges('', '');
@@ -127,6 +139,7 @@ export class AuthStep implements Step {
   }
 
   run(ctx: RequestContext): StepResult {
+    if (this.oidc !== null) return this.runWithLogin(ctx, this.oidc);
     if (this.stripCookies !== null) this.forwardCookiesWithoutToken(ctx);
     let credential: string | undefined;
     let chosen: Chosen = NONE;
@@ -142,7 +155,7 @@ export class AuthStep implements Step {
           credential = this.apiKey(ctx);
           if (credential !== undefined) chosen = KEY;
           break;
-        default:
+        case EXTERNAL:
           if (this.src.external!.hasCredential(ctx)) chosen = EXTERNAL;
       }
     }
@@ -163,13 +176,13 @@ export class AuthStep implements Step {
       else if (isKey) verified = this.src.apiKeys.authenticate(credential!);
       else verified = this.src.introspection!.authenticate(credential!, ctx.trace);
     } catch (err) {
-      throw this.refusal(err, isKey);
+      throw this.refusal(err, !isKey);
     }
     if (verified instanceof Promise) {
       return verified.then(
         (v) => this.admit(ctx, v),
         (err: unknown) => {
-          throw this.refusal(err, isKey);
+          throw this.refusal(err, !isKey);
         },
       );
     }
@@ -221,7 +234,7 @@ export class AuthStep implements Step {
 
   /** The authorizer could not decide: 503, or through without an identity when the route fails open. */
   private externalFailed(err: unknown): true {
-    if (!(err instanceof RemoteDown)) throw this.refusal(err, false);
+    if (!(err instanceof RemoteDown)) throw this.refusal(err, true);
     const m = this.src.externalMetrics!;
     if (this.failOpen) {
       m.failOpen.inc();
@@ -246,6 +259,77 @@ export class AuthStep implements Step {
     res.end(d.body);
     return false;
   }
+  /**
+   * A route that lists `oidc`: its callback and logout paths are answered here; otherwise the
+   * credentials are tried in the route's order, the session cookie standing for `oidc`, and a
+   * request with none is sent to log in.
+   */
+  private runWithLogin(ctx: RequestContext, oidc: OidcLogin): StepResult {
+    const cookies = parseCookies(ctx.req.headers.cookie);
+    if (ctx.path === oidc.callbackPath) return oidc.callback(ctx, cookies).catch(this.loginRefusal);
+    if (ctx.path === oidc.logoutPath) return oidc.logout(ctx, cookies).catch(this.loginRefusal);
+    this.forwardCookiesWithoutToken(ctx);
+    for (const m of this.methods) {
+      if (m === 'oidc') {
+        const session = oidc.sessionCookie(cookies);
+        if (session === null) continue;
+        if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
+        let v: Verified | null | Promise<Verified | null>;
+        try {
+          v = oidc.authenticate(ctx, cookies, session);
+        } catch (err) {
+          throw this.refusal(err, false);
+        }
+        if (v instanceof Promise) {
+          return v.then(
+            (r) => this.admitSession(ctx, oidc, r),
+            (err: unknown) => {
+              throw this.refusal(err, false);
+            },
+          );
+        }
+        return this.admitSession(ctx, oidc, v);
+      }
+      const isJwt = m === 'jwt';
+      const credential = isJwt ? this.jwtToken(ctx) : this.apiKey(ctx);
+      if (credential === undefined) continue;
+      if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
+      let verified: Verified | Promise<Verified>;
+      try {
+        verified = isJwt ? this.src.jwt!.authenticate(credential) : this.src.apiKeys.authenticate(credential);
+      } catch (err) {
+        throw this.refusal(err, isJwt);
+      }
+      if (verified instanceof Promise) {
+        return verified.then(
+          (v) => this.admit(ctx, v),
+          (err: unknown) => {
+            throw this.refusal(err, isJwt);
+          },
+        );
+      }
+      return this.admit(ctx, verified);
+    }
+    return this.withoutSession(ctx, oidc);
+  }
+
+  private admitSession(ctx: RequestContext, oidc: OidcLogin, v: Verified | null): StepResult {
+    return v === null ? this.withoutSession(ctx, oidc) : this.admit(ctx, v);
+  }
+
+  private withoutSession(ctx: RequestContext, oidc: OidcLogin): StepResult {
+    if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
+    if (!this.required) {
+      this.counts.anonymous.inc();
+      return true;
+    }
+    this.counts.unauthenticated.inc();
+    return oidc.challenge(ctx, this.missing).catch(this.loginRefusal);
+  }
+
+  private readonly loginRefusal = (err: unknown): never => {
+    throw this.refusal(err, false);
+  };
 
   private jwtToken(ctx: RequestContext): string | undefined {
     if (!this.useJwt) return undefined;
@@ -297,7 +381,7 @@ export class AuthStep implements Step {
   }
 
   /** Any failure to verify is the client's 401 (or 503 when the key source is down), never a 500. */
-  private refusal(err: unknown, isKey: boolean): GatewayError {
+  private refusal(err: unknown, isJwt: boolean): GatewayError {
     if (err instanceof GatewayError) return err;
     if (err instanceof AuthFailure && err.unavailable) {
       this.counts.unavailable.inc();
@@ -307,6 +391,6 @@ export class AuthStep implements Step {
     if (!(err instanceof AuthFailure)) this.log.warn({ err: { message: (err as Error)?.message } }, 'credential verification failed unexpectedly');
     this.counts.unauthenticated.inc();
     const detail = err instanceof AuthFailure ? err.message : 'the credentials are not valid';
-    return new GatewayError('UNAUTHENTICATED', { detail, headers: isKey ? this.badKey : this.badToken });
+    return new GatewayError('UNAUTHENTICATED', { detail, headers: isJwt ? this.badToken : this.badKey });
   }
 }
