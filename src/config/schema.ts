@@ -77,8 +77,13 @@ export const ListenTlsSchema = Obj(
       { description: 'Client certificates (mTLS at the edge).', default: {} },
     ),
     hsts: Type.Optional(HstsSchema),
+    http2: Type.Boolean({
+      description:
+        'Serve HTTP/2 beside HTTP/1.1 on this port: ALPN offers h2 and http/1.1, and each connection speaks what the client picked. HTTP/2 requests go through the same chain and are relayed to HTTP/1.1 upstreams (gRPC routes relay over HTTP/2). Off, ALPN offers http/1.1 only.',
+      default: true,
+    }),
   },
-  { description: 'The TLS listener, beside the plain one (or alone with plain: false). ALPN offers http/1.1.' },
+  { description: 'The TLS listener, beside the plain one (or alone with plain: false). ALPN offers h2 and http/1.1 (see http2).' },
 );
 
 export const ListenSchema = Obj(
@@ -95,6 +100,17 @@ export const ListenSchema = Obj(
       default: true,
     }),
     tls: Type.Optional(ListenTlsSchema),
+    h2c: Type.Optional(
+      Obj(
+        {
+          port: Type.Integer({ description: 'Port of the h2c listener (on listen.host).', minimum: 0, maximum: 65535 }),
+        },
+        {
+          description:
+            'A cleartext HTTP/2 listener (h2c with prior knowledge, RFC 9113 §3.3) on a port of its own, for gRPC clients and meshes that speak HTTP/2 without TLS. The HTTP/1.1 port keeps refusing the HTTP/2 preface (505); the Upgrade: h2c dance is not supported.',
+        },
+      ),
+    ),
   },
   { description: 'Where the gateway accepts client traffic.', default: {} },
 );

@@ -342,6 +342,7 @@ export function relay(ctx: RequestContext): void {
   };
   const headers: string[] = [];
   copyRequestHeaders(req.rawHeaders, route.dropRequestHeaders, headers, facts);
+  if (ctx.bodyUnannounced) facts.hasBody = true;
 
   const peer = ctx.peer;
   const trusted = ctx.peerTrusted;
