@@ -51,6 +51,8 @@ export class RequestContext {
   /** For the access line: what the cache did (hit, miss, stale, revalidated, bypass) and the rate-limit decision. */
   cacheResult: string | null = null;
   rateLimitResult: string | null = null;
+  /** The grpc-status of a gRPC call (the upstream's, or the gateway's own), for the access log. */
+  grpcStatus: string | null = null;
   /** Wire bytes of this request and its response, known once the response closed (see RouteMetrics.record). */
   bytesIn = 0;
   bytesOut = 0;

@@ -485,6 +485,11 @@ export const UpstreamSchema = Obj(
       minimum: 0,
       maximum: 100,
     }),
+    protocol: Type.Union([Type.Literal('http'), Type.Literal('grpc')], {
+      description:
+        'How the gateway talks to the targets. http: HTTP/1.1 (undici pools). grpc: every route to this upstream relays gRPC over HTTP/2 (h2c for http:// targets, TLS with ALPN h2 for https://), streaming both ways with trailers, one multiplexed connection per target.',
+      default: 'http',
+    }),
     discovery: DiscoverySchema,
     pool: PoolSchema,
     timeouts: TimeoutsSchema,
@@ -621,6 +626,12 @@ const routeCore = {
       default: false,
     }),
     websocket: WebSocketRouteSchema,
+    protocol: Type.Optional(
+      Type.Union([Type.Literal('http'), Type.Literal('grpc')], {
+        description:
+          "grpc: relay this route's requests as gRPC over HTTP/2 (see upstreams.*.protocol); gateway errors are then gRPC statuses. Default: the upstream's protocol.",
+      }),
+    ),
 };
 
 export const RouteSchema = Obj(
