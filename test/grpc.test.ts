@@ -103,3 +103,33 @@ t.test('a gRPC route whose target is down answers UNAVAILABLE', async (t) => {
   t.equal(refused.err?.code, grpc.status.UNAVAILABLE, 'connection refused: UNAVAILABLE');
   t.equal(refused.metadata?.get('x-gateway-error')[0] ?? refused.trailers?.get('x-gateway-error')[0], 'UPSTREAM_CONNECT_FAILED');
 });
+
+t.test('grpc.health.v1 health checks take a NOT_SERVING target out of the rotation and bring it back', async (t) => {
+  const up = await startGrpcUpstream();
+  const gw = await startGateway({
+    listen: { h2c: { port: 0 } },
+    upstreams: {
+      echo: { targets: [up.url], protocol: 'grpc', healthCheck: { enabled: true, grpcService: '', intervalMs: 50, timeoutMs: 1000, unhealthyThreshold: 1, healthyThreshold: 1 } },
+    },
+    routes: [{ name: 'echo', match: { prefix: '/' }, upstream: 'echo' }],
+  });
+  const h2cPort = (gw.gateway.servers[1].address() as { port: number }).port;
+  const client = echoClient(`127.0.0.1:${h2cPort}`);
+  t.teardown(async () => {
+    client.close();
+    await gw.close();
+    await up.close();
+  });
+  const waitFor = async (cond: () => Promise<boolean>): Promise<void> => {
+    for (let i = 0; i < 200 && !(await cond()); i++) await new Promise((r) => setTimeout(r, 25));
+  };
+  const status = async (): Promise<number | undefined> => (await unary(client, `/${ECHO}/Unary`, {})).err?.code;
+  await waitFor(async () => (await status()) === undefined);
+  t.equal(await status(), undefined, 'SERVING: calls go through');
+  up.health.status = 2;
+  await waitFor(async () => (await status()) === grpc.status.UNAVAILABLE);
+  t.equal(await status(), grpc.status.UNAVAILABLE, 'NOT_SERVING: the only target is out, UNAVAILABLE');
+  up.health.status = 1;
+  await waitFor(async () => (await status()) === undefined);
+  t.equal(await status(), undefined, 'SERVING again: back in the rotation');
+});

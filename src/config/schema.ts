@@ -351,6 +351,12 @@ export const HealthCheckSchema = Obj(
       default: ['2xx'],
       minItems: 1,
     }),
+    grpcService: Type.Optional(
+      Type.String({
+        description:
+          "Probe with the gRPC health protocol instead of GET path: grpc.health.v1.Health/Check over HTTP/2 (h2c or TLS as the targets) for this service name ('' asks about the server as a whole); a probe passes when the answer is grpc-status 0 with status SERVING. path and expectedStatuses are not used then.",
+      }),
+    ),
   },
   {
     description:

@@ -40,7 +40,8 @@ const HEALTH: grpc.ServiceDefinition = {
     requestStream: false,
     responseStream: false,
     requestSerialize: (v: string) => Buffer.from(v ? [0x0a, Buffer.byteLength(v), ...Buffer.from(v)] : []),
-    requestDeserialize: (b: Buffer) => (b.length > 2 ? b.subarray(2).toString('utf8') : ''),
+    // An object: grpc-js takes a falsy request for a missing one.
+    requestDeserialize: (b: Buffer) => ({ service: b.length > 2 ? b.subarray(2).toString('utf8') : '' }),
     responseSerialize: (status: number) => Buffer.from([0x08, status]),
     responseDeserialize: (b: Buffer) => b[1],
   },
@@ -91,7 +92,7 @@ export async function startGrpcUpstream(): Promise<GrpcUpstream> {
     },
   });
   server.addService(HEALTH, {
-    Check(_call: grpc.ServerUnaryCall<string, number>, cb: grpc.sendUnaryData<number>) {
+    Check(_call: grpc.ServerUnaryCall<{ service: string }, number>, cb: grpc.sendUnaryData<number>) {
       cb(null, health.status);
     },
   });
