@@ -10,6 +10,7 @@ t.test('gRPC through the gateway (h2c in, h2c to a grpc-js upstream): unary, str
   const dead = await freePort();
   const gw = await startGateway({
     listen: { h2c: { port: 0 } },
+    log: { accessFields: ['reqId', 'path', 'status', 'route', 'error', 'grpcStatus'] },
     upstreams: { echo: { targets: [up.url], protocol: 'grpc' }, gone: { targets: [`http://127.0.0.1:${dead}`], protocol: 'grpc', breaker: { enabled: false } } },
     auth: { apiKeys: { header: 'X-API-Key' } },
     consumers: [{ id: 'alice', apiKeys: [{ prefix: key.prefix, sha256: key.sha256 }] }],
@@ -84,6 +85,8 @@ t.test('gRPC through the gateway (h2c in, h2c to a grpc-js upstream): unary, str
   gw.gateway.flushLogs();
   const lines = gw.logs.filter((l) => l.msg === 'request completed');
   t.ok(lines.length >= 9, 'every call has an access line');
+  const statuses = new Set(lines.map((l) => l.grpcStatus));
+  for (const code of ['0', '5', '8', '16', '12']) t.ok(statuses.has(code), `grpc-status ${code} is on an access line (the upstream's, or the gateway's own)`);
 });
 
 t.test('a gRPC route whose target is down answers UNAVAILABLE', async (t) => {

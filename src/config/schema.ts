@@ -172,10 +172,11 @@ export const ACCESS_FIELDS = [
   'cache',
   'rateLimit',
   'error',
+  'grpcStatus',
 ] as const;
 export type AccessField = (typeof ACCESS_FIELDS)[number];
-/** All but the query string and the user agent, which are opt-in. */
-const DEFAULT_ACCESS_FIELDS = ACCESS_FIELDS.filter((f) => f !== 'query' && f !== 'userAgent');
+/** All but the query string, the user agent and the gRPC status, which are opt-in. */
+const DEFAULT_ACCESS_FIELDS = ACCESS_FIELDS.filter((f) => f !== 'query' && f !== 'userAgent' && f !== 'grpcStatus');
 
 export const LogSchema = Obj(
   {
