@@ -1,4 +1,5 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
+import { OidcSchema } from './oidc-schema';
 
 // A local copy of the config schema's closed-object helper: importing it from config/schema.ts
 // would make the two modules import each other.
@@ -162,19 +163,21 @@ export const AuthSchema = Obj(
   {
     realm: Type.String({ description: 'Realm announced in WWW-Authenticate.', default: 'gateway', pattern: '^[ !#-\\[\\]-~]{1,64}$', expected: 'at most 64 printable ASCII characters without " or \\' }),
     jwt: Type.Optional(JwtSchema),
+    oidc: Type.Optional(OidcSchema),
     apiKeys: ApiKeysSchema,
     identityHeaders: IdentityHeadersSchema,
   },
   { description: 'Authentication providers.', default: {} },
 );
 
-export const AUTH_METHODS = ['jwt', 'apiKey'] as const;
+export const AUTH_METHODS = ['jwt', 'apiKey', 'oidc'] as const;
 export type AuthMethod = (typeof AUTH_METHODS)[number];
 
 export const RouteAuthSchema = Obj(
   {
     methods: Type.Array(Type.Union(AUTH_METHODS.map((m) => Type.Literal(m))), {
-      description: 'Accepted credentials, tried in this order (the first one present decides).',
+      description:
+        'Accepted credentials, tried in this order (the first one present decides). `oidc` is the login session cookie; without any credential, a browser is sent to log in and other clients get 401.',
       minItems: 1,
     }),
     required: Type.Boolean({
