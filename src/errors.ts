@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { isGrpcRequest, sendGrpcError } from './grpc/status';
 
 /**
  * Every error the gateway itself answers with, in one registry. The code is stable (clients and
@@ -110,6 +111,8 @@ export function sendProblem(
     return;
   }
   if (res.destroyed) return;
+  // A gRPC client reads gRPC statuses, whatever the route: a problem+json body would be a framing error to it.
+  if (isGrpcRequest(res.req)) return sendGrpcError(res, requestId, code, opts);
   if (res.req !== undefined && bodyPending(res.req)) res.shouldKeepAlive = false;
   const body = problemBody(code, requestId, opts.detail);
   const headers: Record<string, string | number> = {
