@@ -1,7 +1,11 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import t from 'tap';
 import { supportsReusePort } from '../src/workers/pool';
+import { startCli } from './helpers/cli';
 import { call } from './helpers/http';
 import { metricValue } from './helpers/metrics';
+import { freePort } from './helpers/redis';
 import { startUpstream, type TestUpstream } from './helpers/upstream';
 import { killWorker, route, startPool } from './helpers/workers';
 
@@ -52,4 +56,24 @@ t.test('drain: readiness fails at once, in-flight requests finish, every worker 
   await done;
   t.equal(g.pool.running, 0, 'every worker exited');
   await t.rejects(call(g.url, '/r/a', { timeoutMs: 2000 }), 'the public port is closed');
+});
+
+t.test('the CLI with workers: 2 (on a Node without SO_REUSEPORT: says so and serves with one)', async (t) => {
+  const dir = t.testdir();
+  const file = join(dir, 'gateway.json');
+  const [port, adminPort] = [await freePort(), await freePort()];
+  writeFileSync(
+    file,
+    JSON.stringify({ workers: 2, listen: { host: '127.0.0.1', port }, admin: { port: adminPort }, shutdown: { drainDelayMs: 0 }, upstreams: { u: { targets: [up.url] } }, routes: [route('r', '/r')] }),
+  );
+  const cli = startCli(file);
+  t.teardown(() => cli.child.kill('SIGKILL'));
+  t.ok(await cli.waitFor('gateway listening', 120000), cli.output());
+  if (skip) t.match(cli.output(), /needs SO_REUSEPORT listeners \(Node 22\.12 or later\); this Node has none, so one worker serves/, 'the start-up says why one worker serves');
+  else t.match(cli.output(), /"workers":2,"msg":"gateway listening"/);
+  const statuses = await Promise.all(Array.from({ length: 20 }, () => call(`http://127.0.0.1:${port}`, '/r/a').then((a) => a.status)));
+  t.same([...new Set(statuses)], [200]);
+  t.equal(await metricValue(`http://127.0.0.1:${adminPort}`, 'gateway_requests_total', { route: 'r' }), 20, 'the admin listener counts every request');
+  cli.child.kill('SIGTERM');
+  t.equal(await cli.exited, 0, 'SIGTERM drains every worker and the process exits 0');
 });
