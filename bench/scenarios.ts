@@ -72,9 +72,14 @@ async function startGatewayProcess(name: string, config: (port: number, adminPor
   writeFileSync(file, JSON.stringify(config(port, adminPort)));
   // --slow-gateway-us (bench:ci's self-test) reaches every gateway process through this variable.
   const preload = process.env.BENCH_SLOW_GATEWAY_US ? ['--require', join(DIST, 'bench/slowdown.js')] : [];
-  const proc = await startProcess(name, [...NODE_FLAGS, ...preload, join(DIST, 'src/main.js'), '--config', file], () => httpReady(`http://127.0.0.1:${adminPort}/readyz`), {
-    PORT: '',
-  });
+  // A process of several workers loads the gateway once per thread: slower to start on a loaded machine.
+  const proc = await startProcess(
+    name,
+    [...NODE_FLAGS, ...preload, join(DIST, 'src/main.js'), '--config', file],
+    () => httpReady(`http://127.0.0.1:${adminPort}/readyz`),
+    { PORT: '' },
+    { readyWithinMs: 60000 },
+  );
   return { baseUrl: `http://127.0.0.1:${port}`, procs: [proc] };
 }
 
