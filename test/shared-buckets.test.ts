@@ -69,7 +69,7 @@ t.test('worker threads racing on one bucket admit exactly its burst', async (t) 
         { length: threads },
         () =>
           new Promise<number>((resolve, reject) => {
-            const w = new Worker(join(__dirname, 'helpers', 'bucket-worker.ts'), { workerData: { buffer, keys, attempts, intervalUs: 3600e6, burst }, execArgv: ['--import', 'tsx'] });
+            const w = new Worker(join(__dirname, 'helpers', 'bucket-worker.ts'), { workerData: { buffer, keys, attempts, intervalUs: 3600e6, burst } });
             w.once('message', resolve);
             w.once('error', reject);
           }),
