@@ -8,7 +8,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRepl
 import { registerCacheRoutes } from './admin/cache';
 import { registerKeyRoutes } from './admin/keys';
 import { buildAdminServer, type ReadinessCheck } from './admin/server';
-import { setTargetState, upstreamStatus } from './admin/upstreams';
+import { setTargetState, upstreamStatus, type TargetAction } from './admin/upstreams';
 import { RequestChain } from './chain';
 import { ConfigError, formatProblem, loadConfigFile } from './config/load';
 import type { GatewayConfig } from './config/schema';
@@ -44,12 +44,29 @@ export interface GatewayOptions {
   configFile?: string;
   /** Extra plugins that run before the configured ones (embedding, and tests that need an identity). */
   plugins?: (ctx: PluginContext) => Plugin[];
+  /**
+   * Run as one worker thread of several (src/workers): no admin listener (the main thread has it),
+   * public listeners bound with SO_REUSEPORT on the ports the first worker got, and the memory
+   * store's buckets in the process's shared table.
+   */
+  worker?: WorkerRole;
+}
+
+export interface WorkerRole {
+  /** The ports to bind (listen.port may be 0: the first worker's ports, for every later one). */
+  port?: number;
+  tlsPort?: number;
+  /** SharedBuckets.allocate's buffer, shared by every worker. */
+  buckets: SharedArrayBuffer;
 }
 
 /**
  * Every method Node's parser accepts is proxied (M-SEARCH, LINK, QUERY, ...); Fastify only needs to
  * be told about the unusual ones. CONNECT never reaches a request handler (Node emits it apart).
  */
+/** Bytes a write to a pipe is atomic up to on Linux (see AccessLog's maxWrite). */
+export const PIPE_BUF = 4096;
+
 const PROXIED_METHODS = METHODS.filter((m) => m !== 'CONNECT');
 
 function fastifyErrorCode(status: number): ErrorCode {
@@ -150,10 +167,12 @@ export class Gateway {
   private closed: Promise<void> | null = null;
   /** The log level the process started with; PUT /admin/log-level changes it until the next reload. */
   private readonly startLogLevel: string;
+  private readonly worker: WorkerRole | null;
 
   constructor(config: Readonly<GatewayConfig>, opts: GatewayOptions = {}) {
     this.configFile = opts.configFile ?? null;
     this.extraPlugins = opts.plugins;
+    this.worker = opts.worker ?? null;
     // Our own logger, not Fastify's: with a logger Fastify adds per-request work even when request
     // logging is off (a child logger, 'finish'/'error' listeners and their timestamps). The chain
     // logs for the request (access line; RequestContext.log binds the request id on first use).
@@ -231,7 +250,7 @@ export class Gateway {
     this.pendingInit.push(this.healthChecks);
     this.runtime = new Runtime(config, this.upstreams, this.metrics, this.plugins(this.pluginContext(config, this.runtimeResources)));
     this.warn(config);
-    this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log, config.log) : null;
+    this.accessLog = config.log.access && (this.log as unknown as pino.Logger).isLevelEnabled('info') ? new AccessLog(this.log, config.log, this.worker === null ? null : PIPE_BUF) : null;
     const chain = new RequestChain({
       runtime: () => this.runtime,
       unrouted: this.metrics.forRoute('_unrouted'),
@@ -261,23 +280,24 @@ export class Gateway {
     });
 
     this.readiness.push({ name: 'config', ready: () => true });
-    this.admin = config.admin.enabled
+    this.admin =
+      config.admin.enabled && this.worker === null
       ? buildAdminServer({
           logger: this.log,
           registry: this.metrics.registry,
           checks: () => this.readiness,
           isDraining: () => this.draining,
           config: () => this.config,
-          upstreams: () => upstreamStatus(this.upstreams),
+          upstreams: () => this.upstreamStatus(),
           reload: (actor) => this.reloadFromSource(actor),
           info: () => this.info.describe(),
           logLevel: () => this.log.level,
           setLogLevel: (level) => (this.log.level = level),
-          targetAction: (upstream, target, action) => setTargetState(this.upstreams, upstream, target, action),
+          targetAction: (upstream, target, action) => this.targetAction(upstream, target, action),
         })
       : null;
     if (this.admin) registerKeyRoutes(this.admin, { config: () => this.config, store: () => keyStoreFor(this.pluginContext(this.config)) });
-    if (this.admin) registerCacheRoutes(this.admin, { config: () => this.config, store: () => (this.shared.get('store') as GateStore | undefined) ?? null });
+    if (this.admin) registerCacheRoutes(this.admin, { config: () => this.config, store: () => this.gateStore() });
   }
 
   /** The plugins of one runtime in chain order: the embedder's first, then the configured ones. */
@@ -309,6 +329,7 @@ export class Gateway {
         this.pendingInit.push(r);
       },
       addReadinessCheck: (c) => this.readiness.push(c),
+      sharedBuckets: this.worker?.buckets ?? null,
     };
   }
 
@@ -450,6 +471,26 @@ export class Gateway {
     sendProblem(reply.raw, request.id, err.code, { detail: err.message, headers: err.headers });
   }
 
+  /** What readiness depends on (a worker reports these to the main thread's /readyz). */
+  readinessChecks(): readonly ReadinessCheck[] {
+    return this.readiness;
+  }
+
+  /** Upstreams with the live state of every target (GET /admin/upstreams). */
+  upstreamStatus(): unknown {
+    return upstreamStatus(this.upstreams);
+  }
+
+  /** Drains, ejects or restores a target by hand; null when there is no such target. */
+  targetAction(upstream: string, target: string, action: TargetAction): unknown {
+    return setTargetState(this.upstreams, upstream, target, action);
+  }
+
+  /** The store the rate limits and the cache use, or null while no route uses it. */
+  gateStore(): GateStore | null {
+    return (this.shared.get('store') as GateStore | undefined) ?? null;
+  }
+
   /** Writes out buffered access lines now (they are otherwise batched for up to 200 ms). */
   flushLogs(): void {
     this.accessLog?.flush();
@@ -464,17 +505,26 @@ export class Gateway {
     return this.connections.open;
   }
 
+  stillOpen(): Record<string, number> {
+    return { openConnections: this.connections.open };
+  }
+
   /** Starts both listeners; resolves with the ports actually bound (useful with port 0). */
   async listen(opts: { beforeListen?: () => void } = {}): Promise<{ port: number; tlsPort: number | null; h2cPort: number | null; adminPort: number | null }> {
     await this.initPending();
     // Everything is built and connected: the last moment before traffic (see lifecycle/startup-gc.ts).
     opts.beforeListen?.();
-    const { host, port, plain, tls } = this.config.listen;
-    await this.server.listen({ host, port: plain ? port : tls!.port });
-    for (const { server, port: extraPort } of this.extraListeners) {
+    const { host, plain, tls } = this.config.listen;
+    const port = this.worker?.port ?? this.config.listen.port;
+    const tlsPort = this.worker?.tlsPort ?? tls?.port;
+    // Workers of one process bind the same ports; the kernel spreads connections between them.
+    const reusePort = this.worker !== null ? { reusePort: true } : {};
+    await this.server.listen({ host, port: plain ? port : tlsPort, ...reusePort });
+    for (const { server, port: configured } of this.extraListeners) {
+      const extraPort = server === this.tlsServer ? (tlsPort ?? configured) : configured;
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
-        server.listen({ host, port: extraPort }, () => {
+        server.listen({ host, port: extraPort, ...reusePort }, () => {
           server.off('error', reject);
           resolve();
         });

@@ -648,6 +648,12 @@ export const RouteSchema = Obj(
 
 const configCore = {
     listen: ListenSchema,
+    workers: Type.Union([Type.Literal('auto'), Type.Integer({ minimum: 1, maximum: 1024 })], {
+      description:
+        'Event loops (worker threads) serving the public listeners of this one process: a number, or auto for the CPUs available to the process (cgroup quota included). With more than one, the kernel spreads connections between them (SO_REUSEPORT: Node 22.12 or later; on older Node the gateway says so and runs one), the memory store\'s rate-limit buckets are shared exactly, the response cache is per worker, and the admin listener and /metrics answer for the whole process. Read at start-up only.',
+      default: 1,
+      expected: 'auto or a whole number from 1 to 1024',
+    }),
     trustedProxies: Type.Array(
       Type.String({ description: 'An IPv4 or IPv6 address or CIDR, such as 10.0.0.0/8.' }),
       {
