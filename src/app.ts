@@ -7,7 +7,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRepl
 import { registerCacheRoutes } from './admin/cache';
 import { registerKeyRoutes } from './admin/keys';
 import { buildAdminServer, type ReadinessCheck } from './admin/server';
-import { setTargetState, upstreamStatus } from './admin/upstreams';
+import { routeTraffic, setTargetState, upstreamStatus } from './admin/upstreams';
 import { RequestChain } from './chain';
 import { ConfigError, formatProblem, loadConfigFile } from './config/load';
 import type { GatewayConfig } from './config/schema';
@@ -233,6 +233,7 @@ export class Gateway {
           isDraining: () => this.draining,
           config: () => this.config,
           upstreams: () => upstreamStatus(this.upstreams),
+          routeTraffic: () => routeTraffic(this.runtime.routes),
           reload: (actor) => this.reloadFromSource(actor),
           info: () => this.info.describe(),
           logLevel: () => this.log.level,

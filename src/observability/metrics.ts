@@ -121,7 +121,7 @@ export class GatewayMetrics {
     );
     this.mirrorRequests = this.counter(
       'gateway_mirror_requests_total',
-      'Mirrored copies of requests, by route, shadow upstream and result (2xx-5xx, error, dropped over maxConcurrent, skipped for a body).',
+      'Sampled requests of mirroring routes, by route, shadow upstream and result: sent (2xx-5xx by the shadow\'s answer), failed (error), or not sent (dropped over maxConcurrent, body-too-large, body-incomplete, no-target).',
       ['route', 'upstream', 'result'],
     );
     this.requestDuration = this.histogram(

@@ -29,7 +29,7 @@ function take(t: Target, now: number, req: PickRequest, all: boolean): boolean {
 }
 
 /** The weight of `t` now: during slow start a share growing linearly from a tenth to the full weight. */
-function weightAt(t: Target, now: number, slowStartMs: number): number {
+export function weightAt(t: Target, now: number, slowStartMs: number): number {
   if (slowStartMs === 0) return t.weight;
   const ramp = (now - t.state.routableSince) / slowStartMs;
   return ramp >= 1 ? t.weight : t.weight * Math.max(0.1, ramp);

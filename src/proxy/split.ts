@@ -34,6 +34,7 @@ export class TrafficSplit {
   private readonly bounds: Uint32Array;
   private readonly total: number;
   private readonly scores: Float64Array;
+  private readonly cfg: RouteSplitConfig;
 
   constructor(cfg: RouteSplitConfig, routeFor: (upstream: string) => CompiledRoute, counter: CounterFamily, routeName: string) {
     this.sides = cfg.sides.map((s) => ({
@@ -54,6 +55,27 @@ export class TrafficSplit {
     this.sides.forEach((s, i) => (this.bounds[i] = total += s.weight));
     this.total = total;
     this.scores = new Float64Array(this.sides.length);
+    this.cfg = cfg;
+  }
+
+  /** The sides with their weights, rules and requests by reason (since the gateway started), for the admin API. */
+  status() {
+    return {
+      sticky: this.cfg.sticky ?? null,
+      sides: this.sides.map((s, i) => {
+        const up = s.route.upstream;
+        return {
+          upstream: up.name,
+          weight: s.weight,
+          share: this.total === 0 ? 0 : s.weight / this.total,
+          match: this.cfg.sides[i].match ?? [],
+          requests: { match: s.byMatch.value, sticky: s.bySticky.value, weight: s.byWeight.value },
+          available: up.targets.filter((t) => t.state.routable).length,
+          targets: up.targets.length,
+          panic: up.panicking,
+        };
+      }),
+    };
   }
 
   /** The route, bound to one side's upstream, that forwards this request. */
