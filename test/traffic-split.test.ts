@@ -9,6 +9,7 @@ import { metricValue } from './helpers/metrics';
 
 function config(stable: FlakyUpstream, canary: FlakyUpstream, split: Record<string, unknown>): TestConfig {
   return {
+    admin: { token: ADMIN_TOKEN },
     log: { level: 'info', access: false },
     upstreams: { stable: { targets: [stable.url], retries: { maxRetries: 0 } }, canary: { targets: [canary.url], retries: { maxRetries: 0 } } },
     routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'stable', split }],
@@ -126,6 +127,38 @@ t.test('each side keeps its own health: a failing canary does not take the stabl
   t.equal(statuses.filter((s) => s === 200).length, 20, 'the stable half is served');
   t.equal(stable.hits, 20);
   t.equal(statuses.filter((s) => s >= 500 && s !== 500).length, 20, 'the canary half fails with 502/503, not 500');
+  const responses = (upstream: string, status_class: string) => metricValue(gw.adminUrl, 'gateway_split_responses_total', { route: 'r', upstream, status_class });
+  t.equal(await responses('stable', '2xx'), 20, 'answers counted by side');
+  t.equal(await responses('canary', '5xx'), 20);
+  t.equal(await responses('stable', '5xx'), 0);
+});
+
+t.test('/admin/routes shows each side of a split with its weight, rules, requests and answers', async (t) => {
+  const { gw, stable, canary } = await setup(t, {
+    sticky: 'header:x-user',
+    sides: [
+      { upstream: 'stable', weight: 3 },
+      { upstream: 'canary', weight: 1, match: [{ header: 'x-beta', value: 'yes' }] },
+    ],
+  });
+  canary.behave({ kind: 'status', status: 503 });
+  t.equal(await send(gw, 8), 2, 'by weight 3:1: the canary answers 2 of 8 with its 503');
+  for (let i = 0; i < 2; i++) t.equal((await call(gw.url, '/beta', { headers: { 'x-beta': 'yes' } })).status, 503, 'matched: the canary answers');
+  const users = 6;
+  for (let i = 0; i < users; i++) await call(gw.url, '/u', { headers: { 'x-user': `user-${i}` } });
+  const routes = (await call(gw.adminUrl, '/admin/routes', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json<{ name: string; split: any; mirror: unknown; policies: Record<string, unknown> }[]>();
+  const view = routes[0];
+  t.equal(view.mirror, null);
+  t.notOk('split' in view.policies, 'the split is not listed as a policy');
+  t.equal(view.split.sticky, 'header:x-user');
+  const [s, c] = view.split.sides;
+  t.match(s, { upstream: 'stable', weight: 3, share: 0.75, match: [], available: 1, targets: 1, panic: false });
+  t.match(c, { upstream: 'canary', weight: 1, share: 0.25, match: [{ header: 'x-beta', value: 'yes' }] });
+  t.same(s.requests, { match: 0, sticky: stable.hits - 6, weight: 6 }, 'weight 3:1 gives 6 of 8');
+  t.same(c.requests, { match: 2, sticky: canary.hits - 4, weight: 2 });
+  t.equal(s.requests.sticky + c.requests.sticky, users);
+  t.same(s.responses, { '0xx': 0, '1xx': 0, '2xx': stable.hits, '3xx': 0, '4xx': 0, '5xx': 0 });
+  t.same(c.responses, { '0xx': 0, '1xx': 0, '2xx': 0, '3xx': 0, '4xx': 0, '5xx': canary.hits });
 });
 
 function problems(split: Record<string, unknown>, upstream = 'stable'): string[] {

@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { weightAt } from '../proxy/balance';
+import { effectiveWeight } from '../proxy/balance';
 import type { UpstreamRegistry } from '../proxy/upstreams';
 import type { CompiledRoute } from '../routes';
 
@@ -30,7 +30,7 @@ export function upstreamStatus(registry: UpstreamRegistry) {
           return {
             url: t.url,
             weight: t.weight,
-            effectiveWeight: Math.round(weightAt(t, now, slowStartMs) * 1000) / 1000,
+            effectiveWeight: Math.round(effectiveWeight(up.config, t, now) * 1000) / 1000,
             slowStartLeftMs: slowStartMs === 0 ? 0 : Math.max(0, Math.round(s.routableSince + slowStartMs - now)),
             source: t.source,
             routable: s.routable,

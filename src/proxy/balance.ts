@@ -29,10 +29,15 @@ function take(t: Target, now: number, req: PickRequest, all: boolean): boolean {
 }
 
 /** The weight of `t` now: during slow start a share growing linearly from a tenth to the full weight. */
-export function weightAt(t: Target, now: number, slowStartMs: number): number {
+function weightAt(t: Target, now: number, slowStartMs: number): number {
   if (slowStartMs === 0) return t.weight;
   const ramp = (now - t.state.routableSince) / slowStartMs;
   return ramp >= 1 ? t.weight : t.weight * Math.max(0.1, ramp);
+}
+
+/** The weight the balancer of an upstream configured as `cfg` gives `t` now (the hash ring keeps full weights). */
+export function effectiveWeight(cfg: UpstreamConfig, t: Target, now: number): number {
+  return cfg.balance === 'hash' ? t.weight : weightAt(t, now, cfg.slowStartMs);
 }
 
 /**

@@ -1,6 +1,7 @@
 import type { RouteSplitConfig } from '../config/schema';
 import type { RequestContext } from '../context';
 import type { CounterCell, CounterFamily } from '../observability/fast-metrics';
+import { SplitSideMetrics } from '../observability/metrics';
 import type { CompiledRoute } from '../routes';
 import { hash32, keyReader, type KeyReader } from './balance';
 
@@ -70,6 +71,7 @@ export class TrafficSplit {
           share: this.total === 0 ? 0 : s.weight / this.total,
           match: this.cfg.sides[i].match ?? [],
           requests: { match: s.byMatch.value, sticky: s.bySticky.value, weight: s.byWeight.value },
+          responses: s.route.metrics instanceof SplitSideMetrics ? s.route.metrics.responses() : null,
           available: up.targets.filter((t) => t.state.routable).length,
           targets: up.targets.length,
           panic: up.panicking,
