@@ -16,8 +16,12 @@ import { NODE_FLAGS } from '../src/lifecycle/node-flags';
  * instructions of the server's process are counted.
  *
  *   npm run bench:instructions -- [--server=gateway|http-proxy] [--warmup=30000] [--requests=10000] [--connections=20] [--tracing=RATIO]
+ *                                 [--targets=N] [--balance=round-robin|least-request|hash] [--hash-key=KEY]
  *
  * --tracing turns tracing on at that sample ratio, exporting to the bench upstream (which answers 200).
+ * --targets gives the route's upstream N targets (distinct URLs of the one bench upstream, each with
+ * its own pool: /t0, /t1, ...), balanced by --balance (hash on --hash-key, `path` by default), so
+ * the balancers can be compared with each other on the same targets.
  */
 
 interface Options {
@@ -27,17 +31,29 @@ interface Options {
   connections: number;
   /** Sample ratio with tracing on; -1: tracing off. */
   tracing: number;
+  /** Targets of the upstream; 0: the bench upstream's URL as the one target (the bare route). */
+  targets: number;
+  balance: 'round-robin' | 'least-request' | 'hash';
+  hashKey: string;
 }
 
+const BALANCES = ['round-robin', 'least-request', 'hash'] as const;
+
 function parseArgs(argv: string[]): Options {
-  const opts: Options = { server: 'gateway', warmup: 30000, requests: 10000, connections: 20, tracing: -1 };
+  const opts: Options = { server: 'gateway', warmup: 30000, requests: 10000, connections: 20, tracing: -1, targets: 0, balance: 'round-robin', hashKey: 'path' };
   for (const arg of argv) {
     const [k, v] = arg.replace(/^--/, '').split('=');
     if (k === 'server' && (v === 'gateway' || v === 'http-proxy')) opts.server = v;
     else if (k === 'tracing' && Number(v) >= 0 && Number(v) <= 1) opts.tracing = Number(v);
-    else if ((k === 'warmup' || k === 'requests' || k === 'connections') && Number(v) > 0) opts[k] = Number(v);
-    else throw new Error(`bad option ${arg} (known: --server=gateway|http-proxy --warmup=N --requests=N --connections=N --tracing=RATIO)`);
+    else if ((k === 'warmup' || k === 'requests' || k === 'connections' || k === 'targets') && Number(v) > 0) opts[k] = Number(v);
+    else if (k === 'balance' && (BALANCES as readonly string[]).includes(v)) opts.balance = v as Options['balance'];
+    else if (k === 'hash-key' && v) opts.hashKey = v;
+    else
+      throw new Error(
+        `bad option ${arg} (known: --server=gateway|http-proxy --warmup=N --requests=N --connections=N --tracing=RATIO --targets=N --balance=${BALANCES.join('|')} --hash-key=KEY)`,
+      );
   }
+  if (opts.balance !== 'round-robin' && opts.targets === 0) opts.targets = 4;
   return opts;
 }
 
@@ -103,7 +119,16 @@ async function main(): Promise<void> {
           listen: { host: '127.0.0.1', port },
           admin: { host: '127.0.0.1', port: await freePort() },
           shutdown: { drainDelayMs: 0 },
-          upstreams: { users: { targets: [upstreamUrl] } },
+          upstreams: {
+            users:
+              opts.targets === 0
+                ? { targets: [upstreamUrl] }
+                : {
+                    targets: Array.from({ length: opts.targets }, (_, i) => `${upstreamUrl}/t${i}`),
+                    balance: opts.balance,
+                    ...(opts.balance === 'hash' ? { hash: { key: opts.hashKey } } : {}),
+                  },
+          },
           routes: [{ name: 'users', match: { prefix: '/api/users' }, upstream: 'users' }],
           ...(opts.tracing >= 0 ? { tracing: { enabled: true, endpoint: `${upstreamUrl}/v1/traces`, sampleRatio: opts.tracing } } : {}),
         }),
@@ -131,7 +156,7 @@ async function main(): Promise<void> {
     const total = await dumpedTotal(`${out}.1`);
     const perRequest = Math.round(total / opts.requests);
     process.stdout.write(
-      `${opts.server}${opts.tracing >= 0 ? ` (tracing at ${opts.tracing})` : ''}: ${perRequest} instructions per request (${opts.requests} requests counted after ${opts.warmup} to warm up, ${opts.connections} connections)\n`,
+      `${opts.server}${opts.tracing >= 0 ? ` (tracing at ${opts.tracing})` : ''}${opts.targets > 0 ? ` (${opts.targets} targets, ${opts.balance}${opts.balance === 'hash' ? ` on ${opts.hashKey}` : ''})` : ''}: ${perRequest} instructions per request (${opts.requests} requests counted after ${opts.warmup} to warm up, ${opts.connections} connections)\n`,
     );
   } finally {
     for (const p of procs.reverse()) await p.stop();
