@@ -381,6 +381,27 @@ t.test('a hanging shadow never delays a request with a body; a client that cuts 
   t.notOk(shadow.seen.some((s) => s.url === '/cut'), 'the cut body was never mirrored');
 });
 
+t.test('a chunked body over the route\'s body limit still gets 413, and no copy', async (t) => {
+  const main = await startFlakyUpstream();
+  const shadow = await startFlakyUpstream();
+  const gw = await startGateway({
+    log: { level: 'info', access: false },
+    upstreams: { main: { targets: [main.url], retries: { maxRetries: 0 } }, shadow: { targets: [shadow.url] } },
+    routes: [{ name: 'm', match: { prefix: '/' }, upstream: 'main', mirror: { upstream: 'shadow' }, policies: { limits: { maxBodyBytes: 10 } } }],
+  });
+  t.teardown(async () => {
+    await gw.close();
+    await shadow.close();
+    await main.close();
+  });
+  const res = await postChunks(gw.url, '/big', ['0123456789', 'abcdef']);
+  t.equal(res.status, 413, 'the body limit answers as without a mirror');
+  t.ok(await until(async () => (await mirrored(gw, 'body-incomplete')) === 1), 'the cut body is not mirrored');
+  t.equal((await postChunks(gw.url, '/small', ['01234', '56789'])).status, 200, 'a body within the limit passes');
+  t.ok(await until(() => shadow.hits === 1), 'and is mirrored');
+  t.equal(shadow.seen[0].body, '0123456789');
+});
+
 t.test('a hanging or down shadow never delays or fails the client; copies over maxConcurrent are dropped', async (t) => {
   const { gw, main, shadow } = await setupMirror(t, { maxConcurrent: 2 });
   shadow.behave({ kind: 'hang' });
