@@ -251,7 +251,7 @@ t.test('YAML files: a tab in the indentation gets its own message', async (t) =>
 t.test('gateway validate exits 0 on the example and 1 with every problem on a bad file', async (t) => {
   const ok = cli('validate', join(__dirname, '..', 'examples', 'gateway.yaml'));
   t.equal(ok.status, 0, ok.stderr);
-  t.match(ok.stdout, /valid \(3 routes, 2 upstreams\)/);
+  t.match(ok.stdout, /valid \(6 routes, 4 upstreams\)/);
   const f = join(dir, 'bad.yaml');
   writeFileSync(
     f,
