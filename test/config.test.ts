@@ -128,7 +128,7 @@ t.test('problems say what is expected in words, never as a regular expression', 
     'routes[0].rateLimit.limits[1].rate: expected an integer (got "5s")',
     'store.redis.url: expected a redis:// or rediss:// URL (got "http://r")',
     'store.redis.nodes[0]: expected host:port, such as redis-1:6379 or [::1]:6379 (got "nope")',
-    'consumers[0].apiKeys[0].prefix: expected a key prefix like gk_abcdefgh (got "key")',
+    'consumers[0].apiKeys[0].prefix: expected a key prefix like gk_abcdefgh (ik_abcdefgh for an imported key) (got "key")',
     'consumers[0].apiKeys[0].sha256: expected 64 lower-case hex digits (got "abc")',
   ];
   for (const e of expected) t.ok(p.includes(e), `${e}\n---\n${p.join('\n')}`);

@@ -172,6 +172,15 @@ t.test('every metric the dashboard queries is exported by a running gateway, and
     config.routes.push({ name: 'private', match: { prefix: '/api/private' }, upstream: 'up', auth: { methods: ['jwt'] } });
     drive.push(['/api/private/1', 401]);
   }
+  if (definedInSrc('gateway_oidc_logins_total')) {
+    // A provider that is down: the login series exist (at zero) from start-up, an API client gets 401.
+    config.auth = {
+      ...config.auth,
+      oidc: { issuer: deadUrl, clientId: 'gw', redirectUri: 'http://127.0.0.1/oidc/callback', session: { keys: [Buffer.alloc(32, 1).toString('base64')] } },
+    };
+    config.routes.push({ name: 'login', match: { prefix: '/app' }, upstream: 'up', auth: { methods: ['oidc'] } });
+    drive.push(['/app/1', 401]);
+  }
   if (definedInSrc('gateway_cache_requests_total')) {
     config.routes.push({ name: 'cached', match: { prefix: '/api/cached' }, upstream: 'up', cache: { defaultTtl: 60 } });
     drive.push(['/api/cached/1', 200], ['/api/cached/1', 200]);

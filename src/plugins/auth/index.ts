@@ -8,6 +8,8 @@ import { ConsumerDirectory } from './consumers';
 import { headerVariants, type IdentityHeaderNames } from './identity-headers';
 import { JwksKeySource } from './jwks';
 import { algorithmsForKey, claimRules, JwtAuthenticator, keyVerifier, loadPublicKey, type KeySource } from './jwt';
+import { CALLBACK_FAILURES, OidcLogin, type OidcMetrics } from './oidc';
+import { OidcClient } from './oidc-client';
 import { RedisKeyStore } from './redis-keys';
 import type { JwtConfig } from './schema';
 import { AuthStep, type CredentialSources } from './step';
@@ -27,6 +29,20 @@ function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetche
       ),
       jwksFetches,
     };
+  });
+}
+
+/** Login metrics, every series present from the start so the dashboard shows zeros rather than gaps. */
+function oidcMetrics(ctx: PluginContext): OidcMetrics {
+  return ctx.shared('auth:oidc-metrics', () => {
+    const m = ctx.metrics;
+    const logins = m.counter('gateway_oidc_logins_total', 'OIDC logins, by stage: started (sent to the provider) and completed (session set).', ['stage']);
+    const callbackFailures = m.counter('gateway_oidc_callback_failures_total', 'OIDC login callbacks refused, by reason.', ['reason']);
+    const refreshes = m.counter('gateway_oidc_refreshes_total', 'OIDC session renewals with the refresh token, by result (ok, refused, error).', ['result']);
+    for (const s of ['started', 'completed']) logins.child(s);
+    for (const r of CALLBACK_FAILURES) callbackFailures.child(r);
+    for (const r of ['ok', 'refused', 'error']) refreshes.child(r);
+    return { logins, callbackFailures, refreshes };
   });
 }
 
@@ -77,19 +93,39 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
   const maxTokenBytes = auth.jwt?.maxTokenBytes ?? cfg.policies.limits.maxHeaderBytes;
   const jwt = auth.jwt ? new JwtAuthenticator(auth.jwt, jwtKeySource(auth.jwt, ctx), consumers, names, maxTokenBytes) : null;
 
+  const oidcCfg = auth.oidc;
+  let oidc: OidcLogin | null = null;
+  if (oidcCfg) {
+    // Discovery and keys survive reloads that keep the same provider settings.
+    const key = JSON.stringify([oidcCfg.issuer, oidcCfg.clientId, oidcCfg.clientSecret, oidcCfg.clientAuth, oidcCfg.algorithms, oidcCfg.clockToleranceSec, oidcCfg.discovery]);
+    const client = ctx.shared(`auth:oidc:${key}`, () => {
+      const c = new OidcClient({ cfg: oidcCfg, log: ctx.log, jwksFetches: authMetrics(ctx).jwksFetches });
+      ctx.addResource(c);
+      return c;
+    });
+    oidc = new OidcLogin(oidcCfg, client, consumers, names, oidcMetrics(ctx), ctx.log);
+  }
+
   const sources: CredentialSources = {
     jwt,
-    apiKeys: new ApiKeyAuthenticator(keyStoreFor(ctx), consumers),
+    apiKeys: new ApiKeyAuthenticator(keyStoreFor(ctx), consumers, auth.apiKeys.importedKeys),
     apiKeyHeader: auth.apiKeys.header.toLowerCase(),
     apiKeyHeaderName: auth.apiKeys.header,
     jwtCookie: auth.jwt?.cookie,
     jwtQuery: auth.jwt?.query,
     apiKeyQuery: auth.apiKeys.query,
     realm: auth.realm,
+    oidc,
   };
   const { decisions } = authMetrics(ctx);
 
-  const identityDrops = [names.consumerId, names.userId, names.roles, ...Object.keys(auth.jwt?.claimHeaders ?? {})].flatMap(headerVariants);
+  const identityDrops = [
+    names.consumerId,
+    names.userId,
+    names.roles,
+    ...Object.keys(auth.jwt?.claimHeaders ?? {}),
+    ...Object.keys(oidcCfg?.claimHeaders ?? {}),
+  ].flatMap(headerVariants);
   const credentialDrops = ['authorization', ...headerVariants(auth.apiKeys.header)];
 
   return {
@@ -98,10 +134,16 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
       for (const h of identityDrops) route.dropRequestHeaders.add(h);
       const routeAuth = route.config.auth;
       if (!routeAuth) return null;
+      const usesLogin = routeAuth.methods.includes('oidc');
       if (!routeAuth.forwardCredentials) {
         for (const h of credentialDrops) route.dropRequestHeaders.add(h);
         // The step forwards the other cookies itself.
         if (sources.jwtCookie !== undefined) route.dropRequestHeaders.add('cookie');
+      }
+      if (usesLogin) {
+        route.dropRequestHeaders.add('cookie');
+        // The access token replaces whatever Authorization the client sent.
+        if (oidcCfg!.forwardAccessToken) route.dropRequestHeaders.add('authorization');
       }
       return new AuthStep(route.name, routeAuth, sources, decisions, ctx.log);
     },

@@ -1,4 +1,5 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
+import { OidcSchema } from './oidc-schema';
 
 // A local copy of the config schema's closed-object helper: importing it from config/schema.ts
 // would make the two modules import each other.
@@ -130,6 +131,11 @@ export const ApiKeysSchema = Obj(
       maximum: 900,
     }),
     cacheMaxEntries: Type.Integer({ description: 'Key lookups remembered per replica.', default: 10000, minimum: 1 }),
+    importedKeys: Type.Boolean({
+      description:
+        'Also accept keys that are not in the gateway\'s gk_ format: keys imported from another gateway as they were (`gateway import kong`), stored hashed under an ik_ prefix. New keys are gk_ keys either way. Off, a key of another shape is refused before it is hashed.',
+      default: false,
+    }),
   },
   { description: 'API keys.', default: {} },
 );
@@ -157,19 +163,21 @@ export const AuthSchema = Obj(
   {
     realm: Type.String({ description: 'Realm announced in WWW-Authenticate.', default: 'gateway', pattern: '^[ !#-\\[\\]-~]{1,64}$', expected: 'at most 64 printable ASCII characters without " or \\' }),
     jwt: Type.Optional(JwtSchema),
+    oidc: Type.Optional(OidcSchema),
     apiKeys: ApiKeysSchema,
     identityHeaders: IdentityHeadersSchema,
   },
   { description: 'Authentication providers.', default: {} },
 );
 
-export const AUTH_METHODS = ['jwt', 'apiKey'] as const;
+export const AUTH_METHODS = ['jwt', 'apiKey', 'oidc'] as const;
 export type AuthMethod = (typeof AUTH_METHODS)[number];
 
 export const RouteAuthSchema = Obj(
   {
     methods: Type.Array(Type.Union(AUTH_METHODS.map((m) => Type.Literal(m))), {
-      description: 'Accepted credentials, tried in this order (the first one present decides).',
+      description:
+        'Accepted credentials, tried in this order (the first one present decides). `oidc` is the login session cookie; without any credential, a browser is sent to log in and other clients get 401.',
       minItems: 1,
     }),
     required: Type.Boolean({

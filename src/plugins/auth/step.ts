@@ -8,6 +8,8 @@ import type { Verified } from './consumers';
 import { bearerToken, cookieValue, queryValue, withoutCookies, withoutQueryParams } from './credentials';
 import { AuthFailure } from './failure';
 import { tokenMediaType, type JwtAuthenticator } from './jwt';
+import type { OidcLogin } from './oidc';
+import { parseCookies } from './sealed-cookie';
 import type { RouteAuthConfig } from './schema';
 
 /** Where credentials come from: fixed by the configuration, shared by every route. */
@@ -21,6 +23,7 @@ export interface CredentialSources {
   jwtQuery: string | undefined;
   apiKeyQuery: string | undefined;
   realm: string;
+  oidc: OidcLogin | null;
 }
 
 type Result = 'ok' | 'anonymous' | 'unauthenticated' | 'forbidden' | 'unavailable';
@@ -43,6 +46,9 @@ export class AuthStep implements Step {
   private readonly badToken: Record<string, string>;
   private readonly badKey: Record<string, string>;
   private readonly counts: Record<Result, CounterCell>;
+  /** The route's login, when it lists `oidc`: requests then take runWithLogin. */
+  private readonly oidc: OidcLogin | null;
+  private readonly methods: readonly string[];
 
   constructor(
     private readonly routeName: string,
@@ -59,7 +65,11 @@ export class AuthStep implements Step {
     this.scopes = auth.scopes ? new Map(Object.entries(auth.scopes)) : null;
     this.tokenTypes = auth.tokenTypes ? new Set(auth.tokenTypes.map(tokenMediaType)) : null;
 
+    this.oidc = auth.methods.includes('oidc') ? src.oidc : null;
+    this.methods = auth.methods;
     const cookies = auth.forwardCredentials || !src.jwtCookie ? [] : [src.jwtCookie];
+    // The session cookies are the gateway's own: never forwarded, whatever forwardCredentials says.
+    if (this.oidc !== null) cookies.push(...this.oidc.cookieNames);
     this.stripCookies = cookies.length ? new Set(cookies) : null;
     const params = auth.forwardCredentials ? [] : [src.jwtQuery, src.apiKeyQuery].filter((p): p is string => p !== undefined);
     this.stripQuery = params.length ? new Set(params) : null;
@@ -67,11 +77,14 @@ export class AuthStep implements Step {
     const realm = `realm="${src.realm}"`;
     const bearer = `Bearer ${realm}`;
     const apiKey = `ApiKey ${realm}, header="${src.apiKeyHeaderName}"`;
-    const challenges = (jwtError: string, keyError: string) =>
-      auth.methods.map((m) => (m === 'jwt' ? bearer + jwtError : apiKey + keyError)).join(', ');
-    this.missing = { 'www-authenticate': challenges('', '') };
-    this.badToken = { 'www-authenticate': challenges(', error="invalid_token"', '') };
-    this.badKey = { 'www-authenticate': challenges('', ', error="invalid_key"') };
+    // A login session has no WWW-Authenticate scheme: a route with only `oidc` sends none.
+    const challenges = (jwtError: string, keyError: string): Record<string, string> => {
+      const list = auth.methods.flatMap((m) => (m === 'jwt' ? [bearer + jwtError] : m === 'apiKey' ? [apiKey + keyError] : []));
+      return list.length ? { 'www-authenticate': list.join(', ') } : {};
+    };
+    this.missing = challenges('', '');
+    this.badToken = challenges(', error="invalid_token"', '');
+    this.badKey = challenges('', ', error="invalid_key"');
     this.counts = {
       ok: counter.child(routeName, 'ok'),
       anonymous: counter.child(routeName, 'anonymous'),
@@ -82,6 +95,7 @@ export class AuthStep implements Step {
   }
 
   run(ctx: RequestContext): StepResult {
+    if (this.oidc !== null) return this.runWithLogin(ctx, this.oidc);
     if (this.stripCookies !== null) this.forwardCookiesWithoutToken(ctx);
     let credential: string | undefined;
     let isJwt = false;
@@ -121,6 +135,78 @@ export class AuthStep implements Step {
     }
     return this.admit(ctx, verified);
   }
+
+  /**
+   * A route that lists `oidc`: its callback and logout paths are answered here; otherwise the
+   * credentials are tried in the route's order, the session cookie standing for `oidc`, and a
+   * request with none is sent to log in.
+   */
+  private runWithLogin(ctx: RequestContext, oidc: OidcLogin): StepResult {
+    const cookies = parseCookies(ctx.req.headers.cookie);
+    if (ctx.path === oidc.callbackPath) return oidc.callback(ctx, cookies).catch(this.loginRefusal);
+    if (ctx.path === oidc.logoutPath) return oidc.logout(ctx, cookies).catch(this.loginRefusal);
+    this.forwardCookiesWithoutToken(ctx);
+    for (const m of this.methods) {
+      if (m === 'oidc') {
+        const session = oidc.sessionCookie(cookies);
+        if (session === null) continue;
+        if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
+        let v: Verified | null | Promise<Verified | null>;
+        try {
+          v = oidc.authenticate(ctx, cookies, session);
+        } catch (err) {
+          throw this.refusal(err, false);
+        }
+        if (v instanceof Promise) {
+          return v.then(
+            (r) => this.admitSession(ctx, oidc, r),
+            (err: unknown) => {
+              throw this.refusal(err, false);
+            },
+          );
+        }
+        return this.admitSession(ctx, oidc, v);
+      }
+      const isJwt = m === 'jwt';
+      const credential = isJwt ? this.jwtToken(ctx) : this.apiKey(ctx);
+      if (credential === undefined) continue;
+      if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
+      let verified: Verified | Promise<Verified>;
+      try {
+        verified = isJwt ? this.src.jwt!.authenticate(credential) : this.src.apiKeys.authenticate(credential);
+      } catch (err) {
+        throw this.refusal(err, isJwt);
+      }
+      if (verified instanceof Promise) {
+        return verified.then(
+          (v) => this.admit(ctx, v),
+          (err: unknown) => {
+            throw this.refusal(err, isJwt);
+          },
+        );
+      }
+      return this.admit(ctx, verified);
+    }
+    return this.withoutSession(ctx, oidc);
+  }
+
+  private admitSession(ctx: RequestContext, oidc: OidcLogin, v: Verified | null): StepResult {
+    return v === null ? this.withoutSession(ctx, oidc) : this.admit(ctx, v);
+  }
+
+  private withoutSession(ctx: RequestContext, oidc: OidcLogin): StepResult {
+    if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
+    if (!this.required) {
+      this.counts.anonymous.inc();
+      return true;
+    }
+    this.counts.unauthenticated.inc();
+    return oidc.challenge(ctx, this.missing).catch(this.loginRefusal);
+  }
+
+  private readonly loginRefusal = (err: unknown): never => {
+    throw this.refusal(err, false);
+  };
 
   private jwtToken(ctx: RequestContext): string | undefined {
     if (!this.useJwt) return undefined;
