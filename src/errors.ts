@@ -33,6 +33,7 @@ export const ERRORS = {
   WEBSOCKET_LIMIT: { status: 503, title: "The route's WebSocket connection limit is reached" },
   STORE_UNAVAILABLE: { status: 503, title: 'A backing store the route depends on is unavailable' },
   AUTH_UNAVAILABLE: { status: 503, title: 'The authentication key source is unavailable' },
+  AUTHORIZER_UNAVAILABLE: { status: 503, title: 'The external authorizer or introspection endpoint did not answer' },
   SHUTTING_DOWN: { status: 503, title: 'The gateway is shutting down' },
   UPSTREAM_TIMEOUT: { status: 504, title: 'The upstream did not answer in time' },
   UPSTREAM_CONNECT_TIMEOUT: { status: 504, title: 'Connecting to the upstream timed out' },
@@ -87,7 +88,7 @@ export function problemBody(code: ErrorCode, requestId: string, detail?: string)
  * the chain answers synchronously, so such a request loses its connection too; only error answers
  * pay for that.
  */
-function bodyPending(req: IncomingMessage): boolean {
+export function bodyPending(req: IncomingMessage): boolean {
   if (req.complete) return false;
   const length = req.headers['content-length'];
   return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;

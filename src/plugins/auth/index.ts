@@ -5,6 +5,10 @@ import type { CompiledRoute } from '../../routes';
 import { ApiKeyAuthenticator, MemoryKeyStore, type KeyStore } from './api-keys';
 import { readPublicKeyPem } from './check';
 import { ConsumerDirectory } from './consumers';
+import { ExternalAuthorizer } from './external';
+import { Introspector } from './introspection';
+import { RemoteMetrics, remoteMetricFamilies, RemoteService, type RemoteMetricFamilies, type RemoteServiceName } from './remote-call';
+import type { AuthBreakerConfig } from './remote-schema';
 import { headerVariants, type IdentityHeaderNames } from './identity-headers';
 import { JwksKeySource } from './jwks';
 import { algorithmsForKey, claimRules, JwtAuthenticator, keyVerifier, loadPublicKey, type KeySource } from './jwt';
@@ -15,7 +19,7 @@ import type { JwtConfig } from './schema';
 import { AuthStep, type CredentialSources } from './step';
 
 /** Auth metrics live as long as the gateway: plugins are rebuilt on reload, metric families are not. */
-function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetches: CounterFamily } {
+function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetches: CounterFamily; remote: RemoteMetricFamilies } {
   return ctx.shared('auth:metrics', () => {
     const jwksFetches = ctx.metrics.counter('gateway_auth_jwks_fetches_total', 'Fetches of the JWKS key set, by result (ok, error).', ['result']);
     // Both series from the start: a dashboard shows 0 fetch errors rather than nothing.
@@ -28,6 +32,7 @@ function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetche
         ['route', 'result'],
       ),
       jwksFetches,
+      remote: remoteMetricFamilies(ctx.metrics),
     };
   });
 }
@@ -44,6 +49,26 @@ function oidcMetrics(ctx: PluginContext): OidcMetrics {
     for (const r of ['ok', 'refused', 'error']) refreshes.child(r);
     return { logins, callbackFailures, refreshes };
   });
+}
+
+/**
+ * The pool, breaker and time budget of a remote auth service outlive reloads that keep its
+ * settings; the decision caches belong to the runtime (they hold identities built from its consumers).
+ */
+function remoteService(
+  ctx: PluginContext,
+  name: RemoteServiceName,
+  cfg: { url: string; timeoutMs: number; connections: number; breaker: AuthBreakerConfig },
+  maxBytes: number,
+): { service: RemoteService; metrics: RemoteMetrics } {
+  const metrics = ctx.shared(`auth:remote-metrics:${name}`, () => new RemoteMetrics(authMetrics(ctx).remote, name));
+  const key = JSON.stringify([cfg.url, cfg.timeoutMs, cfg.connections, cfg.breaker, maxBytes]);
+  const service = ctx.shared(`auth:remote:${name}:${key}`, () => {
+    const s = new RemoteService({ name, url: cfg.url, timeoutMs: cfg.timeoutMs, connections: cfg.connections, maxBytes, breaker: cfg.breaker, metrics, log: ctx.log });
+    ctx.addResource(s);
+    return s;
+  });
+  return { service, metrics };
 }
 
 /**
@@ -92,6 +117,19 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
   // Node refuses a longer head (431) before any of this runs, so the listener's limit is the natural default.
   const maxTokenBytes = auth.jwt?.maxTokenBytes ?? cfg.policies.limits.maxHeaderBytes;
   const jwt = auth.jwt ? new JwtAuthenticator(auth.jwt, jwtKeySource(auth.jwt, ctx), consumers, names, maxTokenBytes) : null;
+  let introspection: Introspector | null = null;
+  if (auth.introspection) {
+    const i = auth.introspection;
+    const { service, metrics } = remoteService(ctx, 'introspection', i, i.maxResponseBytes);
+    introspection = new Introspector(i, service, consumers, names, metrics, maxTokenBytes, ctx.log);
+  }
+  let external: ExternalAuthorizer | null = null;
+  let externalMetrics: RemoteMetrics | null = null;
+  if (auth.external) {
+    const { service, metrics } = remoteService(ctx, 'external', auth.external, Math.max(auth.external.denyBodyMaxBytes, 16384));
+    external = new ExternalAuthorizer(auth.external, service, consumers, names, metrics);
+    externalMetrics = metrics;
+  }
 
   const oidcCfg = auth.oidc;
   let oidc: OidcLogin | null = null;
@@ -115,15 +153,22 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
     jwtQuery: auth.jwt?.query,
     apiKeyQuery: auth.apiKeys.query,
     realm: auth.realm,
+    introspection,
+    external,
+    externalMetrics,
+    jwtIssuer: auth.jwt?.issuer,
     oidc,
   };
   const { decisions } = authMetrics(ctx);
 
+  // Headers the external authorizer or the introspection answer may set are identity too.
   const identityDrops = [
     names.consumerId,
     names.userId,
     names.roles,
     ...Object.keys(auth.jwt?.claimHeaders ?? {}),
+    ...Object.keys(auth.introspection?.claimHeaders ?? {}),
+    ...(auth.external?.upstreamHeaders ?? []),
     ...Object.keys(oidcCfg?.claimHeaders ?? {}),
   ].flatMap(headerVariants);
   const credentialDrops = ['authorization', ...headerVariants(auth.apiKeys.header)];
