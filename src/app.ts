@@ -8,7 +8,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRepl
 import { registerCacheRoutes } from './admin/cache';
 import { registerKeyRoutes } from './admin/keys';
 import { buildAdminServer, type ReadinessCheck } from './admin/server';
-import { setTargetState, upstreamStatus, type TargetAction } from './admin/upstreams';
+import { routeTraffic, setTargetState, upstreamStatus, type TargetAction } from './admin/upstreams';
 import { RequestChain } from './chain';
 import { ConfigError, formatProblem, loadConfigFile } from './config/load';
 import type { GatewayConfig } from './config/schema';
@@ -289,6 +289,7 @@ export class Gateway {
           isDraining: () => this.draining,
           config: () => this.config,
           upstreams: () => this.upstreamStatus(),
+          routeTraffic: () => this.routeTraffic(),
           reload: (actor) => this.reloadFromSource(actor),
           info: () => this.info.describe(),
           logLevel: () => this.log.level,
@@ -477,6 +478,11 @@ export class Gateway {
   }
 
   /** Upstreams with the live state of every target (GET /admin/upstreams). */
+  /** The live split and mirror of each route of the configuration serving requests. */
+  routeTraffic(): ReturnType<typeof routeTraffic> {
+    return routeTraffic(this.runtime.routes);
+  }
+
   upstreamStatus(): unknown {
     return upstreamStatus(this.upstreams);
   }

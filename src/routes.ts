@@ -63,10 +63,12 @@ export class CompiledRoute {
     this.grpc = (config.protocol ?? upstream.config.protocol) === 'grpc';
   }
 
-  /** This route forwarding to `upstream` instead: one side of its split, sharing its steps, transforms and metrics. */
-  side(upstream: Upstream): CompiledRoute {
-    if (upstream === this.upstream) return this;
-    const copy = new CompiledRoute(this.config, upstream, this.metrics);
+  /**
+   * This route forwarding to `upstream`: one side of its split, sharing its steps and transforms,
+   * with `metrics` that count the route's requests and the side's answers.
+   */
+  side(upstream: Upstream, metrics: RouteMetrics): CompiledRoute {
+    const copy = new CompiledRoute(this.config, upstream, metrics);
     copy.steps = this.steps;
     copy.responseTransform = this.responseTransform;
     copy.answersPreflight = this.answersPreflight;

@@ -73,6 +73,8 @@ export interface AdminDeps {
   config(): Readonly<GatewayConfig>;
   /** Upstreams with the live state of every target (health, breaker, in-flight, queued, pool). */
   upstreams(): unknown;
+  /** The live split and mirror of each route by name (admin/upstreams.ts routeTraffic). */
+  routeTraffic(): Map<string, { split: unknown; mirror: unknown }> | Promise<Map<string, { split: unknown; mirror: unknown }>>;
   reload(actor: string): Promise<ReloadResult>;
   /** Version, uptime, configuration hash (GET /admin). */
   info(): Record<string, unknown> | Promise<Record<string, unknown>>;
@@ -173,12 +175,15 @@ export function buildAdminServer(deps: AdminDeps): FastifyInstance {
   admin.get('/admin/config', async () => redact(deps.config()));
 
   // Each route with the policies it applies (auth, rate limits, cache, ...: every field a plugin adds), secrets redacted.
-  admin.get('/admin/routes', async () =>
-    deps.config().routes.map((r) => {
-      const { name, match, upstream, rewrite, preserveHost, ...policies } = r;
-      return { name, match, upstream, rewrite, preserveHost, policies: redact(policies) };
-    }),
-  );
+  admin.get('/admin/routes', async (_req, reply) => {
+    reply.header('cache-control', 'no-store');
+    const traffic = await deps.routeTraffic();
+    return deps.config().routes.map((r) => {
+      const { name, match, upstream, rewrite, preserveHost, split: _split, mirror: _mirror, ...policies } = r;
+      const live = traffic.get(name);
+      return { name, match, upstream, rewrite, preserveHost, split: live?.split ?? null, mirror: live?.mirror ?? null, policies: redact(policies) };
+    });
+  });
 
   admin.put('/admin/log-level', async (request, reply) => {
     const level = (request.body as { level?: unknown } | undefined)?.level;

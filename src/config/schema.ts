@@ -608,11 +608,22 @@ export const MirrorSchema = Obj(
   {
     upstream: Type.String({ description: 'Name of the shadow upstream that gets the copies.' }),
     sampleRatio: Type.Number({ description: 'Share of the requests copied, from 0 to 1.', default: 1, minimum: 0, maximum: 1 }),
-    maxConcurrent: Type.Integer({ description: 'Copies in flight at most; further ones are dropped (counted), never queued.', default: 16, minimum: 1 }),
+    maxConcurrent: Type.Integer({
+      description: 'Copies in flight (or keeping a request body) at most; further ones are dropped (counted), never queued.',
+      default: 16,
+      minimum: 1,
+    }),
+    maxBodyBytes: Type.Integer({
+      description:
+        'Largest request body copied. The body streams to the real upstream as it arrives while its bytes are kept for the copy, which leaves once the body is complete; a larger body (by Content-Length at once, or once it grows past this) is not mirrored, and counted. 0 mirrors only requests without a body.',
+      default: 65536,
+      minimum: 0,
+      maximum: 16777216,
+    }),
   },
   {
     description:
-      'Copy a sampled share of the requests without a body to a shadow upstream, fire and forget: the copy never delays or fails the client\'s request, its answer is discarded, and it carries X-Gateway-Mirror: 1 (a request with that header is never mirrored again).',
+      'Copy a sampled share of the requests, bodies included, to a shadow upstream, fire and forget: the copy never delays or fails the client\'s request, its answer is discarded, and it carries X-Gateway-Mirror: 1 (a request with that header is never mirrored again).',
   },
 );
 

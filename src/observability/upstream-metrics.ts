@@ -1,5 +1,7 @@
+import { performance } from 'node:perf_hooks';
 import type { FastifyBaseLogger } from 'fastify';
 import { Counter, Gauge, type Aggregator, type Registry } from 'prom-client';
+import { effectiveWeight } from '../proxy/balance';
 import { BREAKER_STATE_NAMES, OPEN, type BreakerState } from '../proxy/breaker';
 import type { ResilienceEvents } from '../proxy/target-state';
 import type { Target, Upstream } from '../proxy/upstreams';
@@ -66,6 +68,19 @@ export class UpstreamMetrics implements ResilienceEvents {
       },
     });
     targetGauge('gateway_upstream_target_weight', 'Configured (or SRV) weight per target.', (t) => t.weight, 'first');
+    new Gauge({
+      name: 'gateway_upstream_target_effective_weight',
+      help: 'Weight the balancer gives each target now: the configured one, lowered while slow start ramps a target that joined or recovered.',
+      labelNames: ['upstream', 'target'],
+      registers,
+      // Each worker ramps its own view of a target: the lowest is the one still holding back.
+      aggregator: 'min',
+      collect() {
+        this.reset();
+        const now = performance.now();
+        for (const up of upstreams()) for (const t of up.targets) this.set({ upstream: up.name, target: t.url }, effectiveWeight(up.config, t, now));
+      },
+    });
     new Gauge({
       name: 'gateway_upstream_targets',
       help: 'Targets per upstream, by where they come from (static: the configuration, dns: DNS discovery).',

@@ -370,15 +370,18 @@ export function relay(ctx: RequestContext): void {
   handler.start();
   ctx.upstreamStartedAt = performance.now();
   const path = route.rewrite(ctx.path) + ctx.query;
+  const mirror = route.mirror;
+  let body = facts.hasBody ? (ctx.body ?? req) : null;
+  if (mirror !== null && body !== null) body = mirror.tee(ctx, headers, path, body);
   handler.send(
     target,
     {
       path: '',
       method: req.method as Dispatcher.HttpMethod,
       headers,
-      body: facts.hasBody ? (ctx.body ?? req) : null,
+      body,
     },
     path,
   );
-  if (route.mirror !== null) route.mirror.send(ctx, headers, path, facts.hasBody);
+  if (mirror !== null && body === null) mirror.send(ctx, headers, path);
 }

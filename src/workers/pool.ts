@@ -222,6 +222,7 @@ export class WorkerPool {
       config: () => this.current,
       // Pools, breakers and in-flight counts are each worker's: the first worker's view (the metrics have every worker's).
       upstreams: () => this.handles[0].call({ op: 'upstreams' }),
+      routeTraffic: () => this.handles[0].call({ op: 'route-traffic' }) as Promise<Map<string, { split: unknown; mirror: unknown }>>,
       reload: (actor) => this.reloadFromSource(actor),
       info: async () => ({ ...((await this.handles[0].call({ op: 'info' })) as Record<string, unknown>), workers: this.count }),
       logLevel: () => this.log.level,

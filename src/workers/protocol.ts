@@ -19,6 +19,7 @@ export type Call =
   | { op: 'ready' }
   | { op: 'info' }
   | { op: 'upstreams' }
+  | { op: 'route-traffic' }
   | { op: 'target'; upstream: string; target: string; action: string }
   | { op: 'log-level'; level: string }
   | { op: 'purge'; clock: string; keys: readonly string[] }

@@ -37,6 +37,8 @@ async function answer(req: Request): Promise<unknown> {
       return gateway.info.describe();
     case 'upstreams':
       return gateway.upstreamStatus();
+    case 'route-traffic':
+      return gateway.routeTraffic();
     case 'target':
       return gateway.targetAction(req.upstream, req.target, req.action as TargetAction) ?? null;
     case 'log-level':
