@@ -15,9 +15,15 @@ import { NODE_FLAGS } from '../src/lifecycle/node-flags';
  * `--warmup` requests (the JIT settles), then counts `--requests` requests; only user-space
  * instructions of the server's process are counted.
  *
- *   npm run bench:instructions -- [--server=gateway|http-proxy] [--warmup=30000] [--requests=10000] [--connections=20] [--tracing=RATIO]
+ *   npm run bench:instructions -- [--server=gateway|http-proxy] [--warmup=30000] [--requests=10000] [--connections=20] [--tracing=RATIO] [--auth=external|introspection]
+ *                                 [--targets=N] [--balance=round-robin|least-request|hash] [--hash-key=KEY]
  *
  * --tracing turns tracing on at that sample ratio, exporting to the bench upstream (which answers 200).
+ * --auth puts the route behind the external authorizer or token introspection, both played by the
+ * bench upstream; every request carries one bearer token, so after the first one the decision is cached.
+ * --targets gives the route's upstream N targets (distinct URLs of the one bench upstream, each with
+ * its own pool: /t0, /t1, ...), balanced by --balance (hash on --hash-key, `path` by default), so
+ * the balancers can be compared with each other on the same targets.
  */
 
 interface Options {
@@ -27,17 +33,29 @@ interface Options {
   connections: number;
   /** Sample ratio with tracing on; -1: tracing off. */
   tracing: number;
+  auth: 'external' | 'introspection' | null;
+  /** Targets of the upstream; 0: the bench upstream's URL as the one target (the bare route). */
+  targets: number;
+  balance: 'round-robin' | 'least-request' | 'hash';
+  hashKey: string;
 }
 
+const BALANCES = ['round-robin', 'least-request', 'hash'] as const;
+
 function parseArgs(argv: string[]): Options {
-  const opts: Options = { server: 'gateway', warmup: 30000, requests: 10000, connections: 20, tracing: -1 };
+  const opts: Options = { server: 'gateway', warmup: 30000, requests: 10000, connections: 20, tracing: -1, auth: null, targets: 0, balance: 'round-robin', hashKey: 'path' };
   for (const arg of argv) {
     const [k, v] = arg.replace(/^--/, '').split('=');
     if (k === 'server' && (v === 'gateway' || v === 'http-proxy')) opts.server = v;
     else if (k === 'tracing' && Number(v) >= 0 && Number(v) <= 1) opts.tracing = Number(v);
+    else if (k === 'auth' && (v === 'external' || v === 'introspection')) opts.auth = v;
+    else if (k === 'targets' && Number(v) > 0) opts.targets = Number(v);
+    else if (k === 'balance' && (BALANCES as readonly string[]).includes(v)) opts.balance = v as Options['balance'];
+    else if (k === 'hash-key' && v) opts.hashKey = v;
     else if ((k === 'warmup' || k === 'requests' || k === 'connections') && Number(v) > 0) opts[k] = Number(v);
-    else throw new Error(`bad option ${arg} (known: --server=gateway|http-proxy --warmup=N --requests=N --connections=N --tracing=RATIO)`);
+    else throw new Error(`bad option ${arg} (known: --server=gateway|http-proxy --warmup=N --requests=N --connections=N --tracing=RATIO --auth=external|introspection --targets=N --balance=${BALANCES.join('|')} --hash-key=KEY)`);
   }
+  if (opts.balance !== 'round-robin' && opts.targets === 0) opts.targets = 4;
   return opts;
 }
 
@@ -51,10 +69,12 @@ function hasCommand(cmd: string): boolean {
 }
 
 /** Sends exactly `amount` requests (autocannon in its own process). */
-function load(url: string, amount: number, connections: number): Promise<void> {
+function load(url: string, amount: number, connections: number, headers: string[]): Promise<void> {
   const bin = require.resolve('autocannon/autocannon.js');
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [bin, '-c', String(connections), '-a', String(amount), '-j', url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // A server under callgrind on a loaded machine answers slowly: a request times out after 2 minutes, not autocannon's 10 s.
+    const args = [bin, '-c', String(connections), '-a', String(amount), '-t', '120', '-j', ...headers.flatMap((h) => ['-H', h]), url];
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.on('exit', () => {
@@ -103,8 +123,20 @@ async function main(): Promise<void> {
           listen: { host: '127.0.0.1', port },
           admin: { host: '127.0.0.1', port: await freePort() },
           shutdown: { drainDelayMs: 0 },
-          upstreams: { users: { targets: [upstreamUrl] } },
-          routes: [{ name: 'users', match: { prefix: '/api/users' }, upstream: 'users' }],
+          upstreams: {
+            users:
+              opts.targets === 0
+                ? { targets: [upstreamUrl] }
+                : {
+                    targets: Array.from({ length: opts.targets }, (_, i) => `${upstreamUrl}/t${i}`),
+                    balance: opts.balance,
+                    ...(opts.balance === 'hash' ? { hash: { key: opts.hashKey } } : {}),
+                  },
+          },
+          routes: [{ name: 'users', match: { prefix: '/api/users' }, upstream: 'users', ...(opts.auth ? { auth: { methods: [opts.auth] } } : {}) }],
+          // Under callgrind the server is tens of times slower: the one uncached call gets a larger time budget.
+          ...(opts.auth === 'external' ? { auth: { external: { url: `${upstreamUrl}/authz`, identity: { consumerHeader: 'X-Auth-Consumer' }, timeoutMs: 10000 } } } : {}),
+          ...(opts.auth === 'introspection' ? { auth: { introspection: { url: `${upstreamUrl}/introspect`, clientId: 'bench', clientSecret: 'bench-secret', timeoutMs: 10000 } } } : {}),
           ...(opts.tracing >= 0 ? { tracing: { enabled: true, endpoint: `${upstreamUrl}/v1/traces`, sampleRatio: opts.tracing } } : {}),
         }),
       );
@@ -119,19 +151,20 @@ async function main(): Promise<void> {
       ['--tool=callgrind', '--instr-atstart=no', '--smc-check=all-non-file', `--callgrind-out-file=${out}`, process.execPath, ...serverArgs],
       () => httpReady(url),
       { PORT: '' },
-      { command: 'valgrind', readyWithinMs: 180000 },
+      { command: 'valgrind', readyWithinMs: 600000 },
     );
     procs.push(server);
     const pid = String(server.child.pid);
 
-    await load(url, opts.warmup, opts.connections);
+    const headers = opts.auth ? ['authorization=Bearer bench-opaque-token'] : [];
+    await load(url, opts.warmup, opts.connections, headers);
     execFileSync('callgrind_control', ['--instr=on', pid], { stdio: 'ignore' });
-    await load(url, opts.requests, opts.connections);
+    await load(url, opts.requests, opts.connections, headers);
     execFileSync('callgrind_control', ['--dump', pid], { stdio: 'ignore' });
     const total = await dumpedTotal(`${out}.1`);
     const perRequest = Math.round(total / opts.requests);
     process.stdout.write(
-      `${opts.server}${opts.tracing >= 0 ? ` (tracing at ${opts.tracing})` : ''}: ${perRequest} instructions per request (${opts.requests} requests counted after ${opts.warmup} to warm up, ${opts.connections} connections)\n`,
+      `${opts.server}${opts.tracing >= 0 ? ` (tracing at ${opts.tracing})` : ''}${opts.auth ? ` (auth: ${opts.auth}, cached)` : ''}${opts.targets > 0 ? ` (${opts.targets} targets, ${opts.balance}${opts.balance === 'hash' ? ` on ${opts.hashKey}` : ''})` : ''}: ${perRequest} instructions per request (${opts.requests} requests counted after ${opts.warmup} to warm up, ${opts.connections} connections)\n`,
     );
   } finally {
     for (const p of procs.reverse()) await p.stop();

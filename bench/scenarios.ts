@@ -72,9 +72,14 @@ async function startGatewayProcess(name: string, config: (port: number, adminPor
   writeFileSync(file, JSON.stringify(config(port, adminPort)));
   // --slow-gateway-us (bench:ci's self-test) reaches every gateway process through this variable.
   const preload = process.env.BENCH_SLOW_GATEWAY_US ? ['--require', join(DIST, 'bench/slowdown.js')] : [];
-  const proc = await startProcess(name, [...NODE_FLAGS, ...preload, join(DIST, 'src/main.js'), '--config', file], () => httpReady(`http://127.0.0.1:${adminPort}/readyz`), {
-    PORT: '',
-  });
+  // A process of several workers loads the gateway once per thread: slower to start on a loaded machine.
+  const proc = await startProcess(
+    name,
+    [...NODE_FLAGS, ...preload, join(DIST, 'src/main.js'), '--config', file],
+    () => httpReady(`http://127.0.0.1:${adminPort}/readyz`),
+    { PORT: '' },
+    { readyWithinMs: 60000 },
+  );
   return { baseUrl: `http://127.0.0.1:${port}`, procs: [proc] };
 }
 
@@ -83,7 +88,7 @@ async function startGatewayProcess(name: string, config: (port: number, adminPor
  * private redis-server. The CPU per request is the gateway's alone (Redis, like the upstream, is not
  * counted).
  */
-function storeServer(name: string, store: 'memory' | 'redis', extra: Record<string, unknown>, autoPipelining = false): ServerSpec {
+function storeServer(name: string, store: 'memory' | 'redis', extra: Record<string, unknown>, autoPipelining = false, top: Record<string, unknown> = {}): ServerSpec {
   return {
     name,
     start: async (env) => {
@@ -92,6 +97,7 @@ function storeServer(name: string, store: 'memory' | 'redis', extra: Record<stri
         const cfg = gatewayConfig(env, port, adminPort) as { routes: Record<string, unknown>[] };
         return {
           ...cfg,
+          ...top,
           store: redis ? { type: 'redis', redis: { url: redis.url, autoPipelining } } : { type: 'memory' },
           routes: cfg.routes.map((r) => ({ ...r, ...extra })),
         };
@@ -138,6 +144,11 @@ export const SERVERS: ServerSpec[] = [
   storeServer('gateway-cache-redis', 'redis', CACHED),
   storeServer('gateway-cache-redis-autopipe', 'redis', CACHED, true),
   storeServer('gateway-rl-memory', 'memory', RATE_LIMITED),
+  storeServer('gateway-rl-memory-workers-2', 'memory', RATE_LIMITED, false, { workers: 2 }),
+  {
+    name: 'gateway-workers-2',
+    start: (env) => startGatewayProcess('gateway-workers-2', (port, adminPort) => ({ ...gatewayConfig(env, port, adminPort), workers: 2 })),
+  },
   storeServer('gateway-rl-redis', 'redis', RATE_LIMITED),
   storeServer('gateway-rl-redis-autopipe', 'redis', RATE_LIMITED, true),
   {
@@ -156,6 +167,27 @@ export const SERVERS: ServerSpec[] = [
     name: 'gateway-quiet',
     start: (env) =>
       startGatewayProcess('gateway-quiet', (port, adminPort) => ({ ...gatewayConfig(env, port, adminPort), log: { access: false } })),
+  },
+  {
+    // A server of its own: the bare route's server carries no remote auth configuration at all.
+    name: 'gateway-remote-auth',
+    start: (env) =>
+      startGatewayProcess('gateway-remote-auth', (port, adminPort) => {
+        const cfg = gatewayConfig(env, port, adminPort) as { routes: Record<string, unknown>[]; auth: Record<string, unknown> };
+        return {
+          ...cfg,
+          auth: {
+            ...cfg.auth,
+            external: { url: `${env.upstreamUrl}/authz`, identity: { consumerHeader: 'X-Auth-Consumer' } },
+            introspection: { url: `${env.upstreamUrl}/introspect`, clientId: 'bench', clientSecret: 'bench-secret' },
+          },
+          routes: [
+            ...cfg.routes,
+            { name: 'users-external', match: { prefix: '/api/external' }, upstream: 'users', auth: { methods: ['external'] } },
+            { name: 'users-introspect', match: { prefix: '/api/introspect' }, upstream: 'users', auth: { methods: ['introspection'] } },
+          ],
+        };
+      }),
   },
   {
     name: 'gateway-jwt-nocache',
@@ -185,10 +217,36 @@ export const SCENARIOS: Scenario[] = [
   { name: 'gateway-no-access-log', description: 'the same route with the access log off (its per-request cost)', server: 'gateway-quiet', path: '/api/users/123' },
   { name: 'gateway-jwt', description: 'a route requiring a JWT (HS256; one token, so verification is cached)', server: 'gateway', path: '/api/jwt/123', headers: { authorization: `Bearer ${benchJwt()}` } },
   { name: 'gateway-jwt-nocache', description: 'the JWT route with the verification cache off (an HMAC check per request)', server: 'gateway-jwt-nocache', path: '/api/jwt/123', headers: { authorization: `Bearer ${benchJwt()}` } },
+  {
+    name: 'external-auth-cached',
+    description: 'a route with an external HTTP authorizer; its decision (Cache-Control max-age=60) is cached, so a request costs a hash and a lookup (target: within 10 % of the bare route)',
+    server: 'gateway-remote-auth',
+    path: '/api/external/123',
+    headers: { authorization: 'Bearer bench-opaque-token' },
+  },
+  {
+    name: 'introspection-cached',
+    description: 'a route taking opaque tokens checked by OAuth 2.0 introspection (RFC 7662); the active result is cached (target: within 10 % of the bare route)',
+    server: 'gateway-remote-auth',
+    path: '/api/introspect/123',
+    headers: { authorization: 'Bearer bench-opaque-token' },
+  },
   { name: 'gateway-api-key', description: 'a route requiring an API key (memory store: SHA-256 and a map lookup)', server: 'gateway', path: '/api/key/123', headers: { 'x-api-key': BENCH_API_KEY } },
   { name: 'tracing-1pct', description: 'the bare route with OpenTelemetry tracing on, 1 % of traces sampled (the others still propagate a traceparent)', server: 'gateway-tracing-1pct', path: '/api/users/123' },
   { name: 'tracing-100pct', description: 'the bare route with every request traced: a server and a client span each, exported over OTLP/HTTP', server: 'gateway-tracing-100pct', path: '/api/users/123' },
   { name: 'ratelimit-memory', description: 'the bare route plus a rate limit, memory store', server: 'gateway-rl-memory', path: '/api/users/123' },
+  {
+    name: 'gateway-workers-2',
+    description: 'the bare route, workers: 2 (two event loops on SO_REUSEPORT listeners; one on Node < 22.12). Compare req/s and CPU with gateway',
+    server: 'gateway-workers-2',
+    path: '/api/users/123',
+  },
+  {
+    name: 'ratelimit-memory-workers-2',
+    description: 'the rate-limited route, memory store, workers: 2 (buckets shared exactly through the SharedArrayBuffer table). Compare with ratelimit-memory',
+    server: 'gateway-rl-memory-workers-2',
+    path: '/api/users/123',
+  },
   { name: 'ratelimit-redis', description: 'the bare route plus a rate limit, Redis store (one EVALSHA per request; the calls of one event-loop turn share a write)', server: 'gateway-rl-redis', path: '/api/users/123' },
   {
     name: 'ratelimit-redis-autopipe',

@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { isGrpcRequest, sendGrpcError } from './grpc/status';
 
 /**
  * Every error the gateway itself answers with, in one registry. The code is stable (clients and
@@ -38,6 +39,7 @@ export const ERRORS = {
   WEBSOCKET_LIMIT: { status: 503, title: "The route's WebSocket connection limit is reached" },
   STORE_UNAVAILABLE: { status: 503, title: 'A backing store the route depends on is unavailable' },
   AUTH_UNAVAILABLE: { status: 503, title: 'The authentication key source is unavailable' },
+  AUTHORIZER_UNAVAILABLE: { status: 503, title: 'The external authorizer or introspection endpoint did not answer' },
   SHUTTING_DOWN: { status: 503, title: 'The gateway is shutting down' },
   UPSTREAM_TIMEOUT: { status: 504, title: 'The upstream did not answer in time' },
   UPSTREAM_CONNECT_TIMEOUT: { status: 504, title: 'Connecting to the upstream timed out' },
@@ -92,7 +94,7 @@ export function problemBody(code: ErrorCode, requestId: string, detail?: string)
  * the chain answers synchronously, so such a request loses its connection too; only error answers
  * pay for that.
  */
-function bodyPending(req: IncomingMessage): boolean {
+export function bodyPending(req: IncomingMessage): boolean {
   if (req.complete) return false;
   const length = req.headers['content-length'];
   return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
@@ -114,6 +116,8 @@ export function sendProblem(
     return;
   }
   if (res.destroyed) return;
+  // A gRPC client reads gRPC statuses, whatever the route: a problem+json body would be a framing error to it.
+  if (isGrpcRequest(res.req)) return sendGrpcError(res, requestId, code, opts);
   if (res.req !== undefined && bodyPending(res.req)) res.shouldKeepAlive = false;
   const body = problemBody(code, requestId, opts.detail);
   const headers: Record<string, string | number> = {

@@ -10,6 +10,8 @@ import { handleSignals } from './lifecycle/signals';
 import { collectStartupGarbage } from './lifecycle/startup-gc';
 import { importCommand, ImportCommandError, IMPORT_USAGE } from './import';
 import { keysCommand, KeysCommandError, KEYS_USAGE } from './plugins/auth/keys-cli';
+import { supportsReusePort, WorkerPool, workerCount } from './workers/pool';
+import type { FastifyBaseLogger } from 'fastify';
 
 const USAGE = `usage:
   gateway --config <file>      start the gateway
@@ -84,6 +86,23 @@ async function start(file: string): Promise<void> {
   const destination = pino.destination({ dest: 1, sync: false, minLength: 4096 });
   setInterval(() => destination.flush(), 200).unref();
   const logger = pino({ level: config.log.level }, destination);
+  const workers = workerCount(config.workers);
+  if (workers > 1 && supportsReusePort()) {
+    const pool = new WorkerPool(config, { logger: logger as unknown as FastifyBaseLogger, configFile: file, count: workers });
+    handleSignals(pool, (code) => {
+      destination.flushSync();
+      process.exit(code);
+    });
+    const { port, tlsPort, adminPort } = await pool.listen();
+    pool.log.info({ port, tlsPort, adminPort, routes: config.routes.length, workers }, 'gateway listening');
+    return;
+  }
+  if (workers > 1) {
+    logger.warn(
+      { workers, node: process.version },
+      `workers: ${workers} needs SO_REUSEPORT listeners (Node 22.12 or later); this Node has none, so one worker serves`,
+    );
+  }
   const gateway = new Gateway(config, { logger, configFile: file });
   handleSignals(gateway, (code) => {
     destination.flushSync();

@@ -48,6 +48,8 @@ export class CompiledRoute {
   mirror: Mirror | null = null;
   /** Paths with ";" parameters in ordinary segments are forwarded (match.allowPathParameters). */
   readonly allowsPathParameters: boolean;
+  /** Requests are relayed as gRPC over HTTP/2 (the route's protocol, else its upstream's). */
+  readonly grpc: boolean;
 
   constructor(config: RouteConfig, upstream: Upstream, metrics: RouteMetrics) {
     this.metrics = metrics;
@@ -58,12 +60,15 @@ export class CompiledRoute {
     this.allowsPathParameters = config.match.allowPathParameters;
     this.requestTimeoutMs = upstream.config.timeouts.requestMs;
     this.dropRequestHeaders = new HeaderNames(REQUEST_DROP);
+    this.grpc = (config.protocol ?? upstream.config.protocol) === 'grpc';
   }
 
-  /** This route forwarding to `upstream` instead: one side of its split, sharing its steps, transforms and metrics. */
-  side(upstream: Upstream): CompiledRoute {
-    if (upstream === this.upstream) return this;
-    const copy = new CompiledRoute(this.config, upstream, this.metrics);
+  /**
+   * This route forwarding to `upstream`: one side of its split, sharing its steps and transforms,
+   * with `metrics` that count the route's requests and the side's answers.
+   */
+  side(upstream: Upstream, metrics: RouteMetrics): CompiledRoute {
+    const copy = new CompiledRoute(this.config, upstream, metrics);
     copy.steps = this.steps;
     copy.responseTransform = this.responseTransform;
     copy.answersPreflight = this.answersPreflight;

@@ -35,7 +35,7 @@ export class Runtime {
         if (step) route.steps.push(step);
       }
       if (r.mirror) route.mirror = new Mirror(r.mirror, upstreams.get(r.mirror.upstream), metrics.mirrorRequests, r.name);
-      if (r.split) route.split = new TrafficSplit(r.split, (name) => route.side(upstreams.get(name)), metrics.splitRequests, r.name);
+      if (r.split) route.split = new TrafficSplit(r.split, (name) => route.side(upstreams.get(name), metrics.forSplitSide(r.name, name)), metrics.splitRequests, r.name);
       return route;
     });
     this.router = new Router(this.routes);

@@ -7,6 +7,24 @@ import { startGateway, withTestDefaults, type TestGateway } from './helpers/gate
 import { call } from './helpers/http';
 import { metricValue } from './helpers/metrics';
 
+const ADMIN_TOKEN = 'admin-token-of-the-balancing-tests-01';
+
+interface UpstreamView {
+  name: string;
+  available: number;
+  targetsByOrigin: { static: number; dns: number };
+  balance: string;
+  slowStartMs: number;
+  panic: boolean;
+  minHealthyPercent: number;
+  targets: { url: string; weight: number; effectiveWeight: number; slowStartLeftMs: number; source: string; routable: boolean; healthy: boolean; breaker: string }[];
+}
+
+async function upstreamView(gw: TestGateway): Promise<UpstreamView> {
+  const res = await call(gw.adminUrl, '/admin/upstreams', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+  return res.json<{ upstreams: UpstreamView[] }>().upstreams[0];
+}
+
 async function setup(
   t: { teardown(fn: () => Promise<void>): void },
   count: number,
@@ -15,6 +33,7 @@ async function setup(
   const ups: FlakyUpstream[] = [];
   for (let i = 0; i < count; i++) ups.push(await startFlakyUpstream());
   const gw = await startGateway({
+    admin: { token: ADMIN_TOKEN },
     log: { level: 'info', access: false },
     upstreams: { up: { retries: { maxRetries: 0 }, ...upstream(ups) } },
     routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'up' }],
@@ -224,6 +243,16 @@ t.test('slow start: a target back from an open breaker ramps up instead of takin
     await call(gw.url, '/probe');
     return (await metricValue(gw.adminUrl, 'gateway_upstream_breaker_state', { target: a.url })) === 0;
   });
+  const view = await upstreamView(gw);
+  t.equal(view.slowStartMs, 6000);
+  const [va, vb] = view.targets;
+  t.equal(va.weight, 1, 'a: configured weight');
+  t.ok(va.effectiveWeight >= 0.1 && va.effectiveWeight < 0.3, `a: effective weight ${va.effectiveWeight} while it ramps`);
+  t.ok(va.slowStartLeftMs > 4000 && va.slowStartLeftMs <= 6000, `a: ${va.slowStartLeftMs} ms of slow start left`);
+  t.same([vb.weight, vb.effectiveWeight, vb.slowStartLeftMs], [1, 1, 0], 'b: full weight');
+  const metricWeight = await metricValue(gw.adminUrl, 'gateway_upstream_target_effective_weight', { target: a.url });
+  t.ok(metricWeight >= 0.1 && metricWeight < 0.3, `the effective weight metric: ${metricWeight}`);
+  t.equal(await metricValue(gw.adminUrl, 'gateway_upstream_target_effective_weight', { target: b.url }), 1);
   const [a0, b0] = [a.hits, b.hits];
   await sequential(gw, 40);
   const share = (a.hits - a0) / 40;
@@ -273,6 +302,20 @@ t.test('panic mode: with fewer than minHealthyPercent targets healthy, traffic g
     '2 of 3 down with minHealthyPercent 50: all three take traffic',
   );
   t.equal(await metricValue(gw.adminUrl, 'gateway_upstream_panic', { upstream: 'up' }), 1);
+  const view = await upstreamView(gw);
+  t.same(
+    { panic: view.panic, minHealthyPercent: view.minHealthyPercent, available: view.available, byOrigin: view.targetsByOrigin },
+    { panic: true, minHealthyPercent: 50, available: 1, byOrigin: { static: 3, dns: 0 } },
+    'the admin view shows the panic',
+  );
+  t.same(
+    view.targets.map((x) => [x.healthy, x.routable, x.breaker, x.source]),
+    [
+      [true, true, 'closed', 'static'],
+      [false, false, 'closed', 'static'],
+      [false, false, 'closed', 'static'],
+    ],
+  );
   t.ok(gw.logs.some((l) => l.msg === 'panic mode: too few targets take traffic, sending to all of them' && l.upstream === 'up' && l.routable === 1 && l.total === 3));
 
   b.healthStatus = 200;
@@ -283,6 +326,7 @@ t.test('panic mode: with fewer than minHealthyPercent targets healthy, traffic g
   t.equal(c.hits, c0, 'panic over: the unhealthy target gets nothing again');
   t.ok(b.hits > b0);
   t.equal(await metricValue(gw.adminUrl, 'gateway_upstream_panic', { upstream: 'up' }), 0);
+  t.equal((await upstreamView(gw)).panic, false, 'the admin view shows the panic is over');
   t.ok(gw.logs.some((l) => l.msg === 'panic mode over' && l.routable === 2));
   t.ok(a.hits > 0);
 });

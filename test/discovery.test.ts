@@ -120,6 +120,8 @@ t.test('dns: every address is a target; new addresses join, removed ones drain a
   t.same(await hosts(gw, 3), ['127.0.0.2', '127.0.0.2', '127.0.0.2']);
   t.match(await targets(gw), [{ url: `http://127.0.0.2:${b2.port}`, source: 'dns', weight: 1 }]);
   t.equal(await metricValue(gw.adminUrl, 'gateway_upstream_targets', { upstream: 'svc', source: 'dns' }), 1);
+  const view = (await call(gw.adminUrl, '/admin/upstreams', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json<{ upstreams: Record<string, unknown>[] }>().upstreams[0];
+  t.match(view, { discovery: 'dns', targetsByOrigin: { static: 0, dns: 1 } }, 'the admin view counts targets by origin');
 
   dns.zones.set('api.svc.test', { a: ['127.0.0.2', '127.0.0.3'], ttl: 0 });
   await waitFor(t, 'the second address', async () => (await targets(gw)).length === 2);

@@ -34,9 +34,9 @@ const SAMPLE_SECRETS: Record<string, string> = {
   REDIS_URL: 'redis://127.0.0.1:6379',
 };
 
-/** The environment the Deployment gives the container: one variable per secretEnv entry, plus extraEnv. */
+/** The environment the Deployment gives the container: GATEWAY_REPLICAS, one variable per secretEnv entry, plus extraEnv. */
 function chartEnv(overrides: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
+  const env: NodeJS.ProcessEnv = { GATEWAY_REPLICAS: String(values.replicaCount) };
   for (const [name, ref] of Object.entries(values.secretEnv)) if (ref) env[name] = SAMPLE_SECRETS[name] ?? 'x'.repeat(40);
   for (const e of values.extraEnv) env[e.name] = e.value ?? '';
   return { ...env, ...overrides };

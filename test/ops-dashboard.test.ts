@@ -88,7 +88,9 @@ t.test('the dashboard: variables, panels, and every query filtered by them', asy
   for (const topic of ['requests per second', 'error ratio', 'latency percentiles', 'gateway-added', 'rate-limit', 'cache hit ratio', 'breaker', 'health', 'redis', 'pool', 'queued', 'event-loop lag']) {
     t.ok(titles.includes(topic), `a panel about ${topic}`);
   }
-  const added = ['status code', 'bytes per second', 'open client connections', 'cache stores', 'jwks', 'rejections by scope', 'by issuer', 'client certificate', 'retries', 'rejections', 'breaker transitions', 'health-check results', 'configuration reloads', 'configuration hash', 'version'];
+  const added = ['authorizer and introspection calls', 'authorization decision cache', 'status code', 'bytes per second', 'open client connections', 'cache stores', 'jwks', 'rejections by scope', 'by issuer', 'client certificate', 'retries', 'rejections', 'breaker transitions', 'health-check results', 'configuration reloads', 'configuration hash', 'version'];
+  // Traffic management (issue #19): discovery, balancing, split and mirror.
+  added.push('targets by origin', 'weights', 'panic mode', 'split requests', 'split results by upstream', 'mirror results');
   for (const topic of added) t.ok(titles.includes(topic), `a panel about ${topic}`);
   for (const { panel, expr } of exprs) {
     // A panel shows 0 when nothing happened (no series yet, or no traffic for a ratio), not "No data".
@@ -134,11 +136,15 @@ t.test('every metric the dashboard queries is exported by a running gateway, and
       // Round robin over a refused target and a live one: one of two requests is retried. The refused
       // target fails its probes without leaving the rotation before the requests are through.
       half: { targets: [deadUrl, up.url], breaker: { enabled: false }, healthCheck: { enabled: true, intervalMs: 50, unhealthyThreshold: 100 } },
+      // The other side of a split route, and the shadow of a mirroring one.
+      canary: { targets: [up.url] },
     },
     routes: [
       { name: 'users', match: { prefix: '/api/users' }, upstream: 'up' },
       { name: 'dead', match: { prefix: '/api/dead' }, upstream: 'dead' },
       { name: 'half', match: { prefix: '/api/half' }, upstream: 'half' },
+      { name: 'split', match: { prefix: '/api/split' }, upstream: 'up', split: { sides: [{ upstream: 'up', weight: 1 }, { upstream: 'canary', weight: 1 }] } },
+      { name: 'mirrored', match: { prefix: '/api/mirrored' }, upstream: 'up', mirror: { upstream: 'canary' } },
     ],
   };
   /** Requests that make each feature's series exist: [path, expected status]. */
@@ -149,6 +155,9 @@ t.test('every metric the dashboard queries is exported by a running gateway, and
     ['/api/dead/2', 503],
     ['/api/half/1', 200],
     ['/api/half/2', 200],
+    ['/api/split/1', 200],
+    ['/api/split/2', 200],
+    ['/api/mirrored/1', 200],
   ];
   let redis: TestRedis | null = null;
   // Each feature below is driven once its code is in this tree (the name of its metric in src/).
@@ -164,6 +173,12 @@ t.test('every metric the dashboard queries is exported by a running gateway, and
     drive.push(['/api/private/1', 401]);
     // Client certificates as credentials: their result series exist once configured.
     if (definedInSrc('gateway_auth_client_cert_total')) config.auth.clientCert = {};
+  }
+  if (definedInSrc('gateway_auth_remote_calls_total')) {
+    // The echo upstream stands in for the authorizer and the introspection endpoint: their series exist once configured.
+    config.auth = { ...config.auth, external: { url: up.url }, introspection: { url: up.url, clientId: 'gw', clientSecret: 'secret' } };
+    config.routes.push({ name: 'authorized', match: { prefix: '/api/authorized' }, upstream: 'up', auth: { methods: ['external', 'introspection'] } });
+    drive.push(['/api/authorized/1', 401]);
   }
   if (definedInSrc('gateway_oidc_logins_total')) {
     // A provider that is down: the login series exist (at zero) from start-up, an API client gets 401.

@@ -1,5 +1,6 @@
 import t, { type Test } from 'tap';
-import { startGateway, type TestGateway } from './helpers/gateway';
+import { parseConfig } from '../src/config/load';
+import { startGateway, withTestDefaults, type TestGateway } from './helpers/gateway';
 import { call, type Answer } from './helpers/http';
 import { countBy, metric, sleep } from './helpers/ratelimit';
 import { startRedis } from './helpers/redis';
@@ -125,11 +126,16 @@ t.test('failMode local: a hung Redis (over its budget) is decided locally too, a
   const limits = [{ rate: 10, per: PER, by: 'route' }];
   const gws: TestGateway[] = [];
   for (let i = 0; i < REPLICAS; i++) {
-    const gw = await startGateway({
-      store: { type: 'redis', redis: { url: redis.url, timeoutMs: 50, replicas: REPLICAS } },
-      upstreams: { up: { targets: [up.url] } },
-      routes: [{ name: 'local', match: { prefix: '/local' }, upstream: 'up', rateLimit: { failMode: 'local', limits } }],
-    } as never);
+    // replicas: auto, with the count in GATEWAY_REPLICAS as the Helm chart's Deployment sets it.
+    const gw = await startGateway(
+      {
+        store: { type: 'redis', redis: { url: redis.url, timeoutMs: 50, replicas: 'auto' } },
+        upstreams: { up: { targets: [up.url] } },
+        routes: [{ name: 'local', match: { prefix: '/local' }, upstream: 'up', rateLimit: { failMode: 'local', limits } }],
+      } as never,
+      { GATEWAY_REPLICAS: String(REPLICAS) },
+    );
+    t.equal(gw.gateway.config.store.redis.replicas, REPLICAS, 'auto is the count of GATEWAY_REPLICAS');
     t.teardown(() => gw.close());
     gws.push(gw);
   }
@@ -147,4 +153,12 @@ t.test('failMode local: a hung Redis (over its budget) is decided locally too, a
     await sleep(100);
   }
   t.equal(back?.headers['x-ratelimit-limit'], '10', 'Redis decides again once it answers');
+});
+
+t.test('replicas: auto needs GATEWAY_REPLICAS, a whole number of at least 1', async (t) => {
+  const cfg = (env: NodeJS.ProcessEnv) => parseConfig(withTestDefaults({ store: { type: 'redis', redis: { url: 'redis://127.0.0.1:1', replicas: 'auto' } } }), { env });
+  t.equal(cfg({ GATEWAY_REPLICAS: '4' }).store.redis.replicas, 4);
+  t.throws(() => cfg({}), /store\.redis\.replicas: auto reads the replica count from the environment variable GATEWAY_REPLICAS, which is not set/);
+  t.throws(() => cfg({ GATEWAY_REPLICAS: '0' }), /GATEWAY_REPLICAS, which is "0", not a whole number of at least 1/);
+  t.throws(() => cfg({ GATEWAY_REPLICAS: 'two' }), /store\.redis\.replicas/);
 });

@@ -1,3 +1,5 @@
+import { createServer, request } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import t from 'tap';
 import { ConfigError, parseConfig } from '../src/config/load';
 import { startFlakyUpstream, type FlakyUpstream } from './helpers/flaky-upstream';
@@ -7,6 +9,7 @@ import { metricValue } from './helpers/metrics';
 
 function config(stable: FlakyUpstream, canary: FlakyUpstream, split: Record<string, unknown>): TestConfig {
   return {
+    admin: { token: ADMIN_TOKEN },
     log: { level: 'info', access: false },
     upstreams: { stable: { targets: [stable.url], retries: { maxRetries: 0 } }, canary: { targets: [canary.url], retries: { maxRetries: 0 } } },
     routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'stable', split }],
@@ -124,6 +127,38 @@ t.test('each side keeps its own health: a failing canary does not take the stabl
   t.equal(statuses.filter((s) => s === 200).length, 20, 'the stable half is served');
   t.equal(stable.hits, 20);
   t.equal(statuses.filter((s) => s >= 500 && s !== 500).length, 20, 'the canary half fails with 502/503, not 500');
+  const responses = (upstream: string, status_class: string) => metricValue(gw.adminUrl, 'gateway_split_responses_total', { route: 'r', upstream, status_class });
+  t.equal(await responses('stable', '2xx'), 20, 'answers counted by side');
+  t.equal(await responses('canary', '5xx'), 20);
+  t.equal(await responses('stable', '5xx'), 0);
+});
+
+t.test('/admin/routes shows each side of a split with its weight, rules, requests and answers', async (t) => {
+  const { gw, stable, canary } = await setup(t, {
+    sticky: 'header:x-user',
+    sides: [
+      { upstream: 'stable', weight: 3 },
+      { upstream: 'canary', weight: 1, match: [{ header: 'x-beta', value: 'yes' }] },
+    ],
+  });
+  canary.behave({ kind: 'status', status: 503 });
+  t.equal(await send(gw, 8), 2, 'by weight 3:1: the canary answers 2 of 8 with its 503');
+  for (let i = 0; i < 2; i++) t.equal((await call(gw.url, '/beta', { headers: { 'x-beta': 'yes' } })).status, 503, 'matched: the canary answers');
+  const users = 6;
+  for (let i = 0; i < users; i++) await call(gw.url, '/u', { headers: { 'x-user': `user-${i}` } });
+  const routes = (await call(gw.adminUrl, '/admin/routes', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json<{ name: string; split: any; mirror: unknown; policies: Record<string, unknown> }[]>();
+  const view = routes[0];
+  t.equal(view.mirror, null);
+  t.notOk('split' in view.policies, 'the split is not listed as a policy');
+  t.equal(view.split.sticky, 'header:x-user');
+  const [s, c] = view.split.sides;
+  t.match(s, { upstream: 'stable', weight: 3, share: 0.75, match: [], available: 1, targets: 1, panic: false });
+  t.match(c, { upstream: 'canary', weight: 1, share: 0.25, match: [{ header: 'x-beta', value: 'yes' }] });
+  t.same(s.requests, { match: 0, sticky: stable.hits - 6, weight: 6 }, 'weight 3:1 gives 6 of 8');
+  t.same(c.requests, { match: 2, sticky: canary.hits - 4, weight: 2 });
+  t.equal(s.requests.sticky + c.requests.sticky, users);
+  t.same(s.responses, { '0xx': 0, '1xx': 0, '2xx': stable.hits, '3xx': 0, '4xx': 0, '5xx': 0 });
+  t.same(c.responses, { '0xx': 0, '1xx': 0, '2xx': 0, '3xx': 0, '4xx': 0, '5xx': canary.hits });
 });
 
 function problems(split: Record<string, unknown>, upstream = 'stable'): string[] {
@@ -162,6 +197,7 @@ async function setupMirror(
   const main = await startFlakyUpstream();
   const shadow = await startFlakyUpstream();
   const gw = await startGateway({
+    admin: { token: ADMIN_TOKEN },
     log: { level: 'info', access: false },
     upstreams: { main: { targets: [main.url] }, shadow: { targets: [shadow.url], retries: { maxRetries: 0 }, timeouts: { requestMs: 3000 } } },
     routes: [{ name: 'm', match: { prefix: '/' }, upstream: 'main', mirror: { upstream: 'shadow', ...mirror } }],
@@ -176,6 +212,31 @@ async function setupMirror(
 }
 
 const mirrored = (gw: TestGateway, result: string): Promise<number> => metricValue(gw.adminUrl, 'gateway_mirror_requests_total', { route: 'm', upstream: 'shadow', result });
+
+const ADMIN_TOKEN = 'admin-token-of-the-traffic-tests-0123';
+const NO_RESULTS = { '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0, error: 0, dropped: 0, 'body-too-large': 0, 'body-incomplete': 0, 'no-target': 0 };
+
+/** The mirror of route m as /admin/routes shows it. */
+async function mirrorStatus(gw: TestGateway): Promise<{ inFlight: number; results: Record<string, number> }> {
+  const routes = (await call(gw.adminUrl, '/admin/routes', { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).json<{ name: string; mirror: { inFlight: number; results: Record<string, number> } }[]>();
+  const { inFlight, results } = routes.find((r) => r.name === 'm')!.mirror;
+  return { inFlight, results };
+}
+
+/** POSTs `chunks` with chunked transfer coding, one write each. */
+function postChunks(base: string, path: string, chunks: string[]): Promise<{ status: number; body: string }> {
+  const u = new URL(base);
+  return new Promise((resolve, reject) => {
+    const req = request({ host: u.hostname, port: u.port, path, method: 'POST', agent: false }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    for (const c of chunks) req.write(c);
+    req.end();
+  });
+}
 
 async function until(cond: () => boolean | Promise<boolean>, ms = 5000): Promise<boolean> {
   const end = Date.now() + ms;
@@ -201,10 +262,144 @@ t.test('mirroring copies requests to the shadow, marked, and discards its answer
   t.equal(main.seen[0].headers['x-gateway-mirror'], undefined, 'the real request is not marked');
   t.ok(await until(async () => (await mirrored(gw, '5xx')) === 10), 'shadow answers counted by class');
   await call(gw.url, '/again', { headers: { 'x-gateway-mirror': '1' } });
-  await call(gw.url, '/body', { method: 'POST', body: 'abc' });
-  await new Promise((r) => setTimeout(r, 100));
-  t.equal(shadow.hits, 10, 'a mirrored request is never mirrored again, a request with a body is not copied');
-  t.equal(await mirrored(gw, 'skipped'), 1);
+  t.equal(main.hits, 11);
+  // A later copy arrives after it: had the marked request been copied, the shadow would have it first.
+  await call(gw.url, '/after');
+  t.ok(await until(() => shadow.hits === 11), 'the next copy arrives');
+  t.same(
+    shadow.seen.map((s) => s.url),
+    [...Array.from({ length: 10 }, (_, i) => `/m${i}?q=${i}`), '/after'],
+    'a mirrored request is never mirrored again',
+  );
+});
+
+t.test('request bodies are copied to the shadow, with a Content-Length or chunked', async (t) => {
+  const { gw, main, shadow } = await setupMirror(t, {});
+  const sized = JSON.stringify({ order: 42, items: ['a', 'b'] });
+  const res = await call(gw.url, '/orders', { method: 'POST', headers: { 'content-type': 'application/json' }, body: sized });
+  t.equal(res.status, 200);
+  t.ok(await until(() => shadow.hits === 1), 'the copy arrives');
+  t.equal(shadow.seen[0].method, 'POST');
+  t.equal(shadow.seen[0].body, sized, 'the shadow gets the body');
+  t.equal(shadow.seen[0].headers['content-type'], 'application/json');
+  t.equal(shadow.seen[0].headers['content-length'], String(sized.length));
+  t.equal(main.seen[0].body, sized, 'the real upstream gets it too');
+
+  // Chunked: no length known up front, the copy gets one.
+  const chunked = await postChunks(gw.url, '/chunked', ['first,', 'second,', 'third']);
+  t.equal(chunked.status, 200);
+  t.ok(await until(() => shadow.hits === 2));
+  t.equal(shadow.seen[1].body, 'first,second,third');
+  t.equal(main.seen[1].body, 'first,second,third');
+  t.ok(await until(async () => (await mirrored(gw, '2xx')) === 2), 'both copies counted as sent');
+  t.same(await mirrorStatus(gw), { inFlight: 0, results: { ...NO_RESULTS, '2xx': 2 } }, 'the admin API shows the results');
+});
+
+t.test('a body over maxBodyBytes is not mirrored (counted), and reaches the real upstream whole', async (t) => {
+  const { gw, main, shadow } = await setupMirror(t, { maxBodyBytes: 1000 });
+  const big = 'x'.repeat(5000);
+  t.equal((await call(gw.url, '/sized', { method: 'POST', body: big })).status, 200, 'Content-Length over the cap');
+  t.equal(await mirrored(gw, 'body-too-large'), 1, 'known from Content-Length at once');
+  // Chunked, growing past the cap only on its third chunk.
+  const chunks = ['a'.repeat(400), 'b'.repeat(400), 'c'.repeat(400), 'd'.repeat(400)];
+  t.equal((await postChunks(gw.url, '/chunked', chunks)).status, 200, 'chunked over the cap');
+  t.equal(await mirrored(gw, 'body-too-large'), 2, 'counted when it grows past the cap');
+  t.equal(main.seen[0].body, big);
+  t.equal(main.seen[1].body, chunks.join(''), 'the real upstream got every byte');
+  // Exactly at the cap is copied.
+  t.equal((await call(gw.url, '/fits', { method: 'POST', body: 'y'.repeat(1000) })).status, 200);
+  t.ok(await until(() => shadow.hits === 1), 'a body at the cap is copied');
+  t.equal(shadow.seen[0].url, '/fits');
+  t.equal(shadow.seen[0].body, 'y'.repeat(1000));
+  t.same((await mirrorStatus(gw)).results, { ...NO_RESULTS, 'body-too-large': 2, '2xx': 1 });
+});
+
+t.test('a body streams to the real upstream as it arrives while it is kept for the copy', async (t) => {
+  const shadow = await startFlakyUpstream();
+  const received: string[] = [];
+  const main = createServer((req, res) => {
+    req.on('data', (c: Buffer) => received.push(c.toString()));
+    req.on('end', () => res.end(`got ${received.join('')}`));
+  });
+  await new Promise<void>((r) => main.listen(0, '127.0.0.1', r));
+  const gw = await startGateway({
+    log: { level: 'info', access: false },
+    upstreams: { main: { targets: [`http://127.0.0.1:${(main.address() as AddressInfo).port}`] }, shadow: { targets: [shadow.url] } },
+    routes: [{ name: 'm', match: { prefix: '/' }, upstream: 'main', mirror: { upstream: 'shadow' } }],
+  });
+  t.teardown(async () => {
+    await gw.close();
+    await shadow.close();
+    await new Promise((r) => main.close(r));
+  });
+  const u = new URL(gw.url);
+  const answer = new Promise<string>((resolve, reject) => {
+    const req = request({ host: u.hostname, port: u.port, path: '/stream', method: 'POST', agent: false }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => resolve(body));
+    });
+    req.on('error', reject);
+    req.write('part-one;');
+    // The rest is sent only once the upstream has the first part: a gateway holding the body back would hang here.
+    void until(() => received.join('') === 'part-one;').then((ok) => {
+      t.ok(ok, 'the upstream has the first part before the client sent the rest');
+      req.end('part-two');
+    });
+  });
+  t.equal(await answer, 'got part-one;part-two');
+  t.ok(await until(() => shadow.hits === 1));
+  t.equal(shadow.seen[0].body, 'part-one;part-two', 'the copy has the whole body');
+});
+
+t.test('a hanging shadow never delays a request with a body; a client that cuts its body leaves no copy', async (t) => {
+  const { gw, main, shadow } = await setupMirror(t, { maxConcurrent: 1 });
+  shadow.behave({ kind: 'hang' });
+  const started = Date.now();
+  const res = await call(gw.url, '/slow', { method: 'POST', body: 'payload' });
+  t.equal(res.status, 200, 'answered while the copy hangs');
+  t.ok(Date.now() - started < 1000, `answered in ${Date.now() - started} ms`);
+  t.ok(await until(() => shadow.hits === 1), 'the copy is on the shadow, unanswered');
+  t.equal((await call(gw.url, '/slow2', { method: 'POST', body: 'payload' })).status, 200);
+  t.equal(await mirrored(gw, 'dropped'), 1, 'over maxConcurrent: dropped, the client still served');
+  await shadow.stop();
+  t.ok(await until(async () => (await mirrored(gw, 'error')) === 1), 'the hanging copy ends as an error');
+  await shadow.start();
+  shadow.behave({ kind: 'ok' });
+
+  // A client that sends half its body and goes away: nothing is mirrored, the slot is freed.
+  const u = new URL(gw.url);
+  await new Promise<void>((resolve) => {
+    const req = request({ host: u.hostname, port: u.port, path: '/cut', method: 'POST', agent: false, headers: { 'content-length': '100' } });
+    req.on('error', () => resolve());
+    req.write('only part');
+    void until(() => main.seen.some((s) => s.url === '/cut')).then(() => req.destroy());
+  });
+  t.ok(await until(async () => (await mirrored(gw, 'body-incomplete')) === 1), 'counted as body-incomplete');
+  t.equal((await call(gw.url, '/next', { method: 'POST', body: 'again' })).status, 200);
+  t.ok(await until(() => shadow.seen.some((s) => s.url === '/next')), 'the slot is free again');
+  t.notOk(shadow.seen.some((s) => s.url === '/cut'), 'the cut body was never mirrored');
+});
+
+t.test('a chunked body over the route\'s body limit still gets 413, and no copy', async (t) => {
+  const main = await startFlakyUpstream();
+  const shadow = await startFlakyUpstream();
+  const gw = await startGateway({
+    log: { level: 'info', access: false },
+    upstreams: { main: { targets: [main.url], retries: { maxRetries: 0 } }, shadow: { targets: [shadow.url] } },
+    routes: [{ name: 'm', match: { prefix: '/' }, upstream: 'main', mirror: { upstream: 'shadow' }, policies: { limits: { maxBodyBytes: 10 } } }],
+  });
+  t.teardown(async () => {
+    await gw.close();
+    await shadow.close();
+    await main.close();
+  });
+  const res = await postChunks(gw.url, '/big', ['0123456789', 'abcdef']);
+  t.equal(res.status, 413, 'the body limit answers as without a mirror');
+  t.ok(await until(async () => (await mirrored(gw, 'body-incomplete')) === 1), 'the cut body is not mirrored');
+  t.equal((await postChunks(gw.url, '/small', ['01234', '56789'])).status, 200, 'a body within the limit passes');
+  t.ok(await until(() => shadow.hits === 1), 'and is mirrored');
+  t.equal(shadow.seen[0].body, '0123456789');
 });
 
 t.test('a hanging or down shadow never delays or fails the client; copies over maxConcurrent are dropped', async (t) => {

@@ -1,13 +1,13 @@
 import type { FastifyInstance } from 'fastify';
 import type { GatewayConfig } from '../config/schema';
 import { CacheKeySpace } from '../plugins/cache/keys';
-import type { GateStore } from '../store/types';
+import type { CacheWrites } from '../store/types';
 import { problem } from './server';
 
 export interface CacheRouteDeps {
   config(): Readonly<GatewayConfig>;
   /** The gateway's store, or null while no route uses it. */
-  store(): GateStore | null;
+  store(): Pick<CacheWrites, 'cacheBump'> | null;
 }
 
 /**

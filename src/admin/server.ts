@@ -31,6 +31,28 @@ export interface ReadinessCheck {
   required?(config: Readonly<GatewayConfig>): boolean;
 }
 
+/** A check's state now, and whether the configuration serving cannot do without it. */
+export interface CheckReport {
+  name: string;
+  state: CheckState;
+  required: boolean;
+}
+
+/** Evaluates checks now; one that throws is down. */
+export function checkReports(checks: readonly ReadinessCheck[], config: Readonly<GatewayConfig>): Promise<CheckReport[]> {
+  return Promise.all(
+    checks.map(async (c): Promise<CheckReport> => {
+      let state: CheckState;
+      try {
+        state = await c.ready();
+      } catch {
+        state = false;
+      }
+      return { name: c.name, state, required: c.required?.(config) ?? true };
+    }),
+  );
+}
+
 /** What /readyz answers and the dependency gauge shows. */
 interface Readiness {
   ok: boolean;
@@ -43,13 +65,19 @@ export interface AdminDeps {
   logger: FastifyBaseLogger;
   registry: Registry;
   checks: () => readonly ReadinessCheck[];
+  /** Replaces evaluating `checks` (the main thread of several workers merges what every worker reports). */
+  readinessStates?: () => Promise<CheckReport[]>;
+  /** Replaces `registry.metrics()` for /metrics (the main thread of several workers merges every worker's registry). */
+  scrape?: () => Promise<string>;
   isDraining(): boolean;
   config(): Readonly<GatewayConfig>;
   /** Upstreams with the live state of every target (health, breaker, in-flight, queued, pool). */
   upstreams(): unknown;
+  /** The live split and mirror of each route by name (admin/upstreams.ts routeTraffic). */
+  routeTraffic(): Map<string, { split: unknown; mirror: unknown }> | Promise<Map<string, { split: unknown; mirror: unknown }>>;
   reload(actor: string): Promise<ReloadResult>;
   /** Version, uptime, configuration hash (GET /admin). */
-  info(): Record<string, unknown>;
+  info(): Record<string, unknown> | Promise<Record<string, unknown>>;
   logLevel(): string;
   /** Changes the log level until the next reload or restart. */
   setLogLevel(level: string): void;
@@ -96,23 +124,18 @@ export function buildAdminServer(deps: AdminDeps): FastifyInstance {
     registers: [deps.registry],
   });
 
+  const states = deps.readinessStates ?? (() => checkReports(deps.checks(), deps.config()));
+
   const readiness = async (): Promise<Readiness> => {
     const draining = deps.isDraining();
     const checks: Record<string, CheckState> = { draining };
     const degraded: string[] = [];
     let ok = !draining;
-    const config = deps.config();
-    for (const c of deps.checks()) {
-      let state: CheckState;
-      try {
-        state = await c.ready();
-      } catch {
-        state = false;
-      }
-      checks[c.name] = state;
-      dependencyUp.set({ check: c.name }, state === true ? 1 : 0);
+    for (const { name, state, required } of await states()) {
+      checks[name] = state;
+      dependencyUp.set({ check: name }, state === true ? 1 : 0);
       if (state === true) continue;
-      if (state === false && c.required?.(config) === false) degraded.push(c.name);
+      if (state === false && !required) degraded.push(name);
       else ok = false;
     }
     return { ok, checks, degraded };
@@ -144,20 +167,23 @@ export function buildAdminServer(deps: AdminDeps): FastifyInstance {
     // The dependency gauge shows the state now, not as of the last probe.
     await readiness();
     reply.header('content-type', deps.registry.contentType);
-    return deps.registry.metrics();
+    return deps.scrape ? deps.scrape() : deps.registry.metrics();
   });
 
-  admin.get('/admin', async () => ({ ...deps.info(), logLevel: deps.logLevel(), draining: deps.isDraining() }));
+  admin.get('/admin', async () => ({ ...(await deps.info()), logLevel: deps.logLevel(), draining: deps.isDraining() }));
 
   admin.get('/admin/config', async () => redact(deps.config()));
 
   // Each route with the policies it applies (auth, rate limits, cache, ...: every field a plugin adds), secrets redacted.
-  admin.get('/admin/routes', async () =>
-    deps.config().routes.map((r) => {
-      const { name, match, upstream, rewrite, preserveHost, ...policies } = r;
-      return { name, match, upstream, rewrite, preserveHost, policies: redact(policies) };
-    }),
-  );
+  admin.get('/admin/routes', async (_req, reply) => {
+    reply.header('cache-control', 'no-store');
+    const traffic = await deps.routeTraffic();
+    return deps.config().routes.map((r) => {
+      const { name, match, upstream, rewrite, preserveHost, split: _split, mirror: _mirror, ...policies } = r;
+      const live = traffic.get(name);
+      return { name, match, upstream, rewrite, preserveHost, split: live?.split ?? null, mirror: live?.mirror ?? null, policies: redact(policies) };
+    });
+  });
 
   admin.put('/admin/log-level', async (request, reply) => {
     const level = (request.body as { level?: unknown } | undefined)?.level;
@@ -180,7 +206,7 @@ export function buildAdminServer(deps: AdminDeps): FastifyInstance {
     if (action !== 'drain' && action !== 'eject' && action !== 'restore') {
       return problem(reply, request, 'ROUTE_NOT_FOUND', 'the action is drain, eject or restore');
     }
-    const result = deps.targetAction(upstream, target, action);
+    const result = await deps.targetAction(upstream, target, action);
     if (result === null) return problem(reply, request, 'ROUTE_NOT_FOUND', `no target ${target} in upstream ${upstream} (a target URL or index)`);
     deps.logger.warn({ audit: true, actor: request.adminActor, action: `target-${action}`, upstream, target }, 'upstream target changed by hand');
     return result;

@@ -1,5 +1,7 @@
 import { performance } from 'node:perf_hooks';
+import { effectiveWeight } from '../proxy/balance';
 import type { UpstreamRegistry } from '../proxy/upstreams';
+import type { CompiledRoute } from '../routes';
 
 /** The state of every upstream target, as the relay sees it now. */
 export function upstreamStatus(registry: UpstreamRegistry) {
@@ -7,11 +9,19 @@ export function upstreamStatus(registry: UpstreamRegistry) {
   return {
     upstreams: [...registry.all()].map((up) => {
       const hc = up.config.healthCheck;
+      const dns = up.targets.filter((t) => t.source === 'dns').length;
+      // Consistent hashing keeps each key's target whatever the ramp: slow start applies to the other balancers.
+      const slowStartMs = up.config.balance === 'hash' ? 0 : up.config.slowStartMs;
       return {
         name: up.name,
         available: up.targets.filter((t) => t.state.routable).length,
+        targetsByOrigin: { static: up.targets.length - dns, dns },
+        discovery: up.config.discovery.type,
         balance: up.config.balance,
+        ...(up.config.balance === 'hash' ? { hash: up.config.hash } : {}),
+        slowStartMs,
         panic: up.panicking,
+        minHealthyPercent: up.config.minHealthyPercent,
         retryBudget: { ratio: up.config.retries.budgetRatio, ...up.retry.budgetUse(now) },
         targets: up.targets.map((t) => {
           const s = t.state;
@@ -20,6 +30,8 @@ export function upstreamStatus(registry: UpstreamRegistry) {
           return {
             url: t.url,
             weight: t.weight,
+            effectiveWeight: Math.round(effectiveWeight(up.config, t, now) * 1000) / 1000,
+            slowStartLeftMs: slowStartMs === 0 ? 0 : Math.max(0, Math.round(s.routableSince + slowStartMs - now)),
             source: t.source,
             routable: s.routable,
             manual: s.manual === 'drained' && s.inFlight > 0 ? 'draining' : s.manual,
@@ -43,6 +55,27 @@ export function upstreamStatus(registry: UpstreamRegistry) {
       };
     }),
   };
+}
+
+/**
+ * The traffic controls of each route as they act now: the sides of a split (weights, share, rules,
+ * requests by reason, each side's upstream availability) and the mirror (shadow upstream, sample
+ * share, copies in flight and results). Null on routes without them.
+ */
+export function routeTraffic(routes: readonly CompiledRoute[]): Map<string, { split: unknown; mirror: unknown }> {
+  return new Map(
+    routes.map((r) => {
+      const m = r.mirror;
+      const mirror = m && {
+        upstream: m.upstream.name,
+        sampleRatio: m.sampleRatio,
+        maxConcurrent: m.maxConcurrent,
+        maxBodyBytes: m.maxBodyBytes,
+        ...m.status(),
+      };
+      return [r.name, { split: r.split?.status() ?? null, mirror }];
+    }),
+  );
 }
 
 export type TargetAction = 'drain' | 'eject' | 'restore';

@@ -582,9 +582,22 @@ export function parseConfig(input: unknown, opts: { env?: NodeJS.ProcessEnv; sou
     throw new ConfigError(opts.source ?? '', allProblems(data, [...(validateSchema.errors ?? [])], problems, opts.source));
   }
   if (port !== undefined) cfg.listen.port = port;
+  if (cfg.store.redis.replicas === 'auto') cfg.store.redis.replicas = replicasFromEnv(env, problems);
   crossCheck(cfg, problems, opts.source);
   if (problems.length) throw new ConfigError(opts.source ?? '', problems);
   return deepFreeze(cfg);
+}
+
+/** store.redis.replicas: auto, the replica count the Helm chart puts in GATEWAY_REPLICAS. */
+function replicasFromEnv(env: NodeJS.ProcessEnv, problems: ConfigProblem[]): number {
+  const raw = env.GATEWAY_REPLICAS;
+  const n = Number(raw);
+  if (raw !== undefined && raw !== '' && Number.isInteger(n) && n >= 1) return n;
+  problems.push({
+    path: 'store.redis.replicas',
+    message: `auto reads the replica count from the environment variable GATEWAY_REPLICAS, which is ${raw === undefined ? 'not set' : `"${raw}", not a whole number of at least 1`} (the Helm chart sets it; else give the count)`,
+  });
+  return 1;
 }
 
 /** The line of the file with a caret under the column, as a compiler shows it. */

@@ -77,8 +77,13 @@ export const ListenTlsSchema = Obj(
       { description: 'Client certificates (mTLS at the edge).', default: {} },
     ),
     hsts: Type.Optional(HstsSchema),
+    http2: Type.Boolean({
+      description:
+        'Serve HTTP/2 beside HTTP/1.1 on this port: ALPN offers h2 and http/1.1, and each connection speaks what the client picked. HTTP/2 requests go through the same chain and are relayed to HTTP/1.1 upstreams (gRPC routes relay over HTTP/2). Off, ALPN offers http/1.1 only.',
+      default: true,
+    }),
   },
-  { description: 'The TLS listener, beside the plain one (or alone with plain: false). ALPN offers http/1.1.' },
+  { description: 'The TLS listener, beside the plain one (or alone with plain: false). ALPN offers h2 and http/1.1 (see http2).' },
 );
 
 export const ListenSchema = Obj(
@@ -95,6 +100,17 @@ export const ListenSchema = Obj(
       default: true,
     }),
     tls: Type.Optional(ListenTlsSchema),
+    h2c: Type.Optional(
+      Obj(
+        {
+          port: Type.Integer({ description: 'Port of the h2c listener (on listen.host).', minimum: 0, maximum: 65535 }),
+        },
+        {
+          description:
+            'A cleartext HTTP/2 listener (h2c with prior knowledge, RFC 9113 §3.3) on a port of its own, for gRPC clients and meshes that speak HTTP/2 without TLS. The HTTP/1.1 port keeps refusing the HTTP/2 preface (505); the Upgrade: h2c dance is not supported.',
+        },
+      ),
+    ),
   },
   { description: 'Where the gateway accepts client traffic.', default: {} },
 );
@@ -156,10 +172,11 @@ export const ACCESS_FIELDS = [
   'cache',
   'rateLimit',
   'error',
+  'grpcStatus',
 ] as const;
 export type AccessField = (typeof ACCESS_FIELDS)[number];
-/** All but the query string and the user agent, which are opt-in. */
-const DEFAULT_ACCESS_FIELDS = ACCESS_FIELDS.filter((f) => f !== 'query' && f !== 'userAgent');
+/** All but the query string, the user agent and the gRPC status, which are opt-in. */
+const DEFAULT_ACCESS_FIELDS = ACCESS_FIELDS.filter((f) => f !== 'query' && f !== 'userAgent' && f !== 'grpcStatus');
 
 export const LogSchema = Obj(
   {
@@ -335,6 +352,12 @@ export const HealthCheckSchema = Obj(
       default: ['2xx'],
       minItems: 1,
     }),
+    grpcService: Type.Optional(
+      Type.String({
+        description:
+          "Probe with the gRPC health protocol instead of GET path: grpc.health.v1.Health/Check over HTTP/2 (h2c or TLS as the targets) for this service name ('' asks about the server as a whole); a probe passes when the answer is grpc-status 0 with status SERVING. path and expectedStatuses are not used then.",
+      }),
+    ),
   },
   {
     description:
@@ -469,6 +492,11 @@ export const UpstreamSchema = Obj(
       minimum: 0,
       maximum: 100,
     }),
+    protocol: Type.Union([Type.Literal('http'), Type.Literal('grpc')], {
+      description:
+        'How the gateway talks to the targets. http: HTTP/1.1 (undici pools). grpc: every route to this upstream relays gRPC over HTTP/2 (h2c for http:// targets, TLS with ALPN h2 for https://), streaming both ways with trailers, one multiplexed connection per target.',
+      default: 'http',
+    }),
     discovery: DiscoverySchema,
     pool: PoolSchema,
     timeouts: TimeoutsSchema,
@@ -580,11 +608,22 @@ export const MirrorSchema = Obj(
   {
     upstream: Type.String({ description: 'Name of the shadow upstream that gets the copies.' }),
     sampleRatio: Type.Number({ description: 'Share of the requests copied, from 0 to 1.', default: 1, minimum: 0, maximum: 1 }),
-    maxConcurrent: Type.Integer({ description: 'Copies in flight at most; further ones are dropped (counted), never queued.', default: 16, minimum: 1 }),
+    maxConcurrent: Type.Integer({
+      description: 'Copies in flight (or keeping a request body) at most; further ones are dropped (counted), never queued.',
+      default: 16,
+      minimum: 1,
+    }),
+    maxBodyBytes: Type.Integer({
+      description:
+        'Largest request body copied. The body streams to the real upstream as it arrives while its bytes are kept for the copy, which leaves once the body is complete; a larger body (by Content-Length at once, or once it grows past this) is not mirrored, and counted. 0 mirrors only requests without a body.',
+      default: 65536,
+      minimum: 0,
+      maximum: 16777216,
+    }),
   },
   {
     description:
-      'Copy a sampled share of the requests without a body to a shadow upstream, fire and forget: the copy never delays or fails the client\'s request, its answer is discarded, and it carries X-Gateway-Mirror: 1 (a request with that header is never mirrored again).',
+      'Copy a sampled share of the requests, bodies included, to a shadow upstream, fire and forget: the copy never delays or fails the client\'s request, its answer is discarded, and it carries X-Gateway-Mirror: 1 (a request with that header is never mirrored again).',
   },
 );
 
@@ -605,6 +644,12 @@ const routeCore = {
       default: false,
     }),
     websocket: WebSocketRouteSchema,
+    protocol: Type.Optional(
+      Type.Union([Type.Literal('http'), Type.Literal('grpc')], {
+        description:
+          "grpc: relay this route's requests as gRPC over HTTP/2 (see upstreams.*.protocol); gateway errors are then gRPC statuses. Default: the upstream's protocol.",
+      }),
+    ),
 };
 
 export const RouteSchema = Obj(
@@ -614,6 +659,12 @@ export const RouteSchema = Obj(
 
 const configCore = {
     listen: ListenSchema,
+    workers: Type.Union([Type.Literal('auto'), Type.Integer({ minimum: 1, maximum: 1024 })], {
+      description:
+        'Event loops (worker threads) serving the public listeners of this one process: a number, or auto for the CPUs available to the process (cgroup quota included). With more than one, the kernel spreads connections between them (SO_REUSEPORT: Node 22.12 or later; on older Node the gateway says so and runs one), the memory store\'s rate-limit buckets are shared exactly, the response cache is per worker, and the admin listener and /metrics answer for the whole process. Read at start-up only.',
+      default: 1,
+      expected: 'auto or a whole number from 1 to 1024',
+    }),
     trustedProxies: Type.Array(
       Type.String({ description: 'An IPv4 or IPv6 address or CIDR, such as 10.0.0.0/8.' }),
       {

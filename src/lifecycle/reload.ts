@@ -9,8 +9,8 @@ export interface ReloadResult {
   certificates: 'reloaded' | 'unchanged';
 }
 
-/** Sections a running process cannot swap: its sockets, its logger and its shared stores are built once. */
-const RESTART_ONLY = ['listen', 'admin', 'log', 'store'] as const;
+/** Sections a running process cannot swap: its sockets, its worker threads, its logger and its shared stores are built once. */
+const RESTART_ONLY = ['listen', 'workers', 'admin', 'log', 'store'] as const;
 
 /** Header size and client timeouts are options of the listening server; the body limit is per route and reloads. */
 function listenerLimits(cfg: Readonly<GatewayConfig>): string {

@@ -1,4 +1,6 @@
 import pino from 'pino';
+import type { ErrorCode } from '../errors';
+import { grpcStatusOf, isGrpcRequest } from '../grpc/status';
 import type { FastifyBaseLogger } from 'fastify';
 import type { AccessField, GatewayConfig } from '../config/schema';
 import type { RequestContext } from '../context';
@@ -99,7 +101,15 @@ export class AccessLog {
   /** Durations as printed, by hundredths of a millisecond, below MILLIS_KEPT. */
   private readonly printedMillis: string[] = [];
 
-  constructor(logger: FastifyBaseLogger, opts: AccessLogOptions) {
+  /**
+   * @param maxWrite Most bytes per write, cut at line ends: the workers of one process share stdout,
+   * and a write of at most PIPE_BUF bytes to a pipe is never mixed with another's (null: one write per batch).
+   */
+  constructor(
+    logger: FastifyBaseLogger,
+    opts: AccessLogOptions,
+    private readonly maxWrite: number | null = null,
+  ) {
     this.stream = (logger as unknown as Record<symbol, { write(chunk: string): unknown }>)[pino.symbols.streamSym];
     this.json = opts.accessFormat === 'json';
     this.writers = opts.accessFields.map((f) => this.writer(f, opts));
@@ -180,6 +190,9 @@ export class AccessLog {
         return text((ctx) => ctx.rateLimitResult);
       case 'error':
         return text((ctx) => ctx.errorCode);
+      case 'grpcStatus':
+        // The upstream's grpc-status, or the one the gateway answered a gRPC request's error with.
+        return text((ctx) => ctx.grpcStatus ?? (ctx.errorCode !== null && isGrpcRequest(ctx.req) ? String(grpcStatusOf(ctx.errorCode as ErrorCode)) : undefined));
     }
   }
 
@@ -227,10 +240,25 @@ export class AccessLog {
 
   flush(): void {
     if (this.used === 0) return;
-    const chunk = this.lines.join('');
+    const lines = this.lines;
     this.lines = [];
     this.used = 0;
-    this.stream.write(chunk);
+    if (this.maxWrite === null) {
+      this.stream.write(lines.join(''));
+      return;
+    }
+    let from = 0;
+    let bytes = 0;
+    for (let i = 0; i < lines.length; i++) {
+      const n = Buffer.byteLength(lines[i]);
+      if (bytes + n > this.maxWrite && i > from) {
+        this.stream.write(lines.slice(from, i).join(''));
+        from = i;
+        bytes = 0;
+      }
+      bytes += n;
+    }
+    this.stream.write(lines.slice(from).join(''));
   }
 
   close(): void {

@@ -49,13 +49,17 @@ export class GatewayInfo {
       help: 'Always 1; the labels say which gateway version runs on which Node.js.',
       labelNames: ['version', 'node'],
       registers,
+      // Several workers of one process: one build, one series.
+      aggregator: 'first',
     }).set({ version: this.version, node: process.version }, 1);
-    this.configGauge = new Gauge({ name: 'gateway_config_info', help: 'Always 1; the label is the hash of the configuration serving requests.', labelNames: ['hash'], registers });
+    this.configGauge = new Gauge({ name: 'gateway_config_info', help: 'Always 1; the label is the hash of the configuration serving requests.', labelNames: ['hash'], registers, aggregator: 'first' });
     this.reloads = new Counter({
       name: 'gateway_config_reloads_total',
       help: 'Configuration reloads, by result: applied, rejected (invalid file), failed (the new configuration could not start).',
       labelNames: ['result'],
       registers,
+      // Every worker applies each reload of the process once.
+      aggregator: 'max',
     });
     for (const result of ['applied', 'rejected', 'failed']) this.reloads.inc({ result }, 0);
     new Gauge({

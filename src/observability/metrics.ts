@@ -90,6 +90,28 @@ export class RouteMetrics {
   }
 }
 
+/** One side of a split route: the route's metrics, and the side's answers by its upstream and status class. */
+export class SplitSideMetrics extends RouteMetrics {
+  private readonly byClass: CounterCell[];
+
+  constructor(metrics: GatewayMetrics, route: string, upstream: string) {
+    super(metrics, route);
+    this.byClass = STATUS_CLASS.map((c) => metrics.splitResponses.child(route, upstream, c));
+  }
+
+  /** Answers of this side by status class since the gateway started (the metric's values). */
+  responses(): Record<string, number> {
+    const out: Record<string, number> = {};
+    STATUS_CLASS.forEach((c, i) => (out[c] = this.byClass[i].value));
+    return out;
+  }
+
+  override record(ctx: RequestContext, method: string, status: number, totalMs: number): void {
+    super.record(ctx, method, status, totalMs);
+    this.byClass[status >= 0 && status < 1000 ? Math.min((status / 100) | 0, 5) : 5].inc();
+  }
+}
+
 /**
  * All metrics of one gateway instance, in a registry of its own (no global state). Hot-path
  * metrics use the label-resolved families of fast-metrics.ts; plugins create theirs through
@@ -105,6 +127,7 @@ export class GatewayMetrics {
   readonly responseBytes: CounterFamily;
   readonly splitRequests: CounterFamily;
   readonly mirrorRequests: CounterFamily;
+  readonly splitResponses: CounterFamily;
 
   constructor(opts: { processMetrics: boolean }) {
     this.requests = this.counter(
@@ -119,9 +142,14 @@ export class GatewayMetrics {
       'Requests of split routes, by route, the upstream of the side they went to, and why (match, sticky or weight).',
       ['route', 'upstream', 'reason'],
     );
+    this.splitResponses = this.counter(
+      'gateway_split_responses_total',
+      'Answers of split routes by route, the upstream of the side the request went to, and status class (a gateway error such as 502 or 503 counts against its side).',
+      ['route', 'upstream', 'status_class'],
+    );
     this.mirrorRequests = this.counter(
       'gateway_mirror_requests_total',
-      'Mirrored copies of requests, by route, shadow upstream and result (2xx-5xx, error, dropped over maxConcurrent, skipped for a body).',
+      'Sampled requests of mirroring routes, by route, shadow upstream and result: sent (2xx-5xx by the shadow\'s answer), failed (error), or not sent (dropped over maxConcurrent, body-too-large, body-incomplete, no-target).',
       ['route', 'upstream', 'result'],
     );
     this.requestDuration = this.histogram(
@@ -163,5 +191,9 @@ export class GatewayMetrics {
 
   forRoute(route: string): RouteMetrics {
     return new RouteMetrics(this, route);
+  }
+
+  forSplitSide(route: string, upstream: string): RouteMetrics {
+    return new SplitSideMetrics(this, route, upstream);
   }
 }

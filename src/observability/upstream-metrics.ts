@@ -1,5 +1,7 @@
+import { performance } from 'node:perf_hooks';
 import type { FastifyBaseLogger } from 'fastify';
-import { Counter, Gauge, type Registry } from 'prom-client';
+import { Counter, Gauge, type Aggregator, type Registry } from 'prom-client';
+import { effectiveWeight } from '../proxy/balance';
 import { BREAKER_STATE_NAMES, OPEN, type BreakerState } from '../proxy/breaker';
 import type { ResilienceEvents } from '../proxy/target-state';
 import type { Target, Upstream } from '../proxy/upstreams';
@@ -23,23 +25,26 @@ export class UpstreamMetrics implements ResilienceEvents {
     upstreams: () => Iterable<Upstream>,
   ) {
     const registers = [registry];
-    const targetGauge = (name: string, help: string, value: (t: Target) => number) =>
+    // `aggregator`: how the main thread of several workers merges the workers' values (each has its own pools and verdicts).
+    const targetGauge = (name: string, help: string, value: (t: Target) => number, aggregator: Aggregator = 'sum') =>
       new Gauge({
         name,
         help,
         labelNames: ['upstream', 'target'],
         registers,
+        aggregator,
         collect() {
           // Targets come and go with DNS discovery: a removed one must not linger with its last value.
           this.reset();
           for (const up of upstreams()) for (const t of up.targets) this.set({ upstream: up.name, target: t.url }, value(t));
         },
       });
-    targetGauge('gateway_upstream_breaker_state', 'Circuit breaker state per target: 0 closed, 1 half-open, 2 open.', (t) => t.state.breaker?.state ?? 0);
+    targetGauge('gateway_upstream_breaker_state', 'Circuit breaker state per target: 0 closed, 1 half-open, 2 open.', (t) => t.state.breaker?.state ?? 0, 'max');
     targetGauge(
       'gateway_upstream_target_healthy',
       'Active health verdict per target: 1 healthy, 0 unhealthy (always 1 without active checks).',
       (t) => (t.state.healthy ? 1 : 0),
+      'min',
     );
     targetGauge('gateway_upstream_in_flight_requests', 'Requests handed to the target and not yet ended, waiting ones included.', (t) => t.state.inFlight);
     targetGauge(
@@ -62,12 +67,26 @@ export class UpstreamMetrics implements ResilienceEvents {
         }
       },
     });
-    targetGauge('gateway_upstream_target_weight', 'Configured (or SRV) weight per target.', (t) => t.weight);
+    targetGauge('gateway_upstream_target_weight', 'Configured (or SRV) weight per target.', (t) => t.weight, 'first');
+    new Gauge({
+      name: 'gateway_upstream_target_effective_weight',
+      help: 'Weight the balancer gives each target now: the configured one, lowered while slow start ramps a target that joined or recovered.',
+      labelNames: ['upstream', 'target'],
+      registers,
+      // Each worker ramps its own view of a target: the lowest is the one still holding back.
+      aggregator: 'min',
+      collect() {
+        this.reset();
+        const now = performance.now();
+        for (const up of upstreams()) for (const t of up.targets) this.set({ upstream: up.name, target: t.url }, effectiveWeight(up.config, t, now));
+      },
+    });
     new Gauge({
       name: 'gateway_upstream_targets',
       help: 'Targets per upstream, by where they come from (static: the configuration, dns: DNS discovery).',
       labelNames: ['upstream', 'source'],
       registers,
+      aggregator: 'first',
       collect() {
         this.reset();
         for (const up of upstreams()) {
@@ -83,6 +102,7 @@ export class UpstreamMetrics implements ResilienceEvents {
       help: 'Panic mode per upstream: 1 while fewer than minHealthyPercent of its targets are routable and all of them take traffic.',
       labelNames: ['upstream'],
       registers,
+      aggregator: 'max',
       collect() {
         for (const up of upstreams()) this.set({ upstream: up.name }, up.panicking ? 1 : 0);
       },

@@ -45,6 +45,8 @@ export interface PluginContext {
   addRuntimeResource(resource: Resource): void;
   /** Registers a readiness check for the gateway's lifetime (call it from a `shared` factory). */
   addReadinessCheck(check: ReadinessCheck): void;
+  /** The process's shared bucket table when this gateway is one worker of several (src/workers), else null. */
+  readonly sharedBuckets: SharedArrayBuffer | null;
 }
 
 /** A chain capability as one runtime uses it: asked once per route for the step the route runs. */

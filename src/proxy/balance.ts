@@ -35,6 +35,11 @@ function weightAt(t: Target, now: number, slowStartMs: number): number {
   return ramp >= 1 ? t.weight : t.weight * Math.max(0.1, ramp);
 }
 
+/** The weight the balancer of an upstream configured as `cfg` gives `t` now (the hash ring keeps full weights). */
+export function effectiveWeight(cfg: UpstreamConfig, t: Target, now: number): number {
+  return cfg.balance === 'hash' ? t.weight : weightAt(t, now, cfg.slowStartMs);
+}
+
 /**
  * Plain round-robin over targets of equal weight without slow start: a cursor and nothing else,
  * so the common case costs what it always did.

@@ -1,6 +1,7 @@
 import type { RouteSplitConfig } from '../config/schema';
 import type { RequestContext } from '../context';
 import type { CounterCell, CounterFamily } from '../observability/fast-metrics';
+import { SplitSideMetrics } from '../observability/metrics';
 import type { CompiledRoute } from '../routes';
 import { hash32, keyReader, type KeyReader } from './balance';
 
@@ -34,6 +35,7 @@ export class TrafficSplit {
   private readonly bounds: Uint32Array;
   private readonly total: number;
   private readonly scores: Float64Array;
+  private readonly cfg: RouteSplitConfig;
 
   constructor(cfg: RouteSplitConfig, routeFor: (upstream: string) => CompiledRoute, counter: CounterFamily, routeName: string) {
     this.sides = cfg.sides.map((s) => ({
@@ -54,6 +56,28 @@ export class TrafficSplit {
     this.sides.forEach((s, i) => (this.bounds[i] = total += s.weight));
     this.total = total;
     this.scores = new Float64Array(this.sides.length);
+    this.cfg = cfg;
+  }
+
+  /** The sides with their weights, rules and requests by reason (since the gateway started), for the admin API. */
+  status() {
+    return {
+      sticky: this.cfg.sticky ?? null,
+      sides: this.sides.map((s, i) => {
+        const up = s.route.upstream;
+        return {
+          upstream: up.name,
+          weight: s.weight,
+          share: this.total === 0 ? 0 : s.weight / this.total,
+          match: this.cfg.sides[i].match ?? [],
+          requests: { match: s.byMatch.value, sticky: s.bySticky.value, weight: s.byWeight.value },
+          responses: s.route.metrics instanceof SplitSideMetrics ? s.route.metrics.responses() : null,
+          available: up.targets.filter((t) => t.state.routable).length,
+          targets: up.targets.length,
+          panic: up.panicking,
+        };
+      }),
+    };
   }
 
   /** The route, bound to one side's upstream, that forwards this request. */

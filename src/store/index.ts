@@ -1,6 +1,7 @@
 import type { PluginContext } from '../plugins/types';
 import { MemoryStore } from './memory';
 import { MemoryCache } from './memory-cache';
+import { SharedMemoryStore } from './shared-buckets';
 import { ClusterRedisStore, RedisStore } from './redis';
 import type { GateStore } from './types';
 
@@ -15,7 +16,7 @@ export function createStore(ctx: PluginContext): GateStore {
     const evictions = ctx.metrics.counter('gateway_cache_evictions_total', 'Cached responses evicted from the memory store to stay within its byte bound.', []).child();
     const bytes = ctx.metrics.gauge('gateway_cache_bytes', 'Bytes of cached responses held by the memory store.', []).child();
     const cache = new MemoryCache(cfg.memory.cacheMaxBytes, { evicted: (n) => evictions.inc(n), bytes: (b) => bytes.set(b) });
-    return new MemoryStore(cfg.memory.maxKeys, undefined, cache);
+    return ctx.sharedBuckets === null ? new MemoryStore(cfg.memory.maxKeys, undefined, cache) : new SharedMemoryStore(ctx.sharedBuckets, cache);
   }
   const opts = { config: cfg.redis, log: ctx.log, metrics: ctx.metrics };
   // On a Cluster a request's buckets and its cache lookup are in different slots: two calls at once.

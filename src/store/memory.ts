@@ -11,7 +11,7 @@ const monotonicUs = (): number => Math.floor(performance.now() * 1000);
  * Fills the result fields of one bucket from its debt `d` (microseconds until the bucket is full).
  * lua/gate.lua does the same arithmetic; keep the two in step.
  */
-function bucketFields(out: number[], at: number, d: number, intervalUs: number, capUs: number, retryUs: number): void {
+export function bucketFields(out: number[], at: number, d: number, intervalUs: number, capUs: number, retryUs: number): void {
   out[at + F_REMAINING] = Math.floor((capUs - d) / intervalUs);
   out[at + F_RETRY_MS] = Math.ceil(retryUs / 1000);
   const part = d % intervalUs;
@@ -35,7 +35,7 @@ export class MemoryStore implements SyncGateStore {
 
   constructor(
     maxKeys: number,
-    private readonly now: () => number = monotonicUs,
+    protected readonly now: () => number = monotonicUs,
     readonly cache: MemoryCache = new MemoryCache(64 * 1024 * 1024),
   ) {
     this.generation = Math.max(1, Math.floor(maxKeys / 2));
@@ -62,7 +62,7 @@ export class MemoryStore implements SyncGateStore {
     return Promise.resolve(true);
   }
 
-  private buckets(req: GateRequest): GateResult {
+  protected buckets(req: GateRequest): GateResult {
     const { keys, specs } = req;
     const now = this.now();
     const n = keys.length;

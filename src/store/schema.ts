@@ -77,11 +77,10 @@ export const RedisStoreSchema = Type.Object(
       default: 2000,
       minimum: 1,
     }),
-    replicas: Type.Integer({
+    replicas: Type.Union([Type.Integer({ minimum: 1 }), Type.Literal('auto')], {
       description:
-        'How many gateway replicas share this Redis. Routes with rateLimit.failMode local divide each bucket (rate and burst) by it while Redis cannot answer, so the replicas together admit about the limit. Set it to the replica count (the Helm chart: replicaCount); too low admits more than the limit, too high less.',
+        'How many gateway replicas share this Redis. Routes with rateLimit.failMode local divide each bucket (rate and burst) by it while Redis cannot answer, so the replicas together admit about the limit. Set it to the replica count, or auto: the count in the environment variable GATEWAY_REPLICAS, which the Helm chart fills (replicaCount, or autoscaling.minReplicas); too low admits more than the limit, too high less.',
       default: 1,
-      minimum: 1,
     }),
     autoPipelining: Type.Boolean({
       description:
@@ -106,3 +105,8 @@ export const StoreSchema = Type.Object(
 
 export type StoreConfig = Static<typeof StoreSchema>;
 export type RedisStoreConfig = Static<typeof RedisStoreSchema>;
+
+/** store.redis.replicas as a count: parseConfig replaced `auto` by GATEWAY_REPLICAS, so only a number is left. */
+export function replicaCount(replicas: RedisStoreConfig['replicas']): number {
+  return typeof replicas === 'number' ? replicas : 1;
+}

@@ -153,6 +153,8 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
     }
   }
 
+  checkRemoteAuth(cfg, idHeaders, problems);
+
   cfg.routes.forEach((r, i) => {
     const auth = r.auth;
     if (!auth) return;
@@ -164,6 +166,16 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
         problems.push({ path: `${at}.methods`, message: 'clientCert needs the TLS listener to ask for client certificates (listen.tls.clientCertificates.mode request or require)' });
       }
     }
+    if (auth.methods.includes('external') && !cfg.auth.external) problems.push({ path: `${at}.methods`, message: 'external needs auth.external to be configured' });
+    if (auth.methods.includes('introspection') && !cfg.auth.introspection) {
+      problems.push({ path: `${at}.methods`, message: 'introspection needs auth.introspection to be configured' });
+    }
+    if (auth.methods.includes('oidc') && (auth.methods.includes('external') || auth.methods.includes('introspection'))) {
+      problems.push({ path: `${at}.methods`, message: 'oidc cannot share a route with external or introspection yet: give the browser login its own route' });
+    }
+    if (auth.failOpen && !auth.methods.includes('external')) {
+      problems.push({ path: `${at}.failOpen`, message: 'failing open applies to the external authorizer: add external to methods or remove failOpen' });
+    }
     if (auth.methods.includes('oidc') && !cfg.auth.oidc) problems.push({ path: `${at}.methods`, message: 'oidc needs auth.oidc to be configured' });
     if (auth.tokenTypes && !auth.methods.includes('jwt')) {
       problems.push({ path: `${at}.tokenTypes`, message: 'token types apply to JWTs: add jwt to methods or remove tokenTypes' });
@@ -173,6 +185,53 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
       problems.push({ path: `${at}.required`, message: 'roles and scopes need required: true (an anonymous caller has neither)' });
     }
   });
+}
+
+/** The external authorizer and introspection settings that span fields. */
+function checkRemoteAuth(cfg: GatewayConfig, idHeaders: string[], problems: ConfigProblem[]): void {
+  const credentialHeaders = ['authorization', cfg.auth.apiKeys.header.toLowerCase()];
+  const ext = cfg.auth.external;
+  if (ext) {
+    const forwarded = new Set(ext.forwardHeaders.map((h) => h.toLowerCase()));
+    ext.cache.identitySources.forEach((h, j) => {
+      if (!forwarded.has(h.toLowerCase())) {
+        problems.push({ path: `auth.external.cache.identitySources[${j}]`, message: `"${h}" is not in forwardHeaders: decisions are only keyed by what the authorizer sees` });
+      }
+    });
+    if (ext.cache.identitySources.length === 0) problems.push({ path: 'auth.external.cache.identitySources', message: 'at least one header is needed to tell callers apart' });
+    // The user id header is free for the authorizer to set (its identity names no user); the consumer and roles headers are the gateway's.
+    const gatewaySet = [cfg.auth.identityHeaders.consumerId, cfg.auth.identityHeaders.roles].map((h) => h.toLowerCase());
+    ext.upstreamHeaders.forEach((h, j) => {
+      const lower = h.toLowerCase();
+      if (gatewaySet.includes(lower) || credentialHeaders.includes(lower) || lower === 'host' || lower === 'content-length' || lower === 'transfer-encoding') {
+        problems.push({ path: `auth.external.upstreamHeaders[${j}]`, message: 'collides with the consumer or roles header the gateway sets, or a credential or framing header' });
+      }
+    });
+    ext.clientHeaders.forEach((h, j) => {
+      if (['content-length', 'transfer-encoding', 'connection'].includes(h.toLowerCase())) {
+        problems.push({ path: `auth.external.clientHeaders[${j}]`, message: 'a framing header is the gateway\'s to set, never relayed' });
+      }
+    });
+    try {
+      new URL(ext.url);
+    } catch {
+      problems.push({ path: 'auth.external.url', message: `"${ext.url}" is not a URL` });
+    }
+  }
+  const intro = cfg.auth.introspection;
+  if (intro) {
+    for (const name of Object.keys(intro.claimHeaders)) {
+      const lower = name.toLowerCase();
+      if (idHeaders.includes(lower) || credentialHeaders.includes(lower)) {
+        problems.push({ path: `auth.introspection.claimHeaders[${JSON.stringify(name)}]`, message: 'collides with an identity or credential header' });
+      }
+    }
+    try {
+      new URL(intro.url);
+    } catch {
+      problems.push({ path: 'auth.introspection.url', message: `"${intro.url}" is not a URL` });
+    }
+  }
 }
 
 function httpUrl(value: string, path: string, problems: ConfigProblem[]): URL | null {

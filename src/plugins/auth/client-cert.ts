@@ -83,18 +83,18 @@ export class ClientCertAuthenticator {
     if (!s.authorized) {
       this.counts.unverified.inc();
       // authorizationError is OpenSSL's verdict (a fixed code such as UNABLE_TO_VERIFY_LEAF_SIGNATURE), nothing the client wrote.
-      throw new AuthFailure(`the client certificate did not verify against the configured CA (${String(s.authorizationError)})`, false, 'CLIENT_CERT_INVALID');
+      throw new AuthFailure(`the client certificate did not verify against the configured CA (${String(s.authorizationError)})`, false, false, 'CLIENT_CERT_INVALID');
     }
     const cert = s.getPeerCertificate();
     const id = this.nameOf(cert.subject as unknown as Record<string, string | string[]> | undefined, cert.subjectaltname);
     if (id === undefined) {
       this.counts.no_identity.inc();
-      throw new AuthFailure(`the client certificate has no ${this.cfg.consumerFrom} to identify the caller`, false, 'CLIENT_CERT_NO_IDENTITY');
+      throw new AuthFailure(`the client certificate has no ${this.cfg.consumerFrom} to identify the caller`, false, false, 'CLIENT_CERT_NO_IDENTITY');
     }
     const known = this.consumers.get(id);
     if (known === undefined && this.cfg.requireKnownConsumer) {
       this.counts.unknown_consumer.inc();
-      throw new AuthFailure('the client certificate names no known consumer', false, 'CLIENT_CERT_UNKNOWN_CONSUMER');
+      throw new AuthFailure('the client certificate names no known consumer', false, false, 'CLIENT_CERT_UNKNOWN_CONSUMER');
     }
     const roles = known ? known.config.roles : [];
     const extra: [string, string][] = [];
@@ -111,7 +111,7 @@ export class ClientCertAuthenticator {
     } catch (err) {
       if (!(err instanceof UnsendableIdentityError)) throw err;
       this.counts.unsendable.inc();
-      throw new AuthFailure(`the client certificate identity cannot be forwarded: ${err.message}`, false, 'CLIENT_CERT_NO_IDENTITY');
+      throw new AuthFailure(`the client certificate identity cannot be forwarded: ${err.message}`, false, false, 'CLIENT_CERT_NO_IDENTITY');
     }
     const verified: Verified = {
       identity: { consumerId: id, roles, scopes: known ? known.config.scopes : [], method: 'clientCert', headers },

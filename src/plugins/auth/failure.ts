@@ -10,6 +10,8 @@ export class AuthFailure extends Error {
     message: string,
     /** The key source (JWKS, key store) is unreachable, so nothing can be verified: 503, not 401. */
     readonly unavailable = false,
+    /** The unavailable source is a remote auth service (introspection), not a key source. */
+    readonly remote = false,
     /** A more precise code than UNAUTHENTICATED for the answer. */
     readonly code?: ErrorCode,
   ) {

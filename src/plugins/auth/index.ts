@@ -6,6 +6,10 @@ import { ApiKeyAuthenticator, MemoryKeyStore, type KeyStore } from './api-keys';
 import { readPublicKeyPem } from './check';
 import { ClientCertAuthenticator } from './client-cert';
 import { ConsumerDirectory } from './consumers';
+import { ExternalAuthorizer } from './external';
+import { Introspector } from './introspection';
+import { RemoteMetrics, remoteMetricFamilies, RemoteService, type RemoteMetricFamilies, type RemoteServiceName } from './remote-call';
+import type { AuthBreakerConfig } from './remote-schema';
 import { headerVariants, type IdentityHeaderNames } from './identity-headers';
 import { JwksKeySource } from './jwks';
 import { algorithmsForKey, claimRules, JwtAuthenticator, keyVerifier, loadPublicKey, type KeySource, type TokenIssuers } from './jwt';
@@ -16,7 +20,13 @@ import type { JwtConfig, JwtKeyConfig } from './schema';
 import { AuthStep, type CredentialSources } from './step';
 
 /** Auth metrics live as long as the gateway: plugins are rebuilt on reload, metric families are not. */
-function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetches: CounterFamily; jwtIssuers: CounterFamily; clientCerts: CounterFamily } {
+function authMetrics(ctx: PluginContext): {
+  decisions: CounterFamily;
+  jwksFetches: CounterFamily;
+  jwtIssuers: CounterFamily;
+  clientCerts: CounterFamily;
+  remote: RemoteMetricFamilies;
+} {
   return ctx.shared('auth:metrics', () => {
     const jwksFetches = ctx.metrics.counter('gateway_auth_jwks_fetches_total', 'Fetches of the JWKS key set, by result (ok, error).', ['result']);
     // Both series from the start: a dashboard shows 0 fetch errors rather than nothing.
@@ -39,6 +49,7 @@ function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetche
         'Client certificates checked as credentials, by result: ok, unverified (did not chain to the CA), no_identity (no subject CN or SAN of the configured kind), unknown_consumer, unsendable (the name cannot be an identity header).',
         ['result'],
       ),
+      remote: remoteMetricFamilies(ctx.metrics),
     };
   });
 }
@@ -55,6 +66,26 @@ function oidcMetrics(ctx: PluginContext): OidcMetrics {
     for (const r of ['ok', 'refused', 'error']) refreshes.child(r);
     return { logins, callbackFailures, refreshes };
   });
+}
+
+/**
+ * The pool, breaker and time budget of a remote auth service outlive reloads that keep its
+ * settings; the decision caches belong to the runtime (they hold identities built from its consumers).
+ */
+function remoteService(
+  ctx: PluginContext,
+  name: RemoteServiceName,
+  cfg: { url: string; timeoutMs: number; connections: number; breaker: AuthBreakerConfig },
+  maxBytes: number,
+): { service: RemoteService; metrics: RemoteMetrics } {
+  const metrics = ctx.shared(`auth:remote-metrics:${name}`, () => new RemoteMetrics(authMetrics(ctx).remote, name));
+  const key = JSON.stringify([cfg.url, cfg.timeoutMs, cfg.connections, cfg.breaker, maxBytes]);
+  const service = ctx.shared(`auth:remote:${name}:${key}`, () => {
+    const s = new RemoteService({ name, url: cfg.url, timeoutMs: cfg.timeoutMs, connections: cfg.connections, maxBytes, breaker: cfg.breaker, metrics, log: ctx.log });
+    ctx.addResource(s);
+    return s;
+  });
+  return { service, metrics };
 }
 
 /**
@@ -101,6 +132,12 @@ function tokenIssuers(jwt: JwtConfig, ctx: PluginContext): TokenIssuers {
   return { byIss, unknown: counts.child('unknown') };
 }
 
+/** The iss values a JWT verified here carries (issuer or issuers[]), or undefined when any is accepted. */
+function localIssuers(jwt: JwtConfig | undefined): ReadonlySet<string> | undefined {
+  if (jwt?.issuers !== undefined) return new Set(jwt.issuers.map((i) => i.issuer));
+  return jwt?.issuer !== undefined ? new Set([jwt.issuer]) : undefined;
+}
+
 /**
  * Authentication at the door. Every route loses client-sent identity headers; routes with `auth`
  * also get a step that verifies the credential, checks the route's rules, sets ctx.identity and
@@ -114,6 +151,19 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
   // Node refuses a longer head (431) before any of this runs, so the listener's limit is the natural default.
   const maxTokenBytes = auth.jwt?.maxTokenBytes ?? cfg.policies.limits.maxHeaderBytes;
   const jwt = auth.jwt ? new JwtAuthenticator(auth.jwt, tokenIssuers(auth.jwt, ctx), consumers, names, maxTokenBytes) : null;
+  let introspection: Introspector | null = null;
+  if (auth.introspection) {
+    const i = auth.introspection;
+    const { service, metrics } = remoteService(ctx, 'introspection', i, i.maxResponseBytes);
+    introspection = new Introspector(i, service, consumers, names, metrics, maxTokenBytes, ctx.log);
+  }
+  let external: ExternalAuthorizer | null = null;
+  let externalMetrics: RemoteMetrics | null = null;
+  if (auth.external) {
+    const { service, metrics } = remoteService(ctx, 'external', auth.external, Math.max(auth.external.denyBodyMaxBytes, 16384));
+    external = new ExternalAuthorizer(auth.external, service, consumers, names, metrics);
+    externalMetrics = metrics;
+  }
 
   const certCfg = auth.clientCert;
   const clientCert = certCfg ? new ClientCertAuthenticator(certCfg, consumers, names, authMetrics(ctx).clientCerts) : null;
@@ -140,16 +190,23 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
     jwtQuery: auth.jwt?.query,
     apiKeyQuery: auth.apiKeys.query,
     realm: auth.realm,
+    introspection,
+    external,
+    externalMetrics,
+    jwtIssuers: localIssuers(auth.jwt),
     oidc,
   };
   const { decisions } = authMetrics(ctx);
 
   const certHeaders = certCfg ? [certCfg.subjectHeader, certCfg.fingerprintHeader] : [];
+  // Headers the external authorizer or the introspection answer may set are identity too.
   const identityDrops = [
     names.consumerId,
     names.userId,
     names.roles,
     ...Object.keys(auth.jwt?.claimHeaders ?? {}),
+    ...Object.keys(auth.introspection?.claimHeaders ?? {}),
+    ...(auth.external?.upstreamHeaders ?? []),
     ...Object.keys(oidcCfg?.claimHeaders ?? {}),
     ...certHeaders,
   ].flatMap(headerVariants);

@@ -259,7 +259,7 @@ export class JwtAuthenticator {
     const known = iss === undefined ? undefined : issuers.byIss.get(iss);
     if (known !== undefined) return known;
     issuers.unknown.inc();
-    throw new AuthFailure(iss === undefined ? 'the token names no issuer (iss)' : 'the token issuer (iss) is not accepted', false, 'UNKNOWN_TOKEN_ISSUER');
+    throw new AuthFailure(iss === undefined ? 'the token names no issuer (iss)' : 'the token issuer (iss) is not accepted', false, false, 'UNKNOWN_TOKEN_ISSUER');
   }
 
   private verifyWith(verify: KeyVerifier, token: string, now: number): Verified {

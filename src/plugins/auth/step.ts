@@ -2,9 +2,12 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { Step, StepResult } from '../../chain';
 import type { RequestContext } from '../../context';
 import type { CounterCell, CounterFamily } from '../../observability/fast-metrics';
-import { GatewayError } from '../../errors';
+import { bodyPending, GatewayError } from '../../errors';
 import type { ApiKeyAuthenticator } from './api-keys';
 import type { ClientCertAuthenticator } from './client-cert';
+import type { Decision, Denied, ExternalAuthorizer } from './external';
+import type { Introspector } from './introspection';
+import { RemoteDown, type RemoteMetrics } from './remote-call';
 import type { Verified } from './consumers';
 import { bearerToken, cookieValue, queryValue, withoutCookies, withoutQueryParams } from './credentials';
 import { AuthFailure } from './failure';
@@ -26,22 +29,58 @@ export interface CredentialSources {
   apiKeyQuery: string | undefined;
   realm: string;
   oidc: OidcLogin | null;
+  introspection: Introspector | null;
+  external: ExternalAuthorizer | null;
+  externalMetrics: RemoteMetrics | null;
+  /** auth.jwt.issuer or issuers[]: on a route with jwt and introspection, a JWT from one is verified locally. */
+  jwtIssuers: ReadonlySet<string> | undefined;
+}
+
+const NONE = 0;
+const JWT = 1;
+const KEY = 2;
+const INTROSPECTION = 3;
+const EXTERNAL = 4;
+const CLIENT_CERT = 5;
+type Chosen = typeof NONE | typeof JWT | typeof KEY | typeof INTROSPECTION | typeof EXTERNAL | typeof CLIENT_CERT;
+// oidc routes take runWithLogin and never this order.
+const METHOD_CODES = { jwt: JWT, apiKey: KEY, introspection: INTROSPECTION, external: EXTERNAL, clientCert: CLIENT_CERT, oidc: NONE } as const;
+
+const B64URL_SEGMENT = /^[A-Za-z0-9_-]+$/;
+
+/**
+ * Whether a bearer token is a JWT this gateway verifies itself: three base64url segments whose
+ * payload is a JSON object with one of the configured issuers (any issuer when none is configured).
+ * Anything else is an opaque token for the introspection endpoint.
+ */
+export function isLocalJwt(token: string, issuers: ReadonlySet<string> | undefined): boolean {
+  const a = token.indexOf('.');
+  const b = a < 0 ? -1 : token.indexOf('.', a + 1);
+  if (b < 0 || token.indexOf('.', b + 1) >= 0) return false;
+  const payload = token.slice(a + 1, b);
+  if (!B64URL_SEGMENT.test(token.slice(0, a)) || !B64URL_SEGMENT.test(payload)) return false;
+  let claims: unknown;
+  try {
+    claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8'));
+  } catch {
+    return false;
+  }
+  if (claims === null || typeof claims !== 'object' || Array.isArray(claims)) return false;
+  if (issuers === undefined) return true;
+  const iss = (claims as { iss?: unknown }).iss;
+  return typeof iss === 'string' && issuers.has(iss);
 }
 
 type Result = 'ok' | 'anonymous' | 'unauthenticated' | 'forbidden' | 'unavailable';
 
-/** Credential kinds, in the order a route lists them. */
-const JWT = 1;
-const API_KEY = 2;
-const CLIENT_CERT = 3;
-type Kind = typeof JWT | typeof API_KEY | typeof CLIENT_CERT;
-const KINDS: Record<string, Kind> = { jwt: JWT, apiKey: API_KEY, clientCert: CLIENT_CERT };
-
 /** The auth step of one route: everything it needs is decided here, once, at start-up. */
 export class AuthStep implements Step {
   readonly name = 'auth';
-  /** The route's methods that can be used, in its order. */
-  private readonly order: readonly Kind[];
+  /** The route's methods that can be used, in its order, as codes. */
+  private readonly order: readonly Chosen[];
+  private readonly useJwt: boolean;
+  private readonly useIntrospection: boolean;
+  private readonly failOpen: boolean;
   private readonly required: boolean;
   private readonly roles: ReadonlySet<string> | null;
   private readonly scopes: ReadonlyMap<string, readonly string[]> | null;
@@ -70,10 +109,11 @@ export class AuthStep implements Step {
     private readonly log: FastifyBaseLogger,
   ) {
     // A route with oidc takes runWithLogin, which walks the methods itself.
-    this.order = auth.methods
-      .filter((m) => m !== 'oidc' && (m !== 'jwt' || src.jwt !== null) && (m !== 'clientCert' || src.clientCert !== null))
-      .map((m) => KINDS[m]);
+    this.order = auth.methods.filter((m) => m !== 'oidc' && (m !== 'clientCert' || src.clientCert !== null)).map((m) => METHOD_CODES[m]);
     this.certOnly = auth.methods.length === 1 && auth.methods[0] === 'clientCert';
+    this.useJwt = auth.methods.includes('jwt') && src.jwt !== null;
+    this.useIntrospection = auth.methods.includes('introspection') && src.introspection !== null;
+    this.failOpen = auth.failOpen;
     this.required = auth.required;
     this.roles = auth.roles ? new Set(auth.roles) : null;
     this.scopes = auth.scopes ? new Map(Object.entries(auth.scopes)) : null;
@@ -91,10 +131,12 @@ export class AuthStep implements Step {
     const realm = `realm="${src.realm}"`;
     const bearer = `Bearer ${realm}`;
     const apiKey = `ApiKey ${realm}, header="${src.apiKeyHeaderName}"`;
-    // A login session and a client certificate have no WWW-Authenticate scheme: a route with only those sends none.
+    // A login session and a client certificate have no WWW-Authenticate scheme, and the external authorizer speaks
+    // for itself (its refusals are relayed): a route with only those sends none. jwt and introspection share one
+    // Bearer challenge.
     const challenges = (jwtError: string, keyError: string): Record<string, string> => {
-      const list = auth.methods.flatMap((m) => (m === 'jwt' ? [bearer + jwtError] : m === 'apiKey' ? [apiKey + keyError] : []));
-      return list.length ? { 'www-authenticate': list.join(', ') } : {};
+      const list = auth.methods.flatMap((m) => (m === 'jwt' || m === 'introspection' ? [bearer + jwtError] : m === 'apiKey' ? [apiKey + keyError] : []));
+      return list.length ? { 'www-authenticate': [...new Set(list)].join(', ') } : {};
     };
     this.missing = challenges('', '');
     this.badToken = challenges(', error="invalid_token"', '');
@@ -113,20 +155,28 @@ export class AuthStep implements Step {
     if (this.oidc !== null) return this.runWithLogin(ctx, this.oidc);
     if (this.stripCookies !== null) this.forwardCookiesWithoutToken(ctx);
     let credential: string | undefined;
-    let kind: Kind | 0 = 0;
+    let chosen: Chosen = NONE;
     const order = this.order;
-    for (let i = 0; i < order.length; i++) {
-      const k = order[i];
-      if (k === JWT) credential = this.jwtToken(ctx);
-      else if (k === API_KEY) credential = this.apiKey(ctx);
-      else if (this.src.clientCert!.presented(ctx.socket)) credential = '';
-      if (credential !== undefined) {
-        kind = k;
-        break;
+    for (let i = 0; i < order.length && chosen === NONE; i++) {
+      switch (order[i]) {
+        case JWT:
+        case INTROSPECTION:
+          credential = order[i] === JWT ? this.jwtToken(ctx) : this.introspectionToken(ctx);
+          if (credential !== undefined) chosen = this.bearerKind(credential);
+          break;
+        case KEY:
+          credential = this.apiKey(ctx);
+          if (credential !== undefined) chosen = KEY;
+          break;
+        case CLIENT_CERT:
+          if (this.src.clientCert!.presented(ctx.socket)) chosen = CLIENT_CERT;
+          break;
+        case EXTERNAL:
+          if (this.src.external!.hasCredential(ctx)) chosen = EXTERNAL;
       }
     }
     if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
-    if (kind === 0) {
+    if (chosen === NONE) {
       if (this.required) {
         this.counts.unauthenticated.inc();
         if (this.certOnly) throw new GatewayError('CLIENT_CERT_REQUIRED', { detail: 'this route requires a TLS client certificate' });
@@ -135,25 +185,97 @@ export class AuthStep implements Step {
       this.counts.anonymous.inc();
       return true;
     }
+    if (chosen === EXTERNAL) return this.runExternal(ctx);
     let verified: Verified | Promise<Verified>;
     try {
-      if (kind === JWT) verified = this.src.jwt!.authenticate(credential!);
-      else if (kind === API_KEY) verified = this.src.apiKeys.authenticate(credential!);
-      else verified = this.src.clientCert!.authenticate(ctx.socket);
+      if (chosen === JWT) verified = this.src.jwt!.authenticate(credential!);
+      else if (chosen === KEY) verified = this.src.apiKeys.authenticate(credential!);
+      else if (chosen === CLIENT_CERT) verified = this.src.clientCert!.authenticate(ctx.socket);
+      else verified = this.src.introspection!.authenticate(credential!, ctx.trace);
     } catch (err) {
-      throw this.refusal(err, kind);
+      throw this.refusal(err, chosen);
     }
     if (verified instanceof Promise) {
       return verified.then(
         (v) => this.admit(ctx, v),
         (err: unknown) => {
-          throw this.refusal(err, kind);
+          throw this.refusal(err, chosen);
         },
       );
     }
     return this.admit(ctx, verified);
   }
 
+  /** A bearer token on a route with both jwt and introspection goes to the one that can check it. */
+  private bearerKind(token: string): Chosen {
+    if (!this.useIntrospection) return JWT;
+    if (!this.useJwt) return INTROSPECTION;
+    return isLocalJwt(token, this.src.jwtIssuers) ? JWT : INTROSPECTION;
+  }
+
+  private introspectionToken(ctx: RequestContext): string | undefined {
+    return this.useIntrospection ? bearerToken(ctx.req.headers.authorization) : undefined;
+  }
+
+  private runExternal(ctx: RequestContext): StepResult {
+    let decision: Decision | Promise<Decision>;
+    try {
+      decision = this.src.external!.decide(ctx, this.routeName);
+    } catch (err) {
+      return this.externalFailed(err);
+    }
+    if (decision instanceof Promise) {
+      return decision.then(
+        (d) => this.applyDecision(ctx, d),
+        (err: unknown) => this.externalFailed(err),
+      );
+    }
+    return this.applyDecision(ctx, decision);
+  }
+
+  private applyDecision(ctx: RequestContext, d: Decision): boolean {
+    const m = this.src.externalMetrics!;
+    if (!d.allow) {
+      m.deny.inc();
+      return this.relayDenial(ctx, d);
+    }
+    m.allow.inc();
+    if (d.verified !== null) return this.admit(ctx, d.verified);
+    // Allowed without an identity: the route's role and scope rules cannot be met.
+    if (this.roles !== null || this.scopes !== null) throw this.forbidden('the authorizer named no caller, and this route requires roles or scopes');
+    const headers = d.headers;
+    for (let i = 0; i < headers.length; i++) ctx.addUpstreamHeader(headers[i][0], headers[i][1]);
+    this.counts.ok.inc();
+    return true;
+  }
+
+  /** The authorizer could not decide: 503, or through without an identity when the route fails open. */
+  private externalFailed(err: unknown): true {
+    if (!(err instanceof RemoteDown)) throw this.refusal(err, EXTERNAL);
+    const m = this.src.externalMetrics!;
+    if (this.failOpen) {
+      m.failOpen.inc();
+      this.counts.anonymous.inc();
+      return true;
+    }
+    m.unavailable.inc();
+    this.counts.unavailable.inc();
+    throw new GatewayError('AUTHORIZER_UNAVAILABLE', { detail: err.message, headers: { 'retry-after': 1 } });
+  }
+
+  /** The authorizer's refusal goes to the client as it gave it: status, selected headers, body. */
+  private relayDenial(ctx: RequestContext, d: Denied): false {
+    const res = ctx.res;
+    (d.status === 403 ? this.counts.forbidden : this.counts.unauthenticated).inc();
+    ctx.errorCode = d.status === 403 ? 'FORBIDDEN' : 'UNAUTHENTICATED';
+    if (res.headersSent || res.destroyed) return false;
+    if (bodyPending(ctx.req)) res.shouldKeepAlive = false;
+    const list: string[] = [...d.headers, 'content-length', String(d.body.length), 'x-request-id', ctx.id, 'cache-control', 'no-store'];
+    if (ctx.responseHeaders !== null) for (const h of ctx.responseHeaders) list.push(h);
+    res.writeHead(d.status, list);
+    res.end(d.body);
+    return false;
+  }
   /**
    * A route that lists `oidc`: its callback and logout paths are answered here; otherwise the
    * credentials are tried in the route's order, the session cookie standing for `oidc`, and a
@@ -173,13 +295,13 @@ export class AuthStep implements Step {
         try {
           v = oidc.authenticate(ctx, cookies, session);
         } catch (err) {
-          throw this.refusal(err, API_KEY);
+          throw this.refusal(err, KEY);
         }
         if (v instanceof Promise) {
           return v.then(
             (r) => this.admitSession(ctx, oidc, r),
             (err: unknown) => {
-              throw this.refusal(err, API_KEY);
+              throw this.refusal(err, KEY);
             },
           );
         }
@@ -200,7 +322,7 @@ export class AuthStep implements Step {
       const credential = isJwt ? this.jwtToken(ctx) : this.apiKey(ctx);
       if (credential === undefined) continue;
       if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
-      const kind = isJwt ? JWT : API_KEY;
+      const kind = isJwt ? JWT : KEY;
       let verified: Verified | Promise<Verified>;
       try {
         verified = isJwt ? this.src.jwt!.authenticate(credential) : this.src.apiKeys.authenticate(credential);
@@ -235,10 +357,11 @@ export class AuthStep implements Step {
   }
 
   private readonly loginRefusal = (err: unknown): never => {
-    throw this.refusal(err, API_KEY);
+    throw this.refusal(err, KEY);
   };
 
   private jwtToken(ctx: RequestContext): string | undefined {
+    if (!this.useJwt) return undefined;
     const req = ctx.req;
     let token = bearerToken(req.headers.authorization);
     if (token === undefined && this.src.jwtCookie !== undefined) token = cookieValue(req.headers.cookie, this.src.jwtCookie);
@@ -287,11 +410,12 @@ export class AuthStep implements Step {
   }
 
   /** Any failure to verify is the client's 401 (or 503 when the key source is down), never a 500. */
-  private refusal(err: unknown, kind: Kind): GatewayError {
+  private refusal(err: unknown, kind: Chosen): GatewayError {
     if (err instanceof GatewayError) return err;
     if (err instanceof AuthFailure && err.unavailable) {
       this.counts.unavailable.inc();
-      return new GatewayError('AUTH_UNAVAILABLE', { detail: err.message, headers: { 'retry-after': 1 } });
+      const code = err.remote ? 'AUTHORIZER_UNAVAILABLE' : 'AUTH_UNAVAILABLE';
+      return new GatewayError(code, { detail: err.message, headers: { 'retry-after': 1 } });
     }
     if (!(err instanceof AuthFailure)) this.log.warn({ err: { message: (err as Error)?.message } }, 'credential verification failed unexpectedly');
     const detail = err instanceof AuthFailure ? err.message : 'the credentials are not valid';
@@ -302,6 +426,6 @@ export class AuthStep implements Step {
       return new GatewayError(code, { detail });
     }
     this.counts.unauthenticated.inc();
-    return new GatewayError(code, { detail, headers: kind === JWT ? this.badToken : kind === API_KEY ? this.badKey : this.badCert });
+    return new GatewayError(code, { detail, headers: kind === KEY ? this.badKey : kind === CLIENT_CERT ? this.badCert : this.badToken });
   }
 }

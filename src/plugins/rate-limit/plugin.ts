@@ -6,6 +6,7 @@ import { sendProblem } from '../../errors';
 import type { CounterCell, CounterFamily } from '../../observability/fast-metrics';
 import type { CompiledRoute } from '../../routes';
 import { MemoryStore } from '../../store/memory';
+import { replicaCount } from '../../store/schema';
 import { MemoryCache } from '../../store/memory-cache';
 import { BUCKET_FIELDS, F_NEXT_MS, F_REMAINING, F_RESET_MS, F_RETRY_MS, type CacheFound, type GateResult, type GateStore } from '../../store/types';
 import type { Plugin, PluginContext } from '../types';
@@ -296,7 +297,7 @@ export class RateLimitPlugin implements Plugin {
     // Shared like the Redis store: a reload during an outage must not refill the local buckets.
     const memory = ctx.config.store.memory;
     this.local = wanted
-      ? { store: ctx.shared('ratelimit.local', () => new MemoryStore(memory.maxKeys, undefined, new MemoryCache(1024))), replicas: ctx.config.store.redis.replicas }
+      ? { store: ctx.shared('ratelimit.local', () => new MemoryStore(memory.maxKeys, undefined, new MemoryCache(1024))), replicas: replicaCount(ctx.config.store.redis.replicas) }
       : null;
   }
 
