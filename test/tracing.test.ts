@@ -276,6 +276,78 @@ t.test('sampling: ratio 0 exports nothing but still propagates; a route may over
   t.equal(TRACEPARENT.exec(String(up.seen[7].headers.traceparent))?.[3], '00');
 });
 
+t.test('an unsampled request gets no span but a correct trace context upstream', async (t) => {
+  const { gw, up, otlp } = await setup(t, { sampleRatio: 0 });
+  const incoming = `00-${TRACE_ID}-${PARENT_ID}-00`;
+  t.equal((await call(gw.url, '/users/1', { headers: { traceparent: incoming, tracestate: 'congo=t61rcWkgMzE,rojo=00f067aa0ba902b7' } })).status, 200);
+  const first = TRACEPARENT.exec(String(up.seen[0].headers.traceparent));
+  t.equal(first?.[1], TRACE_ID, 'the trace goes on');
+  t.not(first?.[2], PARENT_ID, 'under a parent id of the gateway');
+  t.not(first?.[2], '0'.repeat(16));
+  t.equal(first?.[3], '00', 'not sampled');
+  t.equal(up.seen[0].headers.tracestate, 'congo=t61rcWkgMzE,rojo=00f067aa0ba902b7', 'tracestate travels on');
+  t.equal(up.seen[0].rawHeaders.filter((h) => h.toLowerCase() === 'traceparent').length, 1, 'one traceparent');
+
+  // Invalid traceparents start a new trace, and their tracestate is dropped (W3C §3.3).
+  const invalid = [
+    `00-${TRACE_ID.toUpperCase()}-${PARENT_ID}-01`,
+    `ff-${TRACE_ID}-${PARENT_ID}-01`,
+    `00-${'0'.repeat(32)}-${PARENT_ID}-01`,
+    `00-${TRACE_ID}-${'0'.repeat(16)}-01`,
+    `00-${TRACE_ID}-${PARENT_ID}-01-extra`,
+    `00-${TRACE_ID}-${PARENT_ID}-0g`,
+    `00-${TRACE_ID.slice(1)}-${PARENT_ID}-01`,
+  ];
+  for (const tp of invalid) t.equal((await call(gw.url, '/users/1', { headers: { traceparent: tp, tracestate: 'a=b' } })).status, 200, tp);
+  for (let i = 1; i <= invalid.length; i++) {
+    const m = TRACEPARENT.exec(String(up.seen[i].headers.traceparent));
+    t.ok(m !== null && m[1] !== TRACE_ID && m[1] !== '0'.repeat(32) && m[3] === '00', `${invalid[i - 1]}: a new unsampled trace (${String(up.seen[i].headers.traceparent)})`);
+    t.notOk('tracestate' in up.seen[i].headers, 'no tracestate without a valid traceparent');
+  }
+  // A later version may add fields: its trace goes on, sent on as version 00.
+  t.equal((await call(gw.url, '/users/1', { headers: { traceparent: `cc-${TRACE_ID}-${PARENT_ID}-00-what-comes-later` } })).status, 200);
+  t.equal(TRACEPARENT.exec(String(up.seen[invalid.length + 1].headers.traceparent))?.[1], TRACE_ID);
+  t.same(
+    accessLines(gw).map((l) => l.traceId),
+    up.seen.map((s) => TRACEPARENT.exec(String(s.headers.traceparent))?.[1]),
+    'each access line names the trace its upstream request carried',
+  );
+  await gw.close();
+  t.equal(otlp.spans.length, 0, 'nothing was recorded');
+});
+
+t.test('at a ratio, sampled and unsampled requests alike carry their own trace id upstream and in the access line', async (t) => {
+  const { gw, up, otlp } = await setup(t, { sampleRatio: 0.5 });
+  const n = 40;
+  for (let i = 0; i < n; i++) t.equal((await call(gw.url, `/users/${i}`)).status, 200);
+  await gw.close();
+  const upstream = up.seen.map((s) => TRACEPARENT.exec(String(s.headers.traceparent))!);
+  const sampled = upstream.filter((m) => m[3] === '01');
+  t.ok(sampled.length > 0 && sampled.length < n, `both kinds occur at 0.5 (${sampled.length} of ${n} sampled)`);
+  t.equal(new Set(upstream.map((m) => m[1])).size, n, 'a trace each');
+  const servers = byKind(otlp.spans, SPAN_KIND.SERVER);
+  t.same(servers.map((s) => s.traceId).sort(), sampled.map((m) => m[1]).sort(), 'exactly the sampled requests were recorded, with the trace id the upstream saw');
+  const clients = new Map(byKind(otlp.spans, SPAN_KIND.CLIENT).map((c) => [c.spanId, c]));
+  for (const m of sampled) t.equal(clients.get(m[2])?.traceId, m[1], 'the upstream of a sampled request has its client span as parent');
+  t.same(accessLines(gw).map((l) => l.traceId), upstream.map((m) => m[1]), 'the access lines name those traces');
+});
+
+t.test('traceparentFlags follows W3C Trace Context', async (t) => {
+  const { traceparentFlags } = await import('../src/observability/tracing');
+  t.equal(traceparentFlags(`00-${TRACE_ID}-${PARENT_ID}-01`), 1);
+  t.equal(traceparentFlags(`00-${TRACE_ID}-${PARENT_ID}-00`), 0);
+  t.equal(traceparentFlags(`00-${TRACE_ID}-${PARENT_ID}-03`), 3);
+  t.equal(traceparentFlags(`01-${TRACE_ID}-${PARENT_ID}-01-future`), 1, 'a later version with more fields');
+  t.equal(traceparentFlags(`01-${TRACE_ID}-${PARENT_ID}-01`), 1, 'a later version without');
+  t.equal(traceparentFlags(`01-${TRACE_ID}-${PARENT_ID}-01x`), -1, 'more fields follow a dash');
+  t.equal(traceparentFlags(`00-${TRACE_ID}-${PARENT_ID}-01-`), -1, 'version 00 has exactly four fields');
+  t.equal(traceparentFlags(`ff-${TRACE_ID}-${PARENT_ID}-01`), -1);
+  t.equal(traceparentFlags(`00-${TRACE_ID}-${PARENT_ID.toUpperCase()}-01`), -1, 'lowercase only');
+  t.equal(traceparentFlags(`00-${TRACE_ID}_${PARENT_ID}-01`), -1);
+  t.equal(traceparentFlags(`00-${TRACE_ID}-${PARENT_ID}-01, 00-${TRACE_ID}-${PARENT_ID}-01`), -1, 'two joined');
+  t.equal(traceparentFlags(''), -1);
+});
+
 t.test('tracing off: the client traceparent passes through untouched and nothing is traced', async (t) => {
   const up = await startUpstream();
   const gw = await startGateway({ upstreams: { svc: { targets: [up.url] } }, routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'svc' }] });
