@@ -348,6 +348,43 @@ t.test('traceparentFlags follows W3C Trace Context', async (t) => {
   t.equal(traceparentFlags(''), -1);
 });
 
+/** Prometheus 3's Accept header for a scrape. */
+const PROMETHEUS_ACCEPT =
+  'application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2';
+
+t.test('latency histograms carry the trace of a sampled request as exemplar when scraped as OpenMetrics', async (t) => {
+  const { gw } = await setup(t, { sampleRatio: 0 });
+  t.equal((await call(gw.url, '/users/1')).status, 200, 'an unsampled request');
+  const noExemplar = await call(gw.adminUrl, '/metrics', { headers: { accept: PROMETHEUS_ACCEPT } });
+  t.notMatch(noExemplar.body, /# \{trace_id=/, 'an unsampled request is no exemplar');
+  t.equal((await call(gw.url, '/users/2', { headers: { traceparent: `00-${TRACE_ID}-${PARENT_ID}-01` } })).status, 200, 'a sampled one');
+
+  const om = await call(gw.adminUrl, '/metrics', { headers: { accept: PROMETHEUS_ACCEPT } });
+  t.equal(om.headers['content-type'], 'application/openmetrics-text; version=1.0.0; charset=utf-8');
+  t.match(om.headers.vary, /accept/i);
+  t.ok(om.body.endsWith('# EOF\n'), 'OpenMetrics ends with # EOF');
+  for (const family of ['gateway_request_duration_seconds', 'gateway_upstream_duration_seconds', 'gateway_added_duration_seconds']) {
+    const lines = om.body.split('\n').filter((l) => l.startsWith(`${family}_bucket{route="users",`) && l.includes(' # {'));
+    t.equal(lines.length, 1, `${family}: one bucket holds the exemplar`);
+    const m = /^\S+\{route="users",le="([^"]+)"\} (\d+) # \{trace_id="([0-9a-f]{32})"\} (\S+) (\d+(?:\.\d+)?)$/.exec(lines[0] ?? '');
+    t.ok(m, `an OpenMetrics exemplar: ${lines[0]}`);
+    if (m === null) continue;
+    t.equal(m[3], TRACE_ID, 'of the sampled trace');
+    const [le, value, ts] = [Number(m[1]), Number(m[4]), Number(m[5])];
+    t.ok(value >= 0 && value <= le, `its value ${value} lies in its bucket (le ${le})`);
+    t.ok(Math.abs(ts - Date.now() / 1000) < 60, 'timestamped in seconds');
+  }
+  t.match(om.body, /\n# TYPE gateway_requests counter\ngateway_requests_total\{/, 'counters are named as OpenMetrics wants');
+
+  const text = await call(gw.adminUrl, '/metrics');
+  t.match(text.headers['content-type'], /^text\/plain; version=0\.0\.4/);
+  t.notMatch(text.body, /# \{/, 'no exemplars in the Prometheus text format');
+  t.notMatch(text.body, /# EOF/);
+  t.match(text.body, /\n# TYPE gateway_requests_total counter\n/, 'the text format keeps its names after an OpenMetrics scrape');
+  t.equal((await call(gw.adminUrl, '/metrics', { headers: { accept: 'text/plain;q=0.9, application/openmetrics-text;q=0.5' } })).headers['content-type'], text.headers['content-type'], 'text preferred by weight');
+  t.equal((await call(gw.adminUrl, '/metrics', { headers: { accept: 'application/openmetrics-text;q=0' } })).headers['content-type'], text.headers['content-type'], 'q=0 refuses');
+});
+
 t.test('tracing off: the client traceparent passes through untouched and nothing is traced', async (t) => {
   const up = await startUpstream();
   const gw = await startGateway({ upstreams: { svc: { targets: [up.url] } }, routes: [{ name: 'r', match: { prefix: '/' }, upstream: 'svc' }] });
