@@ -15,9 +15,11 @@ import { NODE_FLAGS } from '../src/lifecycle/node-flags';
  * `--warmup` requests (the JIT settles), then counts `--requests` requests; only user-space
  * instructions of the server's process are counted.
  *
- *   npm run bench:instructions -- [--server=gateway|http-proxy] [--warmup=30000] [--requests=10000] [--connections=20] [--tracing=RATIO]
+ *   npm run bench:instructions -- [--server=gateway|http-proxy] [--warmup=30000] [--requests=10000] [--connections=20] [--tracing=RATIO,...]
  *
- * --tracing turns tracing on at that sample ratio, exporting to the bench upstream (which answers 200).
+ * --tracing turns tracing on at that sample ratio, exporting to the bench upstream (which answers 200);
+ * "off" leaves it off. Several variants (`--tracing=off,0.01,1`) run one after the other, each on a
+ * fresh server, and each is compared with the first.
  */
 
 interface Options {
@@ -25,18 +27,19 @@ interface Options {
   warmup: number;
   requests: number;
   connections: number;
-  /** Sample ratio with tracing on; -1: tracing off. */
-  tracing: number;
+  /** Sample ratios to measure, one server each; -1: tracing off. */
+  tracing: number[];
 }
 
 function parseArgs(argv: string[]): Options {
-  const opts: Options = { server: 'gateway', warmup: 30000, requests: 10000, connections: 20, tracing: -1 };
+  const opts: Options = { server: 'gateway', warmup: 30000, requests: 10000, connections: 20, tracing: [-1] };
   for (const arg of argv) {
     const [k, v] = arg.replace(/^--/, '').split('=');
     if (k === 'server' && (v === 'gateway' || v === 'http-proxy')) opts.server = v;
-    else if (k === 'tracing' && Number(v) >= 0 && Number(v) <= 1) opts.tracing = Number(v);
+    else if (k === 'tracing' && v !== undefined && v.split(',').every((r) => r === 'off' || (r !== '' && Number(r) >= 0 && Number(r) <= 1)))
+      opts.tracing = v.split(',').map((r) => (r === 'off' ? -1 : Number(r)));
     else if ((k === 'warmup' || k === 'requests' || k === 'connections') && Number(v) > 0) opts[k] = Number(v);
-    else throw new Error(`bad option ${arg} (known: --server=gateway|http-proxy --warmup=N --requests=N --connections=N --tracing=RATIO)`);
+    else throw new Error(`bad option ${arg} (known: --server=gateway|http-proxy --warmup=N --requests=N --connections=N --tracing=off|RATIO,...)`);
   }
   return opts;
 }
@@ -54,7 +57,8 @@ function hasCommand(cmd: string): boolean {
 function load(url: string, amount: number, connections: number): Promise<void> {
   const bin = require.resolve('autocannon/autocannon.js');
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [bin, '-c', String(connections), '-a', String(amount), '-j', url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // A server under callgrind on a shared machine may take seconds for one answer: autocannon's 10 s default timeout is too short.
+    const child = spawn(process.execPath, [bin, '-c', String(connections), '-a', String(amount), '-t', '120', '-j', url], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.on('exit', () => {
@@ -81,11 +85,8 @@ async function dumpedTotal(file: string): Promise<number> {
   throw new Error(`callgrind wrote no dump to ${file}`);
 }
 
-async function main(): Promise<void> {
-  const opts = parseArgs(process.argv.slice(2));
-  for (const cmd of ['valgrind', 'callgrind_control']) {
-    if (!hasCommand(cmd)) throw new Error(`${cmd} is not installed (Debian: apt-get install valgrind)`);
-  }
+/** Instructions per request of one server (the gateway with tracing at `tracing`, -1: off). */
+async function measure(opts: Options, tracing: number): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), 'gw-instructions-'));
   const procs: Proc[] = [];
   try {
@@ -105,7 +106,7 @@ async function main(): Promise<void> {
           shutdown: { drainDelayMs: 0 },
           upstreams: { users: { targets: [upstreamUrl] } },
           routes: [{ name: 'users', match: { prefix: '/api/users' }, upstream: 'users' }],
-          ...(opts.tracing >= 0 ? { tracing: { enabled: true, endpoint: `${upstreamUrl}/v1/traces`, sampleRatio: opts.tracing } } : {}),
+          ...(tracing >= 0 ? { tracing: { enabled: true, endpoint: `${upstreamUrl}/v1/traces`, sampleRatio: tracing } } : {}),
         }),
       );
       serverArgs = [...NODE_FLAGS, join(DIST, 'src/main.js'), '--config', file];
@@ -119,7 +120,7 @@ async function main(): Promise<void> {
       ['--tool=callgrind', '--instr-atstart=no', '--smc-check=all-non-file', `--callgrind-out-file=${out}`, process.execPath, ...serverArgs],
       () => httpReady(url),
       { PORT: '' },
-      { command: 'valgrind', readyWithinMs: 180000 },
+      { command: 'valgrind', readyWithinMs: 300000 },
     );
     procs.push(server);
     const pid = String(server.child.pid);
@@ -128,14 +129,27 @@ async function main(): Promise<void> {
     execFileSync('callgrind_control', ['--instr=on', pid], { stdio: 'ignore' });
     await load(url, opts.requests, opts.connections);
     execFileSync('callgrind_control', ['--dump', pid], { stdio: 'ignore' });
-    const total = await dumpedTotal(`${out}.1`);
-    const perRequest = Math.round(total / opts.requests);
-    process.stdout.write(
-      `${opts.server}${opts.tracing >= 0 ? ` (tracing at ${opts.tracing})` : ''}: ${perRequest} instructions per request (${opts.requests} requests counted after ${opts.warmup} to warm up, ${opts.connections} connections)\n`,
-    );
+    return Math.round((await dumpedTotal(`${out}.1`)) / opts.requests);
   } finally {
     for (const p of procs.reverse()) await p.stop();
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const opts = parseArgs(process.argv.slice(2));
+  for (const cmd of ['valgrind', 'callgrind_control']) {
+    if (!hasCommand(cmd)) throw new Error(`${cmd} is not installed (Debian: apt-get install valgrind)`);
+  }
+  let first = 0;
+  for (const tracing of opts.tracing) {
+    const perRequest = await measure(opts, tracing);
+    first ||= perRequest;
+    const label = tracing >= 0 ? ` (tracing at ${tracing})` : opts.tracing.length > 1 ? ' (tracing off)' : '';
+    const delta = perRequest === first ? '' : ` ${perRequest > first ? '+' : ''}${(((perRequest - first) / first) * 100).toFixed(1)} % against the first`;
+    process.stdout.write(
+      `${opts.server}${label}: ${perRequest} instructions per request${delta} (${opts.requests} requests counted after ${opts.warmup} to warm up, ${opts.connections} connections)\n`,
+    );
   }
 }
 

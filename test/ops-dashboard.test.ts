@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pino from 'pino';
 import t from 'tap';
+import { WebSocket, WebSocketServer } from 'ws';
 import { Gateway } from '../src/app';
 import { parseConfig } from '../src/config/load';
 import { withTestDefaults } from './helpers/gateway';
@@ -88,7 +89,7 @@ t.test('the dashboard: variables, panels, and every query filtered by them', asy
   for (const topic of ['requests per second', 'error ratio', 'latency percentiles', 'gateway-added', 'rate-limit', 'cache hit ratio', 'breaker', 'health', 'redis', 'pool', 'queued', 'event-loop lag']) {
     t.ok(titles.includes(topic), `a panel about ${topic}`);
   }
-  const added = ['status code', 'bytes per second', 'open client connections', 'cache stores', 'jwks', 'retries', 'rejections', 'breaker transitions', 'health-check results', 'configuration reloads', 'configuration hash', 'version'];
+  const added = ['status code', 'bytes per second', 'open client connections', 'cache stores', 'jwks', 'retries', 'rejections', 'breaker transitions', 'health-check results', 'configuration reloads', 'configuration hash', 'version', 'open websockets', 'websocket upgrades', 'websocket messages', 'websocket bytes', 'tracing spans'];
   for (const topic of added) t.ok(titles.includes(topic), `a panel about ${topic}`);
   for (const { panel, expr } of exprs) {
     // A panel shows 0 when nothing happened (no series yet, or no traffic for a ratio), not "No data".
@@ -168,12 +169,26 @@ t.test('every metric the dashboard queries is exported by a running gateway, and
     drive.push(['/api/cached/1', 200], ['/api/cached/1', 200]);
   }
   t.teardown(() => redis?.close());
+  // Tracing on (sampling nothing: its counters exist from the start), and a WebSocket route.
+  config.tracing = { enabled: true, sampleRatio: 0 };
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((r) => wss.once('listening', r));
+  wss.on('connection', (ws) => ws.on('message', (data) => ws.send(data)));
+  t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
+  config.upstreams.sockets = { targets: [`http://127.0.0.1:${(wss.address() as AddressInfo).port}`] };
+  config.routes.push({ name: 'socket', match: { prefix: '/api/socket' }, upstream: 'sockets' });
 
   const cfg = parseConfig(withTestDefaults(config), { env: {} });
   const gateway = new Gateway(cfg, { processMetrics: true, logger: pino({ level: 'silent' }) });
   t.teardown(() => gateway.close());
   const { port, adminPort } = await gateway.listen();
   for (const [path, status] of drive) t.equal((await call(`http://127.0.0.1:${port}`, path)).status, status, `GET ${path}`);
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/api/socket`);
+  await new Promise((r, j) => ws.once('open', r).once('error', j));
+  ws.send('ping');
+  t.equal(String(await new Promise((r) => ws.once('message', r))), 'ping', 'a WebSocket message through the gateway');
+  ws.close();
+  await new Promise((r) => ws.once('close', r));
   // Garbage enough for a minor collection, so the GC histogram has observations.
   let keep = 0;
   for (let i = 0; i < 200000; i++) keep += [i, { i }].length;

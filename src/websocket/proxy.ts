@@ -75,6 +75,8 @@ interface TunnelCells {
   open: GaugeCell;
   toUpstream: CounterCell;
   toClient: CounterCell;
+  messagesToUpstream: CounterCell;
+  messagesToClient: CounterCell;
 }
 
 /**
@@ -96,6 +98,7 @@ class Direction {
   constructor(
     private readonly to: Socket,
     private readonly bytes: CounterCell,
+    private readonly messages: CounterCell,
   ) {}
 
   /** Passes `chunk` on; false when `to` asks the sender to pause. */
@@ -150,6 +153,8 @@ class Direction {
         this.need = 2 + (h[1] & 0x80 ? 4 : 0) + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0);
       }
       if (this.have === this.need) {
+        // The last frame of a data message (FIN set, not a control opcode) completes a message.
+        if ((h[0] & 0x88) === 0x80) this.messages.inc();
         const len7 = h[1] & 0x7f;
         this.left = len7 === 126 ? h.readUInt16BE(2) : len7 === 127 ? Number(h.readBigUInt64BE(2)) : len7;
         this.have = 0;
@@ -201,8 +206,8 @@ class Tunnel {
     cells.open.inc();
     client.setNoDelay(true);
     upstream.setNoDelay(true);
-    const toUpstream = (this.toUpstream = new Direction(upstream, cells.toUpstream));
-    const toClient = (this.toClient = new Direction(client, cells.toClient));
+    const toUpstream = (this.toUpstream = new Direction(upstream, cells.toUpstream, cells.messagesToUpstream));
+    const toClient = (this.toClient = new Direction(client, cells.toClient, cells.messagesToClient));
     if (upstreamHead.length > 0) toClient.pass(upstreamHead);
     if (clientHead.length > 0) toUpstream.pass(clientHead);
     client.on('data', (chunk: Buffer) => {
@@ -274,6 +279,7 @@ export class WebSockets {
   private readonly connections: GaugeFamily;
   private readonly upgrades: CounterFamily;
   private readonly bytes: CounterFamily;
+  private readonly messages: CounterFamily;
 
   constructor(private readonly deps: WebSocketDeps) {
     const m = deps.metrics;
@@ -286,6 +292,11 @@ export class WebSockets {
     this.bytes = m.counter(
       'gateway_websocket_bytes_total',
       'Bytes relayed over WebSockets (frames as they are on the wire, headers included), by route and direction (to_upstream, to_client).',
+      ['route', 'direction'],
+    );
+    this.messages = m.counter(
+      'gateway_websocket_messages_total',
+      'WebSocket messages relayed (data messages, counted at their last frame; control frames are not), by route and direction (to_upstream, to_client).',
       ['route', 'direction'],
     );
   }
@@ -544,6 +555,8 @@ export class WebSockets {
       open: this.connections.child(route),
       toUpstream: this.bytes.child(route, 'to_upstream'),
       toClient: this.bytes.child(route, 'to_client'),
+      messagesToUpstream: this.messages.child(route, 'to_upstream'),
+      messagesToClient: this.messages.child(route, 'to_client'),
     };
     u.result = 'upgraded';
     this.record(u, 101);
