@@ -1,7 +1,8 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import t from 'tap';
+import { WebSocket, WebSocketServer } from 'ws';
 import { ConfigError, parseConfig } from '../src/config/load';
 import { restartOnlyChanges } from '../src/lifecycle/reload';
 import { startCacheUpstream } from './helpers/cache';
@@ -383,6 +384,44 @@ t.test('latency histograms carry the trace of a sampled request as exemplar when
   t.match(text.body, /\n# TYPE gateway_requests_total counter\n/, 'the text format keeps its names after an OpenMetrics scrape');
   t.equal((await call(gw.adminUrl, '/metrics', { headers: { accept: 'text/plain;q=0.9, application/openmetrics-text;q=0.5' } })).headers['content-type'], text.headers['content-type'], 'text preferred by weight');
   t.equal((await call(gw.adminUrl, '/metrics', { headers: { accept: 'application/openmetrics-text;q=0' } })).headers['content-type'], text.headers['content-type'], 'q=0 refuses');
+});
+
+t.test('a WebSocket upgrade is traced like a request: the upstream gets the trace context, sampled or not', async (t) => {
+  const seen: IncomingHttpHeaders[] = [];
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((r) => wss.once('listening', r));
+  wss.on('connection', (ws, req) => {
+    seen.push(req.headers);
+    ws.on('message', (d) => ws.send(d));
+  });
+  t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
+  const { gw, otlp } = await setup(t, { sampleRatio: 0 }, { upstreams: { svc: { targets: [`http://127.0.0.1:${(wss.address() as AddressInfo).port}`] } } });
+  const roundTrip = async (traceparent: string) => {
+    const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/users/ws`, { headers: { traceparent } });
+    await new Promise((r, j) => ws.once('open', r).once('error', j));
+    ws.send('hi');
+    await new Promise((r) => ws.once('message', r));
+    ws.close();
+    await new Promise((r) => ws.once('close', r));
+  };
+  await roundTrip(`00-${TRACE_ID}-${PARENT_ID}-01`);
+  await roundTrip(`00-${'2'.repeat(32)}-${PARENT_ID}-00`);
+  const sampled = TRACEPARENT.exec(String(seen[0].traceparent));
+  const unsampled = TRACEPARENT.exec(String(seen[1].traceparent));
+  t.equal(sampled?.[1], TRACE_ID);
+  t.equal(sampled?.[3], '01');
+  t.equal(unsampled?.[1], '2'.repeat(32));
+  t.equal(unsampled?.[3], '00');
+  const spans = await otlp.waitForSpans(2);
+  const [server] = byKind(spans, SPAN_KIND.SERVER);
+  const [client] = byKind(spans, SPAN_KIND.CLIENT);
+  t.equal(server.traceId, TRACE_ID);
+  t.equal(server.attributes['http.response.status_code'], 101, 'the upgrade answered 101');
+  t.equal(client.parentSpanId, server.spanId);
+  t.equal(client.attributes['http.response.status_code'], 101);
+  t.equal(sampled?.[2], client.spanId, "the upstream's parent is the upgrade's client span");
+  await gw.close();
+  t.equal(otlp.spans.length, 2, 'the unsampled upgrade recorded nothing');
 });
 
 t.test('tracing off: the client traceparent passes through untouched and nothing is traced', async (t) => {

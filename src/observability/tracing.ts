@@ -290,6 +290,7 @@ export class RequestTrace {
   private readonly serverContext: Context;
   private client: Span | null = null;
   private attempts = 0;
+  private ended = false;
 
   constructor(
     private readonly step: TracingStep,
@@ -355,12 +356,22 @@ export class RequestTrace {
     span.end();
   }
 
-  /** The response closed: the outcome, who asked, and what the rate limit and cache decided. */
+  /** The response closed: the outcome as the client saw it. */
   private readonly end = (): void => {
+    const res = this.ctx.res;
+    this.finish(res.headersSent ? res.statusCode : CLIENT_CLOSED);
+  };
+
+  /**
+   * The request was answered with `status`: the outcome, who asked, and what the rate limit and
+   * cache decided. Once: a WebSocket upgrade reports its answer (101 included), which its
+   * ServerResponse does not know, before the response closes.
+   */
+  finish(status: number): void {
     const { ctx, span } = this;
+    if (this.ended) return;
+    this.ended = true;
     if (!span.isRecording()) return;
-    const res = ctx.res;
-    const status = res.headersSent ? res.statusCode : CLIENT_CLOSED;
     span.setAttribute('http.response.status_code', status);
     if (ctx.identity !== null) span.setAttribute('enduser.id', ctx.identity.consumerId);
     if (ctx.errorCode !== null) span.setAttribute('gateway.error.code', ctx.errorCode);
@@ -372,7 +383,7 @@ export class RequestTrace {
       span.setStatus({ code: SpanStatusCode.ERROR });
     }
     span.end();
-  };
+  }
 }
 
 /** The host of a Host header, without its port. */

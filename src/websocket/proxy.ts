@@ -473,6 +473,9 @@ export class WebSockets {
       headers: ['host', host ?? origin.host, ...headers],
       agent: false,
     };
+    // A sampled upgrade: the attempt is a client span, whose context the upstream gets.
+    const trace = ctx.trace;
+    if (trace !== null) trace.attemptStarted(target, options.headers);
     const upReq: ClientRequest = tls
       ? httpsRequest({ ...options, rejectUnauthorized: tlsOptions.rejectUnauthorized, ca: tlsOptions.ca, servername: tlsOptions.servername })
       : httpRequest(options);
@@ -489,6 +492,7 @@ export class WebSockets {
     };
     const fail = (code: ErrorCode, err: unknown): void => {
       if (!settle()) return;
+      trace?.attemptEnded(0, err as Error);
       upReq.destroy();
       const now = performance.now();
       target.state.record(errorKind(code), ticket.probe, now);
@@ -507,6 +511,7 @@ export class WebSockets {
     };
     const clientLeft = (): void => {
       if (!settle()) return;
+      trace?.attemptEnded(0, undefined);
       upReq.destroy();
       target.state.release(ticket.probe);
       this.clientClosed(u);
@@ -526,11 +531,13 @@ export class WebSockets {
     upReq.on('error', (err) => fail(upstreamErrorCode(err), err));
     upReq.on('response', (upRes) => {
       if (!settle()) return upRes.destroy();
+      trace?.attemptEnded(upRes.statusCode ?? 0, undefined);
       target.state.record(statusKind(upRes.statusCode ?? 502), ticket.probe, performance.now());
       this.relayRefusal(u, upRes);
     });
     upReq.on('upgrade', (upRes: IncomingMessage, upSocket: Socket, upHead: Buffer) => {
       if (!settle()) return upSocket.destroy();
+      trace?.attemptEnded(101, undefined);
       target.state.record(0, ticket.probe, performance.now());
       this.established(u, target, upRes, upSocket, upHead);
     });
@@ -615,6 +622,7 @@ export class WebSockets {
     const route = ctx.route as CompiledRoute | undefined;
     const ms = performance.now() - ctx.startedAt;
     this.upgrades.child(route?.name ?? '_unrouted', u.result).inc();
+    if (ctx.trace !== null) ctx.trace.finish(status);
     if (route !== undefined) route.metrics.record(ctx, 'GET', status, ms);
     this.deps.accessLog?.write(ctx, 'GET', status, ms, false);
   }
