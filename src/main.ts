@@ -8,6 +8,7 @@ import { ConfigError, formatProblem, loadConfigFile } from './config/load';
 import { configWarnings } from './config/warnings';
 import { handleSignals } from './lifecycle/signals';
 import { collectStartupGarbage } from './lifecycle/startup-gc';
+import { importCommand, ImportCommandError, IMPORT_USAGE } from './import';
 import { keysCommand, KeysCommandError, KEYS_USAGE } from './plugins/auth/keys-cli';
 
 const USAGE = `usage:
@@ -16,6 +17,7 @@ const USAGE = `usage:
   gateway schema               print the JSON Schema of the configuration file
   gateway --version            print the version
 ${KEYS_USAGE}
+${IMPORT_USAGE}
 
 exit status: 0 success, 1 invalid configuration or failed command, 2 usage error`;
 
@@ -122,6 +124,15 @@ async function main(argv: string[]): Promise<void> {
     } catch (err) {
       if (err instanceof KeysCommandError) fail(err.message, err.message.startsWith('usage:') ? EXIT_USAGE : EXIT_INVALID);
       printProblems(err);
+    }
+    return;
+  }
+  if (cmd === 'import') {
+    try {
+      importCommand(rest, { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) });
+    } catch (err) {
+      if (err instanceof ImportCommandError) err.usage ? usageError(err.message) : fail(err.message);
+      throw err;
     }
     return;
   }

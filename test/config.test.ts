@@ -128,7 +128,7 @@ t.test('problems say what is expected in words, never as a regular expression', 
     'routes[0].rateLimit.limits[1].rate: expected an integer (got "5s")',
     'store.redis.url: expected a redis:// or rediss:// URL (got "http://r")',
     'store.redis.nodes[0]: expected host:port, such as redis-1:6379 or [::1]:6379 (got "nope")',
-    'consumers[0].apiKeys[0].prefix: expected a key prefix like gk_abcdefgh (got "key")',
+    'consumers[0].apiKeys[0].prefix: expected a key prefix like gk_abcdefgh (ik_abcdefgh for an imported key) (got "key")',
     'consumers[0].apiKeys[0].sha256: expected 64 lower-case hex digits (got "abc")',
   ];
   for (const e of expected) t.ok(p.includes(e), `${e}\n---\n${p.join('\n')}`);
@@ -251,7 +251,7 @@ t.test('YAML files: a tab in the indentation gets its own message', async (t) =>
 t.test('gateway validate exits 0 on the example and 1 with every problem on a bad file', async (t) => {
   const ok = cli('validate', join(__dirname, '..', 'examples', 'gateway.yaml'));
   t.equal(ok.status, 0, ok.stderr);
-  t.match(ok.stdout, /valid \(3 routes, 2 upstreams\)/);
+  t.match(ok.stdout, /valid \(6 routes, 4 upstreams\)/);
   const f = join(dir, 'bad.yaml');
   writeFileSync(
     f,

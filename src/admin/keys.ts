@@ -61,7 +61,7 @@ export function registerKeyRoutes(admin: FastifyInstance, deps: KeyRouteDeps): v
 
     scope.delete<{ Params: { prefix: string } }>('/admin/keys/:prefix', async (request, reply) => {
       const { prefix } = request.params;
-      if (!PREFIX_PATTERN.test(prefix)) return problem(reply, request, 'BAD_REQUEST', 'a key prefix looks like gk_abcdefgh');
+      if (!PREFIX_PATTERN.test(prefix)) return problem(reply, request, 'BAD_REQUEST', 'a key prefix looks like gk_abcdefgh (ik_abcdefgh for an imported key)');
       if (!(await deps.store().revoke(prefix))) return problem(reply, request, 'ADMIN_NOT_FOUND', `no key with prefix ${prefix}`);
       request.log.info({ prefix }, 'API key revoked');
       return reply.code(204).send();

@@ -9,7 +9,13 @@ import { AuthFailure } from './failure';
  * is ever stored; with that much entropy an unsalted hash is safe and allows a direct lookup.
  */
 export const KEY_PATTERN = /^gk_[a-z2-7]{8}_[A-Za-z0-9_-]{43}$/;
-export const PREFIX_PATTERN = /^gk_[a-z2-7]{8}$/;
+/** gk_ for keys the gateway made, ik_ for keys imported from another gateway (see importedKey). */
+export const PREFIX_PATTERN = /^(gk|ik)_[a-z2-7]{8}$/;
+/**
+ * An imported key (Kong's key-auth and the like) keeps whatever shape its gateway gave it: any
+ * visible ASCII, up to 256 characters (Kong's own bound on generated and supplied keys is far lower).
+ */
+export const FOREIGN_KEY_PATTERN = /^[\x21-\x7e]{1,256}$/;
 
 const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567';
 
@@ -24,12 +30,11 @@ export interface NewKey {
   sha256: string;
 }
 
-export function generateKey(): NewKey {
-  const id = randomBytes(5);
+/** Eight base32 characters from the first 40 bits of these bytes. */
+function base32Id(id: Buffer, prefix: string): string {
   let bits = 0;
   let value = 0;
-  let prefix = 'gk_';
-  for (const byte of id) {
+  for (const byte of id.subarray(0, 5)) {
     value = (value << 8) | byte;
     bits += 8;
     while (bits >= 5) {
@@ -37,8 +42,24 @@ export function generateKey(): NewKey {
       bits -= 5;
     }
   }
+  return prefix;
+}
+
+export function generateKey(): NewKey {
+  const prefix = base32Id(randomBytes(5), 'gk_');
   const key = `${prefix}_${randomBytes(32).toString('base64url')}`;
   return { key, prefix, sha256: hashKey(key) };
+}
+
+/**
+ * An existing key of another gateway, kept as it is so its clients need not change. Its handle is
+ * ik_ and 40 bits of the hash: stable across imports, and unlike the first characters of the key
+ * (often short and hand-picked in Kong) it tells nothing the stored hash does not.
+ */
+export function importedKey(key: string): NewKey {
+  if (!FOREIGN_KEY_PATTERN.test(key)) throw new Error('an imported key must be 1 to 256 visible ASCII characters');
+  const sha256 = hashKey(key);
+  return { key, prefix: base32Id(Buffer.from(sha256, 'hex'), 'ik_'), sha256 };
 }
 
 /** What the store knows about one key (never the key itself). Times are epoch milliseconds. */
@@ -132,11 +153,13 @@ export class ApiKeyAuthenticator {
   constructor(
     private readonly store: KeyStore,
     private readonly consumers: ConsumerDirectory,
+    /** auth.apiKeys.importedKeys: keys of other shapes are looked up too. */
+    private readonly foreign = false,
   ) {}
 
   authenticate(key: string): Verified | Promise<Verified> {
     // The shape check turns garbage away before it costs a hash or a store round trip.
-    if (!KEY_PATTERN.test(key)) throw new AuthFailure(INVALID);
+    if (!KEY_PATTERN.test(key) && !(this.foreign && FOREIGN_KEY_PATTERN.test(key))) throw new AuthFailure(INVALID);
     const record = this.store.lookup(hashKey(key));
     return record instanceof Promise ? record.then(this.accept) : this.accept(record);
   }

@@ -95,6 +95,9 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
       const other = prefixes.get(k.prefix);
       if (other) problems.push({ path: `${kat}.prefix`, message: `duplicate key prefix (also ${other})` });
       prefixes.set(k.prefix, kat);
+      if (k.prefix.startsWith('ik_') && !cfg.auth.apiKeys.importedKeys) {
+        problems.push({ path: `${kat}.prefix`, message: 'an imported key (ik_) is only accepted with auth.apiKeys.importedKeys: true' });
+      }
       for (const field of ['created', 'expires'] as const) {
         const v = k[field];
         if (v !== undefined && Number.isNaN(Date.parse(v))) problems.push({ path: `${kat}.${field}`, message: `"${v}" is not an ISO 8601 date` });

@@ -3,7 +3,11 @@ import { ConsumerLimitSchema } from '../rate-limit/schema';
 
 export const StoredKeySchema = Type.Object(
   {
-    prefix: Type.String({ description: 'The visible start of the key, for support and revocation.', pattern: '^gk_[a-z2-7]{8}$', expected: 'a key prefix like gk_abcdefgh' }),
+    prefix: Type.String({
+      description: 'The visible start of the key, for support and revocation; ik_ and 40 bits of the hash for a key imported from another gateway (`gateway import`).',
+      pattern: '^(gk|ik)_[a-z2-7]{8}$',
+      expected: 'a key prefix like gk_abcdefgh (ik_abcdefgh for an imported key)',
+    }),
     sha256: Type.String({ description: 'SHA-256 of the whole key, hex. The key itself is never stored.', pattern: '^[0-9a-f]{64}$', expected: '64 lower-case hex digits' }),
     created: Type.Optional(Type.String({ description: 'When the key was created (ISO 8601).' })),
     expires: Type.Optional(Type.String({ description: 'When the key stops working (ISO 8601). Never when omitted.' })),

@@ -79,7 +79,7 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
 
   const sources: CredentialSources = {
     jwt,
-    apiKeys: new ApiKeyAuthenticator(keyStoreFor(ctx), consumers),
+    apiKeys: new ApiKeyAuthenticator(keyStoreFor(ctx), consumers, auth.apiKeys.importedKeys),
     apiKeyHeader: auth.apiKeys.header.toLowerCase(),
     apiKeyHeaderName: auth.apiKeys.header,
     jwtCookie: auth.jwt?.cookie,

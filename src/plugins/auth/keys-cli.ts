@@ -131,7 +131,7 @@ async function redisStore(args: Args, cfg: GatewayConfig, out: (s: string) => vo
 /** `gateway keys ...`: the key lifecycle against the store the configuration names. */
 export async function keysCommand(argv: string[], out: (s: string) => void): Promise<void> {
   const args = parseArgs(argv);
-  if (args.verb === 'revoke' && !PREFIX_PATTERN.test(args.subject)) throw new KeysCommandError('a key prefix looks like gk_abcdefgh');
+  if (args.verb === 'revoke' && !PREFIX_PATTERN.test(args.subject)) throw new KeysCommandError('a key prefix looks like gk_abcdefgh (ik_abcdefgh for an imported key)');
   const cfg = loadConfigFile(args.config);
   try {
     if (cfg.auth.apiKeys.store === 'redis') await redisStore(args, cfg, out);

@@ -130,6 +130,11 @@ export const ApiKeysSchema = Obj(
       maximum: 900,
     }),
     cacheMaxEntries: Type.Integer({ description: 'Key lookups remembered per replica.', default: 10000, minimum: 1 }),
+    importedKeys: Type.Boolean({
+      description:
+        'Also accept keys that are not in the gateway\'s gk_ format: keys imported from another gateway as they were (`gateway import kong`), stored hashed under an ik_ prefix. New keys are gk_ keys either way. Off, a key of another shape is refused before it is hashed.',
+      default: false,
+    }),
   },
   { description: 'API keys.', default: {} },
 );
