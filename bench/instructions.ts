@@ -15,12 +15,13 @@ import { NODE_FLAGS } from '../src/lifecycle/node-flags';
  * `--warmup` requests (the JIT settles), then counts `--requests` requests; only user-space
  * instructions of the server's process are counted.
  *
- *   npm run bench:instructions -- [--server=gateway|http-proxy] [--warmup=30000] [--requests=10000] [--connections=20] [--tracing=RATIO,...]
+ *   npm run bench:instructions -- [--server=gateway|http-proxy] [--warmup=30000] [--requests=10000] [--connections=20] [--tracing=RATIO,...] [--auth=external|introspection]
  *
  * --tracing turns tracing on at that sample ratio, exporting to the bench upstream (which answers 200) in
- * full batches;
- * "off" leaves it off. Several variants (`--tracing=off,0.01,1`) run one after the other, each on a
- * fresh server, and each is compared with the first.
+ * full batches; "off" leaves it off. Several variants (`--tracing=off,0.01,1`) run one after the other,
+ * each on a fresh server, and each is compared with the first.
+ * --auth puts the route behind the external authorizer or token introspection, both played by the
+ * bench upstream; every request carries one bearer token, so after the first one the decision is cached.
  */
 
 interface Options {
@@ -30,17 +31,22 @@ interface Options {
   connections: number;
   /** Sample ratios to measure, one server each; -1: tracing off. */
   tracing: number[];
+  auth: 'external' | 'introspection' | null;
 }
 
 function parseArgs(argv: string[]): Options {
-  const opts: Options = { server: 'gateway', warmup: 30000, requests: 10000, connections: 20, tracing: [-1] };
+  const opts: Options = { server: 'gateway', warmup: 30000, requests: 10000, connections: 20, tracing: [-1], auth: null };
   for (const arg of argv) {
     const [k, v] = arg.replace(/^--/, '').split('=');
     if (k === 'server' && (v === 'gateway' || v === 'http-proxy')) opts.server = v;
     else if (k === 'tracing' && v !== undefined && v.split(',').every((r) => r === 'off' || (r !== '' && Number(r) >= 0 && Number(r) <= 1)))
       opts.tracing = v.split(',').map((r) => (r === 'off' ? -1 : Number(r)));
+    else if (k === 'auth' && (v === 'external' || v === 'introspection')) opts.auth = v;
     else if ((k === 'warmup' || k === 'requests' || k === 'connections') && Number(v) > 0) opts[k] = Number(v);
-    else throw new Error(`bad option ${arg} (known: --server=gateway|http-proxy --warmup=N --requests=N --connections=N --tracing=off|RATIO,...)`);
+    else
+      throw new Error(
+        `bad option ${arg} (known: --server=gateway|http-proxy --warmup=N --requests=N --connections=N --tracing=off|RATIO,... --auth=external|introspection)`,
+      );
   }
   return opts;
 }
@@ -55,11 +61,12 @@ function hasCommand(cmd: string): boolean {
 }
 
 /** Sends exactly `amount` requests (autocannon in its own process). */
-function load(url: string, amount: number, connections: number): Promise<void> {
+function load(url: string, amount: number, connections: number, headers: string[]): Promise<void> {
   const bin = require.resolve('autocannon/autocannon.js');
   return new Promise((resolve, reject) => {
     // A server under callgrind on a shared machine may take seconds for one answer: autocannon's 10 s default timeout is too short.
-    const child = spawn(process.execPath, [bin, '-c', String(connections), '-a', String(amount), '-t', '120', '-j', url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const args = [bin, '-c', String(connections), '-a', String(amount), '-t', '120', '-j', ...headers.flatMap((h) => ['-H', h]), url];
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.on('exit', () => {
@@ -106,7 +113,10 @@ async function measure(opts: Options, tracing: number): Promise<number> {
           admin: { host: '127.0.0.1', port: await freePort() },
           shutdown: { drainDelayMs: 0 },
           upstreams: { users: { targets: [upstreamUrl] } },
-          routes: [{ name: 'users', match: { prefix: '/api/users' }, upstream: 'users' }],
+          routes: [{ name: 'users', match: { prefix: '/api/users' }, upstream: 'users', ...(opts.auth ? { auth: { methods: [opts.auth] } } : {}) }],
+          // Under callgrind the server is tens of times slower: the one uncached call gets a larger time budget.
+          ...(opts.auth === 'external' ? { auth: { external: { url: `${upstreamUrl}/authz`, identity: { consumerHeader: 'X-Auth-Consumer' }, timeoutMs: 10000 } } } : {}),
+          ...(opts.auth === 'introspection' ? { auth: { introspection: { url: `${upstreamUrl}/introspect`, clientId: 'bench', clientSecret: 'bench-secret', timeoutMs: 10000 } } } : {}),
           // Exports leave when a batch of 512 spans is full, as they do on a busy gateway: the 5 s timer
           // runs in real time, and under callgrind (about 15 requests a second) it would charge a whole
           // export to every 75 requests instead of the thousands it covers at full speed.
@@ -129,9 +139,10 @@ async function measure(opts: Options, tracing: number): Promise<number> {
     procs.push(server);
     const pid = String(server.child.pid);
 
-    await load(url, opts.warmup, opts.connections);
+    const headers = opts.auth ? ['authorization=Bearer bench-opaque-token'] : [];
+    await load(url, opts.warmup, opts.connections, headers);
     execFileSync('callgrind_control', ['--instr=on', pid], { stdio: 'ignore' });
-    await load(url, opts.requests, opts.connections);
+    await load(url, opts.requests, opts.connections, headers);
     execFileSync('callgrind_control', ['--dump', pid], { stdio: 'ignore' });
     return Math.round((await dumpedTotal(`${out}.1`)) / opts.requests);
   } finally {
@@ -149,7 +160,7 @@ async function main(): Promise<void> {
   for (const tracing of opts.tracing) {
     const perRequest = await measure(opts, tracing);
     first ||= perRequest;
-    const label = tracing >= 0 ? ` (tracing at ${tracing})` : opts.tracing.length > 1 ? ' (tracing off)' : '';
+    const label = (tracing >= 0 ? ` (tracing at ${tracing})` : opts.tracing.length > 1 ? ' (tracing off)' : '') + (opts.auth ? ` (auth: ${opts.auth}, cached)` : '');
     const delta = perRequest === first ? '' : ` ${perRequest > first ? '+' : ''}${(((perRequest - first) / first) * 100).toFixed(1)} % against the first`;
     process.stdout.write(
       `${opts.server}${label}: ${perRequest} instructions per request${delta} (${opts.requests} requests counted after ${opts.warmup} to warm up, ${opts.connections} connections)\n`,

@@ -1,5 +1,6 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { formatProtocols, runProtocols, type ProtocolResults } from './protocols';
 import { ROOT, DIST, autocannon, cpuMicros, freePort, httpReady, median, startProcess, type LoadResult, type Proc } from './harness';
 import { checkFloors, readFloors, type FloorsFile, type Verdict } from './guard';
 import { renderReport } from './report';
@@ -288,6 +289,12 @@ async function main(): Promise<void> {
         `websocket echo: gateway ${websocket.gatewayMps.toFixed(0)} msg/s, direct ${websocket.directMps.toFixed(0)} msg/s, paired ratio ${websocket.pairedVsDirect.toFixed(2)}${cpu}, ${websocket.errors} errors\n`,
       );
     }
+    // HTTP/2 and gRPC need clients autocannon is not: measured apart, in full runs only (not bench:ci).
+    let protocols: ProtocolResults | null = null;
+    if (!floors && opts.only === null) {
+      protocols = await runProtocols(opts.durationS, opts.connections);
+      process.stdout.write(`\nHTTP/2 and gRPC (bench/protocols.ts):\n${formatProtocols(protocols)}\n`);
+    }
     const result = {
       date: new Date().toISOString(),
       node: process.version,
@@ -297,6 +304,7 @@ async function main(): Promise<void> {
       scenarios: summary,
       ...(websocket ? { websocket } : {}),
       ...(floors ? { verdicts } : {}),
+      ...(protocols ? { protocols } : {}),
     };
     mkdirSync(dirname(opts.out), { recursive: true });
     writeFileSync(opts.out, JSON.stringify(result, null, 2));

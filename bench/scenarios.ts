@@ -158,6 +158,27 @@ export const SERVERS: ServerSpec[] = [
       startGatewayProcess('gateway-quiet', (port, adminPort) => ({ ...gatewayConfig(env, port, adminPort), log: { access: false } })),
   },
   {
+    // A server of its own: the bare route's server carries no remote auth configuration at all.
+    name: 'gateway-remote-auth',
+    start: (env) =>
+      startGatewayProcess('gateway-remote-auth', (port, adminPort) => {
+        const cfg = gatewayConfig(env, port, adminPort) as { routes: Record<string, unknown>[]; auth: Record<string, unknown> };
+        return {
+          ...cfg,
+          auth: {
+            ...cfg.auth,
+            external: { url: `${env.upstreamUrl}/authz`, identity: { consumerHeader: 'X-Auth-Consumer' } },
+            introspection: { url: `${env.upstreamUrl}/introspect`, clientId: 'bench', clientSecret: 'bench-secret' },
+          },
+          routes: [
+            ...cfg.routes,
+            { name: 'users-external', match: { prefix: '/api/external' }, upstream: 'users', auth: { methods: ['external'] } },
+            { name: 'users-introspect', match: { prefix: '/api/introspect' }, upstream: 'users', auth: { methods: ['introspection'] } },
+          ],
+        };
+      }),
+  },
+  {
     name: 'gateway-jwt-nocache',
     start: (env) =>
       startGatewayProcess('gateway-jwt-nocache', (port, adminPort) => ({
@@ -185,6 +206,20 @@ export const SCENARIOS: Scenario[] = [
   { name: 'gateway-no-access-log', description: 'the same route with the access log off (its per-request cost)', server: 'gateway-quiet', path: '/api/users/123' },
   { name: 'gateway-jwt', description: 'a route requiring a JWT (HS256; one token, so verification is cached)', server: 'gateway', path: '/api/jwt/123', headers: { authorization: `Bearer ${benchJwt()}` } },
   { name: 'gateway-jwt-nocache', description: 'the JWT route with the verification cache off (an HMAC check per request)', server: 'gateway-jwt-nocache', path: '/api/jwt/123', headers: { authorization: `Bearer ${benchJwt()}` } },
+  {
+    name: 'external-auth-cached',
+    description: 'a route with an external HTTP authorizer; its decision (Cache-Control max-age=60) is cached, so a request costs a hash and a lookup (target: within 10 % of the bare route)',
+    server: 'gateway-remote-auth',
+    path: '/api/external/123',
+    headers: { authorization: 'Bearer bench-opaque-token' },
+  },
+  {
+    name: 'introspection-cached',
+    description: 'a route taking opaque tokens checked by OAuth 2.0 introspection (RFC 7662); the active result is cached (target: within 10 % of the bare route)',
+    server: 'gateway-remote-auth',
+    path: '/api/introspect/123',
+    headers: { authorization: 'Bearer bench-opaque-token' },
+  },
   { name: 'gateway-api-key', description: 'a route requiring an API key (memory store: SHA-256 and a map lookup)', server: 'gateway', path: '/api/key/123', headers: { 'x-api-key': BENCH_API_KEY } },
   { name: 'tracing-1pct', description: 'the bare route with OpenTelemetry tracing on, 1 % of traces sampled (the others still propagate a traceparent)', server: 'gateway-tracing-1pct', path: '/api/users/123' },
   { name: 'tracing-100pct', description: 'the bare route with every request traced: a server and a client span each, exported over OTLP/HTTP', server: 'gateway-tracing-100pct', path: '/api/users/123' },

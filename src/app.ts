@@ -1,6 +1,7 @@
 import { unwatchFile, watchFile, type Stats } from 'node:fs';
 import { createServer as createHttpServer, METHODS, type RequestListener, type Server, type ServerOptions } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
+import { createSecureServer as createHttp2SecureServer, createServer as createH2cServer, type Http2Server, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import pino from 'pino';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -24,6 +25,7 @@ import { createPlugins } from './plugins';
 import type { Plugin, PluginContext, Resource } from './plugins/types';
 import { closeSilentConnections, serverLimitOptions } from './plugins/policies/server-limits';
 import { speaksHttp1, versionError } from './net/strict-http';
+import { Http2Sessions, isHttp2Request } from './net/http2';
 import { ListenerCertificates, tlsFiles } from './net/tls';
 import { keyStoreFor } from './plugins/auth';
 import { RequestIds } from './request-ids';
@@ -72,6 +74,21 @@ interface FastifyServerSettings {
   clientErrorHandler: (err: Error, socket: Socket) => void;
 }
 
+/**
+ * An HTTP/2 server that also serves HTTP/1.1 (allowHTTP1) hands those connections to node:http's
+ * connection handling, which reads its limits off the server object: the ones node:http's own
+ * server takes from its options are set the same way here.
+ */
+function http1Settings(server: Http2SecureServer, o: FastifyServerSettings): Http2SecureServer {
+  const s = server as unknown as Record<string, unknown>;
+  s.maxHeaderSize = o.http.maxHeaderSize;
+  s.headersTimeout = o.http.headersTimeout;
+  s.requestTimeout = o.http.requestTimeout;
+  s.connectionsCheckingInterval = o.http.connectionsCheckingInterval;
+  s.requireHostHeader = o.http.requireHostHeader;
+  return server;
+}
+
 /** Closes a resource a plugin registered; its failure is logged, never thrown at the caller. */
 async function closeQuietly(r: Resource, log: FastifyBaseLogger): Promise<void> {
   try {
@@ -94,8 +111,13 @@ export class Gateway {
    * attach to each.
    */
   readonly servers: Server[] = [];
-  /** The TLS listener, when it is not Fastify's own server (plain and TLS side by side). */
-  private secondary: Server | null = null;
+  /** Listeners Fastify does not listen with itself (TLS beside plain, h2c), with their ports. */
+  private readonly extraListeners: { server: Server; port: number }[] = [];
+  /** The TLS listener, when listen.tls is set. */
+  private tlsServer: Server | null = null;
+  /** The h2c (HTTP/2 with prior knowledge) listener, when listen.h2c is set. */
+  private h2cServer: Server | null = null;
+  private readonly http2Sessions = new Http2Sessions();
   private readonly certificates: ListenerCertificates | null;
   private readonly watchedTlsFiles = new Set<string>();
   readonly admin: FastifyInstance | null;
@@ -156,6 +178,9 @@ export class Gateway {
       // One Fastify instance (one chain, one set of metrics) behind both listeners.
       serverFactory: (handler, fastifyOptions) => {
         const o = fastifyOptions as unknown as FastifyServerSettings;
+        const http2Settings = { maxHeaderListSize: config.policies.limits.maxHeaderBytes };
+        // The chain reads HTTP/2 requests through node:http2's compatibility API, shaped like node:http's.
+        const http2Handler = handler as unknown as (req: Http2ServerRequest, res: Http2ServerResponse) => void;
         const configure = (server: Server): Server => {
           // What Fastify does to the server it makes itself.
           server.keepAliveTimeout = o.keepAliveTimeout;
@@ -166,19 +191,30 @@ export class Gateway {
           return server;
         };
         if (config.listen.plain) configure(createHttpServer(o.http, handler as RequestListener));
-        if (this.certificates) {
-          const tls = createHttpsServer(
-            { ...o.http, ...this.certificates.serverOptions(), handshakeTimeout: config.policies.limits.headersTimeoutMs },
-            handler as RequestListener,
-          );
+        const tlsCfg = config.listen.tls;
+        if (this.certificates && tlsCfg) {
+          const options = { ...o.http, ...this.certificates.serverOptions(tlsCfg.http2), handshakeTimeout: config.policies.limits.headersTimeoutMs };
+          const tls = tlsCfg.http2
+            ? http1Settings(createHttp2SecureServer({ ...options, allowHTTP1: true, settings: http2Settings }, http2Handler), o)
+            : createHttpsServer(options, handler as RequestListener);
           this.certificates.attach(tls);
           tls.on('tlsClientError', (err: Error & { code?: string }) => this.log.debug({ err: { message: err.message, code: err.code } }, 'TLS handshake failed'));
           configure(tls as unknown as Server);
+          if (tlsCfg.http2) this.http2Sessions.attach(tls as Http2SecureServer, o.keepAliveTimeout);
+          this.tlsServer = tls as unknown as Server;
           // Fastify handles client errors on the server it listens with; the other gets the same handler.
           if (this.servers.length === 2) {
-            this.secondary = tls as unknown as Server;
+            this.extraListeners.push({ server: this.tlsServer, port: tlsCfg.port });
             tls.on('clientError', o.clientErrorHandler);
           }
+        }
+        if (config.listen.h2c) {
+          const h2c = createH2cServer({ settings: http2Settings }, http2Handler) as unknown as Server;
+          closeSilentConnections(h2c, config.policies.limits.firstByteTimeoutMs);
+          this.http2Sessions.attach(h2c as unknown as Http2Server, o.keepAliveTimeout);
+          this.servers.push(h2c);
+          this.h2cServer = h2c;
+          this.extraListeners.push({ server: h2c, port: config.listen.h2c.port });
         }
         return this.servers[0];
       },
@@ -204,7 +240,7 @@ export class Gateway {
       isDraining: () => this.draining,
       isClosing: () => this.closing,
     });
-    this.connections = new ConnectionDrain(this.servers);
+    this.connections = new ConnectionDrain(this.servers, this.http2Sessions);
     this.websockets = new WebSockets({ runtime: () => this.runtime, requestId: this.requestIds.for, metrics: this.metrics, accessLog: this.accessLog, log: this.log });
     for (const server of this.servers) this.websockets.attach(server);
 
@@ -407,7 +443,7 @@ export class Gateway {
 
   private answerFastify(request: FastifyRequest, reply: FastifyReply, err: GatewayError): void {
     reply.hijack();
-    if (!speaksHttp1(request.raw)) {
+    if (!speaksHttp1(request.raw) && !isHttp2Request(request.raw)) {
       reply.raw.shouldKeepAlive = false;
       err = versionError(request.raw);
     }
@@ -429,17 +465,16 @@ export class Gateway {
   }
 
   /** Starts both listeners; resolves with the ports actually bound (useful with port 0). */
-  async listen(opts: { beforeListen?: () => void } = {}): Promise<{ port: number; tlsPort: number | null; adminPort: number | null }> {
+  async listen(opts: { beforeListen?: () => void } = {}): Promise<{ port: number; tlsPort: number | null; h2cPort: number | null; adminPort: number | null }> {
     await this.initPending();
     // Everything is built and connected: the last moment before traffic (see lifecycle/startup-gc.ts).
     opts.beforeListen?.();
     const { host, port, plain, tls } = this.config.listen;
     await this.server.listen({ host, port: plain ? port : tls!.port });
-    if (this.secondary) {
-      const server = this.secondary;
+    for (const { server, port: extraPort } of this.extraListeners) {
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
-        server.listen({ host, port: tls!.port }, () => {
+        server.listen({ host, port: extraPort }, () => {
           server.off('error', reject);
           resolve();
         });
@@ -451,8 +486,8 @@ export class Gateway {
       adminPort = (this.admin.server.address() as AddressInfo).port;
     }
     this.watchConfigFile();
-    const tlsServer = tls ? this.servers[this.servers.length - 1] : null;
-    return { port: (this.server.server.address() as AddressInfo).port, tlsPort: tlsServer ? (tlsServer.address() as AddressInfo).port : null, adminPort };
+    const portOf = (server: Server | null): number | null => (server ? (server.address() as AddressInfo).port : null);
+    return { port: (this.server.server.address() as AddressInfo).port, tlsPort: portOf(this.tlsServer), h2cPort: portOf(this.h2cServer), adminPort };
   }
 
   /**
@@ -479,8 +514,8 @@ export class Gateway {
       this.connections.start();
       // Upgraded sockets would keep the listener from closing: they get 1001 Going Away first.
       await this.websockets.closeAll();
-      const secondary = this.secondary?.listening ? new Promise((r) => this.secondary!.close(r)) : null;
-      await Promise.all([this.server.close(), secondary]);
+      const extra = this.extraListeners.filter((l) => l.server.listening).map((l) => new Promise((r) => l.server.close(r)));
+      await Promise.all([this.server.close(), ...extra]);
       await this.reloading;
       await Promise.all([this.upstreams.close(), this.admin?.close(), ...this.resources.map((r) => r.close()), ...this.runtimeResources.map((r) => closeQuietly(r, this.log))]);
       this.accessLog?.close();

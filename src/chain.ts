@@ -8,6 +8,7 @@ import type { RouteMetrics } from './observability/metrics';
 import { relay } from './proxy/relay';
 import type { CompiledRoute } from './routes';
 import { speaksHttp1, takeAbsoluteForm, versionError } from './net/strict-http';
+import { adoptHttp2Request, http2BodyUnannounced, isHttp2Request } from './net/http2';
 import { hasPathParameters, normalizePath } from './routing/normalize';
 import { hostName, type RouteMatch, type Router } from './routing/router';
 import type { Runtime } from './runtime';
@@ -87,7 +88,8 @@ const CLIENT_CLOSED = 499;
  * The request chain, in order, in one place:
  *
  *   1. request id      (Fastify genReqId, see app.ts: kept when sane, generated otherwise)
- *   2. HTTP version    → 400 / 505 unless HTTP/1.0 or HTTP/1.1
+ *   2. HTTP version    → 400 / 505 unless HTTP/1.0, HTTP/1.1 or HTTP/2 from an HTTP/2 listener
+ *                        (pseudo-headers become Host, see net/http2.ts)
  *   3. normalise path  → 400 when it cannot be made safe
  *   4. route           → 400 for a repeated Host or credential header, 404 / 405 with Allow,
  *                        400 for ";" parameters the route does not accept
@@ -119,8 +121,14 @@ export class RequestChain {
     if (draining && this.deps.isClosing()) return this.reject(ctx, new GatewayError('SHUTTING_DOWN', { headers: { 'retry-after': 1 } }));
 
     if (!speaksHttp1(req)) {
-      res.shouldKeepAlive = false;
-      return this.reject(ctx, versionError(req));
+      // A genuine HTTP/2 request (from the h2 or h2c listener) is brought to HTTP/1.1's shape;
+      // a request line naming another version is refused.
+      const refused = isHttp2Request(req) ? adoptHttp2Request(req) : versionError(req);
+      if (refused !== null) {
+        res.shouldKeepAlive = false;
+        return this.reject(ctx, refused);
+      }
+      ctx.bodyUnannounced = http2BodyUnannounced(req);
     }
     let url = req.url ?? '/';
     if (url.charCodeAt(0) !== 47 /* / */) url = takeAbsoluteForm(req) ?? url;

@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import type { CompiledRoute } from './routes';
+import { http2Socket } from './net/http2';
 import { verifiedClientCertificate, type ClientCertificate } from './net/tls';
 import type { Target } from './proxy/upstreams';
 import type { ResponseObserver } from './proxy/relay';
@@ -14,7 +15,7 @@ export interface Identity {
   roles: readonly string[];
   scopes: readonly string[];
   /** How the caller proved who it is. */
-  method: 'jwt' | 'apiKey';
+  method: 'jwt' | 'apiKey' | 'oidc' | 'introspection' | 'external';
   /** Extra upstream headers derived from the credential (JWT claim mappings). */
   headers?: readonly [string, string][];
 }
@@ -50,6 +51,8 @@ export class RequestContext {
   /** For the access line: what the cache did (hit, miss, stale, revalidated, bypass) and the rate-limit decision. */
   cacheResult: string | null = null;
   rateLimitResult: string | null = null;
+  /** The grpc-status of a gRPC call (the upstream's, or the gateway's own), for the access log. */
+  grpcStatus: string | null = null;
   /** Wire bytes of this request and its response, known once the response closed (see RouteMetrics.record). */
   bytesIn = 0;
   bytesOut = 0;
@@ -59,6 +62,8 @@ export class RequestContext {
   observer: ResponseObserver | null = null;
   /** Stands in for `req` as the upstream request body (the body-size limit counts bytes through it). */
   body: Readable | null = null;
+  /** An HTTP/2 request body no Content-Length announces: the relay forwards it all the same. */
+  bodyUnannounced = false;
   /** Extra headers for the upstream request, as name/value pairs, added by chain steps. */
   upstreamHeaders: string[] | null = null;
   /** Extra headers for the client response, as name/value pairs, added by chain steps. */
@@ -68,7 +73,7 @@ export class RequestContext {
   /** The request's trace id while tracing is on (sampled or not), for the access line; else ''. */
   traceId = '';
 
-  /** The client connection, kept: `req.socket` is null once the connection closed. */
+  /** The client connection, kept: `req.socket` is null once the connection closed (for HTTP/2, the session's connection, see net/http2.ts). */
   readonly socket: Socket;
 
   private requestLog: FastifyBaseLogger | null = null;
@@ -81,7 +86,7 @@ export class RequestContext {
     readonly baseLog: FastifyBaseLogger,
     readonly startedAt: number,
   ) {
-    this.socket = req.socket;
+    this.socket = req.httpVersionMajor === 2 ? http2Socket(req) : req.socket;
   }
 
   /**

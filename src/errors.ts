@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { isGrpcRequest, sendGrpcError } from './grpc/status';
 
 /**
  * Every error the gateway itself answers with, in one registry. The code is stable (clients and
@@ -11,8 +12,10 @@ export const ERRORS = {
   DUPLICATE_HEADER: { status: 400, title: 'A header that must appear once appears several times' },
   BAD_HOST: { status: 400, title: 'The Host header is not a valid host' },
   WEBSOCKET_NOT_ALLOWED: { status: 400, title: 'WebSocket upgrades are not allowed on this route' },
+  OIDC_CALLBACK_INVALID: { status: 400, title: 'The login callback is not valid' },
   UNAUTHENTICATED: { status: 401, title: 'Authentication required' },
   FORBIDDEN: { status: 403, title: 'Forbidden' },
+  OIDC_LOGIN_REFUSED: { status: 403, title: 'The identity provider refused the login' },
   ROUTE_NOT_FOUND: { status: 404, title: 'No route matches the request' },
   METHOD_NOT_ALLOWED: { status: 405, title: 'Method not allowed on this route' },
   REQUEST_TIMEOUT: { status: 408, title: 'The request was not received in time' },
@@ -25,11 +28,13 @@ export const ERRORS = {
   UPSTREAM_RESET: { status: 502, title: 'The upstream closed the connection before answering' },
   UPSTREAM_BAD_RESPONSE: { status: 502, title: 'The upstream sent an invalid response' },
   UPSTREAM_TLS: { status: 502, title: "The upstream's TLS certificate failed verification, or the upstream refused the gateway's" },
+  IDP_BAD_RESPONSE: { status: 502, title: 'The identity provider sent an unusable response' },
   UPSTREAM_UNAVAILABLE: { status: 503, title: 'No healthy upstream target is available' },
   UPSTREAM_QUEUE_FULL: { status: 503, title: 'The upstream is saturated' },
   WEBSOCKET_LIMIT: { status: 503, title: "The route's WebSocket connection limit is reached" },
   STORE_UNAVAILABLE: { status: 503, title: 'A backing store the route depends on is unavailable' },
   AUTH_UNAVAILABLE: { status: 503, title: 'The authentication key source is unavailable' },
+  AUTHORIZER_UNAVAILABLE: { status: 503, title: 'The external authorizer or introspection endpoint did not answer' },
   SHUTTING_DOWN: { status: 503, title: 'The gateway is shutting down' },
   UPSTREAM_TIMEOUT: { status: 504, title: 'The upstream did not answer in time' },
   UPSTREAM_CONNECT_TIMEOUT: { status: 504, title: 'Connecting to the upstream timed out' },
@@ -84,7 +89,7 @@ export function problemBody(code: ErrorCode, requestId: string, detail?: string)
  * the chain answers synchronously, so such a request loses its connection too; only error answers
  * pay for that.
  */
-function bodyPending(req: IncomingMessage): boolean {
+export function bodyPending(req: IncomingMessage): boolean {
   if (req.complete) return false;
   const length = req.headers['content-length'];
   return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
@@ -106,6 +111,8 @@ export function sendProblem(
     return;
   }
   if (res.destroyed) return;
+  // A gRPC client reads gRPC statuses, whatever the route: a problem+json body would be a framing error to it.
+  if (isGrpcRequest(res.req)) return sendGrpcError(res, requestId, code, opts);
   if (res.req !== undefined && bodyPending(res.req)) res.shouldKeepAlive = false;
   const body = problemBody(code, requestId, opts.detail);
   const headers: Record<string, string | number> = {

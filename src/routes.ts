@@ -48,6 +48,8 @@ export class CompiledRoute {
   mirror: Mirror | null = null;
   /** Paths with ";" parameters in ordinary segments are forwarded (match.allowPathParameters). */
   readonly allowsPathParameters: boolean;
+  /** Requests are relayed as gRPC over HTTP/2 (the route's protocol, else its upstream's). */
+  readonly grpc: boolean;
 
   constructor(config: RouteConfig, upstream: Upstream, metrics: RouteMetrics) {
     this.metrics = metrics;
@@ -58,6 +60,7 @@ export class CompiledRoute {
     this.allowsPathParameters = config.match.allowPathParameters;
     this.requestTimeoutMs = upstream.config.timeouts.requestMs;
     this.dropRequestHeaders = new HeaderNames(REQUEST_DROP);
+    this.grpc = (config.protocol ?? upstream.config.protocol) === 'grpc';
   }
 
   /** This route forwarding to `upstream` instead: one side of its split, sharing its steps, transforms and metrics. */

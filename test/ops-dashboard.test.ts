@@ -90,7 +90,7 @@ t.test('the dashboard: variables, panels, and every query filtered by them', asy
   for (const topic of ['requests per second', 'error ratio', 'latency percentiles', 'gateway-added', 'rate-limit', 'cache hit ratio', 'breaker', 'health', 'redis', 'pool', 'queued', 'event-loop lag']) {
     t.ok(titles.includes(topic), `a panel about ${topic}`);
   }
-  const added = ['status code', 'bytes per second', 'open client connections', 'cache stores', 'jwks', 'retries', 'rejections', 'breaker transitions', 'health-check results', 'configuration reloads', 'configuration hash', 'version', 'open websockets', 'websocket upgrades', 'websocket messages', 'websocket bytes', 'tracing spans'];
+  const added = ['authorizer and introspection calls', 'authorization decision cache', 'status code', 'bytes per second', 'open client connections', 'cache stores', 'jwks', 'retries', 'rejections', 'breaker transitions', 'health-check results', 'configuration reloads', 'configuration hash', 'version', 'open websockets', 'websocket upgrades', 'websocket messages', 'websocket bytes', 'tracing spans'];
   for (const topic of added) t.ok(titles.includes(topic), `a panel about ${topic}`);
   for (const { panel, expr } of exprs) {
     // A panel shows 0 when nothing happened (no series yet, or no traffic for a ratio), not "No data".
@@ -164,6 +164,21 @@ t.test('every metric the dashboard queries is exported by a running gateway, and
     config.auth = { jwt: { algorithms: ['HS256'], secret: 'a-test-secret-of-at-least-thirty-two-bytes' } };
     config.routes.push({ name: 'private', match: { prefix: '/api/private' }, upstream: 'up', auth: { methods: ['jwt'] } });
     drive.push(['/api/private/1', 401]);
+  }
+  if (definedInSrc('gateway_auth_remote_calls_total')) {
+    // The echo upstream stands in for the authorizer and the introspection endpoint: their series exist once configured.
+    config.auth = { ...config.auth, external: { url: up.url }, introspection: { url: up.url, clientId: 'gw', clientSecret: 'secret' } };
+    config.routes.push({ name: 'authorized', match: { prefix: '/api/authorized' }, upstream: 'up', auth: { methods: ['external', 'introspection'] } });
+    drive.push(['/api/authorized/1', 401]);
+  }
+  if (definedInSrc('gateway_oidc_logins_total')) {
+    // A provider that is down: the login series exist (at zero) from start-up, an API client gets 401.
+    config.auth = {
+      ...config.auth,
+      oidc: { issuer: deadUrl, clientId: 'gw', redirectUri: 'http://127.0.0.1/oidc/callback', session: { keys: [Buffer.alloc(32, 1).toString('base64')] } },
+    };
+    config.routes.push({ name: 'login', match: { prefix: '/app' }, upstream: 'up', auth: { methods: ['oidc'] } });
+    drive.push(['/app/1', 401]);
   }
   if (definedInSrc('gateway_cache_requests_total')) {
     config.routes.push({ name: 'cached', match: { prefix: '/api/cached' }, upstream: 'up', cache: { defaultTtl: 60 } });

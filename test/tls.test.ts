@@ -114,7 +114,7 @@ async function gatewayWith(upstream: TestUpstream, listen: TestConfig['listen'],
   });
 }
 
-t.test('SNI picks the exact certificate, then a one-label wildcard, then the default; ALPN is http/1.1', async (t) => {
+t.test('SNI picks the exact certificate, then a one-label wildcard, then the default; ALPN prefers h2', async (t) => {
   const up = await startUpstream();
   const gw = await gatewayWith(up, tlsListen());
   t.teardown(async () => {
@@ -124,7 +124,7 @@ t.test('SNI picks the exact certificate, then a one-label wildcard, then the def
   const port = tlsPort(gw.gateway);
   const a = await handshake(port, { servername: 'a.example.com' });
   t.equal(a.cert.serialNumber, certs.a.serial, 'exact name');
-  t.equal(a.alpn, 'http/1.1', 'h2 is not offered while HTTP/2 is not served');
+  t.equal(a.alpn, 'h2', 'h2 is offered first and served (listen.tls.http2)');
   t.equal((await handshake(port, { servername: 'A.Example.COM' })).cert.serialNumber, certs.a.serial, 'names compare case-insensitively');
   t.equal((await handshake(port, { servername: 'b.example.com' })).cert.serialNumber, certs.wildcard.serial, 'wildcard');
   t.equal((await handshake(port, { servername: 'x.b.example.com' })).cert.serialNumber, certs.fallback.serial, 'a wildcard covers one label only');
@@ -175,6 +175,17 @@ t.test('TLS only: the plain listener can be turned off', async (t) => {
   t.equal(gw.gateway.servers.length, 1);
   t.equal(tlsPort(gw.gateway), gw.port, 'the TLS listener is the only one');
   t.equal((await httpsCall(gw.port, '/x')).status, 200);
+});
+
+t.test('listen.tls.http2: false offers http/1.1 only', async (t) => {
+  const up = await startUpstream();
+  const gw = await gatewayWith(up, tlsListen({ http2: false }));
+  t.teardown(async () => {
+    await gw.close();
+    await up.close();
+  });
+  t.equal((await handshake(tlsPort(gw.gateway), { servername: 'a.example.com' })).alpn, 'http/1.1');
+  t.equal((await httpsCall(tlsPort(gw.gateway), '/x')).status, 200);
 });
 
 t.test('configuration problems name the field and the file', async (t) => {

@@ -77,8 +77,13 @@ export const ListenTlsSchema = Obj(
       { description: 'Client certificates (mTLS at the edge).', default: {} },
     ),
     hsts: Type.Optional(HstsSchema),
+    http2: Type.Boolean({
+      description:
+        'Serve HTTP/2 beside HTTP/1.1 on this port: ALPN offers h2 and http/1.1, and each connection speaks what the client picked. HTTP/2 requests go through the same chain and are relayed to HTTP/1.1 upstreams (gRPC routes relay over HTTP/2). Off, ALPN offers http/1.1 only.',
+      default: true,
+    }),
   },
-  { description: 'The TLS listener, beside the plain one (or alone with plain: false). ALPN offers http/1.1.' },
+  { description: 'The TLS listener, beside the plain one (or alone with plain: false). ALPN offers h2 and http/1.1 (see http2).' },
 );
 
 export const ListenSchema = Obj(
@@ -95,6 +100,17 @@ export const ListenSchema = Obj(
       default: true,
     }),
     tls: Type.Optional(ListenTlsSchema),
+    h2c: Type.Optional(
+      Obj(
+        {
+          port: Type.Integer({ description: 'Port of the h2c listener (on listen.host).', minimum: 0, maximum: 65535 }),
+        },
+        {
+          description:
+            'A cleartext HTTP/2 listener (h2c with prior knowledge, RFC 9113 §3.3) on a port of its own, for gRPC clients and meshes that speak HTTP/2 without TLS. The HTTP/1.1 port keeps refusing the HTTP/2 preface (505); the Upgrade: h2c dance is not supported.',
+        },
+      ),
+    ),
   },
   { description: 'Where the gateway accepts client traffic.', default: {} },
 );
@@ -156,10 +172,11 @@ export const ACCESS_FIELDS = [
   'cache',
   'rateLimit',
   'error',
+  'grpcStatus',
 ] as const;
 export type AccessField = (typeof ACCESS_FIELDS)[number];
-/** All but the query string and the user agent, which are opt-in. */
-const DEFAULT_ACCESS_FIELDS = ACCESS_FIELDS.filter((f) => f !== 'query' && f !== 'userAgent');
+/** All but the query string, the user agent and the gRPC status, which are opt-in. */
+const DEFAULT_ACCESS_FIELDS = ACCESS_FIELDS.filter((f) => f !== 'query' && f !== 'userAgent' && f !== 'grpcStatus');
 
 export const LogSchema = Obj(
   {
@@ -335,6 +352,12 @@ export const HealthCheckSchema = Obj(
       default: ['2xx'],
       minItems: 1,
     }),
+    grpcService: Type.Optional(
+      Type.String({
+        description:
+          "Probe with the gRPC health protocol instead of GET path: grpc.health.v1.Health/Check over HTTP/2 (h2c or TLS as the targets) for this service name ('' asks about the server as a whole); a probe passes when the answer is grpc-status 0 with status SERVING. path and expectedStatuses are not used then.",
+      }),
+    ),
   },
   {
     description:
@@ -468,6 +491,11 @@ export const UpstreamSchema = Obj(
       default: 0,
       minimum: 0,
       maximum: 100,
+    }),
+    protocol: Type.Union([Type.Literal('http'), Type.Literal('grpc')], {
+      description:
+        'How the gateway talks to the targets. http: HTTP/1.1 (undici pools). grpc: every route to this upstream relays gRPC over HTTP/2 (h2c for http:// targets, TLS with ALPN h2 for https://), streaming both ways with trailers, one multiplexed connection per target.',
+      default: 'http',
     }),
     discovery: DiscoverySchema,
     pool: PoolSchema,
@@ -605,6 +633,12 @@ const routeCore = {
       default: false,
     }),
     websocket: WebSocketRouteSchema,
+    protocol: Type.Optional(
+      Type.Union([Type.Literal('http'), Type.Literal('grpc')], {
+        description:
+          "grpc: relay this route's requests as gRPC over HTTP/2 (see upstreams.*.protocol); gateway errors are then gRPC statuses. Default: the upstream's protocol.",
+      }),
+    ),
 };
 
 export const RouteSchema = Obj(

@@ -1,6 +1,7 @@
 import type { Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Server as TlsServer } from 'node:tls';
+import type { Http2Sessions } from '../net/http2';
 
 /** A client connection, with the response it is serving (Node's own field, as in server-limits.ts). */
 type ClientSocket = Socket & { _httpMessage?: ServerResponse | null };
@@ -22,7 +23,11 @@ export class ConnectionDrain {
   };
 
   /** The public listeners: the plain one, the TLS one, or both. */
-  constructor(private readonly servers: readonly Server[]) {
+  constructor(
+    private readonly servers: readonly Server[],
+    /** HTTP/2 sessions get GOAWAY when the drain starts: their streams in flight finish, new ones go elsewhere. */
+    private readonly http2: Http2Sessions,
+  ) {
     for (const server of servers) {
       // Per connection, not per request: the set is only read when the drain starts. On a TLS
       // listener the HTTP layer serves the TLS socket, which 'secureConnection' hands over.
@@ -34,12 +39,14 @@ export class ConnectionDrain {
   }
 
   private closeIdleConnections(): void {
-    for (const server of this.servers) server.closeIdleConnections();
+    // An h2c server has no HTTP/1.1 connections, and no closeIdleConnections.
+    for (const server of this.servers) server.closeIdleConnections?.();
   }
 
   start(): void {
     if (this.draining) return;
     this.draining = true;
+    this.http2.goAway();
     for (const socket of this.sockets) {
       const res = socket._httpMessage;
       if (res == null) continue;

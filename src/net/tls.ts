@@ -8,10 +8,13 @@ import type { GatewayConfig } from '../config/schema';
 export type ListenTlsConfig = NonNullable<GatewayConfig['listen']['tls']>;
 
 /**
- * ALPN protocols offered by the TLS listener. Only http/1.1 while the listener is a node:https
- * server: offering h2 before HTTP/2 is served would make h2-preferring clients fail.
+ * ALPN protocols offered by the TLS listener: h2 only when it serves HTTP/2 (listen.tls.http2), as
+ * offering h2 without serving it would make h2-preferring clients fail. The server's preference
+ * order wins, so a client offering both gets h2.
  */
-export const ALPN_PROTOCOLS = ['http/1.1'];
+export function alpnProtocols(http2: boolean): string[] {
+  return http2 ? ['h2', 'http/1.1'] : ['http/1.1'];
+}
 
 /** The verified client certificate of a request on the TLS listener (mTLS at the edge). */
 export interface ClientCertificate {
@@ -132,12 +135,12 @@ export class ListenerCertificates {
   }
 
   /** The https server options: default certificate, SNI selection, versions, ALPN and client certificates. */
-  serverOptions(): ServerOptions {
+  serverOptions(http2: boolean): ServerOptions {
     const mode = this.cfg.clientCertificates.mode;
     return {
       ...this.current.defaultOptions,
       SNICallback: (name, cb) => cb(null, this.contextFor(name)),
-      ALPNProtocols: ALPN_PROTOCOLS,
+      ALPNProtocols: alpnProtocols(http2),
       requestCert: mode !== 'off',
       rejectUnauthorized: mode === 'require',
     };
@@ -193,6 +196,11 @@ export function tlsFiles(cfg: Readonly<GatewayConfig>): string[] {
 /** Cross-field and file checks of the TLS settings, run when a configuration is loaded. */
 export function checkTls(cfg: GatewayConfig, problems: ConfigProblem[]): void {
   const tls = cfg.listen.tls;
+  const h2c = cfg.listen.h2c;
+  if (h2c && h2c.port !== 0) {
+    if (cfg.listen.plain && h2c.port === cfg.listen.port) problems.push({ path: 'listen.h2c.port', message: `must differ from listen.port (${cfg.listen.port})` });
+    else if (tls && h2c.port === tls.port) problems.push({ path: 'listen.h2c.port', message: `must differ from listen.tls.port (${tls.port})` });
+  }
   if (!cfg.listen.plain && !tls) problems.push({ path: 'listen.plain', message: 'the plain listener may only be turned off when listen.tls is set' });
   if (tls) {
     if (cfg.listen.plain && tls.port !== 0 && tls.port === cfg.listen.port) {

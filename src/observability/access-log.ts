@@ -1,4 +1,6 @@
 import pino from 'pino';
+import type { ErrorCode } from '../errors';
+import { grpcStatusOf, isGrpcRequest } from '../grpc/status';
 import type { FastifyBaseLogger } from 'fastify';
 import type { AccessField, GatewayConfig } from '../config/schema';
 import type { RequestContext } from '../context';
@@ -180,6 +182,9 @@ export class AccessLog {
         return text((ctx) => ctx.rateLimitResult);
       case 'error':
         return text((ctx) => ctx.errorCode);
+      case 'grpcStatus':
+        // The upstream's grpc-status, or the one the gateway answered a gRPC request's error with.
+        return text((ctx) => ctx.grpcStatus ?? (ctx.errorCode !== null && isGrpcRequest(ctx.req) ? String(grpcStatusOf(ctx.errorCode as ErrorCode)) : undefined));
     }
   }
 

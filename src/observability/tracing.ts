@@ -284,6 +284,11 @@ class TracingStep implements Step {
   }
 }
 
+/** The client span of a call made for the request; ended once. */
+export interface CallSpan {
+  done(status: number, error?: string): void;
+}
+
 /** The spans of one sampled request: its server span, and the client span of the upstream attempt under way. */
 export class RequestTrace {
   readonly span: Span;
@@ -321,6 +326,35 @@ export class RequestTrace {
     this.serverContext = trace.setSpan(ROOT_CONTEXT, this.span);
     ctx.traceId = this.span.spanContext().traceId;
     ctx.res.on('close', this.end);
+  }
+
+  /**
+   * A call the gateway makes on the request's behalf before the upstream (an external authorizer, a
+   * token introspection): a client span under the server span, whose context the callee gets in
+   * `headers`. `done` ends it with the callee's status (0: no answer) and, on failure, its reason.
+   */
+  callStarted(name: string, url: URL, headers: string[]): CallSpan {
+    const { tracing } = this.step;
+    const span = tracing.tracer.startSpan(name, { kind: SpanKind.CLIENT }, this.serverContext);
+    if (span.isRecording()) {
+      span.setAttributes({
+        'server.address': url.hostname,
+        'server.port': Number(url.port || (url.protocol === 'https:' ? 443 : 80)),
+        'url.scheme': url.protocol.slice(0, -1),
+      });
+    }
+    tracing.propagator.inject(trace.setSpan(ROOT_CONTEXT, span), headers, HEADER_SETTER);
+    return {
+      done(status: number, error?: string) {
+        if (!span.isRecording()) return;
+        if (status > 0) span.setAttribute('http.response.status_code', status);
+        if (error !== undefined) {
+          span.setAttribute('error.type', error);
+          span.setStatus({ code: SpanStatusCode.ERROR });
+        }
+        span.end();
+      },
+    };
   }
 
   /** An upstream attempt starts: its client span, whose context the upstream gets in `headers`. */

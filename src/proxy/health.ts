@@ -1,5 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import type { FastifyBaseLogger } from 'fastify';
+import { connect, type IncomingHttpHeaders } from 'node:http2';
 import { Client } from 'undici';
 import type { UpstreamConfig } from '../config/schema';
 import type { Resource } from '../plugins/types';
@@ -57,16 +58,20 @@ class TargetProbe {
     let ok = false;
     let detail: string;
     try {
-      const res = await this.client.request({
-        path: this.path,
-        method: 'GET',
-        headers: { 'user-agent': 'api-gateway-health-check' },
-        signal: ac.signal,
-        reset: true,
-      });
-      await res.body.dump();
-      ok = this.ok[res.statusCode] === 1;
-      detail = `status ${res.statusCode}`;
+      if (cfg.grpcService !== undefined) {
+        ({ ok, detail } = await grpcHealthCheck(this.target, cfg.grpcService, ac.signal));
+      } else {
+        const res = await this.client.request({
+          path: this.path,
+          method: 'GET',
+          headers: { 'user-agent': 'api-gateway-health-check' },
+          signal: ac.signal,
+          reset: true,
+        });
+        await res.body.dump();
+        ok = this.ok[res.statusCode] === 1;
+        detail = `status ${res.statusCode}`;
+      }
     } catch (err) {
       const e = err as { code?: string; message?: string };
       detail = e.code ? `${e.code}: ${e.message}` : String(e.message ?? err);
@@ -86,6 +91,62 @@ class TargetProbe {
     this.running?.abort(new Error('gateway closing'));
     await this.client.destroy();
   }
+}
+
+/** grpc.health.v1.HealthCheckResponse.ServingStatus.SERVING. */
+const SERVING = 1;
+
+/**
+ * One grpc.health.v1.Health/Check call on a connection of its own (closed after it, like the HTTP
+ * probes'). The request and response are tiny protobuf messages written by hand:
+ * HealthCheckRequest { string service = 1 } and HealthCheckResponse { ServingStatus status = 1 }.
+ */
+function grpcHealthCheck(target: Target, service: string, signal: AbortSignal): Promise<{ ok: boolean; detail: string }> {
+  const name = Buffer.from(service, 'utf8');
+  const message = name.length > 0 ? Buffer.concat([Buffer.from([0x0a, name.length]), name]) : Buffer.alloc(0);
+  const frame = Buffer.alloc(5 + message.length);
+  frame.writeUInt32BE(message.length, 1);
+  message.copy(frame, 5);
+  const { timeout: _timeout, ...tls } = target.connectOptions;
+  return new Promise((resolve, reject) => {
+    const session = connect(target.origin, { ...(tls as object), ALPNProtocols: ['h2'] });
+    const stop = (): void => {
+      session.destroy();
+      reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+    };
+    signal.addEventListener('abort', stop, { once: true });
+    session.on('error', (err) => {
+      signal.removeEventListener('abort', stop);
+      session.destroy();
+      reject(err);
+    });
+    const stream = session.request({
+      ':method': 'POST',
+      ':path': `${target.basePath}/grpc.health.v1.Health/Check`,
+      'content-type': 'application/grpc',
+      te: 'trailers',
+      'user-agent': 'api-gateway-health-check',
+    });
+    const chunks: Buffer[] = [];
+    let grpcStatus: string | undefined;
+    const note = (h: IncomingHttpHeaders): void => {
+      if (h['grpc-status'] !== undefined) grpcStatus = String(h['grpc-status']);
+    };
+    stream.on('response', note);
+    stream.on('trailers', note);
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    stream.on('error', () => undefined);
+    stream.on('close', () => {
+      signal.removeEventListener('abort', stop);
+      session.close();
+      const body = Buffer.concat(chunks);
+      // Field 1 (varint) right after the 5-byte message prefix; a missing field is the default, UNKNOWN (0).
+      const serving = body.length >= 7 && body[5] === 0x08 ? body[6] : 0;
+      if (grpcStatus === undefined) return resolve({ ok: false, detail: 'no grpc-status in the answer' });
+      resolve({ ok: grpcStatus === '0' && serving === SERVING, detail: `grpc-status ${grpcStatus}, serving status ${serving}` });
+    });
+    stream.end(frame);
+  });
 }
 
 /**

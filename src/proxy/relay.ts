@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { Dispatcher } from 'undici';
 import type { RequestContext, UpstreamExchange } from '../context';
 import { GatewayError, sendProblem } from '../errors';
+import { relayGrpc } from '../grpc/relay';
 import { AttemptHandler, reject } from './attempts';
 import type { Timed } from './deadlines';
 import { copyRequestHeaders, copyResponseHeaders, type ClientHeaderFacts, type ResponseHeaderFacts } from './headers';
@@ -321,6 +322,7 @@ export function relay(ctx: RequestContext): void {
   // The side of a split is chosen last, so that match rules and sticky keys see the authenticated consumer.
   if (ctx.route.split !== null) ctx.route = ctx.route.split.pick(ctx);
   const route = ctx.route;
+  if (route.grpc) return relayGrpc(ctx);
   const upstream = route.upstream;
   const handler = new RelayHandler(ctx);
   const target = upstream.pick(ctx.startedAt, null, handler);
@@ -342,6 +344,7 @@ export function relay(ctx: RequestContext): void {
   };
   const headers: string[] = [];
   copyRequestHeaders(req.rawHeaders, route.dropRequestHeaders, headers, facts);
+  if (ctx.bodyUnannounced) facts.hasBody = true;
 
   const peer = ctx.peer;
   const trusted = ctx.peerTrusted;

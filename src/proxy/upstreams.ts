@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { isIP, type Socket } from 'node:net';
 import { Pool, buildConnector, errors } from 'undici';
 import type { UpstreamConfig } from '../config/schema';
+import { H2Channel } from '../grpc/channel';
 import { Deadlines } from './deadlines';
 import { HeaderStrings } from './header-strings';
 import { responseHeaderKind } from './headers';
@@ -36,6 +37,9 @@ export class Target {
   weight: number;
   /** Where the target comes from: the configuration, or DNS discovery. */
   readonly source: 'static' | 'dns';
+  private channel: H2Channel | null = null;
+  private readonly connectMs: number;
+  private readonly idleMs: number;
 
   constructor(url: string, cfg: UpstreamConfig, upstream: string, events: ResilienceEvents, weight = 1, source: 'static' | 'dns' = 'static') {
     const u = new URL(url);
@@ -46,6 +50,8 @@ export class Target {
     this.basePath = u.pathname === '/' ? '' : u.pathname.replace(/\/$/, '');
     this.state = new TargetState(upstream, url, cfg, events);
     const { pool, timeouts, tls } = cfg;
+    this.connectMs = timeouts.connectMs;
+    this.idleMs = pool.keepAliveTimeoutMs;
     this.connectOptions = {
       timeout: timeouts.connectMs,
       rejectUnauthorized: tls.rejectUnauthorized,
@@ -78,7 +84,23 @@ export class Target {
       },
     });
   }
+
+  /** The HTTP/2 connection gRPC calls to this target share, opened on first use. */
+  h2(): H2Channel {
+    if (this.channel === null) {
+      // The TLS options of the pool, but ALPN h2; undici's connect timeout is not a socket timeout here.
+      const { timeout: _timeout, ...tls } = this.connectOptions;
+      this.channel = new H2Channel(this.origin, { ...(tls as object), ALPNProtocols: ['h2'] }, this.connectMs, this.idleMs);
+    }
+    return this.channel;
+  }
+
+  /** Lets requests in flight finish, then closes the pool and the HTTP/2 connection. */
+  async close(): Promise<void> {
+    await Promise.all([this.pool.close(), this.channel?.close()]);
+  }
 }
+
 
 /** undici's value for a timeout the gateway enforces itself: only reached if ours failed to fire. */
 function backstop(ms: number): number {
@@ -88,7 +110,6 @@ function backstop(ms: number): number {
 function connectTimedOut(socket: Socket, host: string, ms: number): void {
   socket.destroy(new errors.ConnectTimeoutError(`connecting to ${host} took longer than ${ms} ms`));
 }
-
 
 /** A target entry of the config as a spec (ajv does not fill defaults inside a union: the weight may be missing). */
 export function targetSpec(entry: UpstreamConfig['targets'][number]): TargetSpec {
@@ -191,7 +212,7 @@ export class Upstream {
     this.targets = next;
     this.balancer.reset(next);
     for (const t of removed) {
-      const closing = t.pool.close().catch(() => undefined);
+      const closing = t.close().catch(() => undefined);
       this.draining.add(closing);
       void closing.then(() => this.draining.delete(closing));
     }
@@ -213,7 +234,7 @@ export class Upstream {
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.targets.map((t) => t.pool.close()), ...this.draining]);
+    await Promise.all([...this.targets.map((t) => t.close()), ...this.draining]);
     this.deadlines.close();
   }
 }

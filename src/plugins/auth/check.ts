@@ -2,6 +2,8 @@ import { readFileSync } from 'node:fs';
 import type { ConfigProblem, GatewayConfig } from '../types';
 import { identityHeaderPairs } from './identity-headers';
 import { loadPublicKey } from './jwt';
+import type { OidcConfig } from './oidc-schema';
+import { aesKey } from './sealed-cookie';
 
 const HMAC = /^HS/;
 const MIN_SECRET_BYTES = 32;
@@ -76,6 +78,8 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
     }
   }
 
+  if (cfg.auth.oidc) checkOidc(cfg.auth.oidc, idHeaders, cfg.auth.apiKeys.header.toLowerCase(), problems);
+
   const consumerIds = new Map<string, number>();
   const prefixes = new Map<string, string>();
   cfg.consumers.forEach((c, i) => {
@@ -119,11 +123,24 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
     }
   }
 
+  checkRemoteAuth(cfg, idHeaders, problems);
+
   cfg.routes.forEach((r, i) => {
     const auth = r.auth;
     if (!auth) return;
     const at = `routes[${i}].auth`;
     if (auth.methods.includes('jwt') && !jwt) problems.push({ path: `${at}.methods`, message: 'jwt needs auth.jwt to be configured' });
+    if (auth.methods.includes('external') && !cfg.auth.external) problems.push({ path: `${at}.methods`, message: 'external needs auth.external to be configured' });
+    if (auth.methods.includes('introspection') && !cfg.auth.introspection) {
+      problems.push({ path: `${at}.methods`, message: 'introspection needs auth.introspection to be configured' });
+    }
+    if (auth.methods.includes('oidc') && (auth.methods.includes('external') || auth.methods.includes('introspection'))) {
+      problems.push({ path: `${at}.methods`, message: 'oidc cannot share a route with external or introspection yet: give the browser login its own route' });
+    }
+    if (auth.failOpen && !auth.methods.includes('external')) {
+      problems.push({ path: `${at}.failOpen`, message: 'failing open applies to the external authorizer: add external to methods or remove failOpen' });
+    }
+    if (auth.methods.includes('oidc') && !cfg.auth.oidc) problems.push({ path: `${at}.methods`, message: 'oidc needs auth.oidc to be configured' });
     if (auth.tokenTypes && !auth.methods.includes('jwt')) {
       problems.push({ path: `${at}.tokenTypes`, message: 'token types apply to JWTs: add jwt to methods or remove tokenTypes' });
     }
@@ -132,6 +149,128 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
       problems.push({ path: `${at}.required`, message: 'roles and scopes need required: true (an anonymous caller has neither)' });
     }
   });
+}
+
+/** The external authorizer and introspection settings that span fields. */
+function checkRemoteAuth(cfg: GatewayConfig, idHeaders: string[], problems: ConfigProblem[]): void {
+  const credentialHeaders = ['authorization', cfg.auth.apiKeys.header.toLowerCase()];
+  const ext = cfg.auth.external;
+  if (ext) {
+    const forwarded = new Set(ext.forwardHeaders.map((h) => h.toLowerCase()));
+    ext.cache.identitySources.forEach((h, j) => {
+      if (!forwarded.has(h.toLowerCase())) {
+        problems.push({ path: `auth.external.cache.identitySources[${j}]`, message: `"${h}" is not in forwardHeaders: decisions are only keyed by what the authorizer sees` });
+      }
+    });
+    if (ext.cache.identitySources.length === 0) problems.push({ path: 'auth.external.cache.identitySources', message: 'at least one header is needed to tell callers apart' });
+    // The user id header is free for the authorizer to set (its identity names no user); the consumer and roles headers are the gateway's.
+    const gatewaySet = [cfg.auth.identityHeaders.consumerId, cfg.auth.identityHeaders.roles].map((h) => h.toLowerCase());
+    ext.upstreamHeaders.forEach((h, j) => {
+      const lower = h.toLowerCase();
+      if (gatewaySet.includes(lower) || credentialHeaders.includes(lower) || lower === 'host' || lower === 'content-length' || lower === 'transfer-encoding') {
+        problems.push({ path: `auth.external.upstreamHeaders[${j}]`, message: 'collides with the consumer or roles header the gateway sets, or a credential or framing header' });
+      }
+    });
+    ext.clientHeaders.forEach((h, j) => {
+      if (['content-length', 'transfer-encoding', 'connection'].includes(h.toLowerCase())) {
+        problems.push({ path: `auth.external.clientHeaders[${j}]`, message: 'a framing header is the gateway\'s to set, never relayed' });
+      }
+    });
+    try {
+      new URL(ext.url);
+    } catch {
+      problems.push({ path: 'auth.external.url', message: `"${ext.url}" is not a URL` });
+    }
+  }
+  const intro = cfg.auth.introspection;
+  if (intro) {
+    for (const name of Object.keys(intro.claimHeaders)) {
+      const lower = name.toLowerCase();
+      if (idHeaders.includes(lower) || credentialHeaders.includes(lower)) {
+        problems.push({ path: `auth.introspection.claimHeaders[${JSON.stringify(name)}]`, message: 'collides with an identity or credential header' });
+      }
+    }
+    try {
+      new URL(intro.url);
+    } catch {
+      problems.push({ path: 'auth.introspection.url', message: `"${intro.url}" is not a URL` });
+    }
+  }
+}
+
+function httpUrl(value: string, path: string, problems: ConfigProblem[]): URL | null {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    problems.push({ path, message: `"${value}" is not an absolute URL` });
+    return null;
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+    problems.push({ path, message: `protocol must be https: or http:, got ${url.protocol}` });
+    return null;
+  }
+  return url;
+}
+
+function checkOidc(oidc: OidcConfig, idHeaders: string[], apiKeyHeader: string, problems: ConfigProblem[]): void {
+  httpUrl(oidc.issuer, 'auth.oidc.issuer', problems);
+  const redirect = httpUrl(oidc.redirectUri, 'auth.oidc.redirectUri', problems);
+  if (redirect && redirect.hash !== '') problems.push({ path: 'auth.oidc.redirectUri', message: 'must not have a fragment (RFC 6749 §3.1.2)' });
+  if (redirect && redirect.pathname === oidc.logoutPath) problems.push({ path: 'auth.oidc.logoutPath', message: 'must differ from the path of redirectUri' });
+  if (oidc.postLogoutRedirectUri !== undefined) httpUrl(oidc.postLogoutRedirectUri, 'auth.oidc.postLogoutRedirectUri', problems);
+  if (!oidc.scopes.includes('openid')) problems.push({ path: 'auth.oidc.scopes', message: 'must include openid' });
+  if (oidc.clientAuth !== undefined && oidc.clientSecret === undefined) {
+    problems.push({ path: 'auth.oidc.clientAuth', message: `${oidc.clientAuth} needs clientSecret` });
+  }
+  oidc.session.keys.forEach((k, i) => {
+    if (aesKey(k) === null) problems.push({ path: `auth.oidc.session.keys[${i}]`, message: 'must be 32 bytes in base64 or base64url (openssl rand -base64 32)' });
+  });
+  for (const name of Object.keys(oidc.claimHeaders)) {
+    const lower = name.toLowerCase();
+    if (idHeaders.includes(lower) || lower === 'authorization' || lower === 'cookie' || lower === apiKeyHeader) {
+      problems.push({ path: `auth.oidc.claimHeaders[${JSON.stringify(name)}]`, message: 'collides with an identity or credential header' });
+    }
+  }
+}
+
+/** A prefix matches a path at segment boundaries, as the router does. */
+function prefixMatches(prefix: string, path: string): boolean {
+  const p = prefix.length > 1 && prefix.endsWith('/') ? prefix.slice(0, -1) : prefix;
+  return p === '/' || path === p || path.startsWith(p + '/');
+}
+
+/**
+ * The login's own paths are answered by the routes that list `oidc`: one routed elsewhere (the longest
+ * matching prefix belongs to another route, or none matches) means logins or logouts never complete.
+ */
+export function authWarnings(cfg: Readonly<GatewayConfig>): ConfigProblem[] {
+  const oidc = cfg.auth.oidc;
+  if (!oidc) return [];
+  let callback: string;
+  try {
+    callback = new URL(oidc.redirectUri).pathname;
+  } catch {
+    return [];
+  }
+  const out: ConfigProblem[] = [];
+  for (const [field, path] of [['redirectUri', callback], ['logoutPath', oidc.logoutPath]] as const) {
+    let best = -1;
+    let lists = false;
+    for (const r of cfg.routes) {
+      if (!prefixMatches(r.match.prefix, path) || r.match.prefix.length < best) continue;
+      const here = r.auth?.methods.includes('oidc') ?? false;
+      lists = r.match.prefix.length === best ? lists || here : here;
+      best = r.match.prefix.length;
+    }
+    if (!lists) {
+      out.push({
+        path: `auth.oidc.${field}`,
+        message: `${path} is not under a route that lists oidc (the longest matching prefix decides), so the gateway never answers it; add a route for it or move it under one`,
+      });
+    }
+  }
+  return out;
 }
 
 /** The lower-case identity header names, in a fixed order. */

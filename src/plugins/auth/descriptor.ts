@@ -1,5 +1,5 @@
 import type { PluginDescriptor } from '../types';
-import { checkAuthConfig } from './check';
+import { authWarnings, checkAuthConfig } from './check';
 import { authFields } from './fields';
 import { createAuthPlugin } from '.';
 
@@ -8,5 +8,6 @@ export const authPlugin: PluginDescriptor<typeof authFields.top, typeof authFiel
   name: 'auth',
   schema: authFields,
   check: checkAuthConfig,
+  warnings: authWarnings,
   create: (ctx) => ({ authenticate: [createAuthPlugin(ctx)] }),
 };

@@ -8,6 +8,8 @@ export class AuthFailure extends Error {
     message: string,
     /** The key source (JWKS, key store) is unreachable, so nothing can be verified: 503, not 401. */
     readonly unavailable = false,
+    /** The unavailable source is a remote auth service (introspection), not a key source. */
+    readonly remote = false,
   ) {
     super(message);
     this.name = 'AuthFailure';

@@ -5,15 +5,21 @@ import type { CompiledRoute } from '../../routes';
 import { ApiKeyAuthenticator, MemoryKeyStore, type KeyStore } from './api-keys';
 import { readPublicKeyPem } from './check';
 import { ConsumerDirectory } from './consumers';
+import { ExternalAuthorizer } from './external';
+import { Introspector } from './introspection';
+import { RemoteMetrics, remoteMetricFamilies, RemoteService, type RemoteMetricFamilies, type RemoteServiceName } from './remote-call';
+import type { AuthBreakerConfig } from './remote-schema';
 import { headerVariants, type IdentityHeaderNames } from './identity-headers';
 import { JwksKeySource } from './jwks';
 import { algorithmsForKey, claimRules, JwtAuthenticator, keyVerifier, loadPublicKey, type KeySource } from './jwt';
+import { CALLBACK_FAILURES, OidcLogin, type OidcMetrics } from './oidc';
+import { OidcClient } from './oidc-client';
 import { RedisKeyStore } from './redis-keys';
 import type { JwtConfig } from './schema';
 import { AuthStep, type CredentialSources } from './step';
 
 /** Auth metrics live as long as the gateway: plugins are rebuilt on reload, metric families are not. */
-function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetches: CounterFamily } {
+function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetches: CounterFamily; remote: RemoteMetricFamilies } {
   return ctx.shared('auth:metrics', () => {
     const jwksFetches = ctx.metrics.counter('gateway_auth_jwks_fetches_total', 'Fetches of the JWKS key set, by result (ok, error).', ['result']);
     // Both series from the start: a dashboard shows 0 fetch errors rather than nothing.
@@ -26,8 +32,43 @@ function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetche
         ['route', 'result'],
       ),
       jwksFetches,
+      remote: remoteMetricFamilies(ctx.metrics),
     };
   });
+}
+
+/** Login metrics, every series present from the start so the dashboard shows zeros rather than gaps. */
+function oidcMetrics(ctx: PluginContext): OidcMetrics {
+  return ctx.shared('auth:oidc-metrics', () => {
+    const m = ctx.metrics;
+    const logins = m.counter('gateway_oidc_logins_total', 'OIDC logins, by stage: started (sent to the provider) and completed (session set).', ['stage']);
+    const callbackFailures = m.counter('gateway_oidc_callback_failures_total', 'OIDC login callbacks refused, by reason.', ['reason']);
+    const refreshes = m.counter('gateway_oidc_refreshes_total', 'OIDC session renewals with the refresh token, by result (ok, refused, error).', ['result']);
+    for (const s of ['started', 'completed']) logins.child(s);
+    for (const r of CALLBACK_FAILURES) callbackFailures.child(r);
+    for (const r of ['ok', 'refused', 'error']) refreshes.child(r);
+    return { logins, callbackFailures, refreshes };
+  });
+}
+
+/**
+ * The pool, breaker and time budget of a remote auth service outlive reloads that keep its
+ * settings; the decision caches belong to the runtime (they hold identities built from its consumers).
+ */
+function remoteService(
+  ctx: PluginContext,
+  name: RemoteServiceName,
+  cfg: { url: string; timeoutMs: number; connections: number; breaker: AuthBreakerConfig },
+  maxBytes: number,
+): { service: RemoteService; metrics: RemoteMetrics } {
+  const metrics = ctx.shared(`auth:remote-metrics:${name}`, () => new RemoteMetrics(authMetrics(ctx).remote, name));
+  const key = JSON.stringify([cfg.url, cfg.timeoutMs, cfg.connections, cfg.breaker, maxBytes]);
+  const service = ctx.shared(`auth:remote:${name}:${key}`, () => {
+    const s = new RemoteService({ name, url: cfg.url, timeoutMs: cfg.timeoutMs, connections: cfg.connections, maxBytes, breaker: cfg.breaker, metrics, log: ctx.log });
+    ctx.addResource(s);
+    return s;
+  });
+  return { service, metrics };
 }
 
 /**
@@ -76,6 +117,32 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
   // Node refuses a longer head (431) before any of this runs, so the listener's limit is the natural default.
   const maxTokenBytes = auth.jwt?.maxTokenBytes ?? cfg.policies.limits.maxHeaderBytes;
   const jwt = auth.jwt ? new JwtAuthenticator(auth.jwt, jwtKeySource(auth.jwt, ctx), consumers, names, maxTokenBytes) : null;
+  let introspection: Introspector | null = null;
+  if (auth.introspection) {
+    const i = auth.introspection;
+    const { service, metrics } = remoteService(ctx, 'introspection', i, i.maxResponseBytes);
+    introspection = new Introspector(i, service, consumers, names, metrics, maxTokenBytes, ctx.log);
+  }
+  let external: ExternalAuthorizer | null = null;
+  let externalMetrics: RemoteMetrics | null = null;
+  if (auth.external) {
+    const { service, metrics } = remoteService(ctx, 'external', auth.external, Math.max(auth.external.denyBodyMaxBytes, 16384));
+    external = new ExternalAuthorizer(auth.external, service, consumers, names, metrics);
+    externalMetrics = metrics;
+  }
+
+  const oidcCfg = auth.oidc;
+  let oidc: OidcLogin | null = null;
+  if (oidcCfg) {
+    // Discovery and keys survive reloads that keep the same provider settings.
+    const key = JSON.stringify([oidcCfg.issuer, oidcCfg.clientId, oidcCfg.clientSecret, oidcCfg.clientAuth, oidcCfg.algorithms, oidcCfg.clockToleranceSec, oidcCfg.discovery]);
+    const client = ctx.shared(`auth:oidc:${key}`, () => {
+      const c = new OidcClient({ cfg: oidcCfg, log: ctx.log, jwksFetches: authMetrics(ctx).jwksFetches });
+      ctx.addResource(c);
+      return c;
+    });
+    oidc = new OidcLogin(oidcCfg, client, consumers, names, oidcMetrics(ctx), ctx.log);
+  }
 
   const sources: CredentialSources = {
     jwt,
@@ -86,10 +153,24 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
     jwtQuery: auth.jwt?.query,
     apiKeyQuery: auth.apiKeys.query,
     realm: auth.realm,
+    introspection,
+    external,
+    externalMetrics,
+    jwtIssuer: auth.jwt?.issuer,
+    oidc,
   };
   const { decisions } = authMetrics(ctx);
 
-  const identityDrops = [names.consumerId, names.userId, names.roles, ...Object.keys(auth.jwt?.claimHeaders ?? {})].flatMap(headerVariants);
+  // Headers the external authorizer or the introspection answer may set are identity too.
+  const identityDrops = [
+    names.consumerId,
+    names.userId,
+    names.roles,
+    ...Object.keys(auth.jwt?.claimHeaders ?? {}),
+    ...Object.keys(auth.introspection?.claimHeaders ?? {}),
+    ...(auth.external?.upstreamHeaders ?? []),
+    ...Object.keys(oidcCfg?.claimHeaders ?? {}),
+  ].flatMap(headerVariants);
   const credentialDrops = ['authorization', ...headerVariants(auth.apiKeys.header)];
 
   return {
@@ -98,10 +179,16 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
       for (const h of identityDrops) route.dropRequestHeaders.add(h);
       const routeAuth = route.config.auth;
       if (!routeAuth) return null;
+      const usesLogin = routeAuth.methods.includes('oidc');
       if (!routeAuth.forwardCredentials) {
         for (const h of credentialDrops) route.dropRequestHeaders.add(h);
         // The step forwards the other cookies itself.
         if (sources.jwtCookie !== undefined) route.dropRequestHeaders.add('cookie');
+      }
+      if (usesLogin) {
+        route.dropRequestHeaders.add('cookie');
+        // The access token replaces whatever Authorization the client sent.
+        if (oidcCfg!.forwardAccessToken) route.dropRequestHeaders.add('authorization');
       }
       return new AuthStep(route.name, routeAuth, sources, decisions, ctx.log);
     },

@@ -104,7 +104,7 @@ export function algorithmsForKey(type: string | undefined, curve: string | undef
 }
 
 /** Fixed messages for fast-jwt's error codes: clear, and free of anything the token said. */
-function tokenMessage(err: unknown): string {
+export function tokenMessage(err: unknown): string {
   if (!(err instanceof TokenError)) return 'the token is not valid';
   switch (err.code) {
     case TokenError.codes.expired:
@@ -130,21 +130,21 @@ function tokenMessage(err: unknown): string {
 }
 
 /** A claim that lists names: an array of strings, or one space-separated string. */
-function nameList(value: unknown, claim: string): readonly string[] {
+export function nameList(value: unknown, claim: string): readonly string[] {
   if (value === undefined) return [];
   if (typeof value === 'string') return value.split(' ').filter((s) => s !== '');
   if (Array.isArray(value) && value.every((v) => typeof v === 'string')) return value as string[];
   throw new AuthFailure(`the token claim "${claim}" must be a string or an array of strings`);
 }
 
-function union(a: readonly string[], b: readonly string[]): readonly string[] {
+export function union(a: readonly string[], b: readonly string[]): readonly string[] {
   if (b.length === 0) return a;
   if (a.length === 0) return b;
   return [...new Set([...a, ...b])];
 }
 
 /** Header value of a mapped claim, or undefined when the claim has no printable form. */
-function claimHeaderValue(value: unknown, max: number): string | undefined {
+export function claimHeaderValue(value: unknown, max: number): string | undefined {
   let s: string;
   if (typeof value === 'string') s = value;
   else if (typeof value === 'number' || typeof value === 'boolean') s = String(value);
@@ -167,7 +167,7 @@ const TIME_CLAIMS = ['exp', 'nbf', 'iat'] as const;
  * fast-jwt checks only that exp and nbf are numbers (so `1e308` or `1e400`, read as Infinity, never
  * expire) and ignores iat; anything outside [0, MAX_NUMERIC_DATE] is refused here.
  */
-function checkTimeClaims(payload: Record<string, unknown>): void {
+export function checkTimeClaims(payload: Record<string, unknown>): void {
   for (const claim of TIME_CLAIMS) {
     if (!(claim in payload)) continue;
     const v = payload[claim];

@@ -1,4 +1,6 @@
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
+import { OidcSchema } from './oidc-schema';
+import { ExternalAuthSchema, IntrospectionSchema } from './remote-schema';
 
 // A local copy of the config schema's closed-object helper: importing it from config/schema.ts
 // would make the two modules import each other.
@@ -162,19 +164,23 @@ export const AuthSchema = Obj(
   {
     realm: Type.String({ description: 'Realm announced in WWW-Authenticate.', default: 'gateway', pattern: '^[ !#-\\[\\]-~]{1,64}$', expected: 'at most 64 printable ASCII characters without " or \\' }),
     jwt: Type.Optional(JwtSchema),
+    oidc: Type.Optional(OidcSchema),
     apiKeys: ApiKeysSchema,
+    external: Type.Optional(ExternalAuthSchema),
+    introspection: Type.Optional(IntrospectionSchema),
     identityHeaders: IdentityHeadersSchema,
   },
   { description: 'Authentication providers.', default: {} },
 );
 
-export const AUTH_METHODS = ['jwt', 'apiKey'] as const;
+export const AUTH_METHODS = ['jwt', 'apiKey', 'oidc', 'introspection', 'external'] as const;
 export type AuthMethod = (typeof AUTH_METHODS)[number];
 
 export const RouteAuthSchema = Obj(
   {
     methods: Type.Array(Type.Union(AUTH_METHODS.map((m) => Type.Literal(m))), {
-      description: 'Accepted credentials, tried in this order (the first one present decides).',
+      description:
+        'Accepted credentials, tried in this order (the first one present decides). `oidc` is the login session cookie; without any credential, a browser is sent to log in and other clients get 401. jwt and introspection both read the bearer token: on a route with both, a token that parses as a JWT from auth.jwt.issuer (any JWT when no issuer is set) is verified locally, any other is introspected.',
       minItems: 1,
     }),
     required: Type.Boolean({
@@ -198,6 +204,11 @@ export const RouteAuthSchema = Obj(
         minItems: 1,
       }),
     ),
+    failOpen: Type.Boolean({
+      description:
+        'When the external authorizer cannot decide (5xx, timeout, breaker open), let the request through without an identity instead of answering 503. Needs external in methods.',
+      default: false,
+    }),
     forwardCredentials: Type.Boolean({
       description: 'Forward the Authorization / API key header (and token cookie or query parameter) upstream.',
       default: false,

@@ -2,12 +2,17 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { Step, StepResult } from '../../chain';
 import type { RequestContext } from '../../context';
 import type { CounterCell, CounterFamily } from '../../observability/fast-metrics';
-import { GatewayError } from '../../errors';
+import { bodyPending, GatewayError } from '../../errors';
 import type { ApiKeyAuthenticator } from './api-keys';
+import type { Decision, Denied, ExternalAuthorizer } from './external';
+import type { Introspector } from './introspection';
+import { RemoteDown, type RemoteMetrics } from './remote-call';
 import type { Verified } from './consumers';
 import { bearerToken, cookieValue, queryValue, withoutCookies, withoutQueryParams } from './credentials';
 import { AuthFailure } from './failure';
 import { tokenMediaType, type JwtAuthenticator } from './jwt';
+import type { OidcLogin } from './oidc';
+import { parseCookies } from './sealed-cookie';
 import type { RouteAuthConfig } from './schema';
 
 /** Where credentials come from: fixed by the configuration, shared by every route. */
@@ -21,6 +26,44 @@ export interface CredentialSources {
   jwtQuery: string | undefined;
   apiKeyQuery: string | undefined;
   realm: string;
+  oidc: OidcLogin | null;
+  introspection: Introspector | null;
+  external: ExternalAuthorizer | null;
+  externalMetrics: RemoteMetrics | null;
+  /** auth.jwt.issuer: on a route with jwt and introspection, a JWT from it is verified locally. */
+  jwtIssuer: string | undefined;
+}
+
+const NONE = 0;
+const JWT = 1;
+const KEY = 2;
+const INTROSPECTION = 3;
+const EXTERNAL = 4;
+type Chosen = typeof NONE | typeof JWT | typeof KEY | typeof INTROSPECTION | typeof EXTERNAL;
+// oidc routes take runWithLogin and never this order.
+const METHOD_CODES = { jwt: JWT, apiKey: KEY, introspection: INTROSPECTION, external: EXTERNAL, oidc: NONE } as const;
+
+const B64URL_SEGMENT = /^[A-Za-z0-9_-]+$/;
+
+/**
+ * Whether a bearer token is a JWT this gateway verifies itself: three base64url segments whose
+ * payload is a JSON object with the configured issuer (any issuer when none is configured).
+ * Anything else is an opaque token for the introspection endpoint.
+ */
+export function isLocalJwt(token: string, issuer: string | undefined): boolean {
+  const a = token.indexOf('.');
+  const b = a < 0 ? -1 : token.indexOf('.', a + 1);
+  if (b < 0 || token.indexOf('.', b + 1) >= 0) return false;
+  const payload = token.slice(a + 1, b);
+  if (!B64URL_SEGMENT.test(token.slice(0, a)) || !B64URL_SEGMENT.test(payload)) return false;
+  let claims: unknown;
+  try {
+    claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8'));
+  } catch {
+    return false;
+  }
+  if (claims === null || typeof claims !== 'object' || Array.isArray(claims)) return false;
+  return issuer === undefined || (claims as { iss?: unknown }).iss === issuer;
 }
 
 type Result = 'ok' | 'anonymous' | 'unauthenticated' | 'forbidden' | 'unavailable';
@@ -28,9 +71,11 @@ type Result = 'ok' | 'anonymous' | 'unauthenticated' | 'forbidden' | 'unavailabl
 /** The auth step of one route: everything it needs is decided here, once, at start-up. */
 export class AuthStep implements Step {
   readonly name = 'auth';
+  /** The route's methods, in order, as codes. */
+  private readonly order: readonly Chosen[];
   private readonly useJwt: boolean;
-  private readonly useKey: boolean;
-  private readonly jwtFirst: boolean;
+  private readonly useIntrospection: boolean;
+  private readonly failOpen: boolean;
   private readonly required: boolean;
   private readonly roles: ReadonlySet<string> | null;
   private readonly scopes: ReadonlyMap<string, readonly string[]> | null;
@@ -43,6 +88,9 @@ export class AuthStep implements Step {
   private readonly badToken: Record<string, string>;
   private readonly badKey: Record<string, string>;
   private readonly counts: Record<Result, CounterCell>;
+  /** The route's login, when it lists `oidc`: requests then take runWithLogin. */
+  private readonly oidc: OidcLogin | null;
+  private readonly methods: readonly string[];
 
   constructor(
     private readonly routeName: string,
@@ -51,15 +99,20 @@ export class AuthStep implements Step {
     counter: CounterFamily,
     private readonly log: FastifyBaseLogger,
   ) {
+    this.order = auth.methods.map((m) => METHOD_CODES[m]);
     this.useJwt = auth.methods.includes('jwt') && src.jwt !== null;
-    this.useKey = auth.methods.includes('apiKey');
-    this.jwtFirst = auth.methods[0] === 'jwt';
+    this.useIntrospection = auth.methods.includes('introspection') && src.introspection !== null;
+    this.failOpen = auth.failOpen;
     this.required = auth.required;
     this.roles = auth.roles ? new Set(auth.roles) : null;
     this.scopes = auth.scopes ? new Map(Object.entries(auth.scopes)) : null;
     this.tokenTypes = auth.tokenTypes ? new Set(auth.tokenTypes.map(tokenMediaType)) : null;
 
+    this.oidc = auth.methods.includes('oidc') ? src.oidc : null;
+    this.methods = auth.methods;
     const cookies = auth.forwardCredentials || !src.jwtCookie ? [] : [src.jwtCookie];
+    // The session cookies are the gateway's own: never forwarded, whatever forwardCredentials says.
+    if (this.oidc !== null) cookies.push(...this.oidc.cookieNames);
     this.stripCookies = cookies.length ? new Set(cookies) : null;
     const params = auth.forwardCredentials ? [] : [src.jwtQuery, src.apiKeyQuery].filter((p): p is string => p !== undefined);
     this.stripQuery = params.length ? new Set(params) : null;
@@ -67,11 +120,15 @@ export class AuthStep implements Step {
     const realm = `realm="${src.realm}"`;
     const bearer = `Bearer ${realm}`;
     const apiKey = `ApiKey ${realm}, header="${src.apiKeyHeaderName}"`;
-    const challenges = (jwtError: string, keyError: string) =>
-      auth.methods.map((m) => (m === 'jwt' ? bearer + jwtError : apiKey + keyError)).join(', ');
-    this.missing = { 'www-authenticate': challenges('', '') };
-    this.badToken = { 'www-authenticate': challenges(', error="invalid_token"', '') };
-    this.badKey = { 'www-authenticate': challenges('', ', error="invalid_key"') };
+    // A login session has no WWW-Authenticate scheme, and the external authorizer speaks for itself (its refusals
+    // are relayed): a route with only those sends none. jwt and introspection share one Bearer challenge.
+    const challenges = (jwtError: string, keyError: string): Record<string, string> => {
+      const list = auth.methods.flatMap((m) => (m === 'jwt' || m === 'introspection' ? [bearer + jwtError] : m === 'apiKey' ? [apiKey + keyError] : []));
+      return list.length ? { 'www-authenticate': [...new Set(list)].join(', ') } : {};
+    };
+    this.missing = challenges('', '');
+    this.badToken = challenges(', error="invalid_token"', '');
+    this.badKey = challenges('', ', error="invalid_key"');
     this.counts = {
       ok: counter.child(routeName, 'ok'),
       anonymous: counter.child(routeName, 'anonymous'),
@@ -82,22 +139,28 @@ export class AuthStep implements Step {
   }
 
   run(ctx: RequestContext): StepResult {
+    if (this.oidc !== null) return this.runWithLogin(ctx, this.oidc);
     if (this.stripCookies !== null) this.forwardCookiesWithoutToken(ctx);
     let credential: string | undefined;
-    let isJwt = false;
-    if (this.jwtFirst) {
-      credential = this.jwtToken(ctx);
-      if (credential !== undefined) isJwt = true;
-      else credential = this.apiKey(ctx);
-    } else {
-      credential = this.apiKey(ctx);
-      if (credential === undefined) {
-        credential = this.jwtToken(ctx);
-        isJwt = credential !== undefined;
+    let chosen: Chosen = NONE;
+    const order = this.order;
+    for (let i = 0; i < order.length && chosen === NONE; i++) {
+      switch (order[i]) {
+        case JWT:
+        case INTROSPECTION:
+          credential = order[i] === JWT ? this.jwtToken(ctx) : this.introspectionToken(ctx);
+          if (credential !== undefined) chosen = this.bearerKind(credential);
+          break;
+        case KEY:
+          credential = this.apiKey(ctx);
+          if (credential !== undefined) chosen = KEY;
+          break;
+        case EXTERNAL:
+          if (this.src.external!.hasCredential(ctx)) chosen = EXTERNAL;
       }
     }
     if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
-    if (credential === undefined) {
+    if (chosen === NONE) {
       if (this.required) {
         this.counts.unauthenticated.inc();
         throw new GatewayError('UNAUTHENTICATED', { detail: 'credentials are required', headers: this.missing });
@@ -105,22 +168,168 @@ export class AuthStep implements Step {
       this.counts.anonymous.inc();
       return true;
     }
+    if (chosen === EXTERNAL) return this.runExternal(ctx);
+    const isKey = chosen === KEY;
     let verified: Verified | Promise<Verified>;
     try {
-      verified = isJwt ? this.src.jwt!.authenticate(credential) : this.src.apiKeys.authenticate(credential);
+      if (chosen === JWT) verified = this.src.jwt!.authenticate(credential!);
+      else if (isKey) verified = this.src.apiKeys.authenticate(credential!);
+      else verified = this.src.introspection!.authenticate(credential!, ctx.trace);
     } catch (err) {
-      throw this.refusal(err, isJwt);
+      throw this.refusal(err, !isKey);
     }
     if (verified instanceof Promise) {
       return verified.then(
         (v) => this.admit(ctx, v),
         (err: unknown) => {
-          throw this.refusal(err, isJwt);
+          throw this.refusal(err, !isKey);
         },
       );
     }
     return this.admit(ctx, verified);
   }
+
+  /** A bearer token on a route with both jwt and introspection goes to the one that can check it. */
+  private bearerKind(token: string): Chosen {
+    if (!this.useIntrospection) return JWT;
+    if (!this.useJwt) return INTROSPECTION;
+    return isLocalJwt(token, this.src.jwtIssuer) ? JWT : INTROSPECTION;
+  }
+
+  private introspectionToken(ctx: RequestContext): string | undefined {
+    return this.useIntrospection ? bearerToken(ctx.req.headers.authorization) : undefined;
+  }
+
+  private runExternal(ctx: RequestContext): StepResult {
+    let decision: Decision | Promise<Decision>;
+    try {
+      decision = this.src.external!.decide(ctx, this.routeName);
+    } catch (err) {
+      return this.externalFailed(err);
+    }
+    if (decision instanceof Promise) {
+      return decision.then(
+        (d) => this.applyDecision(ctx, d),
+        (err: unknown) => this.externalFailed(err),
+      );
+    }
+    return this.applyDecision(ctx, decision);
+  }
+
+  private applyDecision(ctx: RequestContext, d: Decision): boolean {
+    const m = this.src.externalMetrics!;
+    if (!d.allow) {
+      m.deny.inc();
+      return this.relayDenial(ctx, d);
+    }
+    m.allow.inc();
+    if (d.verified !== null) return this.admit(ctx, d.verified);
+    // Allowed without an identity: the route's role and scope rules cannot be met.
+    if (this.roles !== null || this.scopes !== null) throw this.forbidden('the authorizer named no caller, and this route requires roles or scopes');
+    const headers = d.headers;
+    for (let i = 0; i < headers.length; i++) ctx.addUpstreamHeader(headers[i][0], headers[i][1]);
+    this.counts.ok.inc();
+    return true;
+  }
+
+  /** The authorizer could not decide: 503, or through without an identity when the route fails open. */
+  private externalFailed(err: unknown): true {
+    if (!(err instanceof RemoteDown)) throw this.refusal(err, true);
+    const m = this.src.externalMetrics!;
+    if (this.failOpen) {
+      m.failOpen.inc();
+      this.counts.anonymous.inc();
+      return true;
+    }
+    m.unavailable.inc();
+    this.counts.unavailable.inc();
+    throw new GatewayError('AUTHORIZER_UNAVAILABLE', { detail: err.message, headers: { 'retry-after': 1 } });
+  }
+
+  /** The authorizer's refusal goes to the client as it gave it: status, selected headers, body. */
+  private relayDenial(ctx: RequestContext, d: Denied): false {
+    const res = ctx.res;
+    (d.status === 403 ? this.counts.forbidden : this.counts.unauthenticated).inc();
+    ctx.errorCode = d.status === 403 ? 'FORBIDDEN' : 'UNAUTHENTICATED';
+    if (res.headersSent || res.destroyed) return false;
+    if (bodyPending(ctx.req)) res.shouldKeepAlive = false;
+    const list: string[] = [...d.headers, 'content-length', String(d.body.length), 'x-request-id', ctx.id, 'cache-control', 'no-store'];
+    if (ctx.responseHeaders !== null) for (const h of ctx.responseHeaders) list.push(h);
+    res.writeHead(d.status, list);
+    res.end(d.body);
+    return false;
+  }
+  /**
+   * A route that lists `oidc`: its callback and logout paths are answered here; otherwise the
+   * credentials are tried in the route's order, the session cookie standing for `oidc`, and a
+   * request with none is sent to log in.
+   */
+  private runWithLogin(ctx: RequestContext, oidc: OidcLogin): StepResult {
+    const cookies = parseCookies(ctx.req.headers.cookie);
+    if (ctx.path === oidc.callbackPath) return oidc.callback(ctx, cookies).catch(this.loginRefusal);
+    if (ctx.path === oidc.logoutPath) return oidc.logout(ctx, cookies).catch(this.loginRefusal);
+    this.forwardCookiesWithoutToken(ctx);
+    for (const m of this.methods) {
+      if (m === 'oidc') {
+        const session = oidc.sessionCookie(cookies);
+        if (session === null) continue;
+        if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
+        let v: Verified | null | Promise<Verified | null>;
+        try {
+          v = oidc.authenticate(ctx, cookies, session);
+        } catch (err) {
+          throw this.refusal(err, false);
+        }
+        if (v instanceof Promise) {
+          return v.then(
+            (r) => this.admitSession(ctx, oidc, r),
+            (err: unknown) => {
+              throw this.refusal(err, false);
+            },
+          );
+        }
+        return this.admitSession(ctx, oidc, v);
+      }
+      const isJwt = m === 'jwt';
+      const credential = isJwt ? this.jwtToken(ctx) : this.apiKey(ctx);
+      if (credential === undefined) continue;
+      if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
+      let verified: Verified | Promise<Verified>;
+      try {
+        verified = isJwt ? this.src.jwt!.authenticate(credential) : this.src.apiKeys.authenticate(credential);
+      } catch (err) {
+        throw this.refusal(err, isJwt);
+      }
+      if (verified instanceof Promise) {
+        return verified.then(
+          (v) => this.admit(ctx, v),
+          (err: unknown) => {
+            throw this.refusal(err, isJwt);
+          },
+        );
+      }
+      return this.admit(ctx, verified);
+    }
+    return this.withoutSession(ctx, oidc);
+  }
+
+  private admitSession(ctx: RequestContext, oidc: OidcLogin, v: Verified | null): StepResult {
+    return v === null ? this.withoutSession(ctx, oidc) : this.admit(ctx, v);
+  }
+
+  private withoutSession(ctx: RequestContext, oidc: OidcLogin): StepResult {
+    if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
+    if (!this.required) {
+      this.counts.anonymous.inc();
+      return true;
+    }
+    this.counts.unauthenticated.inc();
+    return oidc.challenge(ctx, this.missing).catch(this.loginRefusal);
+  }
+
+  private readonly loginRefusal = (err: unknown): never => {
+    throw this.refusal(err, false);
+  };
 
   private jwtToken(ctx: RequestContext): string | undefined {
     if (!this.useJwt) return undefined;
@@ -132,7 +341,6 @@ export class AuthStep implements Step {
   }
 
   private apiKey(ctx: RequestContext): string | undefined {
-    if (!this.useKey) return undefined;
     let key = ctx.req.headers[this.src.apiKeyHeader];
     if (Array.isArray(key)) key = key.join(', ');
     if (key === undefined && this.src.apiKeyQuery !== undefined) key = queryValue(ctx.query, this.src.apiKeyQuery);
@@ -177,7 +385,8 @@ export class AuthStep implements Step {
     if (err instanceof GatewayError) return err;
     if (err instanceof AuthFailure && err.unavailable) {
       this.counts.unavailable.inc();
-      return new GatewayError('AUTH_UNAVAILABLE', { detail: err.message, headers: { 'retry-after': 1 } });
+      const code = err.remote ? 'AUTHORIZER_UNAVAILABLE' : 'AUTH_UNAVAILABLE';
+      return new GatewayError(code, { detail: err.message, headers: { 'retry-after': 1 } });
     }
     if (!(err instanceof AuthFailure)) this.log.warn({ err: { message: (err as Error)?.message } }, 'credential verification failed unexpectedly');
     this.counts.unauthenticated.inc();

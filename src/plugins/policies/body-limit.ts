@@ -51,7 +51,8 @@ class BodyLimitStep implements Step {
     }
     if (req.headers['transfer-encoding'] === undefined) return true;
     const counter = new ByteLimit(ctx, this.limit);
-    req.pipe(counter);
+    // An earlier step may have read the body already (the external authorizer) and put it back in ctx.body.
+    (ctx.body ?? req).pipe(counter);
     ctx.body = counter;
     return true;
   }
