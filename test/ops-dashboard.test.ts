@@ -82,6 +82,18 @@ t.test('the dashboard: variables, panels, and every query filtered by them', asy
   t.match(JSON.stringify(vars.get('route')!.query), /label_values\(gateway_requests_total\{.*\}, route\)/);
   const ids = dashboard.panels.map((p) => p.id);
   t.equal(new Set(ids).size, ids.length, 'panel ids are unique');
+  // Grafana draws panels where gridPos says: two that share a cell hide one another.
+  const cells = new Map<string, string>();
+  for (const p of dashboard.panels) {
+    const { x, y, w, h } = p.gridPos;
+    const clash = new Set<string>();
+    for (let i = x; i < x + w; i++) for (let j = y; j < y + h; j++) {
+      const other = cells.get(`${i},${j}`);
+      if (other) clash.add(other);
+      else cells.set(`${i},${j}`, p.title);
+    }
+    t.same([...clash], [], `${p.title} overlaps no other panel`);
+  }
   for (const p of dashboard.panels) {
     t.ok(p.gridPos.x + p.gridPos.w <= 24, `${p.title} fits the 24-column grid`);
     if (p.type !== 'row') t.ok((p.targets ?? []).length > 0, `${p.title} has a query`);
