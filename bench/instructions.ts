@@ -15,10 +15,12 @@ import { NODE_FLAGS } from '../src/lifecycle/node-flags';
  * `--warmup` requests (the JIT settles), then counts `--requests` requests; only user-space
  * instructions of the server's process are counted.
  *
- *   npm run bench:instructions -- [--server=gateway|http-proxy] [--warmup=30000] [--requests=10000] [--connections=20] [--tracing=RATIO] [--auth=external|introspection]
+ *   npm run bench:instructions -- [--server=gateway|http-proxy] [--warmup=30000] [--requests=10000] [--connections=20] [--tracing=RATIO,...] [--auth=external|introspection]
  *                                 [--targets=N] [--balance=round-robin|least-request|hash] [--hash-key=KEY]
  *
- * --tracing turns tracing on at that sample ratio, exporting to the bench upstream (which answers 200).
+ * --tracing turns tracing on at that sample ratio, exporting to the bench upstream (which answers 200) in
+ * full batches; "off" leaves it off. Several variants (`--tracing=off,0.01,1`) run one after the other,
+ * each on a fresh server, and each is compared with the first.
  * --auth puts the route behind the external authorizer or token introspection, both played by the
  * bench upstream; every request carries one bearer token, so after the first one the decision is cached.
  * --targets gives the route's upstream N targets (distinct URLs of the one bench upstream, each with
@@ -31,8 +33,8 @@ interface Options {
   warmup: number;
   requests: number;
   connections: number;
-  /** Sample ratio with tracing on; -1: tracing off. */
-  tracing: number;
+  /** Sample ratios to measure, one server each; -1: tracing off. */
+  tracing: number[];
   auth: 'external' | 'introspection' | null;
   /** Targets of the upstream; 0: the bench upstream's URL as the one target (the bare route). */
   targets: number;
@@ -43,17 +45,21 @@ interface Options {
 const BALANCES = ['round-robin', 'least-request', 'hash'] as const;
 
 function parseArgs(argv: string[]): Options {
-  const opts: Options = { server: 'gateway', warmup: 30000, requests: 10000, connections: 20, tracing: -1, auth: null, targets: 0, balance: 'round-robin', hashKey: 'path' };
+  const opts: Options = { server: 'gateway', warmup: 30000, requests: 10000, connections: 20, tracing: [-1], auth: null, targets: 0, balance: 'round-robin', hashKey: 'path' };
   for (const arg of argv) {
     const [k, v] = arg.replace(/^--/, '').split('=');
     if (k === 'server' && (v === 'gateway' || v === 'http-proxy')) opts.server = v;
-    else if (k === 'tracing' && Number(v) >= 0 && Number(v) <= 1) opts.tracing = Number(v);
+    else if (k === 'tracing' && v !== undefined && v.split(',').every((r) => r === 'off' || (r !== '' && Number(r) >= 0 && Number(r) <= 1)))
+      opts.tracing = v.split(',').map((r) => (r === 'off' ? -1 : Number(r)));
     else if (k === 'auth' && (v === 'external' || v === 'introspection')) opts.auth = v;
     else if (k === 'targets' && Number(v) > 0) opts.targets = Number(v);
     else if (k === 'balance' && (BALANCES as readonly string[]).includes(v)) opts.balance = v as Options['balance'];
     else if (k === 'hash-key' && v) opts.hashKey = v;
     else if ((k === 'warmup' || k === 'requests' || k === 'connections') && Number(v) > 0) opts[k] = Number(v);
-    else throw new Error(`bad option ${arg} (known: --server=gateway|http-proxy --warmup=N --requests=N --connections=N --tracing=RATIO --auth=external|introspection --targets=N --balance=${BALANCES.join('|')} --hash-key=KEY)`);
+    else
+      throw new Error(
+        `bad option ${arg} (known: --server=gateway|http-proxy --warmup=N --requests=N --connections=N --tracing=off|RATIO,... --auth=external|introspection --targets=N --balance=${BALANCES.join('|')} --hash-key=KEY)`,
+      );
   }
   if (opts.balance !== 'round-robin' && opts.targets === 0) opts.targets = 4;
   return opts;
@@ -101,11 +107,8 @@ async function dumpedTotal(file: string): Promise<number> {
   throw new Error(`callgrind wrote no dump to ${file}`);
 }
 
-async function main(): Promise<void> {
-  const opts = parseArgs(process.argv.slice(2));
-  for (const cmd of ['valgrind', 'callgrind_control']) {
-    if (!hasCommand(cmd)) throw new Error(`${cmd} is not installed (Debian: apt-get install valgrind)`);
-  }
+/** Instructions per request of one server (the gateway with tracing at `tracing`, -1: off). */
+async function measure(opts: Options, tracing: number): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), 'gw-instructions-'));
   const procs: Proc[] = [];
   try {
@@ -137,7 +140,10 @@ async function main(): Promise<void> {
           // Under callgrind the server is tens of times slower: the one uncached call gets a larger time budget.
           ...(opts.auth === 'external' ? { auth: { external: { url: `${upstreamUrl}/authz`, identity: { consumerHeader: 'X-Auth-Consumer' }, timeoutMs: 10000 } } } : {}),
           ...(opts.auth === 'introspection' ? { auth: { introspection: { url: `${upstreamUrl}/introspect`, clientId: 'bench', clientSecret: 'bench-secret', timeoutMs: 10000 } } } : {}),
-          ...(opts.tracing >= 0 ? { tracing: { enabled: true, endpoint: `${upstreamUrl}/v1/traces`, sampleRatio: opts.tracing } } : {}),
+          // Exports leave when a batch of 512 spans is full, as they do on a busy gateway: the 5 s timer
+          // runs in real time, and under callgrind (about 15 requests a second) it would charge a whole
+          // export to every 75 requests instead of the thousands it covers at full speed.
+          ...(tracing >= 0 ? { tracing: { enabled: true, endpoint: `${upstreamUrl}/v1/traces`, sampleRatio: tracing, export: { scheduledDelayMs: 3600000 } } } : {}),
         }),
       );
       serverArgs = [...NODE_FLAGS, join(DIST, 'src/main.js'), '--config', file];
@@ -161,14 +167,30 @@ async function main(): Promise<void> {
     execFileSync('callgrind_control', ['--instr=on', pid], { stdio: 'ignore' });
     await load(url, opts.requests, opts.connections, headers);
     execFileSync('callgrind_control', ['--dump', pid], { stdio: 'ignore' });
-    const total = await dumpedTotal(`${out}.1`);
-    const perRequest = Math.round(total / opts.requests);
-    process.stdout.write(
-      `${opts.server}${opts.tracing >= 0 ? ` (tracing at ${opts.tracing})` : ''}${opts.auth ? ` (auth: ${opts.auth}, cached)` : ''}${opts.targets > 0 ? ` (${opts.targets} targets, ${opts.balance}${opts.balance === 'hash' ? ` on ${opts.hashKey}` : ''})` : ''}: ${perRequest} instructions per request (${opts.requests} requests counted after ${opts.warmup} to warm up, ${opts.connections} connections)\n`,
-    );
+    return Math.round((await dumpedTotal(`${out}.1`)) / opts.requests);
   } finally {
     for (const p of procs.reverse()) await p.stop();
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const opts = parseArgs(process.argv.slice(2));
+  for (const cmd of ['valgrind', 'callgrind_control']) {
+    if (!hasCommand(cmd)) throw new Error(`${cmd} is not installed (Debian: apt-get install valgrind)`);
+  }
+  let first = 0;
+  for (const tracing of opts.tracing) {
+    const perRequest = await measure(opts, tracing);
+    first ||= perRequest;
+    const label =
+      (tracing >= 0 ? ` (tracing at ${tracing})` : opts.tracing.length > 1 ? ' (tracing off)' : '') +
+      (opts.auth ? ` (auth: ${opts.auth}, cached)` : '') +
+      (opts.targets > 0 ? ` (${opts.targets} targets, ${opts.balance}${opts.balance === 'hash' ? ` on ${opts.hashKey}` : ''})` : '');
+    const delta = perRequest === first ? '' : ` ${perRequest > first ? '+' : ''}${(((perRequest - first) / first) * 100).toFixed(1)} % against the first`;
+    process.stdout.write(
+      `${opts.server}${label}: ${perRequest} instructions per request${delta} (${opts.requests} requests counted after ${opts.warmup} to warm up, ${opts.connections} connections)\n`,
+    );
   }
 }
 

@@ -5,6 +5,7 @@ import { ROOT, DIST, autocannon, cpuMicros, freePort, httpReady, median, startPr
 import { checkFloors, readFloors, type FloorsFile, type Verdict } from './guard';
 import { renderReport } from './report';
 import { BARE, REFERENCE, SCENARIOS, SERVERS, roundOrder, type BenchEnv, type RunningServer } from './scenarios';
+import { runWebSocketBench, type WsSummary } from './websocket';
 
 interface Options {
   durationS: number;
@@ -21,7 +22,12 @@ interface Options {
   html: string | true | null;
   /** Burn this many µs of CPU per request in every gateway process (proves the floors can fail). */
   slowGatewayUs: number | null;
+  /** Run the WebSocket echo (gateway vs direct) after the HTTP scenarios. */
+  websocket: boolean;
 }
+
+/** The name --only takes for the WebSocket echo, which is measured apart from the HTTP scenarios. */
+const WEBSOCKET = 'websocket';
 
 function parseArgs(argv: string[]): Options {
   const opts: Options = {
@@ -35,6 +41,7 @@ function parseArgs(argv: string[]): Options {
     retries: 0,
     html: null,
     slowGatewayUs: null,
+    websocket: true,
   };
   for (const arg of argv) {
     const [k, v] = arg.replace(/^--/, '').split('=');
@@ -51,6 +58,10 @@ function parseArgs(argv: string[]): Options {
       case 'slow-gateway-us':
         opts.slowGatewayUs = Number(v);
         if (!(opts.slowGatewayUs > 0)) throw new Error(`--slow-gateway-us needs a positive number of microseconds, got ${v}`);
+        break;
+      case 'websocket':
+        if (v !== 'on' && v !== 'off') throw new Error(`--websocket takes on or off, got ${v}`);
+        opts.websocket = v === 'on';
         break;
       case 'duration':
         opts.durationS = Number(v);
@@ -72,7 +83,7 @@ function parseArgs(argv: string[]): Options {
         break;
       default:
         throw new Error(
-          `unknown option ${arg} (known: --duration=S --rounds=N --connections=N --warmup=S --only=a,b --out=FILE --html[=FILE] --floors=FILE --retries=N --slow-gateway-us=N)`,
+          `unknown option ${arg} (known: --duration=S --rounds=N --connections=N --warmup=S --only=a,b --out=FILE --html[=FILE] --floors=FILE --retries=N --slow-gateway-us=N --websocket=on|off)`,
         );
     }
   }
@@ -111,6 +122,10 @@ type Measured = LoadResult & { cpuUsPerReq: number | null; round: number };
 
 async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
+  if (opts.only !== null) {
+    opts.websocket &&= opts.only.includes(WEBSOCKET);
+    opts.only = opts.only.filter((n) => n !== WEBSOCKET);
+  }
   const unknown = (opts.only ?? []).filter((n) => !SCENARIOS.some((s) => s.name === n));
   if (unknown.length) throw new Error(`unknown scenario ${unknown.join(', ')} (known: ${SCENARIOS.map((s) => s.name).join(', ')})`);
   const floors: FloorsFile | null = opts.floors ? readFloors(opts.floors) : null;
@@ -265,6 +280,15 @@ async function main(): Promise<void> {
       ]);
     }
     process.stdout.write(`\n${table}`);
+    let websocket: WsSummary | null = null;
+    if (opts.websocket) {
+      process.stdout.write(`\nwebsocket echo: ${opts.rounds} interleaved rounds of ${opts.durationS}s at ${opts.connections} sockets\n`);
+      websocket = await runWebSocketBench(opts, procs, (l) => process.stdout.write(l));
+      const cpu = websocket.gatewayCpuUsPerMsg === null ? '' : `, gateway CPU ${websocket.gatewayCpuUsPerMsg.toFixed(1)} µs per message`;
+      process.stdout.write(
+        `websocket echo: gateway ${websocket.gatewayMps.toFixed(0)} msg/s, direct ${websocket.directMps.toFixed(0)} msg/s, paired ratio ${websocket.pairedVsDirect.toFixed(2)}${cpu}, ${websocket.errors} errors\n`,
+      );
+    }
     // HTTP/2 and gRPC need clients autocannon is not: measured apart, in full runs only (not bench:ci).
     let protocols: ProtocolResults | null = null;
     if (!floors && opts.only === null) {
@@ -278,6 +302,7 @@ async function main(): Promise<void> {
       reference: REFERENCE,
       bare: BARE,
       scenarios: summary,
+      ...(websocket ? { websocket } : {}),
       ...(floors ? { verdicts } : {}),
       ...(protocols ? { protocols } : {}),
     };

@@ -64,7 +64,7 @@ function gatewayConfig(env: BenchEnv, port: number, adminPort: number): Record<s
   };
 }
 
-async function startGatewayProcess(name: string, config: (port: number, adminPort: number) => Record<string, unknown>): Promise<RunningServer> {
+export async function startGatewayProcess(name: string, config: (port: number, adminPort: number) => Record<string, unknown>): Promise<RunningServer> {
   const [port, adminPort] = [await freePort(), await freePort()];
   const dir = mkdtempSync(join(tmpdir(), 'gw-bench-'));
   const file = join(dir, 'gateway.json');

@@ -68,7 +68,7 @@ export class RequestContext {
   upstreamHeaders: string[] | null = null;
   /** Extra headers for the client response, as name/value pairs, added by chain steps. */
   responseHeaders: string[] | null = null;
-  /** The request's spans while tracing is on (set by the tracing step), else null. */
+  /** The spans of a sampled request (set by the tracing step), else null: unsampled ones have only traceId. */
   trace: RequestTrace | null = null;
   /** The request's trace id while tracing is on (sampled or not), for the access line; else ''. */
   traceId = '';

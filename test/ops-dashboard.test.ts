@@ -1,10 +1,12 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createServer, type AddressInfo } from 'node:net';
-import { readFileSync, readdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pino from 'pino';
 import t from 'tap';
+import { WebSocket, WebSocketServer } from 'ws';
 import { Gateway } from '../src/app';
 import { parseConfig } from '../src/config/load';
 import { withTestDefaults } from './helpers/gateway';
@@ -80,6 +82,18 @@ t.test('the dashboard: variables, panels, and every query filtered by them', asy
   t.match(JSON.stringify(vars.get('route')!.query), /label_values\(gateway_requests_total\{.*\}, route\)/);
   const ids = dashboard.panels.map((p) => p.id);
   t.equal(new Set(ids).size, ids.length, 'panel ids are unique');
+  // Grafana draws panels where gridPos says: two that share a cell hide one another.
+  const cells = new Map<string, string>();
+  for (const p of dashboard.panels) {
+    const { x, y, w, h } = p.gridPos;
+    const clash = new Set<string>();
+    for (let i = x; i < x + w; i++) for (let j = y; j < y + h; j++) {
+      const other = cells.get(`${i},${j}`);
+      if (other) clash.add(other);
+      else cells.set(`${i},${j}`, p.title);
+    }
+    t.same([...clash], [], `${p.title} overlaps no other panel`);
+  }
   for (const p of dashboard.panels) {
     t.ok(p.gridPos.x + p.gridPos.w <= 24, `${p.title} fits the 24-column grid`);
     if (p.type !== 'row') t.ok((p.targets ?? []).length > 0, `${p.title} has a query`);
@@ -88,7 +102,7 @@ t.test('the dashboard: variables, panels, and every query filtered by them', asy
   for (const topic of ['requests per second', 'error ratio', 'latency percentiles', 'gateway-added', 'rate-limit', 'cache hit ratio', 'breaker', 'health', 'redis', 'pool', 'queued', 'event-loop lag']) {
     t.ok(titles.includes(topic), `a panel about ${topic}`);
   }
-  const added = ['authorizer and introspection calls', 'authorization decision cache', 'status code', 'bytes per second', 'open client connections', 'cache stores', 'jwks', 'rejections by scope', 'by issuer', 'client certificate', 'retries', 'rejections', 'breaker transitions', 'health-check results', 'configuration reloads', 'configuration hash', 'version'];
+  const added = ['authorizer and introspection calls', 'authorization decision cache', 'status code', 'bytes per second', 'open client connections', 'cache stores', 'jwks', 'rejections by scope', 'by issuer', 'client certificate', 'retries', 'rejections', 'breaker transitions', 'health-check results', 'configuration reloads', 'configuration hash', 'version', 'open websockets', 'websocket upgrades', 'websocket messages', 'websocket bytes', 'tracing spans'];
   // Traffic management (issue #19): discovery, balancing, split and mirror.
   added.push('targets by origin', 'weights', 'panic mode', 'split requests', 'split results by upstream', 'mirror results');
   for (const topic of added) t.ok(titles.includes(topic), `a panel about ${topic}`);
@@ -194,12 +208,26 @@ t.test('every metric the dashboard queries is exported by a running gateway, and
     drive.push(['/api/cached/1', 200], ['/api/cached/1', 200]);
   }
   t.teardown(() => redis?.close());
+  // Tracing on (sampling nothing: its counters exist from the start), and a WebSocket route.
+  config.tracing = { enabled: true, sampleRatio: 0 };
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((r) => wss.once('listening', r));
+  wss.on('connection', (ws) => ws.on('message', (data) => ws.send(data)));
+  t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
+  config.upstreams.sockets = { targets: [`http://127.0.0.1:${(wss.address() as AddressInfo).port}`] };
+  config.routes.push({ name: 'socket', match: { prefix: '/api/socket' }, upstream: 'sockets' });
 
   const cfg = parseConfig(withTestDefaults(config), { env: {} });
   const gateway = new Gateway(cfg, { processMetrics: true, logger: pino({ level: 'silent' }) });
   t.teardown(() => gateway.close());
   const { port, adminPort } = await gateway.listen();
   for (const [path, status] of drive) t.equal((await call(`http://127.0.0.1:${port}`, path)).status, status, `GET ${path}`);
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/api/socket`);
+  await new Promise((r, j) => ws.once('open', r).once('error', j));
+  ws.send('ping');
+  t.equal(String(await new Promise((r) => ws.once('message', r))), 'ping', 'a WebSocket message through the gateway');
+  ws.close();
+  await new Promise((r) => ws.once('close', r));
   // Garbage enough for a minor collection, so the GC histogram has observations.
   let keep = 0;
   for (let i = 0; i < 200000; i++) keep += [i, { i }].length;
@@ -253,3 +281,70 @@ t.test('promtool check metrics accepts the exposition, and rejects a bad one', {
   t.not(bad.status, 0);
   t.match(bad.stdout + bad.stderr, /non-counter metrics should not have "_total" suffix/);
 });
+
+const prometheusMissing = spawnSync('prometheus', ['--version'], { encoding: 'utf8' }).error !== undefined;
+
+t.test(
+  'a real Prometheus scrapes /metrics as OpenMetrics and keeps the trace ids of the latency exemplars',
+  { skip: prometheusMissing && 'prometheus not installed (apt-get install prometheus)' },
+  async (t) => {
+    const up = await startUpstream();
+    t.teardown(() => up.close());
+    const cfg = parseConfig(
+      withTestDefaults({
+        upstreams: { up: { targets: [up.url] } },
+        routes: [{ name: 'users', match: { prefix: '/api/users' }, upstream: 'up' }],
+        tracing: { enabled: true, sampleRatio: 0, endpoint: 'http://127.0.0.1:1/v1/traces', export: { timeoutMs: 100 } },
+      }),
+      { env: {} },
+    );
+    const gateway = new Gateway(cfg, { processMetrics: true, logger: pino({ level: 'silent' }) });
+    t.teardown(() => gateway.close());
+    const { port, adminPort } = await gateway.listen();
+    const traceId = 'aaaabbbbccccddddeeeeffff00001111';
+    const res = await call(`http://127.0.0.1:${port}`, '/api/users/1', { headers: { traceparent: `00-${traceId}-1111222233334444-01` } });
+    t.equal(res.status, 200, 'a sampled request');
+
+    const webPort = await new Promise<number>((resolve) => {
+      const s = createServer().listen(0, '127.0.0.1', () => {
+        const p = (s.address() as AddressInfo).port;
+        s.close(() => resolve(p));
+      });
+    });
+    const dir = mkdtempSync(join(tmpdir(), 'gw-prometheus-'));
+    writeFileSync(join(dir, 'prometheus.yml'), `global: { scrape_interval: 1s }\nscrape_configs:\n  - job_name: gateway\n    static_configs: [{ targets: ["127.0.0.1:${adminPort}"] }]\n`);
+    const prom = spawn(
+      'prometheus',
+      [`--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${webPort}`, '--enable-feature=exemplar-storage'],
+      { stdio: 'ignore' },
+    );
+    t.teardown(async () => {
+      const exited = new Promise((r) => prom.once('exit', r));
+      prom.kill('SIGTERM');
+      await exited;
+      rmSync(dir, { recursive: true, force: true });
+    });
+    const api = async (path: string): Promise<any> => {
+      try {
+        return JSON.parse((await call(`http://127.0.0.1:${webPort}`, path)).body);
+      } catch {
+        return null;
+      }
+    };
+    let exemplars: { labels: { trace_id: string }; value: string }[] = [];
+    let requests: unknown[] = [];
+    for (let i = 0; i < 120 && (exemplars.length === 0 || requests.length === 0); i++) {
+      await sleep(250);
+      const now = Date.now() / 1000;
+      const ex = await api(`/api/v1/query_exemplars?query=gateway_request_duration_seconds_bucket&start=${now - 300}&end=${now + 60}`);
+      exemplars = (ex?.data ?? []).flatMap((s: { exemplars: unknown[] }) => s.exemplars);
+      requests = (await api('/api/v1/query?query=gateway_requests_total'))?.data?.result ?? [];
+    }
+    t.same(
+      exemplars.map((e) => e.labels.trace_id),
+      [traceId],
+      'Prometheus stored the exemplar of the sampled request',
+    );
+    t.equal(requests.length, 1, 'and the counters under their usual names');
+  },
+);

@@ -1,7 +1,8 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import t from 'tap';
+import { WebSocket, WebSocketServer } from 'ws';
 import { ConfigError, parseConfig } from '../src/config/load';
 import { restartOnlyChanges } from '../src/lifecycle/reload';
 import { startCacheUpstream } from './helpers/cache';
@@ -274,6 +275,153 @@ t.test('sampling: ratio 0 exports nothing but still propagates; a route may over
   t.same(names.sort(), ['orders:root', `users:${TRACE_ID}`]);
   t.equal(TRACEPARENT.exec(String(up.seen[7].headers.traceparent))?.[1], '1'.repeat(32), "an unsampled caller's trace goes on unrecorded");
   t.equal(TRACEPARENT.exec(String(up.seen[7].headers.traceparent))?.[3], '00');
+});
+
+t.test('an unsampled request gets no span but a correct trace context upstream', async (t) => {
+  const { gw, up, otlp } = await setup(t, { sampleRatio: 0 });
+  const incoming = `00-${TRACE_ID}-${PARENT_ID}-00`;
+  t.equal((await call(gw.url, '/users/1', { headers: { traceparent: incoming, tracestate: 'congo=t61rcWkgMzE,rojo=00f067aa0ba902b7' } })).status, 200);
+  const first = TRACEPARENT.exec(String(up.seen[0].headers.traceparent));
+  t.equal(first?.[1], TRACE_ID, 'the trace goes on');
+  t.not(first?.[2], PARENT_ID, 'under a parent id of the gateway');
+  t.not(first?.[2], '0'.repeat(16));
+  t.equal(first?.[3], '00', 'not sampled');
+  t.equal(up.seen[0].headers.tracestate, 'congo=t61rcWkgMzE,rojo=00f067aa0ba902b7', 'tracestate travels on');
+  t.equal(up.seen[0].rawHeaders.filter((h) => h.toLowerCase() === 'traceparent').length, 1, 'one traceparent');
+
+  // Invalid traceparents start a new trace, and their tracestate is dropped (W3C §3.3).
+  const invalid = [
+    `00-${TRACE_ID.toUpperCase()}-${PARENT_ID}-01`,
+    `ff-${TRACE_ID}-${PARENT_ID}-01`,
+    `00-${'0'.repeat(32)}-${PARENT_ID}-01`,
+    `00-${TRACE_ID}-${'0'.repeat(16)}-01`,
+    `00-${TRACE_ID}-${PARENT_ID}-01-extra`,
+    `00-${TRACE_ID}-${PARENT_ID}-0g`,
+    `00-${TRACE_ID.slice(1)}-${PARENT_ID}-01`,
+  ];
+  for (const tp of invalid) t.equal((await call(gw.url, '/users/1', { headers: { traceparent: tp, tracestate: 'a=b' } })).status, 200, tp);
+  for (let i = 1; i <= invalid.length; i++) {
+    const m = TRACEPARENT.exec(String(up.seen[i].headers.traceparent));
+    t.ok(m !== null && m[1] !== TRACE_ID && m[1] !== '0'.repeat(32) && m[3] === '00', `${invalid[i - 1]}: a new unsampled trace (${String(up.seen[i].headers.traceparent)})`);
+    t.notOk('tracestate' in up.seen[i].headers, 'no tracestate without a valid traceparent');
+  }
+  // A later version may add fields: its trace goes on, sent on as version 00.
+  t.equal((await call(gw.url, '/users/1', { headers: { traceparent: `cc-${TRACE_ID}-${PARENT_ID}-00-what-comes-later` } })).status, 200);
+  t.equal(TRACEPARENT.exec(String(up.seen[invalid.length + 1].headers.traceparent))?.[1], TRACE_ID);
+  t.same(
+    accessLines(gw).map((l) => l.traceId),
+    up.seen.map((s) => TRACEPARENT.exec(String(s.headers.traceparent))?.[1]),
+    'each access line names the trace its upstream request carried',
+  );
+  await gw.close();
+  t.equal(otlp.spans.length, 0, 'nothing was recorded');
+});
+
+t.test('at a ratio, sampled and unsampled requests alike carry their own trace id upstream and in the access line', async (t) => {
+  const { gw, up, otlp } = await setup(t, { sampleRatio: 0.5 });
+  const n = 40;
+  for (let i = 0; i < n; i++) t.equal((await call(gw.url, `/users/${i}`)).status, 200);
+  await gw.close();
+  const upstream = up.seen.map((s) => TRACEPARENT.exec(String(s.headers.traceparent))!);
+  const sampled = upstream.filter((m) => m[3] === '01');
+  t.ok(sampled.length > 0 && sampled.length < n, `both kinds occur at 0.5 (${sampled.length} of ${n} sampled)`);
+  t.equal(new Set(upstream.map((m) => m[1])).size, n, 'a trace each');
+  const servers = byKind(otlp.spans, SPAN_KIND.SERVER);
+  t.same(servers.map((s) => s.traceId).sort(), sampled.map((m) => m[1]).sort(), 'exactly the sampled requests were recorded, with the trace id the upstream saw');
+  const clients = new Map(byKind(otlp.spans, SPAN_KIND.CLIENT).map((c) => [c.spanId, c]));
+  for (const m of sampled) t.equal(clients.get(m[2])?.traceId, m[1], 'the upstream of a sampled request has its client span as parent');
+  t.same(accessLines(gw).map((l) => l.traceId), upstream.map((m) => m[1]), 'the access lines name those traces');
+});
+
+t.test('traceparentFlags follows W3C Trace Context', async (t) => {
+  const { traceparentFlags } = await import('../src/observability/tracing');
+  t.equal(traceparentFlags(`00-${TRACE_ID}-${PARENT_ID}-01`), 1);
+  t.equal(traceparentFlags(`00-${TRACE_ID}-${PARENT_ID}-00`), 0);
+  t.equal(traceparentFlags(`00-${TRACE_ID}-${PARENT_ID}-03`), 3);
+  t.equal(traceparentFlags(`01-${TRACE_ID}-${PARENT_ID}-01-future`), 1, 'a later version with more fields');
+  t.equal(traceparentFlags(`01-${TRACE_ID}-${PARENT_ID}-01`), 1, 'a later version without');
+  t.equal(traceparentFlags(`01-${TRACE_ID}-${PARENT_ID}-01x`), -1, 'more fields follow a dash');
+  t.equal(traceparentFlags(`00-${TRACE_ID}-${PARENT_ID}-01-`), -1, 'version 00 has exactly four fields');
+  t.equal(traceparentFlags(`ff-${TRACE_ID}-${PARENT_ID}-01`), -1);
+  t.equal(traceparentFlags(`00-${TRACE_ID}-${PARENT_ID.toUpperCase()}-01`), -1, 'lowercase only');
+  t.equal(traceparentFlags(`00-${TRACE_ID}_${PARENT_ID}-01`), -1);
+  t.equal(traceparentFlags(`00-${TRACE_ID}-${PARENT_ID}-01, 00-${TRACE_ID}-${PARENT_ID}-01`), -1, 'two joined');
+  t.equal(traceparentFlags(''), -1);
+});
+
+/** Prometheus 3's Accept header for a scrape. */
+const PROMETHEUS_ACCEPT =
+  'application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2';
+
+t.test('latency histograms carry the trace of a sampled request as exemplar when scraped as OpenMetrics', async (t) => {
+  const { gw } = await setup(t, { sampleRatio: 0 });
+  t.equal((await call(gw.url, '/users/1')).status, 200, 'an unsampled request');
+  const noExemplar = await call(gw.adminUrl, '/metrics', { headers: { accept: PROMETHEUS_ACCEPT } });
+  t.notMatch(noExemplar.body, /# \{trace_id=/, 'an unsampled request is no exemplar');
+  t.equal((await call(gw.url, '/users/2', { headers: { traceparent: `00-${TRACE_ID}-${PARENT_ID}-01` } })).status, 200, 'a sampled one');
+
+  const om = await call(gw.adminUrl, '/metrics', { headers: { accept: PROMETHEUS_ACCEPT } });
+  t.equal(om.headers['content-type'], 'application/openmetrics-text; version=1.0.0; charset=utf-8');
+  t.match(om.headers.vary, /accept/i);
+  t.ok(om.body.endsWith('# EOF\n'), 'OpenMetrics ends with # EOF');
+  for (const family of ['gateway_request_duration_seconds', 'gateway_upstream_duration_seconds', 'gateway_added_duration_seconds']) {
+    const lines = om.body.split('\n').filter((l) => l.startsWith(`${family}_bucket{route="users",`) && l.includes(' # {'));
+    t.equal(lines.length, 1, `${family}: one bucket holds the exemplar`);
+    const m = /^\S+\{route="users",le="([^"]+)"\} (\d+) # \{trace_id="([0-9a-f]{32})"\} (\S+) (\d+(?:\.\d+)?)$/.exec(lines[0] ?? '');
+    t.ok(m, `an OpenMetrics exemplar: ${lines[0]}`);
+    if (m === null) continue;
+    t.equal(m[3], TRACE_ID, 'of the sampled trace');
+    const [le, value, ts] = [Number(m[1]), Number(m[4]), Number(m[5])];
+    t.ok(value >= 0 && value <= le, `its value ${value} lies in its bucket (le ${le})`);
+    t.ok(Math.abs(ts - Date.now() / 1000) < 60, 'timestamped in seconds');
+  }
+  t.match(om.body, /\n# TYPE gateway_requests counter\ngateway_requests_total\{/, 'counters are named as OpenMetrics wants');
+
+  const text = await call(gw.adminUrl, '/metrics');
+  t.match(text.headers['content-type'], /^text\/plain; version=0\.0\.4/);
+  t.notMatch(text.body, /# \{/, 'no exemplars in the Prometheus text format');
+  t.notMatch(text.body, /# EOF/);
+  t.match(text.body, /\n# TYPE gateway_requests_total counter\n/, 'the text format keeps its names after an OpenMetrics scrape');
+  t.equal((await call(gw.adminUrl, '/metrics', { headers: { accept: 'text/plain;q=0.9, application/openmetrics-text;q=0.5' } })).headers['content-type'], text.headers['content-type'], 'text preferred by weight');
+  t.equal((await call(gw.adminUrl, '/metrics', { headers: { accept: 'application/openmetrics-text;q=0' } })).headers['content-type'], text.headers['content-type'], 'q=0 refuses');
+});
+
+t.test('a WebSocket upgrade is traced like a request: the upstream gets the trace context, sampled or not', async (t) => {
+  const seen: IncomingHttpHeaders[] = [];
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((r) => wss.once('listening', r));
+  wss.on('connection', (ws, req) => {
+    seen.push(req.headers);
+    ws.on('message', (d) => ws.send(d));
+  });
+  t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
+  const { gw, otlp } = await setup(t, { sampleRatio: 0 }, { upstreams: { svc: { targets: [`http://127.0.0.1:${(wss.address() as AddressInfo).port}`] } } });
+  const roundTrip = async (traceparent: string) => {
+    const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/users/ws`, { headers: { traceparent } });
+    await new Promise((r, j) => ws.once('open', r).once('error', j));
+    ws.send('hi');
+    await new Promise((r) => ws.once('message', r));
+    ws.close();
+    await new Promise((r) => ws.once('close', r));
+  };
+  await roundTrip(`00-${TRACE_ID}-${PARENT_ID}-01`);
+  await roundTrip(`00-${'2'.repeat(32)}-${PARENT_ID}-00`);
+  const sampled = TRACEPARENT.exec(String(seen[0].traceparent));
+  const unsampled = TRACEPARENT.exec(String(seen[1].traceparent));
+  t.equal(sampled?.[1], TRACE_ID);
+  t.equal(sampled?.[3], '01');
+  t.equal(unsampled?.[1], '2'.repeat(32));
+  t.equal(unsampled?.[3], '00');
+  const spans = await otlp.waitForSpans(2);
+  const [server] = byKind(spans, SPAN_KIND.SERVER);
+  const [client] = byKind(spans, SPAN_KIND.CLIENT);
+  t.equal(server.traceId, TRACE_ID);
+  t.equal(server.attributes['http.response.status_code'], 101, 'the upgrade answered 101');
+  t.equal(client.parentSpanId, server.spanId);
+  t.equal(client.attributes['http.response.status_code'], 101);
+  t.equal(sampled?.[2], client.spanId, "the upstream's parent is the upgrade's client span");
+  await gw.close();
+  t.equal(otlp.spans.length, 2, 'the unsampled upgrade recorded nothing');
 });
 
 t.test('tracing off: the client traceparent passes through untouched and nothing is traced', async (t) => {

@@ -144,6 +144,12 @@ t.test('frames flow both ways through the gateway; subprotocol and permessage-de
   const big = randomBytes(200_000);
   const back = (await echo(ws, big)) as Buffer;
   t.ok(Buffer.compare(back, big) === 0, 'a 200 kB binary message comes back intact');
+  // One message in two frames, and a ping (a control frame, no message) before its last frame.
+  const pieced = new Promise<WebSocket.RawData>((resolve) => ws.once('message', (d) => resolve(d)));
+  ws.send('frag', { fin: false });
+  ws.ping();
+  ws.send('mented', { fin: true });
+  t.equal(String(await pieced), 'echo:fragmented', 'a fragmented message arrives whole');
 
   const head = up.seen[0];
   t.equal(head.url, '/v2/room?x=1', 'the route rewrite applies');
@@ -162,6 +168,8 @@ t.test('frames flow both ways through the gateway; subprotocol and permessage-de
   t.equal(await metricValue(gw.adminUrl, 'gateway_websocket_upgrades_total', { route: 'chat', result: 'upgraded' }), 1);
   t.ok((await metricValue(gw.adminUrl, 'gateway_websocket_bytes_total', { route: 'chat', direction: 'to_upstream' })) > 200_000, 'bytes sent are counted');
   t.ok((await metricValue(gw.adminUrl, 'gateway_websocket_bytes_total', { route: 'chat', direction: 'to_client' })) > 200_000, 'bytes received are counted');
+  t.equal(await metricValue(gw.adminUrl, 'gateway_websocket_messages_total', { route: 'chat', direction: 'to_upstream' }), 3, 'messages sent, not frames');
+  t.equal(await metricValue(gw.adminUrl, 'gateway_websocket_messages_total', { route: 'chat', direction: 'to_client' }), 3, 'messages received');
   t.equal(await metricValue(gw.adminUrl, 'gateway_requests_total', { route: 'chat', status_class: '1xx' }), 1, 'the upgrade is a request of the route');
   gw.gateway.flushLogs();
   await sleep(20);

@@ -1,10 +1,11 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type pino from 'pino';
-import { Gauge, type Registry } from 'prom-client';
+import { Gauge, Registry } from 'prom-client';
 import { ConfigError } from '../config/problem';
 import type { GatewayConfig } from '../config/schema';
 import { ERRORS, problemBody, PROBLEM_CONTENT_TYPE, type ErrorCode } from '../errors';
 import type { ReloadResult } from '../lifecycle/reload';
+import { openMetricsText, prefersOpenMetrics } from '../observability/metrics';
 import { RequestIds } from '../request-ids';
 import { AdminGuard } from './guard';
 import { redact } from './redact';
@@ -163,9 +164,14 @@ export function buildAdminServer(deps: AdminDeps): FastifyInstance {
     return { status: ok ? (degraded.length > 0 ? 'degraded' : 'ready') : 'not ready', checks, degraded };
   });
 
-  admin.get('/metrics', async (_req, reply) => {
+  admin.get('/metrics', async (req, reply) => {
     // The dependency gauge shows the state now, not as of the last probe.
     await readiness();
+    reply.header('vary', 'accept');
+    if (prefersOpenMetrics(req.headers.accept)) {
+      reply.header('content-type', Registry.OPENMETRICS_CONTENT_TYPE);
+      return openMetricsText(deps.registry);
+    }
     reply.header('content-type', deps.registry.contentType);
     return deps.scrape ? deps.scrape() : deps.registry.metrics();
   });

@@ -13,6 +13,8 @@ interface Exposed {
   labels: Labels;
   value: number;
   metricName?: string;
+  /** Shown in the OpenMetrics format only (prom-client's field). */
+  exemplar?: { labelSet: Labels; value: number; timestamp: number };
 }
 
 abstract class Family<Cell> {
@@ -101,23 +103,46 @@ export class GaugeFamily extends Family<GaugeCell> {
   }
 }
 
+/** The latest traced observation of each bucket of a histogram cell. */
+export class Exemplars {
+  readonly traceIds: string[];
+  readonly values: Float64Array;
+  /** Seconds since the epoch, as OpenMetrics writes them. */
+  readonly times: Float64Array;
+
+  constructor(buckets: number) {
+    this.traceIds = new Array<string>(buckets).fill('');
+    this.values = new Float64Array(buckets);
+    this.times = new Float64Array(buckets);
+  }
+}
+
 export class HistogramCell {
   /** Per-bucket (not cumulative) counts; the last slot is +Inf. */
   readonly counts: Float64Array;
   sum = 0;
   count = 0;
+  /** Made on the first observation that names a trace. */
+  exemplars: Exemplars | null = null;
 
   constructor(private readonly bounds: Float64Array) {
     this.counts = new Float64Array(bounds.length + 1);
   }
 
-  observe(v: number): void {
+  /** Records `v`; with `traceId` (a sampled trace), it becomes its bucket's exemplar. */
+  observe(v: number, traceId = ''): void {
     const b = this.bounds;
     let i = 0;
     while (i < b.length && v > b[i]) i++;
     this.counts[i]++;
     this.sum += v;
     this.count++;
+    if (traceId !== '') {
+      const e = (this.exemplars ??= new Exemplars(this.counts.length));
+      e.traceIds[i] = traceId;
+      e.values[i] = v;
+      e.times[i] = Date.now() / 1000;
+    }
   }
 }
 
@@ -135,9 +160,12 @@ export class HistogramFamily extends Family<HistogramCell> {
   }
   protected expose(labels: Labels, cell: HistogramCell, out: Exposed[]): void {
     let cumulative = 0;
+    const e = cell.exemplars;
     for (let i = 0; i < this.le.length; i++) {
       cumulative += cell.counts[i];
-      out.push({ labels: { ...labels, le: this.le[i] }, value: cumulative, metricName: `${this.name}_bucket` });
+      const bucket: Exposed = { labels: { ...labels, le: this.le[i] }, value: cumulative, metricName: `${this.name}_bucket` };
+      if (e !== null && e.traceIds[i] !== '') bucket.exemplar = { labelSet: { trace_id: e.traceIds[i] }, value: e.values[i], timestamp: e.times[i] };
+      out.push(bucket);
     }
     out.push({ labels, value: cell.sum, metricName: `${this.name}_sum` });
     out.push({ labels, value: cell.count, metricName: `${this.name}_count` });

@@ -1,4 +1,4 @@
-import { Registry, collectDefaultMetrics } from 'prom-client';
+import { Registry, collectDefaultMetrics, type Metric, type OpenMetricsContentType } from 'prom-client';
 import type { RequestContext } from '../context';
 import { CounterFamily, GaugeFamily, HistogramFamily, type CounterCell, type HistogramCell } from './fast-metrics';
 
@@ -80,12 +80,14 @@ export class RouteMetrics {
     this.bytesOut.inc(ctx.bytesOut);
     socket[READ_SEEN] = read;
     socket[WRITTEN_SEEN] = written;
-    this.total.observe(totalMs / 1000);
+    // A sampled request is the exemplar of the latency buckets it lands in ('' otherwise: none).
+    const traceId = ctx.trace !== null ? ctx.traceId : '';
+    this.total.observe(totalMs / 1000, traceId);
     if (upstreamMs >= 0) {
-      this.upstream.observe(upstreamMs / 1000);
-      this.added.observe(Math.max(0, totalMs - upstreamMs) / 1000);
+      this.upstream.observe(upstreamMs / 1000, traceId);
+      this.added.observe(Math.max(0, totalMs - upstreamMs) / 1000, traceId);
     } else {
-      this.added.observe(totalMs / 1000);
+      this.added.observe(totalMs / 1000, traceId);
     }
   }
 }
@@ -196,4 +198,53 @@ export class GatewayMetrics {
   forSplitSide(route: string, upstream: string): RouteMetrics {
     return new SplitSideMetrics(this, route, upstream);
   }
+}
+
+/** What prom-client's registry reads of a metric. */
+interface Collectable {
+  name: string;
+  help: string;
+  type: string;
+  get(): Promise<{ name: string }> | { name: string };
+}
+
+/**
+ * `registry`'s metrics in the OpenMetrics text format, with the exemplars of the latency
+ * histograms. prom-client writes the format its registry was made for, and renames counters
+ * (without _total) in place when it writes OpenMetrics: a registry of its own, made per scrape,
+ * holds views of the metrics, so the Prometheus text of `registry` stays as it is.
+ */
+export function openMetricsText(registry: Registry): Promise<string> {
+  const view = new Registry<OpenMetricsContentType>();
+  view.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
+  for (const metric of registry.getMetricsAsArray() as unknown as Collectable[]) {
+    const name = metric.type === 'counter' ? metric.name.replace(/_total$/, '') : metric.name;
+    const proxy: Collectable = {
+      name,
+      help: metric.help,
+      type: metric.type,
+      get: async () => ({ ...(await metric.get()), name }),
+    };
+    view.registerMetric(proxy as unknown as Metric);
+  }
+  return view.metrics();
+}
+
+/**
+ * The scraper prefers OpenMetrics (`application/openmetrics-text` in Accept, with a q at least
+ * that of text/plain), as Prometheus asks for it (RFC 9110 §12.5.1 weights).
+ */
+export function prefersOpenMetrics(accept: string | undefined): boolean {
+  if (accept === undefined || !accept.includes('openmetrics')) return false;
+  let open = 0;
+  let text = 0;
+  for (const range of accept.split(',')) {
+    const [type, ...params] = range.split(';').map((p) => p.trim().toLowerCase());
+    const q = params.find((p) => p.startsWith('q='));
+    const weight = q === undefined ? 1 : Number(q.slice(2));
+    if (!(weight >= 0)) continue;
+    if (type === 'application/openmetrics-text') open = Math.max(open, weight);
+    else if (type === 'text/plain' || type === 'text/*' || type === '*/*') text = Math.max(text, weight);
+  }
+  return open > 0 && open >= text;
 }

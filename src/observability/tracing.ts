@@ -1,8 +1,8 @@
+import { randomFillSync } from 'node:crypto';
 import {
   ROOT_CONTEXT,
   SpanKind,
   SpanStatusCode,
-  createContextKey,
   createNoopMeter,
   defaultTextMapGetter,
   trace,
@@ -17,15 +17,7 @@ import {
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { defaultResource, resourceFromAttributes } from '@opentelemetry/resources';
-import {
-  BasicTracerProvider,
-  BatchSpanProcessor,
-  ParentBasedSampler,
-  TraceIdRatioBasedSampler,
-  type BufferConfig,
-  type Sampler,
-  type SamplingResult,
-} from '@opentelemetry/sdk-trace-base';
+import { AlwaysOnSampler, BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, type BufferConfig, type IdGenerator } from '@opentelemetry/sdk-trace-base';
 import type { Step } from '../chain';
 import type { GatewayConfig } from '../config/schema';
 import type { RequestContext } from '../context';
@@ -40,29 +32,101 @@ export type TracingConfig = GatewayConfig['tracing'];
 /** Status logged for a client that went away before it got an answer (as in chain.ts). */
 const CLIENT_CLOSED = 499;
 
-/** Where the route's sampler rides in the parent context, for the one sampler the provider knows. */
-const ROUTE_SAMPLER = createContextKey('gateway route sampler');
+/** Random bytes drawn from the system at a time: one call per about 170 new traces. */
+const ID_POOL_BYTES = 4096;
 
 /**
- * The provider has one sampler; routes have their own ratio. The route's sampler is put into the
- * context a server span starts from; client spans start from their server span's context, which
- * does not carry it, and follow their parent through the default (parent-based) one.
+ * Trace and span ids, cut from a pool of random bytes filled ID_POOL_BYTES at a time: an
+ * unsampled request needs ids without the SDK. The SDK takes its ids here too, so that a root
+ * span the step decided to sample gets the trace id the decision was made on.
  */
-class RouteSampler implements Sampler {
-  constructor(private readonly fallback: Sampler) {}
+export class TraceIds implements IdGenerator {
+  private readonly pool = Buffer.allocUnsafe(ID_POOL_BYTES);
+  private at = ID_POOL_BYTES;
+  /** 32 random bits of the last trace id newTraceId made (its last four bytes), for the sampling decision. */
+  word = 0;
+  /** The trace id the next root span of the SDK gets instead of a new one (set just before it starts). */
+  next = '';
 
-  shouldSample(context: Context, ...rest: Parameters<Sampler['shouldSample']> extends [Context, ...infer R] ? R : never): SamplingResult {
-    const own = context.getValue(ROUTE_SAMPLER) as Sampler | undefined;
-    return (own ?? this.fallback).shouldSample(context, ...rest);
+  /** A fresh trace id (32 lowercase hex digits, never all zeros). */
+  newTraceId(): string {
+    const at = this.take(16);
+    this.word = this.pool.readUInt32BE(at + 12);
+    return this.pool.toString('hex', at, at + 16);
   }
 
-  toString(): string {
-    return `RouteSampler{${this.fallback.toString()}}`;
+  /** A fresh span id (16 lowercase hex digits, never all zeros). */
+  newSpanId(): string {
+    const at = this.take(8);
+    return this.pool.toString('hex', at, at + 8);
+  }
+
+  generateTraceId(): string {
+    const id = this.next;
+    if (id === '') return this.newTraceId();
+    this.next = '';
+    return id;
+  }
+
+  generateSpanId(): string {
+    return this.newSpanId();
+  }
+
+  /** The offset of `n` unused random bytes, not all zero (W3C: an all-zero id is invalid). */
+  private take(n: number): number {
+    if (this.at + n > ID_POOL_BYTES) {
+      randomFillSync(this.pool);
+      this.at = 0;
+    }
+    const at = this.at;
+    this.at += n;
+    const pool = this.pool;
+    let i = at;
+    while (i < at + n && pool[i] === 0) i++;
+    if (i === at + n) pool[at + n - 1] = 1;
+    return at;
   }
 }
 
-export function ratioSampler(ratio: number): Sampler {
-  return new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio) });
+const HEX = new Uint8Array(128).fill(255);
+for (let i = 0; i < 16; i++) HEX['0123456789abcdef'.charCodeAt(i)] = i;
+
+/** The value of the lowercase hex digit at `i` of `s`, or 255 if it is none. */
+function hexDigit(s: string, i: number): number {
+  const c = s.charCodeAt(i);
+  return c < 128 ? HEX[c] : 255;
+}
+
+/** The two lowercase hex digits at `i` of `s` as a byte, or -1. */
+function hexByte(s: string, i: number): number {
+  const hi = hexDigit(s, i);
+  const lo = hexDigit(s, i + 1);
+  return hi === 255 || lo === 255 ? -1 : hi * 16 + lo;
+}
+
+/** `s` from `from` to `to` is lowercase hex digits, not all zero. */
+function isHexId(s: string, from: number, to: number): boolean {
+  let nonZero = false;
+  for (let i = from; i < to; i++) {
+    const d = hexDigit(s, i);
+    if (d === 255) return false;
+    if (d !== 0) nonZero = true;
+  }
+  return nonZero;
+}
+
+/**
+ * The trace flags of a valid W3C traceparent (0 to 255), or -1 if it is not one (W3C Trace
+ * Context §3.2: version 00 is exactly 55 characters; a later version may append fields after a
+ * dash; version ff, an all-zero trace id or parent id are invalid). The trace id is characters 3 to 35.
+ */
+export function traceparentFlags(tp: string): number {
+  const n = tp.length;
+  if (n < 55 || tp.charCodeAt(2) !== 45 || tp.charCodeAt(35) !== 45 || tp.charCodeAt(52) !== 45) return -1;
+  const version = hexByte(tp, 0);
+  if (version < 0 || version === 255 || (version === 0 ? n !== 55 : n > 55 && tp.charCodeAt(55) !== 45)) return -1;
+  if (!isHexId(tp, 3, 35) || !isHexId(tp, 36, 52)) return -1;
+  return hexByte(tp, 53);
 }
 
 /**
@@ -110,6 +174,7 @@ export class Tracing {
   readonly name = 'tracing';
   readonly tracer: Tracer;
   readonly propagator = new W3CTraceContextPropagator();
+  readonly ids = new TraceIds();
   private readonly provider: BasicTracerProvider;
   /** Attributes of a target's client spans, made once per target. */
   private readonly targets = new WeakMap<Target, Attributes>();
@@ -131,7 +196,10 @@ export class Tracing {
     };
     this.provider = new BasicTracerProvider({
       resource: defaultResource().merge(resourceFromAttributes({ 'service.name': cfg.serviceName, ...cfg.resourceAttributes })),
-      sampler: new RouteSampler(ratioSampler(cfg.sampleRatio)),
+      // The steps decide what is sampled before they call the SDK: a span it is asked for is wanted
+      // (a root the ratio picked, or the child of a sampled caller).
+      sampler: new ParentBasedSampler({ root: new AlwaysOnSampler() }),
+      idGenerator: this.ids,
       spanProcessors: [new BatchSpanProcessor(exporter, buffer as BufferConfig)],
     });
     this.tracer = this.provider.getTracer('api-gateway');
@@ -139,7 +207,7 @@ export class Tracing {
 
   /** The step that opens the server span of every request on `route`; `ratio` is the configuration's default. */
   stepFor(route: CompiledRoute, ratio: number): Step {
-    return new TracingStep(this, route, ratioSampler(route.config.tracing.sampleRatio ?? ratio));
+    return new TracingStep(this, route, route.config.tracing.sampleRatio ?? ratio);
   }
 
   targetAttributes(target: Target): Attributes {
@@ -162,20 +230,56 @@ export class Tracing {
   }
 }
 
+/**
+ * Opens the trace of each request. The sampling decision is made here, without the SDK
+ * (parent-based: a valid incoming traceparent's sampled flag, else the route's ratio on the new
+ * trace id): at low ratios most requests are not sampled, and they get no SDK object at all, only
+ * their trace context for the upstream and the access line.
+ */
 class TracingStep implements Step {
   readonly name = 'tracing';
+  /** A new trace is sampled when 32 random bits of its id are below this (ratio × 2³²). */
+  private readonly threshold: number;
 
   constructor(
     readonly tracing: Tracing,
     readonly route: CompiledRoute,
-    readonly sampler: Sampler,
+    ratio: number,
   ) {
-    // The upstream gets our client span as its parent: the client's own trace context is replaced.
+    this.threshold = ratio * 2 ** 32;
+    // The upstream gets the gateway's trace context: the client's own is replaced.
     route.dropRequestHeaders.add('traceparent').add('tracestate');
   }
 
   run(ctx: RequestContext): boolean {
-    ctx.trace = new RequestTrace(this, ctx);
+    const headers = ctx.req.headers;
+    const tp = headers.traceparent;
+    // Node joins a repeated traceparent into one invalid value: a new trace starts (W3C §3.2).
+    const flags = typeof tp === 'string' ? traceparentFlags(tp) : -1;
+    const ids = this.tracing.ids;
+    if (flags >= 0) {
+      if ((flags & 1) === 1) {
+        ctx.trace = new RequestTrace(this, ctx);
+        return true;
+      }
+      ctx.traceId = (tp as string).slice(3, 35);
+    } else {
+      const traceId = ids.newTraceId();
+      if (ids.word < this.threshold) {
+        ids.next = traceId;
+        ctx.trace = new RequestTrace(this, ctx);
+        ids.next = '';
+        return true;
+      }
+      ctx.traceId = traceId;
+    }
+    // Unsampled: the upstream continues the trace under a parent id of the gateway's, not sampled
+    // either (W3C Trace Context §3.2.2.3 and §3.3: tracestate travels with a valid traceparent only).
+    ctx.addUpstreamHeader('traceparent', `00-${ctx.traceId}-${ids.newSpanId()}-00`);
+    if (flags >= 0) {
+      const ts = headers.tracestate;
+      if (ts !== undefined) ctx.addUpstreamHeader('tracestate', typeof ts === 'string' ? ts : ts.join(','));
+    }
     return true;
   }
 }
@@ -185,12 +289,13 @@ export interface CallSpan {
   done(status: number, error?: string): void;
 }
 
-/** The spans of one request: its server span, and the client span of the upstream attempt under way. */
+/** The spans of one sampled request: its server span, and the client span of the upstream attempt under way. */
 export class RequestTrace {
   readonly span: Span;
   private readonly serverContext: Context;
   private client: Span | null = null;
   private attempts = 0;
+  private ended = false;
 
   constructor(
     private readonly step: TracingStep,
@@ -198,9 +303,10 @@ export class RequestTrace {
   ) {
     const { req } = ctx;
     const { tracing, route } = step;
-    const parent = tracing.propagator.extract(ROOT_CONTEXT, req.headers, defaultTextMapGetter).setValue(ROUTE_SAMPLER, step.sampler);
+    const parent = tracing.propagator.extract(ROOT_CONTEXT, req.headers, defaultTextMapGetter);
     this.span = tracing.tracer.startSpan(route.name, { kind: SpanKind.SERVER, startTime: ctx.startedAt }, parent);
-    // Most traces are not sampled at low ratios: their spans record nothing, so nothing is built for them.
+    // The step asks for sampled spans only, but the SDK parses traceparent on its own: should it
+    // read one the step did not, the span may not record.
     if (this.span.isRecording()) {
       const host = req.headers.host;
       this.span.setAttributes({
@@ -284,12 +390,22 @@ export class RequestTrace {
     span.end();
   }
 
-  /** The response closed: the outcome, who asked, and what the rate limit and cache decided. */
+  /** The response closed: the outcome as the client saw it. */
   private readonly end = (): void => {
+    const res = this.ctx.res;
+    this.finish(res.headersSent ? res.statusCode : CLIENT_CLOSED);
+  };
+
+  /**
+   * The request was answered with `status`: the outcome, who asked, and what the rate limit and
+   * cache decided. Once: a WebSocket upgrade reports its answer (101 included), which its
+   * ServerResponse does not know, before the response closes.
+   */
+  finish(status: number): void {
     const { ctx, span } = this;
+    if (this.ended) return;
+    this.ended = true;
     if (!span.isRecording()) return;
-    const res = ctx.res;
-    const status = res.headersSent ? res.statusCode : CLIENT_CLOSED;
     span.setAttribute('http.response.status_code', status);
     if (ctx.identity !== null) span.setAttribute('enduser.id', ctx.identity.consumerId);
     if (ctx.errorCode !== null) span.setAttribute('gateway.error.code', ctx.errorCode);
@@ -301,7 +417,7 @@ export class RequestTrace {
       span.setStatus({ code: SpanStatusCode.ERROR });
     }
     span.end();
-  };
+  }
 }
 
 /** The host of a Host header, without its port. */

@@ -75,6 +75,8 @@ interface TunnelCells {
   open: GaugeCell;
   toUpstream: CounterCell;
   toClient: CounterCell;
+  messagesToUpstream: CounterCell;
+  messagesToClient: CounterCell;
 }
 
 /**
@@ -96,6 +98,7 @@ class Direction {
   constructor(
     private readonly to: Socket,
     private readonly bytes: CounterCell,
+    private readonly messages: CounterCell,
   ) {}
 
   /** Passes `chunk` on; false when `to` asks the sender to pause. */
@@ -150,6 +153,8 @@ class Direction {
         this.need = 2 + (h[1] & 0x80 ? 4 : 0) + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0);
       }
       if (this.have === this.need) {
+        // The last frame of a data message (FIN set, not a control opcode) completes a message.
+        if ((h[0] & 0x88) === 0x80) this.messages.inc();
         const len7 = h[1] & 0x7f;
         this.left = len7 === 126 ? h.readUInt16BE(2) : len7 === 127 ? Number(h.readBigUInt64BE(2)) : len7;
         this.have = 0;
@@ -201,8 +206,8 @@ class Tunnel {
     cells.open.inc();
     client.setNoDelay(true);
     upstream.setNoDelay(true);
-    const toUpstream = (this.toUpstream = new Direction(upstream, cells.toUpstream));
-    const toClient = (this.toClient = new Direction(client, cells.toClient));
+    const toUpstream = (this.toUpstream = new Direction(upstream, cells.toUpstream, cells.messagesToUpstream));
+    const toClient = (this.toClient = new Direction(client, cells.toClient, cells.messagesToClient));
     if (upstreamHead.length > 0) toClient.pass(upstreamHead);
     if (clientHead.length > 0) toUpstream.pass(clientHead);
     client.on('data', (chunk: Buffer) => {
@@ -274,6 +279,7 @@ export class WebSockets {
   private readonly connections: GaugeFamily;
   private readonly upgrades: CounterFamily;
   private readonly bytes: CounterFamily;
+  private readonly messages: CounterFamily;
 
   constructor(private readonly deps: WebSocketDeps) {
     const m = deps.metrics;
@@ -286,6 +292,11 @@ export class WebSockets {
     this.bytes = m.counter(
       'gateway_websocket_bytes_total',
       'Bytes relayed over WebSockets (frames as they are on the wire, headers included), by route and direction (to_upstream, to_client).',
+      ['route', 'direction'],
+    );
+    this.messages = m.counter(
+      'gateway_websocket_messages_total',
+      'WebSocket messages relayed (data messages, counted at their last frame; control frames are not), by route and direction (to_upstream, to_client).',
       ['route', 'direction'],
     );
   }
@@ -462,6 +473,9 @@ export class WebSockets {
       headers: ['host', host ?? origin.host, ...headers],
       agent: false,
     };
+    // A sampled upgrade: the attempt is a client span, whose context the upstream gets.
+    const trace = ctx.trace;
+    if (trace !== null) trace.attemptStarted(target, options.headers);
     const upReq: ClientRequest = tls
       ? httpsRequest({ ...options, rejectUnauthorized: tlsOptions.rejectUnauthorized, ca: tlsOptions.ca, servername: tlsOptions.servername })
       : httpRequest(options);
@@ -478,6 +492,7 @@ export class WebSockets {
     };
     const fail = (code: ErrorCode, err: unknown): void => {
       if (!settle()) return;
+      trace?.attemptEnded(0, err as Error);
       upReq.destroy();
       const now = performance.now();
       target.state.record(errorKind(code), ticket.probe, now);
@@ -496,6 +511,7 @@ export class WebSockets {
     };
     const clientLeft = (): void => {
       if (!settle()) return;
+      trace?.attemptEnded(0, undefined);
       upReq.destroy();
       target.state.release(ticket.probe);
       this.clientClosed(u);
@@ -515,11 +531,13 @@ export class WebSockets {
     upReq.on('error', (err) => fail(upstreamErrorCode(err), err));
     upReq.on('response', (upRes) => {
       if (!settle()) return upRes.destroy();
+      trace?.attemptEnded(upRes.statusCode ?? 0, undefined);
       target.state.record(statusKind(upRes.statusCode ?? 502), ticket.probe, performance.now());
       this.relayRefusal(u, upRes);
     });
     upReq.on('upgrade', (upRes: IncomingMessage, upSocket: Socket, upHead: Buffer) => {
       if (!settle()) return upSocket.destroy();
+      trace?.attemptEnded(101, undefined);
       target.state.record(0, ticket.probe, performance.now());
       this.established(u, target, upRes, upSocket, upHead);
     });
@@ -544,6 +562,8 @@ export class WebSockets {
       open: this.connections.child(route),
       toUpstream: this.bytes.child(route, 'to_upstream'),
       toClient: this.bytes.child(route, 'to_client'),
+      messagesToUpstream: this.messages.child(route, 'to_upstream'),
+      messagesToClient: this.messages.child(route, 'to_client'),
     };
     u.result = 'upgraded';
     this.record(u, 101);
@@ -602,6 +622,7 @@ export class WebSockets {
     const route = ctx.route as CompiledRoute | undefined;
     const ms = performance.now() - ctx.startedAt;
     this.upgrades.child(route?.name ?? '_unrouted', u.result).inc();
+    if (ctx.trace !== null) ctx.trace.finish(status);
     if (route !== undefined) route.metrics.record(ctx, 'GET', status, ms);
     this.deps.accessLog?.write(ctx, 'GET', status, ms, false);
   }
