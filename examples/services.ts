@@ -91,7 +91,18 @@ export class ExampleServices {
   }
 
   private async startAll(): Promise<void> {
-    const users = service('users', (req) => {
+    const users = service('users', (req, res) => {
+      // A toy external authorizer (docs/guides/authentication.md): one token is good, and says who it is.
+      if (req.url?.startsWith('/authz')) {
+        if (req.headers.authorization === 'Bearer let-me-in') {
+          res.setHeader('x-auth-consumer', 'carol');
+          res.setHeader('cache-control', 'max-age=60');
+          return { allowed: true };
+        }
+        res.statusCode = 401;
+        res.setHeader('www-authenticate', 'Bearer realm="toy-authorizer"');
+        return { allowed: false };
+      }
       const id = /^\/(\w+)/.exec(req.url ?? '')?.[1];
       return id ? { user: { id, name: `User ${id}` } } : { users: [{ id: '1' }, { id: '2' }] };
     });
