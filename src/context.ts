@@ -15,7 +15,7 @@ export interface Identity {
   roles: readonly string[];
   scopes: readonly string[];
   /** How the caller proved who it is. */
-  method: 'jwt' | 'apiKey' | 'oidc' | 'introspection' | 'external';
+  method: 'jwt' | 'apiKey' | 'oidc' | 'introspection' | 'external' | 'clientCert';
   /** Extra upstream headers derived from the credential (JWT claim mappings). */
   headers?: readonly [string, string][];
 }

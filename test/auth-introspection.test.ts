@@ -157,6 +157,37 @@ t.test('JWT and opaque tokens share a route: JWTs from the issuer are verified l
   t.equal(intro.count(forged), 0);
 });
 
+t.test('with several JWT issuers, a JWT from any of them is verified locally, any other is introspected', async (t) => {
+  const OTHER = 'https://second-issuer.test';
+  const OTHER_SECRET = 'second-secret-that-is-long-enough-for-hs256-0123';
+  const multi = await startGateway(
+    {
+      upstreams: { up: { targets: [up.url] } },
+      auth: {
+        jwt: {
+          issuers: [
+            { issuer: ISS, algorithms: ['HS256'], secret: SECRET },
+            { issuer: OTHER, algorithms: ['HS256'], secret: OTHER_SECRET },
+          ],
+        },
+        introspection: { url: `${intro.url}/oauth2/introspect`, clientId: CLIENT_ID, clientSecret: CLIENT_SECRET, breaker: { enabled: false }, timeoutMs: 2000 },
+      },
+      routes: [{ name: 'mixed', match: { prefix: '/mixed' }, upstream: 'up', auth: { methods: ['jwt', 'introspection'] } }],
+    },
+  );
+  t.teardown(() => multi.close());
+  const second = await mint({ sub: 'second-user', iss: OTHER, exp: now() + 600 }, bytes(OTHER_SECRET));
+  t.equal((await call(multi.url, '/mixed', { headers: bearer(second) })).status, 200, 'the second issuer is local too');
+  t.equal(lastUpstream().headers['x-consumer-id'], 'second-user');
+  t.equal(intro.count(second), 0, 'no introspection for a JWT of a configured issuer');
+  const forged = await mint({ sub: 'forged-second', iss: OTHER, exp: now() + 600 }, bytes('another-secret-that-is-long-enough-0123456789'));
+  t.equal((await call(multi.url, '/mixed', { headers: bearer(forged) })).status, 401, 'a JWT claiming a configured issuer must verify locally');
+  t.equal(intro.count(forged), 0);
+  const foreign = await mint({ sub: 'foreign-to-both', iss: 'https://elsewhere.test', exp: now() + 600 }, bytes('another-secret-that-is-long-enough-0123456789'));
+  t.equal((await call(multi.url, '/mixed', { headers: bearer(foreign) })).status, 401, 'a JWT from no configured issuer is introspected (and inactive there)');
+  t.equal(intro.count(foreign), 1);
+});
+
 t.test('endpoint down: 503, unless a cached active result is still valid', async (t) => {
   const i = await startIntrospection({
     cached: { active: true, sub: 'c-1', exp: now() + 600 },

@@ -55,7 +55,7 @@ t.test('gateway validate lists every problem in words and exits 1', async (t) =>
     [
       `${f}: configuration is invalid:`,
       '  routes[0].preserveHots: unknown key (did you mean preserveHost?)',
-      '  routes[0].rateLimit.limits[0].per: expected a duration like 500ms, 1s, 5m, 1h, 1d (got "1min")',
+      '  routes[0].rateLimit.limits[0].per: expected a duration like 500ms, 1s, 5m, 1h, 1d, 1w, 1mo (got "1min")',
       '  routes[0].rateLimit.limits[0].by: expected ip, consumer, apiKey, route or header:<name> (got "user")',
       '  routes[0].upstream: unknown upstream "user"',
       '',

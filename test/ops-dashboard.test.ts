@@ -102,7 +102,7 @@ t.test('the dashboard: variables, panels, and every query filtered by them', asy
   for (const topic of ['requests per second', 'error ratio', 'latency percentiles', 'gateway-added', 'rate-limit', 'cache hit ratio', 'breaker', 'health', 'redis', 'pool', 'queued', 'event-loop lag']) {
     t.ok(titles.includes(topic), `a panel about ${topic}`);
   }
-  const added = ['authorizer and introspection calls', 'authorization decision cache', 'status code', 'bytes per second', 'open client connections', 'cache stores', 'jwks', 'retries', 'rejections', 'breaker transitions', 'health-check results', 'configuration reloads', 'configuration hash', 'version', 'open websockets', 'websocket upgrades', 'websocket messages', 'websocket bytes', 'tracing spans'];
+  const added = ['authorizer and introspection calls', 'authorization decision cache', 'status code', 'bytes per second', 'open client connections', 'cache stores', 'jwks', 'rejections by scope', 'by issuer', 'client certificate', 'retries', 'rejections', 'breaker transitions', 'health-check results', 'configuration reloads', 'configuration hash', 'version', 'open websockets', 'websocket upgrades', 'websocket messages', 'websocket bytes', 'tracing spans'];
   // Traffic management (issue #19): discovery, balancing, split and mirror.
   added.push('targets by origin', 'weights', 'panic mode', 'split requests', 'split results by upstream', 'mirror results');
   for (const topic of added) t.ok(titles.includes(topic), `a panel about ${topic}`);
@@ -185,6 +185,8 @@ t.test('every metric the dashboard queries is exported by a running gateway, and
     config.auth = { jwt: { algorithms: ['HS256'], secret: 'a-test-secret-of-at-least-thirty-two-bytes' } };
     config.routes.push({ name: 'private', match: { prefix: '/api/private' }, upstream: 'up', auth: { methods: ['jwt'] } });
     drive.push(['/api/private/1', 401]);
+    // Client certificates as credentials: their result series exist once configured.
+    if (definedInSrc('gateway_auth_client_cert_total')) config.auth.clientCert = {};
   }
   if (definedInSrc('gateway_auth_remote_calls_total')) {
     // The echo upstream stands in for the authorizer and the introspection endpoint: their series exist once configured.

@@ -106,7 +106,7 @@ t.test('config: limits and store are validated with precise paths', async (t) =>
     store: { type: 'redis', redis: { keyPrefix: 'a{b}' } },
   });
   const expect = [
-    'routes[0].rateLimit.limits[4].per: expected a duration like 500ms, 1s, 5m, 1h, 1d (got "1x")',
+    'routes[0].rateLimit.limits[4].per: expected a duration like 500ms, 1s, 5m, 1h, 1d, 1w, 1mo (got "1x")',
     'routes[0].rateLimit.limits[5].by: expected ip, consumer, apiKey, route or header:<name> (got "cookie")',
     'routes[0].rateLimit.failMode: expected one of open, closed or local (got "sideways")',
     'routes[0].rateLimit.extra: unknown key',

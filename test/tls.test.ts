@@ -1,7 +1,8 @@
+import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import type { IncomingHttpHeaders } from 'node:http';
 import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { connect as netConnect, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type PeerCertificate, type TLSSocket } from 'node:tls';
@@ -453,46 +454,76 @@ async function startTlsUpstream(server: Issued, clientCa: TestCa, onRequest?: (r
   };
 }
 
+/** `openssl s_server` requiring a client certificate signed by `clientCa` (TLS 1.3), answering every request with 200. */
+async function startOpensslUpstream(server: Issued, clientCa: TestCa): Promise<{ url: string; close(): Promise<void> }> {
+  const port = await freePort();
+  const child = spawn(
+    '/usr/bin/openssl',
+    ['s_server', '-accept', `127.0.0.1:${port}`, '-cert', server.certFile, '-key', server.keyFile, '-CAfile', clientCa.caFile, '-Verify', '1', '-verify_return_error', '-tls1_3', '-www', '-quiet'],
+    { stdio: ['ignore', 'ignore', 'ignore'] },
+  );
+  for (let i = 0; ; i++) {
+    const up = await new Promise<boolean>((resolve) => {
+      const s = netConnect(port, '127.0.0.1', () => resolve(true)).on('error', () => resolve(false));
+      s.on('connect', () => s.destroy());
+    });
+    if (up) break;
+    if (i > 100) throw new Error('openssl s_server did not start');
+    await sleep(50);
+  }
+  return {
+    url: `https://127.0.0.1:${port}`,
+    close: () => new Promise((r) => (child.exitCode !== null ? r() : child.once('exit', () => r()).kill())),
+  };
+}
+
 t.test('mTLS to upstreams: client certificate, CA, server name; TLS failures are 502 UPSTREAM_TLS with a clear log line', async (t) => {
   const upstreamCert = ca.issue('upstream', { dns: ['svc.internal'] });
   const expired = ca.issue('upstream-expired', { dns: ['svc.internal'], days: -1 });
+  const foreign = other.issue('foreign-client', { client: true });
   const good = await startTlsUpstream(upstreamCert, ca);
   const stale = await startTlsUpstream(expired, ca);
+  // Node's TLS server closes without an alert when a client certificate fails verification;
+  // OpenSSL's own server sends unknown_ca, as nginx or Envoy do.
+  const strict = await startOpensslUpstream(upstreamCert, ca);
   const tls = { caFile: ca.caFile, servername: 'svc.internal', certFile: certs.client.certFile, keyFile: certs.client.keyFile };
   const gw = await startGateway({
     upstreams: {
       mtls: { targets: [good.url], tls },
       nocert: { targets: [good.url], tls: { caFile: ca.caFile, servername: 'svc.internal' }, retries: { maxRetries: 0 } },
+      badcert: { targets: [strict.url], tls: { ...tls, certFile: foreign.certFile, keyFile: foreign.keyFile }, retries: { maxRetries: 0 } },
       wrongca: { targets: [good.url], tls: { ...tls, caFile: other.caFile }, retries: { maxRetries: 0 } },
       expired: { targets: [stale.url], tls, retries: { maxRetries: 0 } },
     },
-    routes: ['mtls', 'nocert', 'wrongca', 'expired'].map((n) => ({ name: n, match: { prefix: `/${n}` }, upstream: n })),
+    routes: ['mtls', 'nocert', 'badcert', 'wrongca', 'expired'].map((n) => ({ name: n, match: { prefix: `/${n}` }, upstream: n })),
   });
   t.teardown(async () => {
     await gw.close();
-    await Promise.all([good.close(), stale.close()]);
+    await Promise.all([good.close(), stale.close(), strict.close()]);
   });
   const ok = await call(gw.url, '/mtls');
   t.equal(ok.status, 200);
   t.equal(ok.body, 'secure');
   t.equal(good.clients.at(-1), certs.client.serial, 'the upstream saw the client certificate');
 
+  type Logged = { err?: { code?: string }; tlsAlert?: string };
   for (const [path, cause] of [
     // The upstream sends its CA along (OpenSSL completes the chain from its store): a root nobody trusts.
     ['/wrongca', /UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT|SELF_SIGNED_CERT_IN_CHAIN/],
     ['/expired', /CERT_HAS_EXPIRED/],
-    // TLS 1.3: the upstream refuses a missing client certificate after the handshake, with an alert
-    // undici reports as "other side closed".
-    ['/nocert', /UND_ERR_SOCKET/],
+    // TLS 1.3: the upstream refuses our certificate (or its absence) after the handshake, with an
+    // alert that undici alone would report as "other side closed".
+    ['/nocert', /^ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED$/],
+    ['/badcert', /^ERR_SSL_TLSV1_ALERT_UNKNOWN_CA$/],
   ] as const) {
     const res = await call(gw.url, path);
     t.equal(res.status, 502, path);
-    if (path !== '/nocert') {
-      t.equal(res.json().code, 'UPSTREAM_TLS', `${path}: the code says TLS`);
-      const line = gw.logs.find((l) => l.msg === 'upstream request failed' && cause.test(String((l.err as { code?: string } | undefined)?.code)));
-      t.ok(line, `${path}: the log line names the verification failure`, { logs: gw.logs.filter((l) => l.msg === 'upstream request failed') });
-    }
+    t.equal(res.json().code, 'UPSTREAM_TLS', `${path}: the code says TLS`);
+    const named = (l: Logged) => cause.test(String(l.err?.code)) || cause.test(String(l.tlsAlert));
+    const line = gw.logs.find((l) => l.msg === 'upstream request failed' && named(l as Logged));
+    t.ok(line, `${path}: the log line names the TLS failure`, { logs: gw.logs.filter((l) => l.msg === 'upstream request failed') });
   }
+  t.equal(good.clients.length, 1, 'no refused request reached the upstream handler');
 });
 
 t.test('a rotated upstream client certificate is used by new connections after a reload; requests in flight finish', async (t) => {

@@ -298,7 +298,7 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
     this.ctx.observer?.onError();
     const { ctx } = this;
     ctx.errorCode = code;
-    if (!ctx.res.headersSent && !(err instanceof GatewayError)) ctx.log.warn({ err: { message: err.message, code: (err as { code?: string }).code }, target: ctx.target?.origin }, 'upstream request failed');
+    if (!ctx.res.headersSent && !(err instanceof GatewayError)) ctx.log.warn(failureFields(err, ctx.target?.origin), 'upstream request failed');
     // sendProblem cuts the connection when the response already started: a truncated body must
     // never look complete.
     sendProblem(ctx.res, ctx.id, code, { detail: err instanceof GatewayError ? err.message : undefined, extra: ctx.responseHeaders });
@@ -311,6 +311,20 @@ class RelayHandler extends AttemptHandler implements Dispatcher.DispatchHandler,
     this.ctx.upstreamMs = now - this.ctx.upstreamStartedAt;
     return now;
   }
+}
+
+/**
+ * The fields of the failure log line: the error, and the TLS alert behind a closed socket when the
+ * upstream refused our certificate (see watchSocket in retry.ts).
+ */
+function failureFields(err: Error, target: string | undefined): Record<string, unknown> {
+  const fields: Record<string, unknown> = { err: { message: err.message, code: (err as { code?: string }).code }, target };
+  const cause = err.cause as { message?: unknown; code?: unknown } | undefined;
+  if (typeof cause?.code === 'string' && cause.code.startsWith('ERR_SSL_')) {
+    fields.tlsAlert = cause.code;
+    fields.hint = 'the upstream refused the TLS client certificate (missing, unknown CA or rejected); check upstreams.<name>.tls.certFile';
+  }
+  return fields;
 }
 
 function unrelayable(): Error {

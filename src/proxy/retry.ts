@@ -58,17 +58,34 @@ export class RetryPolicy {
 
 const kBytesRead = Symbol('gateway.bytesRead');
 
-function noteBytesRead(this: Socket, err: Error): void {
+const kTlsAlert = Symbol('gateway.tlsAlert');
+
+type WatchedSocket = Socket & { [kTlsAlert]?: Error };
+
+function noteSocketError(this: WatchedSocket, err: Error & { cause?: unknown }): void {
   (err as { [kBytesRead]?: number })[kBytesRead] = this.bytesRead;
+  const alert = this[kTlsAlert];
+  if (alert !== undefined) {
+    // The error undici fails the request with: it names the alert that caused it.
+    if (err !== alert && err.cause === undefined) err.cause = alert;
+    return;
+  }
+  if ((err as { code?: string }).code?.startsWith('ERR_SSL_')) this[kTlsAlert] = err;
 }
 
 /**
  * Called once per new upstream socket: a socket error then records how many bytes the socket had
  * read before it failed. undici reports the error itself without that (its own "other side closed"
  * errors carry it already).
+ *
+ * Under TLS 1.3 the handshake completes on the client side before the upstream has checked our
+ * certificate; a refusal (certificate required, unknown CA, bad certificate) then arrives as an
+ * alert on a socket undici already writes to. The socket emits the alert as an error, then ends,
+ * and undici fails the request with its own "other side closed", dropping the alert. The alert is
+ * kept here and attached as that error's cause, so the request is reported as the TLS failure it is.
  */
 export function watchSocket(socket: Socket): void {
-  socket.on('error', noteBytesRead);
+  socket.on('error', noteSocketError);
 }
 
 /**

@@ -7,7 +7,9 @@ import { GatewayError, type ErrorCode } from '../errors';
 export function upstreamErrorCode(err: unknown): ErrorCode {
   // A step's own failure surfacing through the relay (a request body over its limit).
   if (err instanceof GatewayError) return err.code;
-  const e = err as { code?: string; name?: string } | null;
+  const e = err as { code?: string; name?: string; cause?: { code?: string } } | null;
+  // A TLS alert from the upstream that ended the connection (see watchSocket in retry.ts).
+  if (e?.code === 'UND_ERR_SOCKET' && isTlsFailure(e.cause?.code)) return 'UPSTREAM_TLS';
   switch (e?.code) {
     case 'UND_ERR_CONNECT_TIMEOUT':
       return 'UPSTREAM_CONNECT_TIMEOUT';

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import type { ConfigProblem, GatewayConfig } from '../types';
 import { identityHeaderPairs } from './identity-headers';
 import { loadPublicKey } from './jwt';
+import type { JwtKeyConfig } from './schema';
 import type { OidcConfig } from './oidc-schema';
 import { aesKey } from './sealed-cookie';
 
@@ -14,6 +15,58 @@ export function readPublicKeyPem(jwt: { publicKey?: string; publicKeyFile?: stri
   return readFileSync(jwt.publicKeyFile!, 'utf8');
 }
 
+/** One issuer's keys and algorithms (`at` is auth.jwt or auth.jwt.issuers[i]). */
+function checkKeySource(jwt: JwtKeyConfig, at: string, problems: ConfigProblem[]): void {
+  const sources = (['secret', 'publicKey', 'publicKeyFile', 'jwks'] as const).filter((k) => jwt[k] !== undefined);
+  if (sources.length !== 1) {
+    problems.push({
+      path: at,
+      message: sources.length
+        ? `exactly one key source is allowed, got ${sources.join(' and ')}`
+        : 'a key source is required: secret, publicKey, publicKeyFile or jwks',
+    });
+  }
+  const hmac = jwt.algorithms.filter((a) => HMAC.test(a));
+  if (jwt.secret !== undefined) {
+    if (Buffer.byteLength(jwt.secret) < MIN_SECRET_BYTES) {
+      problems.push({ path: `${at}.secret`, message: `must be at least ${MIN_SECRET_BYTES} bytes (it is ${Buffer.byteLength(jwt.secret)})` });
+    }
+    if (/-----BEGIN|"kty"/.test(jwt.secret)) {
+      problems.push({ path: `${at}.secret`, message: 'looks like a public key; a public key is never an HMAC secret (use publicKey)' });
+    }
+    if (hmac.length !== jwt.algorithms.length) {
+      problems.push({ path: `${at}.algorithms`, message: 'a secret verifies HS256/HS384/HS512 only' });
+    }
+  } else if (hmac.length) {
+    problems.push({ path: `${at}.algorithms`, message: `${hmac.join(', ')} needs a secret: never an HMAC algorithm with a public key` });
+  }
+  if (jwt.publicKey !== undefined || jwt.publicKeyFile !== undefined) {
+    const path = jwt.publicKey !== undefined ? `${at}.publicKey` : `${at}.publicKeyFile`;
+    let pem: string | null = null;
+    try {
+      pem = readPublicKeyPem(jwt);
+    } catch (err) {
+      problems.push({ path, message: `cannot read: ${(err as Error).message}` });
+    }
+    try {
+      if (pem !== null) loadPublicKey(pem, jwt.algorithms);
+    } catch (err) {
+      problems.push({ path, message: (err as Error).message });
+    }
+  }
+  if (jwt.jwks) {
+    let url: URL | null = null;
+    try {
+      url = new URL(jwt.jwks.url);
+    } catch {
+      problems.push({ path: `${at}.jwks.url`, message: `"${jwt.jwks.url}" is not a URL` });
+    }
+    if (url && url.protocol !== 'https:' && url.protocol !== 'http:') {
+      problems.push({ path: `${at}.jwks.url`, message: `protocol must be https: or http:, got ${url.protocol}` });
+    }
+  }
+}
+
 /** Auth rules that span fields, added to the config loader's cross-checks. */
 export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): void {
   const jwt = cfg.auth.jwt;
@@ -22,53 +75,20 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
     problems.push({ path: 'auth.identityHeaders', message: 'the identity header names must differ from each other' });
   }
   if (jwt) {
-    const sources = (['secret', 'publicKey', 'publicKeyFile', 'jwks'] as const).filter((k) => jwt[k] !== undefined);
-    if (sources.length !== 1) {
-      problems.push({
-        path: 'auth.jwt',
-        message: sources.length
-          ? `exactly one key source is allowed, got ${sources.join(' and ')}`
-          : 'a key source is required: secret, publicKey, publicKeyFile or jwks',
+    if (jwt.issuers === undefined) {
+      if (jwt.algorithms === undefined) problems.push({ path: 'auth.jwt.algorithms', message: 'is required' });
+      else checkKeySource({ ...jwt, algorithms: jwt.algorithms }, 'auth.jwt', problems);
+    } else {
+      const single = (['algorithms', 'secret', 'publicKey', 'publicKeyFile', 'jwks', 'issuer', 'audience'] as const).filter((k) => jwt[k] !== undefined);
+      for (const k of single) problems.push({ path: `auth.jwt.${k}`, message: 'with issuers, set it on each issuer instead' });
+      const seen = new Map<string, number>();
+      jwt.issuers.forEach((iss, i) => {
+        const at = `auth.jwt.issuers[${i}]`;
+        const twin = seen.get(iss.issuer);
+        if (twin !== undefined) problems.push({ path: `${at}.issuer`, message: `duplicate issuer "${iss.issuer}" (also auth.jwt.issuers[${twin}])` });
+        else seen.set(iss.issuer, i);
+        checkKeySource(iss, at, problems);
       });
-    }
-    const hmac = jwt.algorithms.filter((a) => HMAC.test(a));
-    if (jwt.secret !== undefined) {
-      if (Buffer.byteLength(jwt.secret) < MIN_SECRET_BYTES) {
-        problems.push({ path: 'auth.jwt.secret', message: `must be at least ${MIN_SECRET_BYTES} bytes (it is ${Buffer.byteLength(jwt.secret)})` });
-      }
-      if (/-----BEGIN|"kty"/.test(jwt.secret)) {
-        problems.push({ path: 'auth.jwt.secret', message: 'looks like a public key; a public key is never an HMAC secret (use publicKey)' });
-      }
-      if (hmac.length !== jwt.algorithms.length) {
-        problems.push({ path: 'auth.jwt.algorithms', message: 'a secret verifies HS256/HS384/HS512 only' });
-      }
-    } else if (hmac.length) {
-      problems.push({ path: 'auth.jwt.algorithms', message: `${hmac.join(', ')} needs a secret: never an HMAC algorithm with a public key` });
-    }
-    if (jwt.publicKey !== undefined || jwt.publicKeyFile !== undefined) {
-      const path = jwt.publicKey !== undefined ? 'auth.jwt.publicKey' : 'auth.jwt.publicKeyFile';
-      let pem: string | null = null;
-      try {
-        pem = readPublicKeyPem(jwt);
-      } catch (err) {
-        problems.push({ path, message: `cannot read: ${(err as Error).message}` });
-      }
-      try {
-        if (pem !== null) loadPublicKey(pem, jwt.algorithms);
-      } catch (err) {
-        problems.push({ path, message: (err as Error).message });
-      }
-    }
-    if (jwt.jwks) {
-      let url: URL | null = null;
-      try {
-        url = new URL(jwt.jwks.url);
-      } catch {
-        problems.push({ path: 'auth.jwt.jwks.url', message: `"${jwt.jwks.url}" is not a URL` });
-      }
-      if (url && url.protocol !== 'https:' && url.protocol !== 'http:') {
-        problems.push({ path: 'auth.jwt.jwks.url', message: `protocol must be https: or http:, got ${url.protocol}` });
-      }
     }
     for (const name of Object.keys(jwt.claimHeaders)) {
       const lower = name.toLowerCase();
@@ -78,6 +98,16 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
     }
   }
 
+  const cert = cfg.auth.clientCert;
+  if (cert) {
+    const names = [cert.subjectHeader, cert.fingerprintHeader].map((n) => n.toLowerCase());
+    if (names[0] === names[1]) problems.push({ path: 'auth.clientCert.fingerprintHeader', message: 'must differ from subjectHeader' });
+    (['subjectHeader', 'fingerprintHeader'] as const).forEach((field, i) => {
+      if (idHeaders.includes(names[i]) || names[i] === 'authorization' || names[i] === cfg.auth.apiKeys.header.toLowerCase()) {
+        problems.push({ path: `auth.clientCert.${field}`, message: 'collides with an identity or credential header' });
+      }
+    });
+  }
   if (cfg.auth.oidc) checkOidc(cfg.auth.oidc, idHeaders, cfg.auth.apiKeys.header.toLowerCase(), problems);
 
   const consumerIds = new Map<string, number>();
@@ -130,6 +160,12 @@ export function checkAuthConfig(cfg: GatewayConfig, problems: ConfigProblem[]): 
     if (!auth) return;
     const at = `routes[${i}].auth`;
     if (auth.methods.includes('jwt') && !jwt) problems.push({ path: `${at}.methods`, message: 'jwt needs auth.jwt to be configured' });
+    if (auth.methods.includes('clientCert')) {
+      if (!cfg.auth.clientCert) problems.push({ path: `${at}.methods`, message: 'clientCert needs auth.clientCert to be configured' });
+      if ((cfg.listen.tls?.clientCertificates.mode ?? 'off') === 'off') {
+        problems.push({ path: `${at}.methods`, message: 'clientCert needs the TLS listener to ask for client certificates (listen.tls.clientCertificates.mode request or require)' });
+      }
+    }
     if (auth.methods.includes('external') && !cfg.auth.external) problems.push({ path: `${at}.methods`, message: 'external needs auth.external to be configured' });
     if (auth.methods.includes('introspection') && !cfg.auth.introspection) {
       problems.push({ path: `${at}.methods`, message: 'introspection needs auth.introspection to be configured' });

@@ -4,6 +4,7 @@ import type { CounterFamily } from '../../observability/fast-metrics';
 import type { CompiledRoute } from '../../routes';
 import { ApiKeyAuthenticator, MemoryKeyStore, type KeyStore } from './api-keys';
 import { readPublicKeyPem } from './check';
+import { ClientCertAuthenticator } from './client-cert';
 import { ConsumerDirectory } from './consumers';
 import { ExternalAuthorizer } from './external';
 import { Introspector } from './introspection';
@@ -11,15 +12,21 @@ import { RemoteMetrics, remoteMetricFamilies, RemoteService, type RemoteMetricFa
 import type { AuthBreakerConfig } from './remote-schema';
 import { headerVariants, type IdentityHeaderNames } from './identity-headers';
 import { JwksKeySource } from './jwks';
-import { algorithmsForKey, claimRules, JwtAuthenticator, keyVerifier, loadPublicKey, type KeySource } from './jwt';
+import { algorithmsForKey, claimRules, JwtAuthenticator, keyVerifier, loadPublicKey, type KeySource, type TokenIssuers } from './jwt';
 import { CALLBACK_FAILURES, OidcLogin, type OidcMetrics } from './oidc';
 import { OidcClient } from './oidc-client';
 import { RedisKeyStore } from './redis-keys';
-import type { JwtConfig } from './schema';
+import type { JwtConfig, JwtKeyConfig } from './schema';
 import { AuthStep, type CredentialSources } from './step';
 
 /** Auth metrics live as long as the gateway: plugins are rebuilt on reload, metric families are not. */
-function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetches: CounterFamily; remote: RemoteMetricFamilies } {
+function authMetrics(ctx: PluginContext): {
+  decisions: CounterFamily;
+  jwksFetches: CounterFamily;
+  jwtIssuers: CounterFamily;
+  clientCerts: CounterFamily;
+  remote: RemoteMetricFamilies;
+} {
   return ctx.shared('auth:metrics', () => {
     const jwksFetches = ctx.metrics.counter('gateway_auth_jwks_fetches_total', 'Fetches of the JWKS key set, by result (ok, error).', ['result']);
     // Both series from the start: a dashboard shows 0 fetch errors rather than nothing.
@@ -32,6 +39,16 @@ function authMetrics(ctx: PluginContext): { decisions: CounterFamily; jwksFetche
         ['route', 'result'],
       ),
       jwksFetches,
+      jwtIssuers: ctx.metrics.counter(
+        'gateway_auth_jwt_issuer_tokens_total',
+        'Tokens verified (not served from the token cache), by issuer: a configured iss, any (the single-issuer form without issuer), or unknown (an iss no issuer entry names: refused before any signature work).',
+        ['issuer'],
+      ),
+      clientCerts: ctx.metrics.counter(
+        'gateway_auth_client_cert_total',
+        'Client certificates checked as credentials, by result: ok, unverified (did not chain to the CA), no_identity (no subject CN or SAN of the configured kind), unknown_consumer, unsendable (the name cannot be an identity header).',
+        ['result'],
+      ),
       remote: remoteMetricFamilies(ctx.metrics),
     };
   });
@@ -85,23 +102,40 @@ export function keyStoreFor(ctx: PluginContext): KeyStore {
   });
 }
 
-function jwtKeySource(jwt: JwtConfig, ctx: PluginContext): KeySource {
-  const rules = claimRules(jwt);
-  if (jwt.secret !== undefined) return { kind: 'static', verify: keyVerifier(jwt.secret, jwt.algorithms, rules) };
-  const jwksConfig = jwt.jwks;
+function jwtKeySource(jwt: JwtConfig, keyCfg: JwtKeyConfig, ctx: PluginContext): KeySource {
+  const rules = claimRules(jwt, keyCfg);
+  const algs = keyCfg.algorithms;
+  if (keyCfg.secret !== undefined) return { kind: 'static', verify: keyVerifier(keyCfg.secret, algs, rules) };
+  const jwksConfig = keyCfg.jwks;
   if (jwksConfig) {
     // The fetched keys survive reloads that keep the same key set and claim rules.
-    const jwks = ctx.shared(`auth:jwks:${JSON.stringify([jwksConfig, jwt.algorithms, rules])}`, () => {
-      const source = new JwksKeySource({ ...jwksConfig, algorithms: jwt.algorithms, rules, log: ctx.log, fetches: authMetrics(ctx).jwksFetches });
+    const jwks = ctx.shared(`auth:jwks:${JSON.stringify([jwksConfig, algs, rules])}`, () => {
+      const source = new JwksKeySource({ ...jwksConfig, algorithms: algs, rules, log: ctx.log, fetches: authMetrics(ctx).jwksFetches });
       ctx.addResource(source);
       return source;
     });
     return { kind: 'jwks', jwks };
   }
-  const pem = loadPublicKey(readPublicKeyPem(jwt), jwt.algorithms);
+  const pem = loadPublicKey(readPublicKeyPem(keyCfg), algs);
   const key = createPublicKey(pem);
-  const algorithms = algorithmsForKey(key.asymmetricKeyType, key.asymmetricKeyDetails?.namedCurve, jwt.algorithms);
+  const algorithms = algorithmsForKey(key.asymmetricKeyType, key.asymmetricKeyDetails?.namedCurve, algs);
   return { kind: 'static', verify: keyVerifier(pem, algorithms, rules) };
+}
+
+/** The issuers of `jwt`: the single-issuer form (checked to have algorithms), or one entry per `iss`. */
+function tokenIssuers(jwt: JwtConfig, ctx: PluginContext): TokenIssuers {
+  const counts = authMetrics(ctx).jwtIssuers;
+  if (jwt.issuers === undefined) {
+    return { one: { keys: jwtKeySource(jwt, { ...jwt, algorithms: jwt.algorithms! }, ctx), verified: counts.child(jwt.issuer ?? 'any') } };
+  }
+  const byIss = new Map(jwt.issuers.map((i) => [i.issuer, { keys: jwtKeySource(jwt, i, ctx), verified: counts.child(i.issuer) }]));
+  return { byIss, unknown: counts.child('unknown') };
+}
+
+/** The iss values a JWT verified here carries (issuer or issuers[]), or undefined when any is accepted. */
+function localIssuers(jwt: JwtConfig | undefined): ReadonlySet<string> | undefined {
+  if (jwt?.issuers !== undefined) return new Set(jwt.issuers.map((i) => i.issuer));
+  return jwt?.issuer !== undefined ? new Set([jwt.issuer]) : undefined;
 }
 
 /**
@@ -116,7 +150,7 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
   const consumers = new ConsumerDirectory(cfg.consumers, names);
   // Node refuses a longer head (431) before any of this runs, so the listener's limit is the natural default.
   const maxTokenBytes = auth.jwt?.maxTokenBytes ?? cfg.policies.limits.maxHeaderBytes;
-  const jwt = auth.jwt ? new JwtAuthenticator(auth.jwt, jwtKeySource(auth.jwt, ctx), consumers, names, maxTokenBytes) : null;
+  const jwt = auth.jwt ? new JwtAuthenticator(auth.jwt, tokenIssuers(auth.jwt, ctx), consumers, names, maxTokenBytes) : null;
   let introspection: Introspector | null = null;
   if (auth.introspection) {
     const i = auth.introspection;
@@ -131,6 +165,8 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
     externalMetrics = metrics;
   }
 
+  const certCfg = auth.clientCert;
+  const clientCert = certCfg ? new ClientCertAuthenticator(certCfg, consumers, names, authMetrics(ctx).clientCerts) : null;
   const oidcCfg = auth.oidc;
   let oidc: OidcLogin | null = null;
   if (oidcCfg) {
@@ -146,6 +182,7 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
 
   const sources: CredentialSources = {
     jwt,
+    clientCert,
     apiKeys: new ApiKeyAuthenticator(keyStoreFor(ctx), consumers, auth.apiKeys.importedKeys),
     apiKeyHeader: auth.apiKeys.header.toLowerCase(),
     apiKeyHeaderName: auth.apiKeys.header,
@@ -156,11 +193,12 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
     introspection,
     external,
     externalMetrics,
-    jwtIssuer: auth.jwt?.issuer,
+    jwtIssuers: localIssuers(auth.jwt),
     oidc,
   };
   const { decisions } = authMetrics(ctx);
 
+  const certHeaders = certCfg ? [certCfg.subjectHeader, certCfg.fingerprintHeader] : [];
   // Headers the external authorizer or the introspection answer may set are identity too.
   const identityDrops = [
     names.consumerId,
@@ -170,6 +208,7 @@ export function createAuthPlugin(ctx: PluginContext): Plugin {
     ...Object.keys(auth.introspection?.claimHeaders ?? {}),
     ...(auth.external?.upstreamHeaders ?? []),
     ...Object.keys(oidcCfg?.claimHeaders ?? {}),
+    ...certHeaders,
   ].flatMap(headerVariants);
   const credentialDrops = ['authorization', ...headerVariants(auth.apiKeys.header)];
 

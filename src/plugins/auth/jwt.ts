@@ -4,7 +4,8 @@ import { ConsumerDirectory, type Verified } from './consumers';
 import { AuthFailure } from './failure';
 import { identityHeaderPairs, isHeaderValue, UnsendableIdentityError, type IdentityHeaderNames } from './identity-headers';
 import type { JwksKeySource } from './jwks';
-import type { JwtAlgorithm, JwtConfig } from './schema';
+import type { CounterCell } from '../../observability/fast-metrics';
+import type { JwtAlgorithm, JwtConfig, JwtKeyConfig } from './schema';
 import { TtlCache } from './ttl-cache';
 
 /** A verified token's decoded parts. */
@@ -24,15 +25,16 @@ export interface ClaimRules {
   clockTolerance: number;
 }
 
-export function claimRules(cfg: JwtConfig): ClaimRules {
+/** The claim rules of one issuer: the shared settings of `cfg` with the issuer's own `iss` and audience. */
+export function claimRules(cfg: JwtConfig, keys: JwtKeyConfig): ClaimRules {
   const required = new Set(cfg.requiredClaims);
   // fast-jwt checks iss/aud only when the claim is present: requiring them closes that gap.
-  if (cfg.issuer !== undefined) required.add('iss');
-  if (cfg.audience !== undefined) required.add('aud');
+  if (keys.issuer !== undefined) required.add('iss');
+  if (keys.audience !== undefined) required.add('aud');
   return {
     requiredClaims: [...required],
-    allowedIss: cfg.issuer,
-    allowedAud: cfg.audience,
+    allowedIss: keys.issuer,
+    allowedAud: keys.audience,
     clockTolerance: cfg.clockToleranceSec * 1000,
   };
 }
@@ -197,6 +199,18 @@ function tokenTypeOf(header: Record<string, unknown>): string | null {
 /** Where the key of a token comes from: one configured key, or a JWKS with a key per `kid`. */
 export type KeySource = { kind: 'static'; verify: KeyVerifier } | { kind: 'jwks'; jwks: JwksKeySource };
 
+/** One accepted issuer: its keys, and the count of its tokens verified. */
+export interface IssuerKeys {
+  keys: KeySource;
+  verified: CounterCell;
+}
+
+/**
+ * The issuers a token may come from: one (the single-issuer form, whatever its `iss`), or several
+ * picked by the token's `iss`, with the count of tokens whose `iss` is none of them.
+ */
+export type TokenIssuers = { one: IssuerKeys } | { byIss: ReadonlyMap<string, IssuerKeys>; unknown: CounterCell };
+
 interface CachedToken {
   verified: Verified;
 }
@@ -211,7 +225,7 @@ export class JwtAuthenticator {
 
   constructor(
     private readonly cfg: JwtConfig,
-    private readonly keys: KeySource,
+    private readonly issuers: TokenIssuers,
     private readonly consumers: ConsumerDirectory,
     private readonly names: IdentityHeaderNames,
     /** `cfg.maxTokenBytes`, or the listener's header limit when it is not set. */
@@ -227,12 +241,25 @@ export class JwtAuthenticator {
     const now = Date.now();
     const hit = this.cache.get(token, now);
     if (hit !== undefined) return hit.verified;
-    const keys = this.keys;
+    const issuer = this.issuerOf(token);
+    issuer.verified.inc();
+    const keys = issuer.keys;
     if (keys.kind === 'static') return this.verifyWith(keys.verify, token, now);
     const kid = tokenKid(token);
     const verify = keys.jwks.verifierFor(kid);
     if (verify !== null) return this.verifyWith(verify, token, now);
     return keys.jwks.refetchFor(kid).then((v) => this.verifyWith(v, token, Date.now()));
+  }
+
+  /** The issuer whose keys verify `token`: with several, the one its `iss` names, read before any signature work. */
+  private issuerOf(token: string): IssuerKeys {
+    const issuers = this.issuers;
+    if ('one' in issuers) return issuers.one;
+    const iss = tokenIssuer(token);
+    const known = iss === undefined ? undefined : issuers.byIss.get(iss);
+    if (known !== undefined) return known;
+    issuers.unknown.inc();
+    throw new AuthFailure(iss === undefined ? 'the token names no issuer (iss)' : 'the token issuer (iss) is not accepted', false, false, 'UNKNOWN_TOKEN_ISSUER');
   }
 
   private verifyWith(verify: KeyVerifier, token: string, now: number): Verified {
@@ -308,4 +335,25 @@ export function tokenKid(token: string): string | undefined {
   if (kid === undefined) return undefined;
   if (typeof kid !== 'string') throw new AuthFailure('the token kid must be a string');
   return kid;
+}
+
+/**
+ * The `iss` of a token's payload (undefined when it has none), read without verifying anything: it only picks which issuer's
+ * keys verify the token, and that verification checks `iss` again (exactly).
+ */
+export function tokenIssuer(token: string): string | undefined {
+  const first = token.indexOf('.');
+  const second = first < 0 ? -1 : token.indexOf('.', first + 1);
+  const segment = second < 0 ? '' : token.slice(first + 1, second);
+  if (!B64URL.test(segment)) throw new AuthFailure('the token is malformed');
+  let payload: unknown;
+  try {
+    payload = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'));
+  } catch {
+    throw new AuthFailure('the token is malformed');
+  }
+  if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) throw new AuthFailure('the token is malformed');
+  const iss = (payload as { iss?: unknown }).iss;
+  if (iss !== undefined && typeof iss !== 'string') throw new AuthFailure('the token claim "iss" must be a string');
+  return iss;
 }

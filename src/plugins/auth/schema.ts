@@ -37,22 +37,41 @@ export const JwksSchema = Obj(
   { description: 'Keys fetched from a JWKS endpoint, cached; cached keys keep working while the endpoint is down.' },
 );
 
+const ALGORITHMS_DESCRIPTION = 'Accepted signature algorithms, always explicit. HS* only with `secret`; never HS* with a public key or JWKS.';
+const algorithmList = () =>
+  Type.Array(Type.Union(JWT_ALGORITHMS.map((a) => Type.Literal(a))), { description: ALGORITHMS_DESCRIPTION, minItems: 1 });
+const keyFields = () => ({
+  secret: Type.Optional(Type.String({ description: 'HMAC secret for HS256/384/512, at least 32 bytes (use ${ENV} substitution).' })),
+  publicKey: Type.Optional(Type.String({ description: 'PEM public key (or certificate) for RS/PS/ES/EdDSA.' })),
+  publicKeyFile: Type.Optional(Type.String({ description: 'File holding the PEM public key (or certificate).' })),
+  jwks: Type.Optional(JwksSchema),
+});
+const audienceList = () =>
+  Type.Array(Type.String({ description: 'An accepted audience.', minLength: 1 }), {
+    description: 'Accepted audiences, matched exactly; the token `aud` (string or array) must contain one of them.',
+    minItems: 1,
+  });
+
+export const JwtIssuerSchema = Obj(
+  {
+    issuer: Type.String({ description: 'The `iss` this entry verifies, matched exactly; a token naming it is checked with these keys only.', minLength: 1 }),
+    algorithms: algorithmList(),
+    ...keyFields(),
+    audience: Type.Optional(audienceList()),
+  },
+  { description: 'One accepted token issuer: exactly one key source (secret, publicKey, publicKeyFile or jwks), its algorithms and audience.' },
+);
+
 export const JwtSchema = Obj(
   {
-    algorithms: Type.Array(Type.Union(JWT_ALGORITHMS.map((a) => Type.Literal(a))), {
-      description: 'Accepted signature algorithms, always explicit. HS* only with `secret`; never HS* with a public key or JWKS.',
-      minItems: 1,
-    }),
-    secret: Type.Optional(
-      Type.String({ description: 'HMAC secret for HS256/384/512, at least 32 bytes (use ${ENV} substitution).' }),
-    ),
-    publicKey: Type.Optional(Type.String({ description: 'PEM public key (or certificate) for RS/PS/ES/EdDSA.' })),
-    publicKeyFile: Type.Optional(Type.String({ description: 'File holding the PEM public key (or certificate).' })),
-    jwks: Type.Optional(JwksSchema),
+    algorithms: Type.Optional(algorithmList()),
+    ...keyFields(),
     issuer: Type.Optional(Type.String({ description: 'Required `iss`, matched exactly.', minLength: 1 })),
-    audience: Type.Optional(
-      Type.Array(Type.String({ description: 'An accepted audience.', minLength: 1 }), {
-        description: 'Accepted audiences, matched exactly; the token `aud` (string or array) must contain one of them.',
+    audience: Type.Optional(audienceList()),
+    issuers: Type.Optional(
+      Type.Array(JwtIssuerSchema, {
+        description:
+          "Several issuers instead of the single one above (leave algorithms, the key source, issuer and audience unset): the token's `iss`, read before any signature work, picks the entry whose keys verify it; a token from any other issuer is refused (401 UNKNOWN_TOKEN_ISSUER). The settings below apply to every issuer.",
         minItems: 1,
       }),
     ),
@@ -99,7 +118,7 @@ export const JwtSchema = Obj(
       { description: 'Cache of verification results, keyed by the whole token.', default: {} },
     ),
   },
-  { description: 'JSON Web Tokens: exactly one key source (secret, publicKey, publicKeyFile or jwks).' },
+  { description: 'JSON Web Tokens: either algorithms and exactly one key source (secret, publicKey, publicKeyFile or jwks), or `issuers`.' },
 );
 
 export const KeyRedisSchema = Obj(
@@ -160,12 +179,39 @@ export const IdentityHeadersSchema = Obj(
   },
 );
 
+export const ClientCertSchema = Obj(
+  {
+    consumerFrom: Type.Union([Type.Literal('subject.CN'), Type.Literal('san.dns'), Type.Literal('san.uri'), Type.Literal('san.email')], {
+      description: 'Where the consumer id is read from in the verified certificate: the subject common name, or the first SAN of a kind (DNS name, URI such as a SPIFFE id, email).',
+      default: 'subject.CN',
+    }),
+    requireKnownConsumer: Type.Boolean({
+      description:
+        'Refuse (403 CLIENT_CERT_UNKNOWN_CONSUMER) a certificate whose name is no consumer id. With false any certificate the CA signed is a caller, with no roles unless a consumer of that id grants them.',
+      default: true,
+    }),
+    forward: Type.Boolean({ description: 'Send the certificate subject and SHA-256 fingerprint upstream in the two headers below.', default: false }),
+    subjectHeader: Type.String({ description: 'Upstream header carrying the certificate subject (CN=...,O=...).', default: 'X-Client-Cert-Subject', pattern: HEADER_NAME, expected: HEADER_NAME_WORDS }),
+    fingerprintHeader: Type.String({
+      description: 'Upstream header carrying the certificate SHA-256 fingerprint (AA:BB:...).',
+      default: 'X-Client-Cert-Fingerprint',
+      pattern: HEADER_NAME,
+      expected: HEADER_NAME_WORDS,
+    }),
+  },
+  {
+    description:
+      'TLS client certificates as credentials (route method clientCert). Needs listen.tls.clientCertificates (mode request or require), which verifies the chain; client-sent copies of the two headers are always removed.',
+  },
+);
+
 export const AuthSchema = Obj(
   {
     realm: Type.String({ description: 'Realm announced in WWW-Authenticate.', default: 'gateway', pattern: '^[ !#-\\[\\]-~]{1,64}$', expected: 'at most 64 printable ASCII characters without " or \\' }),
     jwt: Type.Optional(JwtSchema),
     oidc: Type.Optional(OidcSchema),
     apiKeys: ApiKeysSchema,
+    clientCert: Type.Optional(ClientCertSchema),
     external: Type.Optional(ExternalAuthSchema),
     introspection: Type.Optional(IntrospectionSchema),
     identityHeaders: IdentityHeadersSchema,
@@ -173,14 +219,14 @@ export const AuthSchema = Obj(
   { description: 'Authentication providers.', default: {} },
 );
 
-export const AUTH_METHODS = ['jwt', 'apiKey', 'oidc', 'introspection', 'external'] as const;
+export const AUTH_METHODS = ['jwt', 'apiKey', 'oidc', 'introspection', 'external', 'clientCert'] as const;
 export type AuthMethod = (typeof AUTH_METHODS)[number];
 
 export const RouteAuthSchema = Obj(
   {
     methods: Type.Array(Type.Union(AUTH_METHODS.map((m) => Type.Literal(m))), {
       description:
-        'Accepted credentials, tried in this order (the first one present decides). `oidc` is the login session cookie; without any credential, a browser is sent to log in and other clients get 401. jwt and introspection both read the bearer token: on a route with both, a token that parses as a JWT from auth.jwt.issuer (any JWT when no issuer is set) is verified locally, any other is introspected.',
+        'Accepted credentials, tried in this order (the first one present decides). `oidc` is the login session cookie; without any credential, a browser is sent to log in and other clients get 401. `clientCert` is the verified TLS client certificate (auth.clientCert). jwt and introspection both read the bearer token: on a route with both, a token that parses as a JWT from auth.jwt.issuer (any JWT when no issuer is set) is verified locally, any other is introspected.',
       minItems: 1,
     }),
     required: Type.Boolean({
@@ -219,5 +265,9 @@ export const RouteAuthSchema = Obj(
 
 export type AuthConfig = Static<typeof AuthSchema>;
 export type JwtConfig = Static<typeof JwtSchema>;
+export type JwtIssuerConfig = Static<typeof JwtIssuerSchema>;
+/** What verifies the tokens of one issuer: the single-issuer fields of JwtConfig, or one of its issuers. */
+export type JwtKeyConfig = Pick<JwtIssuerConfig, 'algorithms' | 'secret' | 'publicKey' | 'publicKeyFile' | 'jwks' | 'audience'> & { issuer?: string };
 export type ApiKeysConfig = Static<typeof ApiKeysSchema>;
+export type ClientCertConfig = Static<typeof ClientCertSchema>;
 export type RouteAuthConfig = Static<typeof RouteAuthSchema>;

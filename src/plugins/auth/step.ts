@@ -4,6 +4,7 @@ import type { RequestContext } from '../../context';
 import type { CounterCell, CounterFamily } from '../../observability/fast-metrics';
 import { bodyPending, GatewayError } from '../../errors';
 import type { ApiKeyAuthenticator } from './api-keys';
+import type { ClientCertAuthenticator } from './client-cert';
 import type { Decision, Denied, ExternalAuthorizer } from './external';
 import type { Introspector } from './introspection';
 import { RemoteDown, type RemoteMetrics } from './remote-call';
@@ -18,6 +19,7 @@ import type { RouteAuthConfig } from './schema';
 /** Where credentials come from: fixed by the configuration, shared by every route. */
 export interface CredentialSources {
   jwt: JwtAuthenticator | null;
+  clientCert: ClientCertAuthenticator | null;
   apiKeys: ApiKeyAuthenticator;
   /** Lower-case API key header name. */
   apiKeyHeader: string;
@@ -30,8 +32,8 @@ export interface CredentialSources {
   introspection: Introspector | null;
   external: ExternalAuthorizer | null;
   externalMetrics: RemoteMetrics | null;
-  /** auth.jwt.issuer: on a route with jwt and introspection, a JWT from it is verified locally. */
-  jwtIssuer: string | undefined;
+  /** auth.jwt.issuer or issuers[]: on a route with jwt and introspection, a JWT from one is verified locally. */
+  jwtIssuers: ReadonlySet<string> | undefined;
 }
 
 const NONE = 0;
@@ -39,18 +41,19 @@ const JWT = 1;
 const KEY = 2;
 const INTROSPECTION = 3;
 const EXTERNAL = 4;
-type Chosen = typeof NONE | typeof JWT | typeof KEY | typeof INTROSPECTION | typeof EXTERNAL;
+const CLIENT_CERT = 5;
+type Chosen = typeof NONE | typeof JWT | typeof KEY | typeof INTROSPECTION | typeof EXTERNAL | typeof CLIENT_CERT;
 // oidc routes take runWithLogin and never this order.
-const METHOD_CODES = { jwt: JWT, apiKey: KEY, introspection: INTROSPECTION, external: EXTERNAL, oidc: NONE } as const;
+const METHOD_CODES = { jwt: JWT, apiKey: KEY, introspection: INTROSPECTION, external: EXTERNAL, clientCert: CLIENT_CERT, oidc: NONE } as const;
 
 const B64URL_SEGMENT = /^[A-Za-z0-9_-]+$/;
 
 /**
  * Whether a bearer token is a JWT this gateway verifies itself: three base64url segments whose
- * payload is a JSON object with the configured issuer (any issuer when none is configured).
+ * payload is a JSON object with one of the configured issuers (any issuer when none is configured).
  * Anything else is an opaque token for the introspection endpoint.
  */
-export function isLocalJwt(token: string, issuer: string | undefined): boolean {
+export function isLocalJwt(token: string, issuers: ReadonlySet<string> | undefined): boolean {
   const a = token.indexOf('.');
   const b = a < 0 ? -1 : token.indexOf('.', a + 1);
   if (b < 0 || token.indexOf('.', b + 1) >= 0) return false;
@@ -63,7 +66,9 @@ export function isLocalJwt(token: string, issuer: string | undefined): boolean {
     return false;
   }
   if (claims === null || typeof claims !== 'object' || Array.isArray(claims)) return false;
-  return issuer === undefined || (claims as { iss?: unknown }).iss === issuer;
+  if (issuers === undefined) return true;
+  const iss = (claims as { iss?: unknown }).iss;
+  return typeof iss === 'string' && issuers.has(iss);
 }
 
 type Result = 'ok' | 'anonymous' | 'unauthenticated' | 'forbidden' | 'unavailable';
@@ -71,7 +76,7 @@ type Result = 'ok' | 'anonymous' | 'unauthenticated' | 'forbidden' | 'unavailabl
 /** The auth step of one route: everything it needs is decided here, once, at start-up. */
 export class AuthStep implements Step {
   readonly name = 'auth';
-  /** The route's methods, in order, as codes. */
+  /** The route's methods that can be used, in its order, as codes. */
   private readonly order: readonly Chosen[];
   private readonly useJwt: boolean;
   private readonly useIntrospection: boolean;
@@ -87,6 +92,10 @@ export class AuthStep implements Step {
   private readonly missing: Record<string, string>;
   private readonly badToken: Record<string, string>;
   private readonly badKey: Record<string, string>;
+  /** A certificate refusal: the route's other challenges, if it has any (TLS has no scheme of its own). */
+  private readonly badCert: Record<string, string> | undefined;
+  /** The route accepts client certificates only: a missing one is CLIENT_CERT_REQUIRED. */
+  private readonly certOnly: boolean;
   private readonly counts: Record<Result, CounterCell>;
   /** The route's login, when it lists `oidc`: requests then take runWithLogin. */
   private readonly oidc: OidcLogin | null;
@@ -99,7 +108,9 @@ export class AuthStep implements Step {
     counter: CounterFamily,
     private readonly log: FastifyBaseLogger,
   ) {
-    this.order = auth.methods.map((m) => METHOD_CODES[m]);
+    // A route with oidc takes runWithLogin, which walks the methods itself.
+    this.order = auth.methods.filter((m) => m !== 'oidc' && (m !== 'clientCert' || src.clientCert !== null)).map((m) => METHOD_CODES[m]);
+    this.certOnly = auth.methods.length === 1 && auth.methods[0] === 'clientCert';
     this.useJwt = auth.methods.includes('jwt') && src.jwt !== null;
     this.useIntrospection = auth.methods.includes('introspection') && src.introspection !== null;
     this.failOpen = auth.failOpen;
@@ -120,8 +131,9 @@ export class AuthStep implements Step {
     const realm = `realm="${src.realm}"`;
     const bearer = `Bearer ${realm}`;
     const apiKey = `ApiKey ${realm}, header="${src.apiKeyHeaderName}"`;
-    // A login session has no WWW-Authenticate scheme, and the external authorizer speaks for itself (its refusals
-    // are relayed): a route with only those sends none. jwt and introspection share one Bearer challenge.
+    // A login session and a client certificate have no WWW-Authenticate scheme, and the external authorizer speaks
+    // for itself (its refusals are relayed): a route with only those sends none. jwt and introspection share one
+    // Bearer challenge.
     const challenges = (jwtError: string, keyError: string): Record<string, string> => {
       const list = auth.methods.flatMap((m) => (m === 'jwt' || m === 'introspection' ? [bearer + jwtError] : m === 'apiKey' ? [apiKey + keyError] : []));
       return list.length ? { 'www-authenticate': [...new Set(list)].join(', ') } : {};
@@ -129,6 +141,7 @@ export class AuthStep implements Step {
     this.missing = challenges('', '');
     this.badToken = challenges(', error="invalid_token"', '');
     this.badKey = challenges('', ', error="invalid_key"');
+    this.badCert = this.missing;
     this.counts = {
       ok: counter.child(routeName, 'ok'),
       anonymous: counter.child(routeName, 'anonymous'),
@@ -155,6 +168,9 @@ export class AuthStep implements Step {
           credential = this.apiKey(ctx);
           if (credential !== undefined) chosen = KEY;
           break;
+        case CLIENT_CERT:
+          if (this.src.clientCert!.presented(ctx.socket)) chosen = CLIENT_CERT;
+          break;
         case EXTERNAL:
           if (this.src.external!.hasCredential(ctx)) chosen = EXTERNAL;
       }
@@ -163,26 +179,27 @@ export class AuthStep implements Step {
     if (chosen === NONE) {
       if (this.required) {
         this.counts.unauthenticated.inc();
+        if (this.certOnly) throw new GatewayError('CLIENT_CERT_REQUIRED', { detail: 'this route requires a TLS client certificate' });
         throw new GatewayError('UNAUTHENTICATED', { detail: 'credentials are required', headers: this.missing });
       }
       this.counts.anonymous.inc();
       return true;
     }
     if (chosen === EXTERNAL) return this.runExternal(ctx);
-    const isKey = chosen === KEY;
     let verified: Verified | Promise<Verified>;
     try {
       if (chosen === JWT) verified = this.src.jwt!.authenticate(credential!);
-      else if (isKey) verified = this.src.apiKeys.authenticate(credential!);
+      else if (chosen === KEY) verified = this.src.apiKeys.authenticate(credential!);
+      else if (chosen === CLIENT_CERT) verified = this.src.clientCert!.authenticate(ctx.socket);
       else verified = this.src.introspection!.authenticate(credential!, ctx.trace);
     } catch (err) {
-      throw this.refusal(err, !isKey);
+      throw this.refusal(err, chosen);
     }
     if (verified instanceof Promise) {
       return verified.then(
         (v) => this.admit(ctx, v),
         (err: unknown) => {
-          throw this.refusal(err, !isKey);
+          throw this.refusal(err, chosen);
         },
       );
     }
@@ -193,7 +210,7 @@ export class AuthStep implements Step {
   private bearerKind(token: string): Chosen {
     if (!this.useIntrospection) return JWT;
     if (!this.useJwt) return INTROSPECTION;
-    return isLocalJwt(token, this.src.jwtIssuer) ? JWT : INTROSPECTION;
+    return isLocalJwt(token, this.src.jwtIssuers) ? JWT : INTROSPECTION;
   }
 
   private introspectionToken(ctx: RequestContext): string | undefined {
@@ -234,7 +251,7 @@ export class AuthStep implements Step {
 
   /** The authorizer could not decide: 503, or through without an identity when the route fails open. */
   private externalFailed(err: unknown): true {
-    if (!(err instanceof RemoteDown)) throw this.refusal(err, true);
+    if (!(err instanceof RemoteDown)) throw this.refusal(err, EXTERNAL);
     const m = this.src.externalMetrics!;
     if (this.failOpen) {
       m.failOpen.inc();
@@ -278,33 +295,45 @@ export class AuthStep implements Step {
         try {
           v = oidc.authenticate(ctx, cookies, session);
         } catch (err) {
-          throw this.refusal(err, false);
+          throw this.refusal(err, KEY);
         }
         if (v instanceof Promise) {
           return v.then(
             (r) => this.admitSession(ctx, oidc, r),
             (err: unknown) => {
-              throw this.refusal(err, false);
+              throw this.refusal(err, KEY);
             },
           );
         }
         return this.admitSession(ctx, oidc, v);
       }
+      if (m === 'clientCert') {
+        if (this.src.clientCert === null || !this.src.clientCert.presented(ctx.socket)) continue;
+        if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
+        let cert: Verified;
+        try {
+          cert = this.src.clientCert.authenticate(ctx.socket);
+        } catch (err) {
+          throw this.refusal(err, CLIENT_CERT);
+        }
+        return this.admit(ctx, cert);
+      }
       const isJwt = m === 'jwt';
       const credential = isJwt ? this.jwtToken(ctx) : this.apiKey(ctx);
       if (credential === undefined) continue;
       if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
+      const kind = isJwt ? JWT : KEY;
       let verified: Verified | Promise<Verified>;
       try {
         verified = isJwt ? this.src.jwt!.authenticate(credential) : this.src.apiKeys.authenticate(credential);
       } catch (err) {
-        throw this.refusal(err, isJwt);
+        throw this.refusal(err, kind);
       }
       if (verified instanceof Promise) {
         return verified.then(
           (v) => this.admit(ctx, v),
           (err: unknown) => {
-            throw this.refusal(err, isJwt);
+            throw this.refusal(err, kind);
           },
         );
       }
@@ -328,7 +357,7 @@ export class AuthStep implements Step {
   }
 
   private readonly loginRefusal = (err: unknown): never => {
-    throw this.refusal(err, false);
+    throw this.refusal(err, KEY);
   };
 
   private jwtToken(ctx: RequestContext): string | undefined {
@@ -381,7 +410,7 @@ export class AuthStep implements Step {
   }
 
   /** Any failure to verify is the client's 401 (or 503 when the key source is down), never a 500. */
-  private refusal(err: unknown, isJwt: boolean): GatewayError {
+  private refusal(err: unknown, kind: Chosen): GatewayError {
     if (err instanceof GatewayError) return err;
     if (err instanceof AuthFailure && err.unavailable) {
       this.counts.unavailable.inc();
@@ -389,8 +418,14 @@ export class AuthStep implements Step {
       return new GatewayError(code, { detail: err.message, headers: { 'retry-after': 1 } });
     }
     if (!(err instanceof AuthFailure)) this.log.warn({ err: { message: (err as Error)?.message } }, 'credential verification failed unexpectedly');
-    this.counts.unauthenticated.inc();
     const detail = err instanceof AuthFailure ? err.message : 'the credentials are not valid';
-    return new GatewayError('UNAUTHENTICATED', { detail, headers: isJwt ? this.badToken : this.badKey });
+    const code = err instanceof AuthFailure && err.code !== undefined ? err.code : 'UNAUTHENTICATED';
+    if (code === 'CLIENT_CERT_UNKNOWN_CONSUMER') {
+      // The certificate is genuine (the CA vouches for the caller), the caller is just not allowed in.
+      this.counts.forbidden.inc();
+      return new GatewayError(code, { detail });
+    }
+    this.counts.unauthenticated.inc();
+    return new GatewayError(code, { detail, headers: kind === KEY ? this.badKey : kind === CLIENT_CERT ? this.badCert : this.badToken });
   }
 }

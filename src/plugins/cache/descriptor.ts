@@ -1,5 +1,6 @@
 import { createStore } from '../../store';
 import type { GateStore } from '../../store/types';
+import { hasConsumerQuotas } from '../rate-limit/limits';
 import type { PluginContext, PluginDescriptor } from '../types';
 import { cacheWarnings } from './check';
 import { cacheFields } from './fields';
@@ -12,7 +13,8 @@ export function sharedStore(ctx: PluginContext): GateStore {
 
 /** Routes that rate-limit or cache use the store; without them the gateway opens none. */
 export function usesStore(ctx: PluginContext): boolean {
-  return ctx.config.routes.some((r) => r.rateLimit !== undefined || r.cache !== undefined);
+  const quotas = hasConsumerQuotas(ctx.config.consumers);
+  return ctx.config.routes.some((r) => r.rateLimit !== undefined || r.cache !== undefined || (quotas && r.auth !== undefined));
 }
 
 /** This runtime's response cache (the rate-limit step may carry its lookups), or null when no route uses the store. */

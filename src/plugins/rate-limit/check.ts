@@ -12,6 +12,9 @@ function checkLimits(limits: readonly LimitConfig[], at: string, problems: Confi
     } else if (burstOf(l) * intervalUs(l) > MAX_FILL_US) {
       problems.push({ path: `${path}.burst`, message: 'the bucket would take more than 366 days to refill; lower burst or per' });
     }
+    if (l.scope === 'consumer' && l.by === 'route') {
+      problems.push({ path: `${path}.scope`, message: 'a quota across routes cannot be keyed by route; use by: consumer (or ip, apiKey, header:<name>)' });
+    }
     const sig = limitSignature(l);
     const twin = seen.get(sig);
     if (twin !== undefined) problems.push({ path, message: `same limit as ${at}[${twin}]` });
@@ -34,6 +37,7 @@ export function checkRateLimitConfig(cfg: GatewayConfig, problems: ConfigProblem
   const store = cfg.store;
   if (store.type !== 'redis') return;
   const redis = store.redis;
+  if (redis.mode === 'cluster') checkClusterQuotas(cfg, problems);
   if (redis.mode === 'standalone' && redis.url === undefined) {
     problems.push({ path: 'store.redis.url', message: 'is required when store.type is redis in standalone mode' });
   }
@@ -43,4 +47,28 @@ export function checkRateLimitConfig(cfg: GatewayConfig, problems: ConfigProblem
   if (redis.mode === 'sentinel' && redis.sentinels.length === 0) {
     problems.push({ path: 'store.redis.sentinels', message: 'list at least one Sentinel in sentinel mode' });
   }
+}
+
+/**
+ * On Redis Cluster one request's buckets must share a slot. A quota across routes cannot be tagged
+ * with the route, so its route's keys are tagged with the caller alone: every limit applied there
+ * must then be keyed the same way (see KeyLayout.callerTag in limits.ts).
+ */
+function checkClusterQuotas(cfg: GatewayConfig, problems: ConfigProblem[]): void {
+  const consumerLimits = cfg.consumers.flatMap((c) => c.rateLimits);
+  const consumerQuotas = consumerLimits.some((l) => l.scope === 'consumer');
+  cfg.routes.forEach((r, i) => {
+    const rl = r.rateLimit;
+    if (rl === undefined && (r.auth === undefined || !consumerQuotas)) return;
+    // Without rateLimit, a route with auth applies the consumers' quotas only.
+    const applied = rl === undefined ? consumerLimits.filter((l) => l.scope === 'consumer') : [...rl.limits, ...(rl.consumerLimits ? consumerLimits : [])];
+    if (!applied.some((l) => l.scope === 'consumer')) return;
+    const bys = new Set(applied.map((l) => l.by));
+    if (bys.size > 1) {
+      problems.push({
+        path: rl === undefined ? `routes[${i}]` : `routes[${i}].rateLimit`,
+        message: `on Redis Cluster, every limit of a route that applies a quota across routes (scope consumer) must use the same \`by\` (here ${[...bys].join(', ')}), so that one request's buckets share a slot`,
+      });
+    }
+  });
 }

@@ -3,11 +3,12 @@ import type { RequestContext } from '../../context';
 import type { BucketSpec } from '../../store/types';
 import type { LimitConfig } from './schema';
 
-const UNIT_US: Record<string, number> = { ms: 1e3, s: 1e6, m: 60e6, h: 3600e6, d: 86400e6 };
+/** A month is 30 days: GCRA buckets refill continuously, so a calendar month has no meaning to them. */
+const UNIT_US: Record<string, number> = { ms: 1e3, s: 1e6, m: 60e6, h: 3600e6, d: 86400e6, w: 7 * 86400e6, mo: 30 * 86400e6 };
 
-/** 500ms, 1s, 1m, 1h, 1d → microseconds. */
+/** 500ms, 1s, 1m, 1h, 1d, 1w, 1mo → microseconds. */
 export function durationUs(d: string): number {
-  const m = /^([1-9][0-9]*)(ms|s|m|h|d)$/.exec(d);
+  const m = /^([1-9][0-9]*)(ms|s|m|h|d|w|mo)$/.exec(d);
   if (!m) throw new Error(`not a duration: ${d}`);
   return Number(m[1]) * UNIT_US[m[2]];
 }
@@ -26,7 +27,12 @@ export function burstOf(limit: Pick<LimitConfig, 'rate' | 'burst'>): number {
 
 /** Identity of a limit's definition: a changed limit gets fresh buckets instead of stale counters. */
 export function limitSignature(limit: LimitConfig): string {
-  return `${limit.rate}/${limit.per}/${burstOf(limit)}/${limit.by}`;
+  return `${limit.rate}/${limit.per}/${burstOf(limit)}/${limit.by}${limit.scope === 'consumer' ? '/consumer-scope' : ''}`;
+}
+
+/** Whether any consumer's own limits hold a quota across routes (scope consumer). */
+export function hasConsumerQuotas(consumers: readonly { rateLimits: readonly LimitConfig[] }[]): boolean {
+  return consumers.some((c) => c.rateLimits.some((l) => l.scope === 'consumer'));
 }
 
 /** What a bucket is keyed by, computed per request. Values carry a kind prefix so an IP never equals a consumer id. */
@@ -68,6 +74,8 @@ export function partitionFor(by: string, apiKeyHeader: string): Partition {
 export interface CompiledLimit extends BucketSpec {
   readonly name: string;
   readonly by: string;
+  /** route: a bucket of this route; consumer: one bucket across routes (a quota). */
+  readonly scope: 'route' | 'consumer';
   readonly partition: Partition;
   /** The store key is head + partition value + tail (see RateLimiter for the two layouts). */
   readonly head: string;
@@ -86,6 +94,12 @@ export interface KeyLayout {
    * the caller: buckets spread over Cluster shards instead of one shard per route.
    */
   perCaller: boolean;
+  /**
+   * The route also applies limits of scope consumer, whose keys cannot name the route: the hash
+   * tag is then the caller alone, for the route's buckets too, so that one request's keys still
+   * share a Cluster slot (only possible with perCaller; the configuration check enforces it on Cluster).
+   */
+  callerTag: boolean;
 }
 
 export function defaultName(limit: LimitConfig): string {
@@ -108,18 +122,33 @@ export function defaultConsumerName(limit: LimitConfig): string {
 export function compileLimit(limit: LimitConfig, layout: KeyLayout, name: string, owner?: string): CompiledLimit {
   const interval = intervalUs(limit);
   const burst = burstOf(limit);
-  const version = createHash('sha1')
-    .update(limitSignature(limit) + (owner === undefined ? '' : `/consumer=${owner}`))
-    .digest('hex')
-    .slice(0, 10);
+  const scope = limit.scope;
+  // A quota across routes is one bucket wherever it is applied: its configured name is part of what
+  // it is (not the shown one, which may get a suffix on a route where the name is taken).
+  const identity = limitSignature(limit) + (owner === undefined ? '' : `/consumer=${owner}`) + (scope === 'consumer' ? `/name=${limit.name ?? ''}` : '');
+  const version = createHash('sha1').update(identity).digest('hex').slice(0, 10);
   const { keyPrefix, route } = layout;
   // Hash tags: every key of one request shares the text between the braces, hence one slot.
-  const head = layout.perCaller ? `${keyPrefix}{${route}|` : `${keyPrefix}{${route}}${version}|`;
-  const tail = layout.perCaller ? `}${version}` : '';
+  let head: string;
+  let tail: string;
+  if (scope === 'consumer') {
+    head = `${keyPrefix}{`;
+    tail = `}q|${version}`;
+  } else if (layout.callerTag) {
+    head = `${keyPrefix}{`;
+    tail = `}${route}|${version}`;
+  } else if (layout.perCaller) {
+    head = `${keyPrefix}{${route}|`;
+    tail = `}${version}`;
+  } else {
+    head = `${keyPrefix}{${route}}${version}|`;
+    tail = '';
+  }
   const windowS = Math.max(1, Math.ceil((burst * interval) / 1e6));
   return {
     name,
     by: limit.by,
+    scope,
     partition: partitionFor(limit.by, layout.apiKeyHeader),
     head,
     tail,

@@ -77,6 +77,8 @@ export class RateLimitStep implements Step {
   private readonly failClosed: boolean;
   private readonly headers: boolean;
   private readonly decisions: Record<Decision, CounterCell>;
+  /** 429s by the scope of the bucket that refused (the one the client must wait longest for). */
+  private readonly rejections: Record<CompiledLimit['scope'], CounterCell>;
 
   constructor(
     route: CompiledRoute,
@@ -86,6 +88,7 @@ export class RateLimitStep implements Step {
     keyPrefix: string,
     apiKeyHeader: string,
     decisions: CounterFamily,
+    rejections: CounterFamily,
     /** The route's cache when its lookup rides in this step's gate call. */
     private readonly cache: RouteCache | null = null,
     private readonly local: LocalFallback | null = null,
@@ -93,8 +96,15 @@ export class RateLimitStep implements Step {
     const replicas = local === null ? 0 : local.replicas;
     const applied = cfg.consumerLimits ? consumerLimits : new Map<string, readonly LimitConfig[]>();
     const bys = new Set<string>(cfg.limits.map((l) => l.by));
-    for (const limits of applied.values()) for (const l of limits) bys.add(l.by);
-    const layout: KeyLayout = { keyPrefix, route: route.name, apiKeyHeader, perCaller: bys.size === 1 && !bys.has('route') };
+    let quotas = cfg.limits.some((l) => l.scope === 'consumer');
+    for (const limits of applied.values()) {
+      for (const l of limits) {
+        bys.add(l.by);
+        if (l.scope === 'consumer') quotas = true;
+      }
+    }
+    const perCaller = bys.size === 1 && !bys.has('route');
+    const layout: KeyLayout = { keyPrefix, route: route.name, apiKeyHeader, perCaller, callerTag: perCaller && quotas };
     this.perCaller = layout.perCaller;
 
     const routeNames = new Set<string>();
@@ -114,6 +124,7 @@ export class RateLimitStep implements Step {
     this.headers = cfg.headers;
     const results: Decision[] = ['allowed', 'limited', 'failed_open', 'failed_closed', 'local_allowed', 'local_limited'];
     this.decisions = Object.fromEntries(results.map((r) => [r, decisions.child(route.name, r)])) as Record<Decision, CounterCell>;
+    this.rejections = { route: rejections.child(route.name, 'route'), consumer: rejections.child(route.name, 'consumer') };
   }
 
   run(ctx: RequestContext): boolean | Promise<boolean> {
@@ -198,6 +209,7 @@ export class RateLimitStep implements Step {
     let m = 0;
     for (let i = 1; i < limits.length; i++) if (b[i * BUCKET_FIELDS + F_RETRY_MS] > b[m * BUCKET_FIELDS + F_RETRY_MS]) m = i;
     const at = m * BUCKET_FIELDS;
+    this.rejections[limits[m].scope].inc();
     const headers: Record<string, string | number> = {
       'retry-after': Math.max(1, Math.ceil(b[at + F_RETRY_MS] / 1000)),
     };
@@ -239,11 +251,17 @@ function serviceLimits(b: readonly number[], limits: readonly CompiledLimit[]): 
   return out;
 }
 
+/** A route with auth and no `rateLimit` when consumers have quotas: only those quotas, with the defaults. */
+const QUOTAS_ONLY: RouteRateLimitConfig = { limits: [], consumerLimits: true, failMode: 'open', headers: true };
+
 /** Builds a rate-limit step for every route with a `rateLimit` section (once per runtime, so per reload). */
 export class RateLimitPlugin implements Plugin {
   readonly name = 'rate-limit';
   private readonly decisions: CounterFamily;
+  private readonly rejections: CounterFamily;
   private readonly consumerLimits: Map<string, readonly LimitConfig[]>;
+  /** The consumers' quotas across routes alone: what routes with auth but no rateLimit apply. */
+  private readonly quotas: Map<string, readonly LimitConfig[]>;
   private readonly keyPrefix: string;
   private readonly apiKeyHeader: string;
   private readonly local: LocalFallback | null;
@@ -260,6 +278,18 @@ export class RateLimitPlugin implements Plugin {
         ['route', 'result'],
       ),
     );
+    this.rejections = ctx.shared('ratelimit.rejections', () =>
+      ctx.metrics.counter(
+        'gateway_ratelimit_rejections_total',
+        'Requests refused with 429, by route and by the scope of the limit that refused them: route (a bucket of the route) or consumer (a quota across routes).',
+        ['route', 'scope'],
+      ),
+    );
+    this.quotas = new Map();
+    for (const c of ctx.config.consumers) {
+      const own = c.rateLimits.filter((l) => l.scope === 'consumer');
+      if (own.length > 0) this.quotas.set(c.id, own);
+    }
     this.consumerLimits = new Map(ctx.config.consumers.filter((c) => c.rateLimits.length > 0).map((c) => [c.id, c.rateLimits]));
     this.keyPrefix = ctx.config.store.redis.keyPrefix;
     this.apiKeyHeader = ctx.config.auth.apiKeys.header.toLowerCase();
@@ -273,9 +303,13 @@ export class RateLimitPlugin implements Plugin {
 
   stepFor(route: CompiledRoute): Step | null {
     const cfg = route.config.rateLimit;
-    if (cfg === undefined) return null;
+    if (cfg === undefined) {
+      // A quota covers all of a consumer's traffic: every route where a consumer can be known.
+      if (this.quotas.size === 0 || route.config.auth === undefined) return null;
+      return new RateLimitStep(route, QUOTAS_ONLY, this.quotas, this.store, this.keyPrefix, this.apiKeyHeader, this.decisions, this.rejections);
+    }
     const cache = this.cache !== null && this.cache.joinsRateLimit(route) ? this.cache.forRoute(route) : null;
     const local = cfg.failMode === 'local' ? this.local : null;
-    return new RateLimitStep(route, cfg, this.consumerLimits, this.store, this.keyPrefix, this.apiKeyHeader, this.decisions, cache, local);
+    return new RateLimitStep(route, cfg, this.consumerLimits, this.store, this.keyPrefix, this.apiKeyHeader, this.decisions, this.rejections, cache, local);
   }
 }

@@ -1,17 +1,27 @@
 import { Type, type Static } from '@sinclair/typebox';
 
-/** A duration such as 500ms, 1s, 1m, 1h or 1d. */
-export const DURATION_PATTERN = '^[1-9][0-9]*(ms|s|m|h|d)$';
+/** A refill period such as 500ms, 1s, 1m, 1h, 1d, 1w or 1mo (30 days). */
+export const PERIOD_PATTERN = '^[1-9][0-9]*(ms|s|m|h|d|w|mo)$';
 
 const BY_PATTERN = '^(ip|consumer|apiKey|route|header:[!#$%&\'*+.^_`|~0-9A-Za-z-]+)$';
 
 const limitFields = (byDefault: string, byDescription: string, nameDescription: string) => ({
   rate: Type.Integer({ description: 'Tokens added to the bucket every `per`.', minimum: 1 }),
-  per: Type.String({ description: 'Refill period: 500ms, 1s, 1m, 1h or 1d.', pattern: DURATION_PATTERN, expected: 'a duration like 500ms, 1s, 5m, 1h, 1d' }),
+  per: Type.String({
+    description:
+      'Refill period: ms, s, m, h, d, w (7 days) or mo (30 days, not the calendar month: buckets refill continuously, so a quota of 1000 per 1mo gives a token back every 43.2 minutes rather than resetting on the 1st).',
+    pattern: PERIOD_PATTERN,
+    expected: 'a duration like 500ms, 1s, 5m, 1h, 1d, 1w, 1mo',
+  }),
   burst: Type.Optional(
     Type.Integer({ description: 'Bucket capacity (the largest burst). Defaults to `rate`.', minimum: 1 }),
   ),
   by: Type.String({ description: byDescription, pattern: BY_PATTERN, expected: 'ip, consumer, apiKey, route or header:<name>', default: byDefault }),
+  scope: Type.Union([Type.Literal('route'), Type.Literal('consumer')], {
+    description:
+      'route: each route has its own bucket. consumer: one bucket across every route that applies this limit (a quota for all of the caller\'s traffic, keyed by `by`, never by the route); routes share it when they apply the same limit (same rate, per, burst, by and name).',
+    default: 'route',
+  }),
   name: Type.Optional(
     Type.String({
       description: nameDescription,
@@ -52,7 +62,8 @@ export const RouteRateLimitSchema = Type.Object(
       default: [],
     }),
     consumerLimits: Type.Boolean({
-      description: "Also apply the authenticated consumer's own `rateLimits` on this route (each route keeps its own buckets).",
+      description:
+        "Also apply the authenticated consumer's own `rateLimits` on this route: per-route ones with buckets of this route, scope consumer ones with the consumer's one bucket across routes. With false this route's traffic does not count against the consumer's quotas.",
       default: true,
     }),
     failMode: Type.Union([Type.Literal('open'), Type.Literal('closed'), Type.Literal('local')], {
