@@ -192,6 +192,8 @@ t.test('no identity source: 401 without calling the authorizer', async (t) => {
   const res = await call(gw.url, '/ext/x');
   t.equal(res.status, 401);
   t.equal(res.json().code, 'UNAUTHENTICATED');
+  // Every 401 carries a challenge (RFC 9110 §11.6.1): the missing credential is the Authorization header.
+  t.equal(res.headers['www-authenticate'], 'Bearer realm="gateway"');
   t.equal(authz.seen.length, n);
 });
 

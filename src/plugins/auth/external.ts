@@ -71,6 +71,8 @@ export class ExternalAuthorizer {
   private readonly cache: TtlCache<Decision>;
   private readonly inflight = new Map<string, Promise<Decision>>();
   private readonly sources: string[];
+  /** The credential is an Authorization header: a request without one is challenged for a bearer token. */
+  readonly bearer: boolean;
   private readonly forward: string[];
   private readonly copy: string[];
   private readonly relay: string[];
@@ -90,6 +92,7 @@ export class ExternalAuthorizer {
     this.cache = new TtlCache(cfg.cache.maxEntries);
     const lower = (l: readonly string[]) => l.map((h) => h.toLowerCase());
     this.sources = lower(cfg.cache.identitySources);
+    this.bearer = this.sources.includes('authorization');
     this.forward = lower(cfg.forwardHeaders);
     this.copy = lower(cfg.upstreamHeaders);
     this.relay = lower(cfg.clientHeaders);

@@ -131,11 +131,13 @@ export class AuthStep implements Step {
     const realm = `realm="${src.realm}"`;
     const bearer = `Bearer ${realm}`;
     const apiKey = `ApiKey ${realm}, header="${src.apiKeyHeaderName}"`;
-    // A login session and a client certificate have no WWW-Authenticate scheme, and the external authorizer speaks
-    // for itself (its refusals are relayed): a route with only those sends none. jwt and introspection share one
-    // Bearer challenge.
+    // A login session and a client certificate have no WWW-Authenticate scheme: a route with only those sends none.
+    // jwt and introspection share one Bearer challenge. The external authorizer speaks for itself once asked (its
+    // refusals are relayed), but a request without its credential never reaches it: when that credential is the
+    // Authorization header, the gateway's 401 challenges for a bearer token, as RFC 9110 §11.6.1 asks of every 401.
+    const bearerError = (m: string): boolean => m === 'jwt' || m === 'introspection' || (m === 'external' && src.external?.bearer === true);
     const challenges = (jwtError: string, keyError: string): Record<string, string> => {
-      const list = auth.methods.flatMap((m) => (m === 'jwt' || m === 'introspection' ? [bearer + jwtError] : m === 'apiKey' ? [apiKey + keyError] : []));
+      const list = auth.methods.flatMap((m) => (bearerError(m) ? [bearer + jwtError] : m === 'apiKey' ? [apiKey + keyError] : []));
       return list.length ? { 'www-authenticate': [...new Set(list)].join(', ') } : {};
     };
     this.missing = challenges('', '');
