@@ -4,6 +4,7 @@ import type { RequestContext } from '../../context';
 import { GatewayError } from '../../errors';
 import type { ConsumerDirectory, Verified } from './consumers';
 import { AuthFailure } from './failure';
+import { union } from './jwt';
 import { identityHeaderPairs, isHeaderValue, UnsendableIdentityError, type IdentityHeaderNames } from './identity-headers';
 import { cacheControlTtl, type RemoteAnswer, type RemoteMetrics, type RemoteService } from './remote-call';
 import type { ExternalAuthConfig } from './remote-schema';
@@ -53,12 +54,6 @@ function headerText(v: string | string[] | undefined): string | undefined {
 function nameList(v: string | string[] | undefined): readonly string[] {
   const text = headerText(v);
   return text === undefined ? [] : text.split(LIST_SPLIT).filter((s) => s !== '');
-}
-
-function union(a: readonly string[], b: readonly string[]): readonly string[] {
-  if (b.length === 0) return a;
-  if (a.length === 0) return b;
-  return [...new Set([...a, ...b])];
 }
 
 /**

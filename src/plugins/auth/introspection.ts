@@ -3,7 +3,8 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { RequestTrace } from '../../observability/tracing';
 import type { ConsumerDirectory, Verified } from './consumers';
 import { AuthFailure } from './failure';
-import { identityHeaderPairs, isHeaderValue, UnsendableIdentityError, type IdentityHeaderNames } from './identity-headers';
+import { identityHeaderPairs, UnsendableIdentityError, type IdentityHeaderNames } from './identity-headers';
+import { claimHeaderValue, union } from './jwt';
 import { RemoteDown, type RemoteMetrics, type RemoteService } from './remote-call';
 import type { IntrospectionConfig } from './remote-schema';
 import { TtlCache } from './ttl-cache';
@@ -36,21 +37,6 @@ function nameList(value: unknown, member: string): readonly string[] {
   if (typeof value === 'string') return value.split(' ').filter((s) => s !== '');
   if (Array.isArray(value) && value.every((v) => typeof v === 'string')) return value as string[];
   throw new AuthFailure(`the introspection member "${member}" must be a string or an array of strings`);
-}
-
-function union(a: readonly string[], b: readonly string[]): readonly string[] {
-  if (b.length === 0) return a;
-  if (a.length === 0) return b;
-  return [...new Set([...a, ...b])];
-}
-
-function memberHeaderValue(value: unknown, max: number): string | undefined {
-  let s: string;
-  if (typeof value === 'string') s = value;
-  else if (typeof value === 'number' || typeof value === 'boolean') s = String(value);
-  else if (Array.isArray(value) && value.every((v) => typeof v === 'string')) s = value.join(',');
-  else return undefined;
-  return isHeaderValue(s, max) ? s : undefined;
 }
 
 /**
@@ -207,7 +193,7 @@ export class Introspector {
     }
     const extra: [string, string][] = [];
     for (const [header, member] of this.claimHeaders) {
-      const v = memberHeaderValue(doc[member], this.names.maxLength);
+      const v = claimHeaderValue(doc[member], this.names.maxLength);
       if (v !== undefined) extra.push([header, v]);
     }
     let headers: [string, string][];
