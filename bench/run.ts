@@ -6,6 +6,7 @@ import { checkFloors, readFloors, type FloorsFile, type Verdict } from './guard'
 import { renderReport } from './report';
 import { BARE, REFERENCE, SCENARIOS, SERVERS, roundOrder, type BenchEnv, type RunningServer } from './scenarios';
 import { runWebSocketBench, type WsSummary } from './websocket';
+import { formatWorkers, runWorkersBench, type WorkersSummary } from './workers';
 
 interface Options {
   durationS: number;
@@ -24,10 +25,13 @@ interface Options {
   slowGatewayUs: number | null;
   /** Run the WebSocket echo (gateway vs direct) after the HTTP scenarios. */
   websocket: boolean;
+  /** Run the workers scaling comparison (two workers against one) after the HTTP scenarios. */
+  workers: boolean;
 }
 
-/** The name --only takes for the WebSocket echo, which is measured apart from the HTTP scenarios. */
+/** The names --only takes for the WebSocket echo and the workers comparison, measured apart from the HTTP scenarios. */
 const WEBSOCKET = 'websocket';
+const WORKERS = 'workers';
 
 function parseArgs(argv: string[]): Options {
   const opts: Options = {
@@ -42,6 +46,7 @@ function parseArgs(argv: string[]): Options {
     html: null,
     slowGatewayUs: null,
     websocket: true,
+    workers: true,
   };
   for (const arg of argv) {
     const [k, v] = arg.replace(/^--/, '').split('=');
@@ -60,8 +65,9 @@ function parseArgs(argv: string[]): Options {
         if (!(opts.slowGatewayUs > 0)) throw new Error(`--slow-gateway-us needs a positive number of microseconds, got ${v}`);
         break;
       case 'websocket':
-        if (v !== 'on' && v !== 'off') throw new Error(`--websocket takes on or off, got ${v}`);
-        opts.websocket = v === 'on';
+      case 'workers':
+        if (v !== 'on' && v !== 'off') throw new Error(`--${k} takes on or off, got ${v}`);
+        opts[k] = v === 'on';
         break;
       case 'duration':
         opts.durationS = Number(v);
@@ -83,7 +89,7 @@ function parseArgs(argv: string[]): Options {
         break;
       default:
         throw new Error(
-          `unknown option ${arg} (known: --duration=S --rounds=N --connections=N --warmup=S --only=a,b --out=FILE --html[=FILE] --floors=FILE --retries=N --slow-gateway-us=N --websocket=on|off)`,
+          `unknown option ${arg} (known: --duration=S --rounds=N --connections=N --warmup=S --only=a,b --out=FILE --html[=FILE] --floors=FILE --retries=N --slow-gateway-us=N --websocket=on|off --workers=on|off)`,
         );
     }
   }
@@ -124,7 +130,8 @@ async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
   if (opts.only !== null) {
     opts.websocket &&= opts.only.includes(WEBSOCKET);
-    opts.only = opts.only.filter((n) => n !== WEBSOCKET);
+    opts.workers &&= opts.only.includes(WORKERS);
+    opts.only = opts.only.filter((n) => n !== WEBSOCKET && n !== WORKERS);
   }
   const unknown = (opts.only ?? []).filter((n) => !SCENARIOS.some((s) => s.name === n));
   if (unknown.length) throw new Error(`unknown scenario ${unknown.join(', ')} (known: ${SCENARIOS.map((s) => s.name).join(', ')})`);
@@ -289,6 +296,12 @@ async function main(): Promise<void> {
         `websocket echo: gateway ${websocket.gatewayMps.toFixed(0)} msg/s, direct ${websocket.directMps.toFixed(0)} msg/s, paired ratio ${websocket.pairedVsDirect.toFixed(2)}${cpu}, ${websocket.errors} errors\n`,
       );
     }
+    let workers: WorkersSummary | null = null;
+    if (opts.workers) {
+      process.stdout.write(`\nworkers: 2 against 1, ${opts.rounds} interleaved rounds of ${opts.durationS}s at ${opts.connections} connections\n`);
+      workers = await runWorkersBench(opts, procs[0], env.upstreamUrl, procs, (l) => process.stdout.write(l));
+      if (workers) process.stdout.write(`\n${formatWorkers(workers)}`);
+    }
     // HTTP/2 and gRPC need clients autocannon is not: measured apart, in full runs only (not bench:ci).
     let protocols: ProtocolResults | null = null;
     if (!floors && opts.only === null) {
@@ -303,6 +316,7 @@ async function main(): Promise<void> {
       bare: BARE,
       scenarios: summary,
       ...(websocket ? { websocket } : {}),
+      ...(workers ? { workers } : {}),
       ...(floors ? { verdicts } : {}),
       ...(protocols ? { protocols } : {}),
     };

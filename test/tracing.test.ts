@@ -349,6 +349,27 @@ t.test('traceparentFlags follows W3C Trace Context', async (t) => {
   t.equal(traceparentFlags(''), -1);
 });
 
+t.test('TraceIds: well-formed, distinct ids across refills; the traceparent of a new trace names it', async (t) => {
+  const { TraceIds, traceparentFlags } = await import('../src/observability/tracing');
+  const ids = new TraceIds();
+  const seen = new Set<string>();
+  // Several refills' worth (170 records each), spans and traces interleaved as the SDK takes them.
+  for (let i = 0; i < 1000; i++) {
+    const trace = ids.newTraceId();
+    const tp = ids.lastTraceparent();
+    const span = ids.newSpanId();
+    if (!/^[0-9a-f]{32}$/.test(trace) || !/^[0-9a-f]{16}$/.test(span) || /^0+$/.test(trace) || /^0+$/.test(span)) return t.fail(`bad ids ${trace} ${span}`);
+    if (tp !== `00-${trace}-${tp.slice(36, 52)}-00` || traceparentFlags(tp) !== 0 || /^0+$/.test(tp.slice(36, 52))) return t.fail(`bad traceparent ${tp} for ${trace}`);
+    if (ids.word !== Number.parseInt(trace.slice(24), 16)) return t.fail('the sampling word is the last 32 bits of the trace id');
+    for (const id of [trace, span, tp.slice(36, 52)]) seen.add(id);
+  }
+  t.equal(seen.size, 3000, 'no id came twice');
+  t.equal(ids.generateSpanId().length, 16, 'the SDK gets span ids from the same records');
+  ids.next = 'f'.repeat(32);
+  t.equal(ids.generateTraceId(), 'f'.repeat(32), 'a root span the step sampled gets the trace id it was sampled on');
+  t.equal(ids.generateTraceId().length, 32, 'once');
+});
+
 /** Prometheus 3's Accept header for a scrape. */
 const PROMETHEUS_ACCEPT =
   'application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2';

@@ -153,7 +153,8 @@ export class AccessLog {
         // Request ids are validated tokens: no quoting needed.
         return this.json ? (ctx) => `${key}"${ctx.id}"` : (ctx) => key + ctx.id;
       case 'traceId':
-        return (ctx) => (ctx.traceId === '' ? '' : key + this.str(ctx.traceId));
+        // Trace ids are hex (the gateway's, or a validated traceparent's): no quoting needed.
+        return this.json ? (ctx) => (ctx.traceId === '' ? '' : `${key}"${ctx.traceId}"`) : (ctx) => (ctx.traceId === '' ? '' : key + ctx.traceId);
       case 'method':
         return (_ctx, method) => this.methodPiece(method);
       case 'host':

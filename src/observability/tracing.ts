@@ -32,17 +32,27 @@ export type TracingConfig = GatewayConfig['tracing'];
 /** Status logged for a client that went away before it got an answer (as in chain.ts). */
 const CLIENT_CLOSED = 499;
 
-/** Random bytes drawn from the system at a time: one call per about 170 new traces. */
-const ID_POOL_BYTES = 4096;
+/** Random bytes of one record: a trace id (16) and a span id (8). */
+const RECORD_BYTES = 24;
+/** Characters of one record's text: `00-<32 hex>-<16 hex>-00` and a separator. */
+const RECORD_CHARS = 56;
+/** Records drawn from the system at a time: one native call and one text per 170 new traces. */
+const RECORDS = 170;
 
 /**
- * Trace and span ids, cut from a pool of random bytes filled ID_POOL_BYTES at a time: an
- * unsampled request needs ids without the SDK. The SDK takes its ids here too, so that a root
- * span the step decided to sample gets the trace id the decision was made on.
+ * Trace and span ids, made from random bytes drawn RECORDS records at a time: an unsampled request
+ * needs ids without the SDK. Each record is written once as the text of an unsampled traceparent
+ * (`00-<trace id>-<parent id>-00`, all records in one string), and ids and traceparents are slices
+ * of that text: V8 shares the characters, so a request allocates no new text and the upstream
+ * header needs no concatenation. The SDK takes its ids here too, so that a root span the step
+ * decided to sample gets the trace id the decision was made on.
  */
 export class TraceIds implements IdGenerator {
-  private readonly pool = Buffer.allocUnsafe(ID_POOL_BYTES);
-  private at = ID_POOL_BYTES;
+  private readonly pool = Buffer.allocUnsafe(RECORD_BYTES * RECORDS);
+  private text = '';
+  private record = RECORDS;
+  /** The text offset of the record of the last trace id newTraceId made. */
+  private last = 0;
   /** 32 random bits of the last trace id newTraceId made (its last four bytes), for the sampling decision. */
   word = 0;
   /** The trace id the next root span of the SDK gets instead of a new one (set just before it starts). */
@@ -50,15 +60,22 @@ export class TraceIds implements IdGenerator {
 
   /** A fresh trace id (32 lowercase hex digits, never all zeros). */
   newTraceId(): string {
-    const at = this.take(16);
-    this.word = this.pool.readUInt32BE(at + 12);
-    return this.pool.toString('hex', at, at + 16);
+    const r = this.take();
+    this.word = this.pool.readUInt32BE(r * RECORD_BYTES + 12);
+    const at = r * RECORD_CHARS;
+    this.last = at;
+    return this.text.slice(at + 3, at + 35);
+  }
+
+  /** The unsampled traceparent of the trace newTraceId made last, under a fresh parent id. */
+  lastTraceparent(): string {
+    return this.text.slice(this.last, this.last + 55);
   }
 
   /** A fresh span id (16 lowercase hex digits, never all zeros). */
   newSpanId(): string {
-    const at = this.take(8);
-    return this.pool.toString('hex', at, at + 8);
+    const at = this.take() * RECORD_CHARS;
+    return this.text.slice(at + 36, at + 52);
   }
 
   generateTraceId(): string {
@@ -72,19 +89,27 @@ export class TraceIds implements IdGenerator {
     return this.newSpanId();
   }
 
-  /** The offset of `n` unused random bytes, not all zero (W3C: an all-zero id is invalid). */
-  private take(n: number): number {
-    if (this.at + n > ID_POOL_BYTES) {
-      randomFillSync(this.pool);
-      this.at = 0;
-    }
-    const at = this.at;
-    this.at += n;
+  /** The index of an unused record. */
+  private take(): number {
+    if (this.record === RECORDS) this.refill();
+    return this.record++;
+  }
+
+  private refill(): void {
     const pool = this.pool;
-    let i = at;
-    while (i < at + n && pool[i] === 0) i++;
-    if (i === at + n) pool[at + n - 1] = 1;
-    return at;
+    randomFillSync(pool);
+    // Ids are whole 8-byte words: with no word of zeros, no id is all zeros (W3C: such an id is invalid).
+    for (let w = 0; w < pool.length; w += 8) if (pool.readUInt32BE(w) === 0 && pool.readUInt32BE(w + 4) === 0) pool[w + 7] = 1;
+    const hex = pool.toString('hex');
+    const records = new Array<string>(RECORDS);
+    for (let r = 0; r < RECORDS; r++) {
+      const h = r * RECORD_BYTES * 2;
+      records[r] = `00-${hex.slice(h, h + 32)}-${hex.slice(h + 32, h + 48)}-00\n`;
+    }
+    // join makes one flat string: slices of it are flat too (a regular expression, a socket write
+    // and a comparison read them without copying them first).
+    this.text = records.join('');
+    this.record = 0;
   }
 }
 
@@ -257,13 +282,7 @@ class TracingStep implements Step {
     // Node joins a repeated traceparent into one invalid value: a new trace starts (W3C §3.2).
     const flags = typeof tp === 'string' ? traceparentFlags(tp) : -1;
     const ids = this.tracing.ids;
-    if (flags >= 0) {
-      if ((flags & 1) === 1) {
-        ctx.trace = new RequestTrace(this, ctx);
-        return true;
-      }
-      ctx.traceId = (tp as string).slice(3, 35);
-    } else {
+    if (flags < 0) {
       const traceId = ids.newTraceId();
       if (ids.word < this.threshold) {
         ids.next = traceId;
@@ -271,15 +290,22 @@ class TracingStep implements Step {
         ids.next = '';
         return true;
       }
+      // Unsampled: the upstream continues the trace under a parent id of the gateway's, not sampled
+      // either (W3C Trace Context §3.2.2.3).
       ctx.traceId = traceId;
+      ctx.addUpstreamHeader('traceparent', ids.lastTraceparent());
+      return true;
     }
-    // Unsampled: the upstream continues the trace under a parent id of the gateway's, not sampled
-    // either (W3C Trace Context §3.2.2.3 and §3.3: tracestate travels with a valid traceparent only).
+    if ((flags & 1) === 1) {
+      ctx.trace = new RequestTrace(this, ctx);
+      return true;
+    }
+    // The caller's unsampled trace goes on the same way, with its tracestate (§3.3: it travels with
+    // a valid traceparent only).
+    ctx.traceId = (tp as string).slice(3, 35);
     ctx.addUpstreamHeader('traceparent', `00-${ctx.traceId}-${ids.newSpanId()}-00`);
-    if (flags >= 0) {
-      const ts = headers.tracestate;
-      if (ts !== undefined) ctx.addUpstreamHeader('tracestate', typeof ts === 'string' ? ts : ts.join(','));
-    }
+    const ts = headers.tracestate;
+    if (ts !== undefined) ctx.addUpstreamHeader('tracestate', typeof ts === 'string' ? ts : ts.join(','));
     return true;
   }
 }
