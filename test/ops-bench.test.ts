@@ -5,6 +5,7 @@ import t from 'tap';
 import { checkFloors, readFloors, type RatioSummary } from '../bench/guard';
 import { renderReport, type ReportInput } from '../bench/report';
 import { BARE, REFERENCE, SCENARIOS, roundOrder } from '../bench/scenarios';
+import { formatWorkers, nodeHasReusePort } from '../bench/workers';
 
 const ROOT = join(__dirname, '..');
 const FLOORS = join(ROOT, 'bench', 'floors.json');
@@ -172,6 +173,21 @@ t.test('bench:ci fails when the gateway is slowed on purpose', async (t) => {
   t.ok(verdict.value! < verdict.floor!, `ratio ${verdict.value} below floor ${verdict.floor}`);
   t.same(result.scenarios.map((s) => s.name).sort(), ['gateway', 'http-proxy'], 'only the asked scenario and its baselines ran');
   t.match(readFileSync(html, 'utf8'), /bench:ci floors: FAILED/, 'the chart shows the failure too');
+});
+
+t.test('the workers comparison runs where Node has SO_REUSEPORT listeners, and its table shows both scaling figures', async (t) => {
+  for (const v of ['22.12.0', '22.23.5', '23.1.0', '24.0.0', '25.2.1']) t.ok(nodeHasReusePort(v), v);
+  for (const v of ['20.20.2', '22.11.0', '23.0.0', '21.7.3']) t.notOk(nodeHasReusePort(v), v);
+  const table = formatWorkers({
+    node: 'v22.23.5',
+    cores: 2,
+    rounds: 1,
+    durationS: 1,
+    cases: [
+      { name: 'bare', description: '', rps1: 1000, rps2: 1500, pairedSpeedup: 1.5, gatewayCores1: 0.9, gatewayCores2: 1.5, upstreamCores2: 0.2, otherCores2: 0.3, efficiency: 0.9, errors: 0, non2xx: 0 },
+    ],
+  });
+  t.match(table, /\| bare \| 1000 \| 1500 \| 1\.50 \| 0\.90 \/ 1\.50 \| 0\.20 \/ 0\.30 \| 0\.90 \| 1\.80 \| 0 \| 0 \|/);
 });
 
 const valgrindMissing = spawnSync('valgrind', ['--version']).status !== 0;
