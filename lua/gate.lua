@@ -4,7 +4,7 @@
 -- full again, and expires then, so an absent key is a full bucket and no key outlives its use.
 -- A request is admitted only if every bucket has a token; then one token is taken from each.
 -- A rejected request writes nothing. Time comes from Redis TIME so replicas with skewed clocks agree.
--- src/store/memory.ts does the same arithmetic in process; keep the two in step.
+-- src/store/gcra.ts does the same arithmetic in process; keep the two in step.
 --
 -- Layout (sections, so later steps can join the same call):
 --   ARGV[1]                 n, the number of buckets; KEYS[1..n] are their keys (one hash tag)

@@ -1,23 +1,12 @@
 import { performance } from 'node:perf_hooks';
 import { MemoryCache } from './memory-cache';
-import { BUCKET_FIELDS, F_NEXT_MS, F_REMAINING, F_RESET_MS, F_RETRY_MS, type GateRequest, type GateResult, type SyncGateStore } from './types';
+import { gcraDecide } from './gcra';
+import type { GateRequest, GateResult, SyncGateStore } from './types';
 
 const RESOLVED: Promise<void> = Promise.resolve();
 
 /** Monotonic microseconds: one process needs no shared clock, and must not jump with NTP. */
 const monotonicUs = (): number => Math.floor(performance.now() * 1000);
-
-/**
- * Fills the result fields of one bucket from its debt `d` (microseconds until the bucket is full).
- * lua/gate.lua does the same arithmetic; keep the two in step.
- */
-export function bucketFields(out: number[], at: number, d: number, intervalUs: number, capUs: number, retryUs: number): void {
-  out[at + F_REMAINING] = Math.floor((capUs - d) / intervalUs);
-  out[at + F_RETRY_MS] = Math.ceil(retryUs / 1000);
-  const part = d % intervalUs;
-  out[at + F_NEXT_MS] = d === 0 ? 0 : Math.ceil((part === 0 ? intervalUs : part) / 1000);
-  out[at + F_RESET_MS] = Math.ceil(d / 1000);
-}
 
 /**
  * The in-process twin of lua/gate.lua: the same GCRA buckets, bounded by maxKeys. Recency is kept
@@ -32,6 +21,8 @@ export class MemoryStore implements SyncGateStore {
   private young = new Map<string, number>();
   private old = new Map<string, number>();
   private readonly generation: number;
+  /** The debts of the request being decided (reused: a request names a few buckets). */
+  private readonly debts: number[] = [];
 
   constructor(
     maxKeys: number,
@@ -66,32 +57,18 @@ export class MemoryStore implements SyncGateStore {
     const { keys, specs } = req;
     const now = this.now();
     const n = keys.length;
-    const out: number[] = new Array<number>(n * BUCKET_FIELDS);
-    let admitted = true;
-    // First pass: every bucket's debt, kept in the reset slot until the verdict is known.
+    const debts = this.debts;
     for (let i = 0; i < n; i++) {
       const tat = this.young.get(keys[i]) ?? this.old.get(keys[i]);
-      const d = tat === undefined || tat <= now ? 0 : tat - now;
-      out[i * BUCKET_FIELDS + F_RESET_MS] = d;
-      if (d + specs[i].intervalUs > specs[i].burst * specs[i].intervalUs) admitted = false;
+      debts[i] = tat === undefined || tat <= now ? 0 : tat - now;
     }
+    const result = gcraDecide(debts, n, specs);
     for (let i = 0; i < n; i++) {
-      const { intervalUs, burst } = specs[i];
-      const capUs = burst * intervalUs;
-      const at = i * BUCKET_FIELDS;
-      let d = out[at + F_RESET_MS];
-      let retry = 0;
-      if (admitted) {
-        d += intervalUs;
-        this.touch(keys[i], now + d);
-      } else {
-        // A bucket hammered while empty is in use: keep it young, or evicting it would refill it.
-        if (d > 0) this.touch(keys[i], now + d);
-        if (d + intervalUs > capUs) retry = d + intervalUs - capUs;
-      }
-      bucketFields(out, at, d, intervalUs, capUs, retry);
+      if (result.admitted) this.touch(keys[i], now + debts[i] + specs[i].intervalUs);
+      // A bucket hammered while empty is in use: keep it young, or evicting it would refill it.
+      else if (debts[i] > 0) this.touch(keys[i], now + debts[i]);
     }
-    return { admitted, buckets: out };
+    return result;
   }
 
   private touch(key: string, tat: number): void {

@@ -1,7 +1,8 @@
 import { performance } from 'node:perf_hooks';
 import { MemoryCache } from './memory-cache';
-import { bucketFields, MemoryStore } from './memory';
-import { BUCKET_FIELDS, F_RESET_MS, type GateRequest, type GateResult } from './types';
+import { gcraDecide } from './gcra';
+import { MemoryStore } from './memory';
+import type { GateRequest, GateResult } from './types';
 
 /** Slots a key may sit in, from its home slot on (within its stripe): a lookup reads all of them. */
 const WINDOW = 8;
@@ -52,6 +53,8 @@ export class SharedBuckets {
   private h2 = new Uint32Array(4);
   private slots = new Int32Array(4);
   private held = new Int32Array(4);
+  /** The debts of the request being decided, parallel to `slots`. */
+  private readonly debts: number[] = [];
 
   /** The buffer for about `maxKeys` buckets (twice as many slots, so windows rarely fill). */
   static allocate(maxKeys: number): SharedArrayBuffer {
@@ -180,33 +183,18 @@ export class SharedBuckets {
     return false;
   }
 
-  /** MemoryStore.buckets on the shared slots (lua/gate.lua's arithmetic; keep the three in step). */
+  /** MemoryStore.buckets on the shared slots: the same arithmetic (gcra.ts). */
   private decide(n: number, specs: GateRequest['specs'], now: number): GateResult {
-    const out: number[] = new Array<number>(n * BUCKET_FIELDS);
-    let admitted = true;
+    const debts = this.debts;
     for (let i = 0; i < n; i++) {
       const slot = this.find(i, now);
       this.slots[i] = slot;
       const tat = this.tats[slot];
-      const d = tat <= now ? 0 : tat - now;
-      out[i * BUCKET_FIELDS + F_RESET_MS] = d;
-      if (d + specs[i].intervalUs > specs[i].burst * specs[i].intervalUs) admitted = false;
+      debts[i] = tat <= now ? 0 : tat - now;
     }
-    for (let i = 0; i < n; i++) {
-      const { intervalUs, burst } = specs[i];
-      const capUs = burst * intervalUs;
-      const at = i * BUCKET_FIELDS;
-      let d = out[at + F_RESET_MS];
-      let retry = 0;
-      if (admitted) {
-        d += intervalUs;
-        this.tats[this.slots[i]] = now + d;
-      } else if (d + intervalUs > capUs) {
-        retry = d + intervalUs - capUs;
-      }
-      bucketFields(out, at, d, intervalUs, capUs, retry);
-    }
-    return { admitted, buckets: out };
+    const result = gcraDecide(debts, n, specs);
+    if (result.admitted) for (let i = 0; i < n; i++) this.tats[this.slots[i]] = now + debts[i] + specs[i].intervalUs;
+    return result;
   }
 }
 

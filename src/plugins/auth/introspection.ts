@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import type { RequestTrace } from '../../observability/tracing';
+import { ClaimsReader } from './claims';
 import type { ConsumerDirectory, Verified } from './consumers';
 import { AuthFailure } from './failure';
-import { identityHeaderPairs, UnsendableIdentityError, type IdentityHeaderNames } from './identity-headers';
-import { claimHeaderValue, union } from './jwt';
+import type { IdentityHeaderNames } from './identity-headers';
 import { RemoteDown, type RemoteMetrics, type RemoteService } from './remote-call';
 import type { IntrospectionConfig } from './remote-schema';
 import { TtlCache } from './ttl-cache';
@@ -32,13 +32,6 @@ function numericDate(v: unknown, member: string): number | undefined {
   return v * 1000;
 }
 
-function nameList(value: unknown, member: string): readonly string[] {
-  if (value === undefined) return [];
-  if (typeof value === 'string') return value.split(' ').filter((s) => s !== '');
-  if (Array.isArray(value) && value.every((v) => typeof v === 'string')) return value as string[];
-  throw new AuthFailure(`the introspection member "${member}" must be a string or an array of strings`);
-}
-
 /**
  * OAuth 2.0 token introspection (RFC 7662): opaque bearer tokens are sent to the authorization
  * server, which says whether they are active and whose they are. Results are cached by a hash of
@@ -52,13 +45,13 @@ export class Introspector {
   private readonly path: string;
   private readonly headers: string[];
   private readonly formTail: string;
-  private readonly claimHeaders: [string, string][];
+  private readonly claims: ClaimsReader;
 
   constructor(
     private readonly cfg: IntrospectionConfig,
     private readonly service: RemoteService,
     private readonly consumers: ConsumerDirectory,
-    private readonly names: IdentityHeaderNames,
+    names: IdentityHeaderNames,
     private readonly metrics: RemoteMetrics,
     private readonly maxTokenBytes: number,
     private readonly log: FastifyBaseLogger,
@@ -75,7 +68,7 @@ export class Introspector {
       tail += `&client_id=${formEncode(cfg.clientId)}&client_secret=${formEncode(cfg.clientSecret)}`;
     }
     this.formTail = tail;
-    this.claimHeaders = Object.entries(cfg.claimHeaders);
+    this.claims = new ClaimsReader(cfg.claims, cfg.claimHeaders, names, 'the token', 'the introspection member');
   }
 
   /** The identity an opaque token proves; throws (or rejects with) AuthFailure. Synchronous on a cache hit. */
@@ -178,33 +171,12 @@ export class Introspector {
       const got = typeof doc.aud === 'string' ? [doc.aud] : Array.isArray(doc.aud) ? doc.aud : [];
       if (!got.some((a) => typeof a === 'string' && aud.includes(a))) throw new AuthFailure('the token audience is not accepted');
     }
-    const { claims } = this.cfg;
-    let consumerId = doc[claims.consumer];
+    const member = this.claims.names.consumer;
+    let consumerId = doc[member];
     if (consumerId === undefined) consumerId = doc.client_id;
-    if (typeof consumerId !== 'string' || consumerId === '') throw new AuthFailure(`the token has no "${claims.consumer}" or client_id to identify the caller`);
-    const user = doc[claims.user];
-    if (user !== undefined && typeof user !== 'string') throw new AuthFailure(`the introspection member "${claims.user}" must be a string`);
-    let roles = nameList(doc[claims.roles], claims.roles);
-    let scopes = nameList(doc[claims.scopes], claims.scopes);
-    const known = this.consumers.get(consumerId);
-    if (known) {
-      roles = union(roles, known.config.roles);
-      scopes = union(scopes, known.config.scopes);
-    }
-    const extra: [string, string][] = [];
-    for (const [header, member] of this.claimHeaders) {
-      const v = claimHeaderValue(doc[member], this.names.maxLength);
-      if (v !== undefined) extra.push([header, v]);
-    }
-    let headers: [string, string][];
-    try {
-      headers = identityHeaderPairs(this.names, consumerId, user, roles, extra);
-    } catch (err) {
-      if (err instanceof UnsendableIdentityError) throw new AuthFailure(`the token identity cannot be forwarded: ${err.message}`);
-      throw err;
-    }
+    if (typeof consumerId !== 'string' || consumerId === '') throw new AuthFailure(`the token has no "${member}" or client_id to identify the caller`);
     return {
-      verified: { identity: { consumerId, roles, scopes, method: 'introspection', headers }, routes: known ? known.routes : null },
+      verified: this.claims.verified(doc, consumerId, 'introspection', this.consumers),
       reason: '',
       freshUntil: exp ?? Infinity,
     };

@@ -1,8 +1,9 @@
 import { createPublicKey } from 'node:crypto';
 import { createVerifier, TokenError, type Algorithm } from 'fast-jwt';
+import { ClaimsReader } from './claims';
 import { ConsumerDirectory, type Verified } from './consumers';
 import { AuthFailure } from './failure';
-import { identityHeaderPairs, isHeaderValue, UnsendableIdentityError, type IdentityHeaderNames } from './identity-headers';
+import type { IdentityHeaderNames } from './identity-headers';
 import type { JwksKeySource } from './jwks';
 import type { CounterCell } from '../../observability/fast-metrics';
 import type { JwtAlgorithm, JwtConfig, JwtKeyConfig } from './schema';
@@ -131,30 +132,6 @@ export function tokenMessage(err: unknown): string {
   }
 }
 
-/** A claim that lists names: an array of strings, or one space-separated string. */
-export function nameList(value: unknown, claim: string): readonly string[] {
-  if (value === undefined) return [];
-  if (typeof value === 'string') return value.split(' ').filter((s) => s !== '');
-  if (Array.isArray(value) && value.every((v) => typeof v === 'string')) return value as string[];
-  throw new AuthFailure(`the token claim "${claim}" must be a string or an array of strings`);
-}
-
-export function union(a: readonly string[], b: readonly string[]): readonly string[] {
-  if (b.length === 0) return a;
-  if (a.length === 0) return b;
-  return [...new Set([...a, ...b])];
-}
-
-/** Header value of a mapped claim, or undefined when the claim has no printable form. */
-export function claimHeaderValue(value: unknown, max: number): string | undefined {
-  let s: string;
-  if (typeof value === 'string') s = value;
-  else if (typeof value === 'number' || typeof value === 'boolean') s = String(value);
-  else if (Array.isArray(value) && value.every((v) => typeof v === 'string')) s = value.join(',');
-  else return undefined;
-  return isHeaderValue(s, max) ? s : undefined;
-}
-
 /**
  * The largest NumericDate accepted: 9999-12-31T23:59:59Z. RFC 7519 §2 defines the type but no
  * range; anything later is a forged or broken token rather than a real expiry, and this bound keeps
@@ -221,18 +198,18 @@ interface CachedToken {
  */
 export class JwtAuthenticator {
   private readonly cache: TtlCache<CachedToken>;
-  private readonly claimHeaders: [string, string][];
+  private readonly claims: ClaimsReader;
 
   constructor(
     private readonly cfg: JwtConfig,
     private readonly issuers: TokenIssuers,
     private readonly consumers: ConsumerDirectory,
-    private readonly names: IdentityHeaderNames,
+    names: IdentityHeaderNames,
     /** `cfg.maxTokenBytes`, or the listener's header limit when it is not set. */
     private readonly maxTokenBytes: number,
   ) {
     this.cache = new TtlCache(cfg.cache.maxEntries);
-    this.claimHeaders = Object.entries(cfg.claimHeaders);
+    this.claims = new ClaimsReader(cfg.claims, cfg.claimHeaders, names, 'the token', 'the token claim');
   }
 
   /** The identity a token proves; throws AuthFailure. Synchronous unless a JWKS refetch is needed. */
@@ -280,37 +257,10 @@ export class JwtAuthenticator {
   }
 
   private identityOf(payload: Record<string, unknown>, tokenType: string | null): Verified {
-    const { claims } = this.cfg;
-    const consumerId = payload[claims.consumer];
-    if (typeof consumerId !== 'string' || consumerId === '') {
-      throw new AuthFailure(`the token has no "${claims.consumer}" claim to identify the caller`);
-    }
-    const user = payload[claims.user];
-    if (user !== undefined && typeof user !== 'string') throw new AuthFailure(`the token claim "${claims.user}" must be a string`);
-    let roles = nameList(payload[claims.roles], claims.roles);
-    let scopes = nameList(payload[claims.scopes], claims.scopes);
-    const known = this.consumers.get(consumerId);
-    if (known) {
-      roles = union(roles, known.config.roles);
-      scopes = union(scopes, known.config.scopes);
-    }
-    const extra: [string, string][] = [];
-    for (const [header, claim] of this.claimHeaders) {
-      const v = claimHeaderValue(payload[claim], this.names.maxLength);
-      if (v !== undefined) extra.push([header, v]);
-    }
-    let headers: [string, string][];
-    try {
-      headers = identityHeaderPairs(this.names, consumerId, user, roles, extra);
-    } catch (err) {
-      if (err instanceof UnsendableIdentityError) throw new AuthFailure(`the token identity cannot be forwarded: ${err.message}`);
-      throw err;
-    }
-    return {
-      identity: { consumerId, roles, scopes, method: 'jwt', headers },
-      routes: known ? known.routes : null,
-      tokenType,
-    };
+    const claim = this.claims.names.consumer;
+    const consumerId = payload[claim];
+    if (typeof consumerId !== 'string' || consumerId === '') throw new AuthFailure(`the token has no "${claim}" claim to identify the caller`);
+    return { ...this.claims.verified(payload, consumerId, 'jwt', this.consumers), tokenType };
   }
 }
 

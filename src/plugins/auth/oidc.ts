@@ -3,11 +3,11 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { RequestContext } from '../../context';
 import { GatewayError } from '../../errors';
 import type { CounterFamily } from '../../observability/fast-metrics';
+import { ClaimsReader, union } from './claims';
 import type { ConsumerDirectory, Verified } from './consumers';
 import { queryValue } from './credentials';
 import { AuthFailure } from './failure';
-import { identityHeaderPairs, UnsendableIdentityError, type IdentityHeaderNames } from './identity-headers';
-import { claimHeaderValue, nameList, union } from './jwt';
+import type { IdentityHeaderNames } from './identity-headers';
 import { GrantRefused, ProviderError, type OidcClient, type TokenResponse } from './oidc-client';
 import type { OidcConfig } from './oidc-schema';
 import { CHUNK_CHARS, chunkName, CookieSealer, readChunks } from './sealed-cookie';
@@ -79,7 +79,7 @@ export class OidcLogin {
   private readonly attributes: string;
   private readonly cleared: string;
   private readonly scope: string;
-  private readonly claimHeaders: [string, string][];
+  private readonly claims: ClaimsReader;
   /** Opened sessions by cookie text, so a repeated cookie costs one map lookup (bounded: a key can be 11 KB). */
   private readonly opened = new TtlCache<Session>(1000);
   private readonly refreshing = new Map<string, Promise<Session | null>>();
@@ -90,7 +90,7 @@ export class OidcLogin {
     private readonly cfg: OidcConfig,
     private readonly client: OidcClient,
     private readonly consumers: ConsumerDirectory,
-    private readonly names: IdentityHeaderNames,
+    names: IdentityHeaderNames,
     private readonly metrics: OidcMetrics,
     private readonly log: FastifyBaseLogger,
   ) {
@@ -103,7 +103,7 @@ export class OidcLogin {
     this.attributes = `; Path=/; HttpOnly${s.secure ? '; Secure' : ''}; SameSite=Lax${s.domain ? `; Domain=${s.domain}` : ''}`;
     this.cleared = `=; Max-Age=0${this.attributes}`;
     this.scope = cfg.scopes.join(' ');
-    this.claimHeaders = Object.entries(cfg.claimHeaders);
+    this.claims = new ClaimsReader(cfg.claims, cfg.claimHeaders, names, 'the ID token', 'the ID token claim');
   }
 
   /** The session cookie (its chunks joined), or null when the browser sent none. */
@@ -201,7 +201,7 @@ export class OidcLogin {
     const scopes = known ? union(s.s, known.config.scopes) : s.s;
     if (this.cfg.forwardAccessToken && s.at !== undefined) ctx.addUpstreamHeader('authorization', `Bearer ${s.at}`);
     return {
-      identity: { consumerId: s.c, roles, scopes, method: 'oidc', headers: identityHeaderPairs(this.names, s.c, s.u, roles, s.h) },
+      identity: { consumerId: s.c, roles, scopes, method: 'oidc', headers: this.claims.headers(s.c, s.u, roles, s.h) },
       routes: known ? known.routes : null,
     };
   }
@@ -341,24 +341,14 @@ export class OidcLogin {
   }
 
   private identityOf(claims: Record<string, unknown>, grantedScope: string | undefined): Pick<Session, 'c' | 'u' | 'r' | 's' | 'h'> {
-    const names = this.cfg.claims;
+    const names = this.claims.names;
     const c = claims[names.consumer];
     if (typeof c !== 'string' || c === '') throw new AuthFailure(`the ID token has no "${names.consumer}" claim to identify the user`);
-    const u = claims[names.user];
-    if (u !== undefined && typeof u !== 'string') throw new AuthFailure(`the ID token claim "${names.user}" must be a string`);
-    const r = nameList(claims[names.roles], names.roles);
-    const s = claims[names.scopes] !== undefined ? nameList(claims[names.scopes], names.scopes) : nameList(grantedScope ?? this.scope, 'scope');
-    const h: [string, string][] = [];
-    for (const [header, claim] of this.claimHeaders) {
-      const v = claimHeaderValue(claims[claim], this.names.maxLength);
-      if (v !== undefined) h.push([header, v]);
-    }
-    try {
-      identityHeaderPairs(this.names, c, u, r, h);
-    } catch (err) {
-      if (err instanceof UnsendableIdentityError) throw new AuthFailure(`the ID token identity cannot be forwarded: ${err.message}`);
-      throw err;
-    }
+    const { user: u, roles: r, scopes, extra: h } = this.claims.read(claims);
+    // Without a scopes claim, the scopes are those the provider granted (or, when it does not say, those asked for).
+    const s = claims[names.scopes] !== undefined ? scopes : this.claims.nameList(grantedScope ?? this.scope, 'scope');
+    // Checked once at login: a session only ever holds an identity that can be forwarded.
+    this.claims.headers(c, u, r, h);
     return { c, u, r, s, h };
   }
 
