@@ -272,16 +272,7 @@ const B64URL = /^[A-Za-z0-9_-]+$/;
  */
 export function tokenKid(token: string): string | undefined {
   const dot = token.indexOf('.');
-  const segment = dot < 0 ? '' : token.slice(0, dot);
-  if (!B64URL.test(segment)) throw new AuthFailure('the token is malformed');
-  let header: unknown;
-  try {
-    header = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'));
-  } catch {
-    throw new AuthFailure('the token is malformed');
-  }
-  if (header === null || typeof header !== 'object' || Array.isArray(header)) throw new AuthFailure('the token is malformed');
-  const kid = (header as { kid?: unknown }).kid;
+  const kid = segmentObject(dot < 0 ? '' : token.slice(0, dot)).kid;
   if (kid === undefined) return undefined;
   if (typeof kid !== 'string') throw new AuthFailure('the token kid must be a string');
   return kid;
@@ -294,16 +285,20 @@ export function tokenKid(token: string): string | undefined {
 export function tokenIssuer(token: string): string | undefined {
   const first = token.indexOf('.');
   const second = first < 0 ? -1 : token.indexOf('.', first + 1);
-  const segment = second < 0 ? '' : token.slice(first + 1, second);
+  const iss = segmentObject(second < 0 ? '' : token.slice(first + 1, second)).iss;
+  if (iss !== undefined && typeof iss !== 'string') throw new AuthFailure('the token claim "iss" must be a string');
+  return iss;
+}
+
+/** A token segment decoded as the JSON object it must be (not yet verified); AuthFailure otherwise. */
+function segmentObject(segment: string): Record<string, unknown> {
   if (!B64URL.test(segment)) throw new AuthFailure('the token is malformed');
-  let payload: unknown;
+  let value: unknown;
   try {
-    payload = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'));
+    value = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'));
   } catch {
     throw new AuthFailure('the token is malformed');
   }
-  if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) throw new AuthFailure('the token is malformed');
-  const iss = (payload as { iss?: unknown }).iss;
-  if (iss !== undefined && typeof iss !== 'string') throw new AuthFailure('the token claim "iss" must be a string');
-  return iss;
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new AuthFailure('the token is malformed');
+  return value as Record<string, unknown>;
 }
