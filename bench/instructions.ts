@@ -9,11 +9,12 @@ import { NODE_FLAGS } from '../src/lifecycle/node-flags';
 /**
  * Instructions per request of one server on the bench's bare route, counted by valgrind's callgrind.
  * On this shared 2-core machine wall-clock and CPU figures of identical runs differ by tens of
- * percent; instruction counts of the same build agree within about 1.5 %, which makes them the
- * measure for before/after decisions on the hot path (they do not see cache and memory effects, so
- * confirm a gain with `npm run bench`). The server runs under callgrind with counting off, takes
- * `--warmup` requests (the JIT settles), then counts `--requests` requests; only user-space
- * instructions of the server's process are counted.
+ * percent; instruction counts without the optimising compiler's share agree within about 0.5 %,
+ * which makes them the measure for before/after decisions on the hot path (they do not see cache
+ * and memory effects, so confirm a gain with `npm run bench`). The server runs under callgrind with
+ * counting off, takes `--warmup` requests and a quarter as many again on new connections (the JIT
+ * settles), then counts `--requests` requests; only user-space instructions of the server's process
+ * are counted.
  *
  *   npm run bench:instructions -- [--server=gateway|http-proxy] [--warmup=30000] [--requests=10000] [--connections=20] [--tracing=RATIO,...] [--auth=external|introspection]
  *                                 [--targets=N] [--balance=round-robin|least-request|hash] [--hash-key=KEY]
