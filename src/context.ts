@@ -72,6 +72,13 @@ export class RequestContext {
   trace: RequestTrace | null = null;
   /** The request's trace id while tracing is on (sampled or not), for the access line; else ''. */
   traceId = '';
+  /**
+   * The W3C trace context an unsampled request passes on to the upstream and to every call made for
+   * it (tracestate: '' when there is none); '' when sampled (each call gets its own span's) or when
+   * tracing is off.
+   */
+  traceparent = '';
+  tracestate = '';
 
   /** The client connection, kept: `req.socket` is null once the connection closed (for HTTP/2, the session's connection, see net/http2.ts). */
   readonly socket: Socket;

@@ -292,6 +292,41 @@ t.test('with tracing on, the authorizer call is a client span under the server s
   t.match(a.calls('alice')[0].headers.traceparent, new RegExp(`^00-${server.traceId}-${authSpan.spanId}-01$`), 'the authorizer gets the trace context');
 });
 
+t.test('an unsampled request passes its own trace context to the authorizer, replacing a forwarded client one', async (t) => {
+  const a = await startAuthorizer();
+  const u = await startUpstream();
+  const g = await startGateway({
+    upstreams: { up: { targets: [u.url] } },
+    // traceparent and tracestate are allow-listed: with tracing on, the gateway's context replaces them all the same.
+    auth: { external: externalConfig(a.url, { forwardHeaders: ['Authorization', 'traceparent', 'tracestate'] }) },
+    tracing: { enabled: true, endpoint: 'http://127.0.0.1:1/v1/traces', sampleRatio: 0 },
+    routes: [{ name: 'ext', match: { prefix: '/ext' }, upstream: 'up', auth: { methods: ['external'] } }],
+  });
+  t.teardown(async () => {
+    await g.close();
+    await u.close();
+    await a.close();
+  });
+  const TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
+  const PARENT = '00f067aa0ba902b7';
+  const headers = { ...bearer('alice'), traceparent: `00-${TRACE}-${PARENT}-00`, tracestate: 'congo=t61rcWkgMzE' };
+  t.equal((await call(g.url, '/ext', { headers })).status, 200);
+  const authz = a.calls('alice')[0].headers;
+  t.match(authz.traceparent, new RegExp(`^00-${TRACE}-[0-9a-f]{16}-00$`), 'the caller\'s trace goes on, unsampled');
+  t.not(String(authz.traceparent).slice(36, 52), PARENT, 'under a parent id of the gateway');
+  t.equal(authz.traceparent, u.seen[0].headers.traceparent, 'the same context as the upstream gets');
+  t.equal(authz.tracestate, 'congo=t61rcWkgMzE', 'with its tracestate');
+
+  // An invalid client traceparent starts a new trace: its tracestate is not passed on (W3C §3.3).
+  const fresh = { ...bearer('nobody'), traceparent: 'not-a-traceparent', tracestate: 'a=b' };
+  t.equal((await call(g.url, '/ext', { headers: fresh })).status, 200);
+  const second = a.calls('nobody')[0].headers;
+  t.match(second.traceparent, /^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/);
+  t.equal(second.traceparent, u.seen[1].headers.traceparent, 'the new trace, as the upstream gets it');
+  t.notOk('tracestate' in second, 'no tracestate');
+  t.equal(a.calls('nobody')[0].rawHeaders.filter((h) => h.toLowerCase() === 'traceparent').length, 1, 'one traceparent');
+});
+
 t.test('configuration errors name the field', async (t) => {
   const base = (external: Record<string, unknown>, route: Record<string, unknown> = { methods: ['external'] }): TestConfig => ({
     upstreams: { up: { targets: ['http://127.0.0.1:1'] } },

@@ -188,6 +188,29 @@ t.test('with several JWT issuers, a JWT from any of them is verified locally, an
   t.equal(intro.count(foreign), 1);
 });
 
+t.test('with tracing on, an unsampled request passes its trace context to the introspection endpoint', async (t) => {
+  const i = await startIntrospection({ traced: { active: true, sub: 't-1' } });
+  const u = await startUpstream();
+  const g = await startGateway(
+    {
+      upstreams: { up: { targets: [u.url] } },
+      auth: { introspection: { url: i.url, clientId: '${ID}', clientSecret: '${SECRET}', timeoutMs: 2000 } },
+      tracing: { enabled: true, endpoint: 'http://127.0.0.1:1/v1/traces', sampleRatio: 0 },
+      routes: [{ name: 'api', match: { prefix: '/' }, upstream: 'up', auth: { methods: ['introspection'] } }],
+    },
+    { ID: CLIENT_ID, SECRET: CLIENT_SECRET },
+  );
+  t.teardown(async () => {
+    await g.close();
+    await u.close();
+    await i.close();
+  });
+  t.equal((await call(g.url, '/', { headers: bearer('traced') })).status, 200);
+  const tp = i.seen[0].headers.traceparent;
+  t.match(tp, /^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/, 'an unsampled context');
+  t.equal(tp, u.seen[0].headers.traceparent, 'the one the upstream gets');
+});
+
 t.test('endpoint down: 503, unless a cached active result is still valid', async (t) => {
   const i = await startIntrospection({
     cached: { active: true, sub: 'c-1', exp: now() + 600 },

@@ -293,7 +293,8 @@ class TracingStep implements Step {
       // Unsampled: the upstream continues the trace under a parent id of the gateway's, not sampled
       // either (W3C Trace Context §3.2.2.3).
       ctx.traceId = traceId;
-      ctx.addUpstreamHeader('traceparent', ids.lastTraceparent());
+      ctx.traceparent = ids.lastTraceparent();
+      ctx.addUpstreamHeader('traceparent', ctx.traceparent);
       return true;
     }
     if ((flags & 1) === 1) {
@@ -303,9 +304,13 @@ class TracingStep implements Step {
     // The caller's unsampled trace goes on the same way, with its tracestate (§3.3: it travels with
     // a valid traceparent only).
     ctx.traceId = (tp as string).slice(3, 35);
-    ctx.addUpstreamHeader('traceparent', `00-${ctx.traceId}-${ids.newSpanId()}-00`);
+    ctx.traceparent = `00-${ctx.traceId}-${ids.newSpanId()}-00`;
+    ctx.addUpstreamHeader('traceparent', ctx.traceparent);
     const ts = headers.tracestate;
-    if (ts !== undefined) ctx.addUpstreamHeader('tracestate', typeof ts === 'string' ? ts : ts.join(','));
+    if (ts !== undefined) {
+      ctx.tracestate = typeof ts === 'string' ? ts : ts.join(',');
+      ctx.addUpstreamHeader('tracestate', ctx.tracestate);
+    }
     return true;
   }
 }

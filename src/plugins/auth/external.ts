@@ -163,7 +163,7 @@ export class ExternalAuthorizer {
       if (type !== undefined) headers.push('content-type', type);
     }
     const callMethod = this.cfg.method === 'original' ? method : this.cfg.method;
-    const answer = await this.service.call(ctx.trace, callMethod, this.pathFor(ctx, routeName), headers, body);
+    const answer = await this.service.call(ctx, callMethod, this.pathFor(ctx, routeName), headers, body);
     const decision = answer.status >= 200 && answer.status < 300 ? this.allowed(answer) : this.denied(answer);
     const ttl = this.ttlOf(answer, decision.allow);
     const now = Date.now();

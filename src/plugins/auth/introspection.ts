@@ -1,11 +1,10 @@
 import { createHash } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
-import type { RequestTrace } from '../../observability/tracing';
 import { ClaimsReader } from './claims';
 import type { ConsumerDirectory, Verified } from './consumers';
 import { AuthFailure } from './failure';
 import type { IdentityHeaderNames } from './identity-headers';
-import { RemoteDown, type RemoteMetrics, type RemoteService } from './remote-call';
+import { RemoteDown, type CallerTrace, type RemoteMetrics, type RemoteService } from './remote-call';
 import type { IntrospectionConfig } from './remote-schema';
 import { TtlCache } from './ttl-cache';
 
@@ -72,7 +71,7 @@ export class Introspector {
   }
 
   /** The identity an opaque token proves; throws (or rejects with) AuthFailure. Synchronous on a cache hit. */
-  authenticate(token: string, trace: RequestTrace | null): Verified | Promise<Verified> {
+  authenticate(token: string, trace: CallerTrace): Verified | Promise<Verified> {
     if (token === '') throw new AuthFailure('the bearer token is empty');
     if (token.length > this.maxTokenBytes) throw new AuthFailure('the token is too large');
     const key = createHash('sha256').update(token).digest('base64url');
@@ -100,7 +99,7 @@ export class Introspector {
     return e.verified;
   }
 
-  private async fetch(token: string, key: string, trace: RequestTrace | null): Promise<Verified> {
+  private async fetch(token: string, key: string, trace: CallerTrace): Promise<Verified> {
     let entry: Entry;
     try {
       entry = await this.ask(token, trace);
@@ -134,7 +133,7 @@ export class Introspector {
   }
 
   /** One call to the endpoint; an Entry for any answer it could give, RemoteDown otherwise. */
-  private async ask(token: string, trace: RequestTrace | null): Promise<Entry> {
+  private async ask(token: string, trace: CallerTrace): Promise<Entry> {
     const form = `token=${formEncode(token)}${this.formTail}`;
     const answer = await this.service.call(trace, 'POST', this.path, this.headers.slice(), form);
     if (answer.status !== 200 || answer.tooLarge) {

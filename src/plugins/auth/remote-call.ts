@@ -2,12 +2,19 @@ import { performance } from 'node:perf_hooks';
 import type { FastifyBaseLogger } from 'fastify';
 import { Pool, type Dispatcher } from 'undici';
 import type { CounterCell, CounterFamily, HistogramCell, HistogramFamily } from '../../observability/fast-metrics';
-import type { RequestTrace } from '../../observability/tracing';
+import type { RequestContext } from '../../context';
+import type { CallSpan } from '../../observability/tracing';
 import { BREAKER_STATE_NAMES, CircuitBreaker, CLOSED } from '../../proxy/breaker';
 import { Deadlines, type Timed } from '../../proxy/deadlines';
 import { statusKind } from '../../proxy/failures';
 import type { Resource } from '../types';
 import type { AuthBreakerConfig } from './remote-schema';
+
+/**
+ * The trace of the request a call is made for: its spans when it is sampled, else the context it
+ * passes on (see RequestContext). Introspection calls are shared between requests: the first one's.
+ */
+export type CallerTrace = Pick<RequestContext, 'trace' | 'traceId' | 'traceparent' | 'tracestate'>;
 
 /** The remote services auth calls: the name is a metric label. */
 export type RemoteServiceName = 'external' | 'introspection';
@@ -155,7 +162,7 @@ export class RemoteService implements Resource {
    * Calls the service. Resolves with any answer below 500; rejects with RemoteDown for a 5xx, a
    * failure to connect or read, a spent budget, or an open breaker.
    */
-  async call(trace: RequestTrace | null, method: string, path: string, headers: string[], body: string | Buffer | null): Promise<RemoteAnswer> {
+  async call(caller: CallerTrace, method: string, path: string, headers: string[], body: string | Buffer | null): Promise<RemoteAnswer> {
     const m = this.opts.metrics;
     const breaker = this.breaker;
     const startedAt = performance.now();
@@ -167,7 +174,7 @@ export class RemoteService implements Resource {
         throw new RemoteDown('breaker_open');
       }
     }
-    const span = trace?.callStarted(`auth ${this.opts.name}`, this.url, headers) ?? null;
+    const span = passTraceContext(caller, `auth ${this.opts.name}`, this.url, headers);
     const pending = new PendingCall();
     this.deadlines.arm(pending, startedAt + this.opts.timeoutMs);
     let status = 0;
@@ -239,4 +246,25 @@ export function cacheControlTtl(value: string | string[] | undefined): number | 
   // The gateway is a shared cache: s-maxage wins (RFC 9111 §5.2.2.10).
   const seconds = shared ?? maxAge;
   return seconds === null ? null : seconds * 1000;
+}
+
+/**
+ * While tracing is on, the service gets the gateway's trace context, never a client's (a forwarded
+ * traceparent or tracestate is replaced): a sampled request's call has a span of its own, an
+ * unsampled one passes on the request's context. With tracing off, forwarded headers go as they are.
+ */
+function passTraceContext(caller: CallerTrace, name: string, url: URL, headers: string[]): CallSpan | null {
+  if (caller.traceId === '') return null;
+  let w = 0;
+  for (let r = 0; r < headers.length; r += 2) {
+    const lower = headers[r].toLowerCase();
+    if (lower === 'traceparent' || lower === 'tracestate') continue;
+    headers[w++] = headers[r];
+    headers[w++] = headers[r + 1];
+  }
+  headers.length = w;
+  if (caller.trace !== null) return caller.trace.callStarted(name, url, headers);
+  headers.push('traceparent', caller.traceparent);
+  if (caller.tracestate !== '') headers.push('tracestate', caller.tracestate);
+  return null;
 }

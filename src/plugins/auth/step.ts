@@ -193,7 +193,7 @@ export class AuthStep implements Step {
       if (chosen === JWT) verified = this.src.jwt!.authenticate(credential!);
       else if (chosen === KEY) verified = this.src.apiKeys.authenticate(credential!);
       else if (chosen === CLIENT_CERT) verified = this.src.clientCert!.authenticate(ctx.socket);
-      else verified = this.src.introspection!.authenticate(credential!, ctx.trace);
+      else verified = this.src.introspection!.authenticate(credential!, ctx);
     } catch (err) {
       throw this.refusal(err, chosen);
     }
