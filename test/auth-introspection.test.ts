@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { bytes, mint, now } from './helpers/auth';
 import { startGateway, type TestGateway } from './helpers/gateway';
 import { call } from './helpers/http';
@@ -38,6 +38,29 @@ async function startIntrospection(tokens: Record<string, Record<string, unknown>
     res.end(JSON.stringify(answer));
   });
   return Object.assign(server, { state, count: (token: string) => state.asked.filter((x) => x === token).length });
+}
+
+/**
+ * An upstream and a gateway whose one route takes introspected tokens from `i`, closed with the test.
+ * `introspection` and `top` add to (or replace) the defaults: the test's client credentials, a 2 s budget.
+ */
+async function introspectedGateway(t: Test, i: Awaited<ReturnType<typeof startIntrospection>>, introspection: Record<string, unknown> = {}, top: Record<string, unknown> = {}) {
+  const u = await startUpstream();
+  const g = await startGateway(
+    {
+      upstreams: { up: { targets: [u.url] } },
+      auth: { introspection: { url: i.url, clientId: '${ID}', clientSecret: '${SECRET}', timeoutMs: 2000, ...introspection } },
+      routes: [{ name: 'api', match: { prefix: '/' }, upstream: 'up', auth: { methods: ['introspection'] } }],
+      ...top,
+    },
+    { ID: CLIENT_ID, SECRET: CLIENT_SECRET },
+  );
+  t.teardown(async () => {
+    await g.close();
+    await u.close();
+    await i.close();
+  });
+  return { g, u };
 }
 
 let intro: Awaited<ReturnType<typeof startIntrospection>>;
@@ -190,21 +213,7 @@ t.test('with several JWT issuers, a JWT from any of them is verified locally, an
 
 t.test('with tracing on, an unsampled request passes its trace context to the introspection endpoint', async (t) => {
   const i = await startIntrospection({ traced: { active: true, sub: 't-1' } });
-  const u = await startUpstream();
-  const g = await startGateway(
-    {
-      upstreams: { up: { targets: [u.url] } },
-      auth: { introspection: { url: i.url, clientId: '${ID}', clientSecret: '${SECRET}', timeoutMs: 2000 } },
-      tracing: { enabled: true, endpoint: 'http://127.0.0.1:1/v1/traces', sampleRatio: 0 },
-      routes: [{ name: 'api', match: { prefix: '/' }, upstream: 'up', auth: { methods: ['introspection'] } }],
-    },
-    { ID: CLIENT_ID, SECRET: CLIENT_SECRET },
-  );
-  t.teardown(async () => {
-    await g.close();
-    await u.close();
-    await i.close();
-  });
+  const { g, u } = await introspectedGateway(t, i, {}, { tracing: { enabled: true, endpoint: 'http://127.0.0.1:1/v1/traces', sampleRatio: 0 } });
   t.equal((await call(g.url, '/', { headers: bearer('traced') })).status, 200);
   const tp = i.seen[0].headers.traceparent;
   t.match(tp, /^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/, 'an unsampled context');
@@ -217,20 +226,7 @@ t.test('endpoint down: 503, unless a cached active result is still valid', async
     'no-exp': { active: true, sub: 'c-2' },
     fresh: { active: true, sub: 'c-3' },
   });
-  const u = await startUpstream();
-  const g = await startGateway(
-    {
-      upstreams: { up: { targets: [u.url] } },
-      auth: { introspection: { url: i.url, clientId: '${ID}', clientSecret: '${SECRET}', cache: { ttlMs: 200 }, breaker: { enabled: false }, timeoutMs: 2000 } },
-      routes: [{ name: 'api', match: { prefix: '/' }, upstream: 'up', auth: { methods: ['introspection'] } }],
-    },
-    { ID: CLIENT_ID, SECRET: CLIENT_SECRET },
-  );
-  t.teardown(async () => {
-    await g.close();
-    await u.close();
-    await i.close();
-  });
+  const { g, u } = await introspectedGateway(t, i, { cache: { ttlMs: 200 }, breaker: { enabled: false } });
   t.equal((await call(g.url, '/', { headers: bearer('cached') })).status, 200);
   t.equal((await call(g.url, '/', { headers: bearer('no-exp') })).status, 200);
   await sleep(300);
@@ -251,17 +247,7 @@ t.test('endpoint down: 503, unless a cached active result is still valid', async
 
 t.test('wrong client credentials at the endpoint are the gateway\'s problem: 503, not 401', async (t) => {
   const i = await startIntrospection({ tok: { active: true, sub: 'x' } });
-  const u = await startUpstream();
-  const g = await startGateway({
-    upstreams: { up: { targets: [u.url] } },
-    auth: { introspection: { url: i.url, clientId: 'wrong', clientSecret: 'wrong', timeoutMs: 2000 } },
-    routes: [{ name: 'api', match: { prefix: '/' }, upstream: 'up', auth: { methods: ['introspection'] } }],
-  });
-  t.teardown(async () => {
-    await g.close();
-    await u.close();
-    await i.close();
-  });
+  const { g } = await introspectedGateway(t, i, { clientId: 'wrong', clientSecret: 'wrong' });
   const res = await call(g.url, '/', { headers: bearer('tok') });
   t.equal(res.status, 503);
 });

@@ -1,7 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { parseConfig } from '../src/config/load';
-import { HashRing, cookieValue, hash32 } from '../src/proxy/balance';
+import { HashRing, cookieValue } from '../src/proxy/balance';
+import { hash32 } from '../src/hash';
 import { startFlakyUpstream, type FlakyUpstream } from './helpers/flaky-upstream';
 import { startGateway, withTestDefaults, type TestGateway } from './helpers/gateway';
 import { call } from './helpers/http';

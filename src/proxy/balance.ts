@@ -1,5 +1,6 @@
 import type { UpstreamConfig } from '../config/schema';
 import type { RequestContext } from '../context';
+import { hash32 } from '../hash';
 import type { Ticket } from './target-state';
 import type { Target } from './upstreams';
 
@@ -169,18 +170,6 @@ export class LeastRequest implements Balancer {
   private load(t: Target, now: number): number {
     return (t.state.inFlight + 1) / weightAt(t, now, this.slowStartMs);
   }
-}
-
-/** FNV-1a over the UTF-16 code units, then murmur3's finaliser (FNV alone clusters similar keys). */
-export function hash32(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
 }
 
 /** Points on the ring per target of average weight: enough for an even spread (about ±10 % at 160). */

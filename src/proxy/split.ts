@@ -3,7 +3,8 @@ import type { RequestContext } from '../context';
 import type { CounterCell, CounterFamily } from '../observability/fast-metrics';
 import { SplitSideMetrics } from '../observability/metrics';
 import type { CompiledRoute } from '../routes';
-import { hash32, keyReader, type KeyReader } from './balance';
+import { hash32 } from '../hash';
+import { keyReader, type KeyReader } from './balance';
 
 /** One side of a split: the route as it forwards to that side's upstream, and its counters by reason. */
 interface Side {

@@ -1,5 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import { MemoryCache } from './memory-cache';
+import { fmix32 } from '../hash';
 import { gcraDecide } from './gcra';
 import { MemoryStore } from './memory';
 import type { GateRequest, GateResult } from './types';
@@ -112,8 +113,8 @@ export class SharedBuckets {
       b = Math.imul(b ^ ch, 0x5bd1e995);
       b ^= b >>> 15;
     }
-    a = fmix(a ^ key.length);
-    b = fmix(b ^ Math.imul(key.length, 0x9e3779b1));
+    a = fmix32(a ^ key.length);
+    b = fmix32(b ^ Math.imul(key.length, 0x9e3779b1));
     // 0/0 marks a slot never used.
     if (a === 0 && b === 0) b = 1;
     this.h1[i] = a;
@@ -196,15 +197,6 @@ export class SharedBuckets {
     if (result.admitted) for (let i = 0; i < n; i++) this.tats[this.slots[i]] = now + debts[i] + specs[i].intervalUs;
     return result;
   }
-}
-
-function fmix(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
 }
 
 /**
