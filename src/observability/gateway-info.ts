@@ -6,7 +6,7 @@ import type { GatewayConfig } from '../config/schema';
 import type { GatewayMetrics } from './metrics';
 
 /** The version in package.json: two levels up from dist/src/observability, one from src/observability. */
-function packageVersion(): string {
+export function packageVersion(): string {
   for (const dir of [join(__dirname, '..', '..'), join(__dirname, '..', '..', '..')]) {
     try {
       const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string };

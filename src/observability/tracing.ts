@@ -15,7 +15,6 @@ import {
   type Tracer,
 } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
-import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { defaultResource, resourceFromAttributes } from '@opentelemetry/resources';
 import { AlwaysOnSampler, BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, type BufferConfig, type IdGenerator } from '@opentelemetry/sdk-trace-base';
 import type { Step } from '../chain';
@@ -26,6 +25,7 @@ import type { Target } from '../proxy/upstreams';
 import type { CompiledRoute } from '../routes';
 import type { CounterCell, CounterFamily } from './fast-metrics';
 import type { GatewayMetrics } from './metrics';
+import { createOtlpExporter } from './otlp-exporter';
 
 export type TracingConfig = GatewayConfig['tracing'];
 
@@ -205,7 +205,7 @@ export class Tracing {
   private readonly targets = new WeakMap<Target, Attributes>();
 
   constructor(cfg: TracingConfig, metrics: GatewayMetrics) {
-    const exporter = new OTLPTraceExporter({ url: cfg.endpoint, headers: { ...cfg.headers }, timeoutMillis: cfg.export.timeoutMs });
+    const exporter = createOtlpExporter({ url: cfg.endpoint, headers: cfg.headers, timeoutMs: cfg.export.timeoutMs });
     const dropped = metrics.counter(
       'gateway_tracing_spans_dropped_total',
       'Sampled spans that never reached the collector: reason queue_full (the export queue was full), export_failed (the export request failed or timed out).',

@@ -116,12 +116,19 @@ function attributes(list: DecodedKeyValue[] | undefined): Record<string, Attribu
 
 const hex = (b: Uint8Array | undefined): string => Buffer.from(b ?? []).toString('hex');
 
+/** An answer the receiver gives instead of taking the spans. */
+export interface RefusalAnswer {
+  status: number;
+  headers?: Record<string, string>;
+}
+
 /**
  * A real OTLP/HTTP trace receiver on 127.0.0.1:0: it takes POST /v1/traces with a protobuf body,
- * decodes it and keeps the spans. `status` answers every export with that status instead (a
- * collector refusing spans).
+ * decodes it and keeps the spans. `refusals` answers the first exports with these instead, in
+ * order, and takes the ones after (a collector refusing spans, or one that recovers).
  */
-export async function startOtlpReceiver(opts: { status?: number } = {}): Promise<OtlpReceiver> {
+export async function startOtlpReceiver(opts: { refusals?: RefusalAnswer[] } = {}): Promise<OtlpReceiver> {
+  const refusals = [...(opts.refusals ?? [])];
   const spans: ReceivedSpan[] = [];
   const requests: OtlpReceiver['requests'] = [];
   const waiters: (() => void)[] = [];
@@ -134,8 +141,9 @@ export async function startOtlpReceiver(opts: { status?: number } = {}): Promise
         res.writeHead(404).end();
         return;
       }
-      if (opts.status !== undefined) {
-        res.writeHead(opts.status).end();
+      const refusal = refusals.shift();
+      if (refusal !== undefined) {
+        res.writeHead(refusal.status, refusal.headers).end('refused');
         return;
       }
       const msg = Request.toObject(Request.decode(Buffer.concat(chunks)), { longs: String, defaults: true }) as Decoded;
