@@ -4,17 +4,15 @@ import {
   SpanKind,
   SpanStatusCode,
   createNoopMeter,
-  defaultTextMapGetter,
   trace,
   type Attributes,
   type Context,
   type Meter,
   type MeterProvider,
   type Span,
-  type TextMapSetter,
   type Tracer,
 } from '@opentelemetry/api';
-import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import { TraceState } from '@opentelemetry/core';
 import { defaultResource, resourceFromAttributes } from '@opentelemetry/resources';
 import { AlwaysOnSampler, BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, type BufferConfig, type IdGenerator } from '@opentelemetry/sdk-trace-base';
 import type { Step } from '../chain';
@@ -155,6 +153,20 @@ export function traceparentFlags(tp: string): number {
 }
 
 /**
+ * The context of a caller's valid, sampled traceparent (`flags` from traceparentFlags), with its
+ * tracestate (repeated headers joined, W3C §3.3.1.1; an invalid list is dropped by TraceState).
+ */
+function remoteParent(tp: string, flags: number, tracestate: string | string[] | undefined): Context {
+  return trace.setSpanContext(ROOT_CONTEXT, {
+    traceId: tp.slice(3, 35),
+    spanId: tp.slice(36, 52),
+    traceFlags: flags,
+    isRemote: true,
+    traceState: tracestate === undefined ? undefined : new TraceState(typeof tracestate === 'string' ? tracestate : tracestate.join(',')),
+  });
+}
+
+/**
  * Counts what the batch processor reports about the spans it handles (its self-observability
  * counter otel.sdk.processor.span.processed, experimental in the SDK): spans dropped because the
  * queue was full (error.type queue_full), spans an export failed to deliver (error.type of the
@@ -177,28 +189,40 @@ function dropCounter(dropped: CounterFamily, exported: CounterCell): MeterProvid
   return { getMeter: () => meter };
 }
 
-/** Writes the propagator's fields into the upstream request's header list, replacing a previous attempt's. */
-const HEADER_SETTER: TextMapSetter<string[]> = {
-  set(headers, key, value) {
-    for (let i = headers.length - 2; i >= 0; i -= 2) {
-      if (headers[i] === key) {
-        headers[i + 1] = value;
-        return;
-      }
+/** Sets `key` in a request's header list, replacing the value a previous attempt put there. */
+function setHeader(headers: string[], key: string, value: string): void {
+  for (let i = headers.length - 2; i >= 0; i -= 2) {
+    if (headers[i] === key) {
+      headers[i + 1] = value;
+      return;
     }
-    headers.push(key, value);
-  },
-};
+  }
+  headers.push(key, value);
+}
+
+/**
+ * Puts `span`'s W3C trace context into a request's header list: its traceparent, and the trace's
+ * tracestate when there is one. Written here rather than by the propagator, which builds a context
+ * object and checks ids the SDK made a moment ago.
+ */
+function injectSpan(span: Span, headers: string[]): void {
+  const sc = span.spanContext();
+  const flags = sc.traceFlags & 0xff;
+  setHeader(headers, 'traceparent', `00-${sc.traceId}-${sc.spanId}-${flags < 16 ? '0' : ''}${flags.toString(16)}`);
+  if (sc.traceState !== undefined) {
+    const ts = sc.traceState.serialize();
+    if (ts !== '') setHeader(headers, 'tracestate', ts);
+  }
+}
 
 /**
  * OpenTelemetry tracing of one gateway instance: its own tracer provider (never registered
- * globally), a batching OTLP/HTTP exporter with a bounded queue, and the W3C propagator used by
- * hand. Closing it flushes what is queued.
+ * globally) and a batching OTLP/HTTP exporter with a bounded queue. W3C trace context is read and
+ * written by the steps themselves. Closing it flushes what is queued.
  */
 export class Tracing {
   readonly name = 'tracing';
   readonly tracer: Tracer;
-  readonly propagator = new W3CTraceContextPropagator();
   readonly ids = new TraceIds();
   private readonly provider: BasicTracerProvider;
   /** Attributes of a target's client spans, made once per target. */
@@ -286,7 +310,7 @@ class TracingStep implements Step {
       const traceId = ids.newTraceId();
       if (ids.word < this.threshold) {
         ids.next = traceId;
-        ctx.trace = new RequestTrace(this, ctx);
+        ctx.trace = new RequestTrace(this, ctx, ROOT_CONTEXT);
         ids.next = '';
         return true;
       }
@@ -298,7 +322,7 @@ class TracingStep implements Step {
       return true;
     }
     if ((flags & 1) === 1) {
-      ctx.trace = new RequestTrace(this, ctx);
+      ctx.trace = new RequestTrace(this, ctx, remoteParent(tp as string, flags, headers.tracestate));
       return true;
     }
     // The caller's unsampled trace goes on the same way, with its tracestate (§3.3: it travels with
@@ -331,13 +355,13 @@ export class RequestTrace {
   constructor(
     private readonly step: TracingStep,
     private readonly ctx: RequestContext,
+    parent: Context,
   ) {
     const { req } = ctx;
     const { tracing, route } = step;
-    const parent = tracing.propagator.extract(ROOT_CONTEXT, req.headers, defaultTextMapGetter);
     this.span = tracing.tracer.startSpan(route.name, { kind: SpanKind.SERVER, startTime: ctx.startedAt }, parent);
-    // The step asks for sampled spans only, but the SDK parses traceparent on its own: should it
-    // read one the step did not, the span may not record.
+    // The sampler records every span the step asks for; should the SDK still hand out a
+    // non-recording one, it is not filled in.
     if (this.span.isRecording()) {
       const host = req.headers.host;
       this.span.setAttributes({
@@ -374,7 +398,7 @@ export class RequestTrace {
         'url.scheme': url.protocol.slice(0, -1),
       });
     }
-    tracing.propagator.inject(trace.setSpan(ROOT_CONTEXT, span), headers, HEADER_SETTER);
+    injectSpan(span, headers);
     return {
       done(status: number, error?: string) {
         if (!span.isRecording()) return;
@@ -401,7 +425,7 @@ export class RequestTrace {
     }
     this.attempts++;
     this.client = span;
-    tracing.propagator.inject(trace.setSpan(ROOT_CONTEXT, span), headers, HEADER_SETTER);
+    injectSpan(span, headers);
   }
 
   /** The attempt is over: `status` is what the upstream answered (0: nothing), `err` why it failed. */
