@@ -36,7 +36,7 @@ export const TracingSchema = Type.Object(
         maxQueueSize: Type.Integer({ description: 'Finished spans held for export at most; beyond it spans are dropped (and counted), never waited for.', default: 2048, minimum: 1 }),
         maxExportBatchSize: Type.Integer({ description: 'Spans sent in one export request at most (no more than maxQueueSize).', default: 512, minimum: 1 }),
         scheduledDelayMs: Type.Integer({ description: 'Longest wait before a partial batch is sent (milliseconds).', default: 5000, minimum: 1 }),
-        timeoutMs: Type.Integer({ description: 'Time one export request may take before its spans count as dropped (milliseconds).', default: 10000, minimum: 1 }),
+        timeoutMs: Type.Integer({ description: 'Time one export may take, its retries included (429, 502, 503, 504 and network failures are retried with backoff), before its spans count as dropped (milliseconds).', default: 10000, minimum: 1 }),
       },
       { additionalProperties: false, description: 'Batching of the export. It runs beside the traffic: a slow or dead collector costs dropped spans, never request latency.', default: {} },
     ),
