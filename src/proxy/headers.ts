@@ -164,7 +164,8 @@ export function copyRequestHeaders(raw: string[], drop: HeaderNames, out: string
   if (extra) removeNamed(out, new Set(extra));
 }
 
-function removeNamed(list: string[], names: ReadonlySet<string>): void {
+/** Removes, in place, every header of a name/value list whose lowercase name is in `names`. */
+export function removeNamed(list: string[], names: ReadonlySet<string>): void {
   let w = 0;
   for (let r = 0; r < list.length; r += 2) {
     if (names.has(list[r].toLowerCase())) continue;

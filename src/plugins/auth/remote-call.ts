@@ -6,6 +6,7 @@ import type { RequestContext } from '../../context';
 import type { CallSpan } from '../../observability/tracing';
 import { BREAKER_STATE_NAMES, CircuitBreaker, CLOSED } from '../../proxy/breaker';
 import { Deadlines, type Timed } from '../../proxy/deadlines';
+import { removeNamed } from '../../proxy/headers';
 import { statusKind } from '../../proxy/failures';
 import type { Resource } from '../types';
 import type { AuthBreakerConfig } from './remote-schema';
@@ -248,6 +249,8 @@ export function cacheControlTtl(value: string | string[] | undefined): number | 
   return seconds === null ? null : seconds * 1000;
 }
 
+const TRACE_CONTEXT: ReadonlySet<string> = new Set(['traceparent', 'tracestate']);
+
 /**
  * While tracing is on, the service gets the gateway's trace context, never a client's (a forwarded
  * traceparent or tracestate is replaced): a sampled request's call has a span of its own, an
@@ -255,14 +258,7 @@ export function cacheControlTtl(value: string | string[] | undefined): number | 
  */
 function passTraceContext(caller: CallerTrace, name: string, url: URL, headers: string[]): CallSpan | null {
   if (caller.traceId === '') return null;
-  let w = 0;
-  for (let r = 0; r < headers.length; r += 2) {
-    const lower = headers[r].toLowerCase();
-    if (lower === 'traceparent' || lower === 'tracestate') continue;
-    headers[w++] = headers[r];
-    headers[w++] = headers[r + 1];
-  }
-  headers.length = w;
+  removeNamed(headers, TRACE_CONTEXT);
   if (caller.trace !== null) return caller.trace.callStarted(name, url, headers);
   headers.push('traceparent', caller.traceparent);
   if (caller.tracestate !== '') headers.push('tracestate', caller.tracestate);

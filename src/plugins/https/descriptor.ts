@@ -2,6 +2,7 @@ import type { TLSSocket } from 'node:tls';
 import type { Step } from '../../chain';
 import type { RequestContext } from '../../context';
 import { GatewayError } from '../../errors';
+import { removeNamed } from '../../proxy/headers';
 import type { CompiledRoute } from '../../routes';
 import type { GatewayConfig, Plugin, PluginDescriptor } from '../types';
 import { httpsFields } from './fields';
@@ -15,15 +16,11 @@ export function hstsValue(h: Hsts): string {
 /** A host name or IP literal, with an optional port: anything else cannot be put in a Location. */
 const HOST = /^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
 
+const HSTS: ReadonlySet<string> = new Set(['strict-transport-security']);
+
 /** Where the gateway sets HSTS its configuration is the authority: the upstream's own header goes. */
 function dropUpstreamHsts(_ctx: RequestContext, _status: number, headers: string[]): null {
-  let w = 0;
-  for (let r = 0; r < headers.length; r += 2) {
-    if (headers[r].toLowerCase() === 'strict-transport-security') continue;
-    headers[w++] = headers[r];
-    headers[w++] = headers[r + 1];
-  }
-  headers.length = w;
+  removeNamed(headers, HSTS);
   return null;
 }
 

@@ -1,6 +1,7 @@
 import type { Step } from '../../chain';
 import type { RequestContext } from '../../context';
 import { GatewayError } from '../../errors';
+import { removeNamed } from '../../proxy/headers';
 import type { CompiledRoute } from '../../routes';
 import type { Plugin, PluginContext } from '../types';
 import type { CorsConfig } from './schema';
@@ -33,13 +34,7 @@ const OWNED = new Set([
 ]);
 
 function dropOwned(_ctx: RequestContext, _status: number, headers: string[]): null {
-  let w = 0;
-  for (let r = 0; r < headers.length; r += 2) {
-    if (OWNED.has(headers[r].toLowerCase())) continue;
-    headers[w++] = headers[r];
-    headers[w++] = headers[r + 1];
-  }
-  headers.length = w;
+  removeNamed(headers, OWNED);
   return null;
 }
 

@@ -1,5 +1,6 @@
 import type { Step } from '../../chain';
 import type { RequestContext } from '../../context';
+import { removeNamed } from '../../proxy/headers';
 import type { CompiledRoute } from '../../routes';
 import type { Plugin } from '../types';
 import type { DeprecationConfig } from './schema';
@@ -20,17 +21,12 @@ export function deprecationHeaders(cfg: DeprecationConfig): string[] {
   return out;
 }
 
+const OWNED: ReadonlySet<string> = new Set(['deprecation', 'sunset']);
+
 /** The route's configuration is the authority: the upstream's own Deprecation and Sunset are replaced. */
 function transform(pairs: readonly string[]) {
   return (_ctx: RequestContext, _status: number, headers: string[]): null => {
-    let w = 0;
-    for (let r = 0; r < headers.length; r += 2) {
-      const lower = headers[r].toLowerCase();
-      if (lower === 'deprecation' || lower === 'sunset') continue;
-      headers[w++] = headers[r];
-      headers[w++] = headers[r + 1];
-    }
-    headers.length = w;
+    removeNamed(headers, OWNED);
     for (const h of pairs) headers.push(h);
     return null;
   };

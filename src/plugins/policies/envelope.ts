@@ -1,11 +1,14 @@
 import type { Step } from '../../chain';
 import type { RequestContext } from '../../context';
+import { removeNamed } from '../../proxy/headers';
 import type { BodyWrap } from '../../proxy/relay';
 import type { CompiledRoute } from '../../routes';
 import type { Plugin } from '../types';
 
 const TAIL = Buffer.from('}');
 const NULL = Buffer.from('null');
+/** Headers that describe the upstream's bytes, which the envelope changes. */
+const STALE_VALIDATORS: ReadonlySet<string> = new Set(['etag', 'content-md5', 'accept-ranges']);
 
 /** application/json and any +json type, except problem details, which keep their RFC 9457 shape. */
 function isEnvelopedType(contentType: string): boolean {
@@ -62,14 +65,7 @@ function envelope(clock: IsoClock, ctx: RequestContext, status: number, headers:
     headers[lengthAt] = String(head.length + (length === 0 ? NULL.length : length) + TAIL.length);
   }
   // The enveloped bytes differ on every response: the upstream's validators no longer describe them.
-  let w = 0;
-  for (let r = 0; r < headers.length; r += 2) {
-    const lower = headers[r].toLowerCase();
-    if (lower === 'etag' || lower === 'content-md5' || lower === 'accept-ranges') continue;
-    headers[w++] = headers[r];
-    headers[w++] = headers[r + 1];
-  }
-  headers.length = w;
+  removeNamed(headers, STALE_VALIDATORS);
   return { head, tail: TAIL, whenEmpty: NULL };
 }
 
