@@ -100,6 +100,8 @@ t.test('an incoming traceparent is continued: server span, client span, and the 
   t.equal(m?.[2], client.spanId, "the upstream's parent is the client span");
   t.equal(m?.[3], '01', 'sampled');
   t.equal(sent.tracestate, 'vendor=abc', 'tracestate travels on');
+  t.equal(server.traceState, 'vendor=abc', "the caller's tracestate is the spans' too");
+  t.equal(client.traceState, 'vendor=abc');
   t.equal(up.seen[0].rawHeaders.filter((h) => h.toLowerCase() === 'traceparent').length, 1, "the client's own traceparent is replaced, not repeated");
 
   t.equal(server.resource['service.name'], 'edge');

@@ -143,10 +143,10 @@ class UndiciTransport implements IExporterTransport {
       return { status: 'failure', error: new OTLPExporterError(`collector answered ${status}`, status, body.toString('utf8', 0, 1024)) };
     } catch (err) {
       if (controller.signal.aborted) return { status: 'retryable', error: new OTLPExporterError('export request timed out') };
-      const code = (err as { code?: string; cause?: { code?: string } }).code;
-      const causeCode = (err as { cause?: { code?: string } }).cause?.code;
-      const retryable = RETRYABLE_ERRORS.has(code ?? '') || RETRYABLE_ERRORS.has(causeCode ?? '');
-      return retryable ? { status: 'retryable', error: err as Error } : { status: 'failure', error: err as Error };
+      // undici reports a socket's errno on the error itself or on its cause.
+      const e = err as Error & { code?: string; cause?: { code?: string } };
+      const retryable = RETRYABLE_ERRORS.has(e.code ?? '') || RETRYABLE_ERRORS.has(e.cause?.code ?? '');
+      return retryable ? { status: 'retryable', error: e } : { status: 'failure', error: e };
     } finally {
       clearTimeout(timer);
       this.timers.delete(timer);
@@ -170,6 +170,7 @@ export function createOtlpExporter(opts: OtlpExporterOptions): OTLPExporterBase<
     responseAttributesFromError: () => ({}),
   });
   const delegate = createOtlpNetworkExportDelegate(
+    // The SDK's own default limit of exports in flight; the batch processor rarely has more than one.
     { timeoutMillis: opts.timeoutMs, concurrencyLimit: 30, compression: 'none' },
     ProtobufTraceSerializer,
     metrics,
